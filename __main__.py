@@ -1,0 +1,5 @@
+"""``python -m dxgraph`` runs the CLI."""
+
+from dxgraph.cli import main
+
+main()

@@ -1,0 +1,203 @@
+"""Reading medical images from PNG, JPEG, DICOM and NIfTI files into arrays with physical spacing.
+
+Only pixel data and the few tags needed to interpret it (modality, spacing, photometric
+interpretation, rescale) are read. Patient identifiers never leave this module.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from dxgraph.errors import CaseError
+
+ImageFormat = Literal["png", "jpeg", "dicom", "nifti"]
+Dims = Literal["2d", "3d", "3d+t"]
+
+MIN_SIDE_PX = 16
+"""Images smaller than this on any in-plane side are rejected as unreadable."""
+MAX_PIXELS = 200_000_000
+"""Images declaring more pixels than this are rejected before decoding (decompression bombs)."""
+
+# DICOM Modality tag -> dxgraph modality name
+_DICOM_MODALITIES = {
+    "OP": "fundus",  # ophthalmic photography
+    "XC": "fundus",  # external-camera photography; fundus cameras often write it
+    "CR": "cxr",
+    "DX": "cxr",
+    "CT": "ct",
+    "MR": "mr",
+    "US": "us",
+}
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    """Pixels and acquisition geometry read from one file."""
+
+    array: np.ndarray
+    """Pixel array: (H, W) or (H, W, 3) RGB for 2D; (Z, Y, X) for 3D; (T, Z, Y, X) for 3D+t."""
+    format: ImageFormat
+    """File format the image was read from."""
+    dims: Dims
+    """Spatial-temporal dimensionality of the array."""
+    spacing_mm: tuple[float, ...] | None
+    """Physical spacing per spatial axis in mm, in array axis order, when the file records it."""
+    modality: str | None
+    """Modality recorded by the file itself (DICOM only), mapped to dxgraph's names."""
+    file_sha256: str
+    """sha256 of the file's bytes."""
+
+
+def sha256_bytes(data: bytes) -> str:
+    """Hex sha256 of a byte string."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def detect_format(path: Path, head: bytes) -> ImageFormat:
+    """Decide the file format from its first bytes, falling back to the file name for NIfTI."""
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "png"
+    if head.startswith(b"\xff\xd8\xff"):
+        return "jpeg"
+    if len(head) >= 132 and head[128:132] == b"DICM":
+        return "dicom"
+    name = path.name.lower()
+    if name.endswith((".nii", ".nii.gz")):
+        return "nifti"
+    if name.endswith(".dcm"):
+        return "dicom"
+    raise CaseError(f"{path}: not a PNG, JPEG, DICOM or NIfTI image (unrecognised content)")
+
+
+def read_image(path: str | Path) -> DecodedImage:
+    """Read one image file; raise CaseError with a one-line reason when it cannot be used."""
+    p = Path(path)
+    if not p.exists():
+        raise CaseError(f"{p}: no such file")
+    if not p.is_file():
+        raise CaseError(f"{p}: not a regular file")
+    data = p.read_bytes()
+    if not data:
+        raise CaseError(f"{p}: the file is empty")
+    fmt = detect_format(p, data[:132])
+    try:
+        if fmt in ("png", "jpeg"):
+            arr, spacing, modality, dims = _read_raster(data, fmt)
+        elif fmt == "dicom":
+            arr, spacing, modality, dims = _read_dicom(p)
+        else:
+            arr, spacing, modality, dims = _read_nifti(p)
+    except CaseError as e:
+        raise CaseError(f"{p}: {e}") from None
+    except Exception as e:  # decoder libraries raise anything on corrupt files
+        raise CaseError(f"{p}: cannot decode {fmt.upper()} data ({type(e).__name__}: {e})") from None
+    _check_pixels(p, arr, dims)
+    return DecodedImage(arr, fmt, dims, spacing, modality, sha256_bytes(data))
+
+
+def _read_raster(data: bytes, fmt: ImageFormat) -> tuple[np.ndarray, None, None, Dims]:
+    import cv2
+    from PIL import Image
+
+    import io
+
+    with Image.open(io.BytesIO(data)) as im:  # reads the header only
+        w, h = im.size
+    if w * h > MAX_PIXELS:
+        raise CaseError(f"declares {w}x{h} pixels, more than the {MAX_PIXELS:,} allowed")
+    arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if arr is None:
+        raise CaseError(f"corrupt or truncated {fmt.upper()} data")
+    if arr.ndim == 3:
+        if arr.shape[2] == 4:
+            arr = cv2.cvtColor(arr, cv2.COLOR_BGRA2RGB)
+        elif arr.shape[2] == 3:
+            arr = cv2.cvtColor(arr, cv2.COLOR_BGR2RGB)
+        else:
+            arr = arr[..., 0]
+    return np.ascontiguousarray(arr), None, None, "2d"
+
+
+def _read_dicom(path: Path) -> tuple[np.ndarray, tuple[float, ...] | None, str | None, Dims]:
+    import pydicom
+
+    ds = pydicom.dcmread(path, force=True)
+    if "PixelData" not in ds:
+        raise CaseError("DICOM file holds no pixel data")
+    rows, cols = int(ds.get("Rows", 0)), int(ds.get("Columns", 0))
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if rows * cols * frames > MAX_PIXELS:
+        raise CaseError(f"declares {frames}x{rows}x{cols} pixels, more than the {MAX_PIXELS:,} allowed")
+    arr = ds.pixel_array
+    photometric = str(ds.get("PhotometricInterpretation", "")).upper()
+    slope = float(ds.get("RescaleSlope", 1) or 1)
+    intercept = float(ds.get("RescaleIntercept", 0) or 0)
+    if photometric.startswith("YBR") and arr.ndim >= 3 and arr.shape[-1] == 3:
+        from pydicom.pixels import convert_color_space
+
+        arr = convert_color_space(arr, photometric, "RGB")
+    if (slope, intercept) != (1.0, 0.0):
+        arr = arr.astype(np.float32) * slope + intercept
+    if photometric == "MONOCHROME1":  # high values are dark: invert so that bright means dense
+        arr = arr.max() + arr.min() - arr
+    spacing = None
+    for tag in ("PixelSpacing", "ImagerPixelSpacing"):
+        if tag in ds and ds.get(tag):
+            row_mm, col_mm = (float(v) for v in ds.get(tag))
+            spacing = (row_mm, col_mm)
+            break
+    colour = arr.ndim >= 3 and arr.shape[-1] == 3 and int(ds.get("SamplesPerPixel", 1) or 1) == 3
+    spatial_ndim = arr.ndim - (1 if colour else 0)
+    dims: Dims = "2d" if spatial_ndim == 2 else "3d"
+    if dims == "3d" and spacing is not None:
+        z_mm = float(ds.get("SpacingBetweenSlices", 0) or ds.get("SliceThickness", 0) or 0)
+        spacing = (z_mm, *spacing) if z_mm > 0 else None
+    modality = _DICOM_MODALITIES.get(str(ds.get("Modality", "")).upper())
+    return np.ascontiguousarray(arr), spacing, modality, dims
+
+
+def _read_nifti(path: Path) -> tuple[np.ndarray, tuple[float, ...] | None, None, Dims]:
+    import nibabel as nib
+
+    img = nib.load(str(path))
+    shape = tuple(int(s) for s in img.shape)
+    if int(np.prod(shape)) > MAX_PIXELS:
+        raise CaseError(f"declares {shape} voxels, more than the {MAX_PIXELS:,} allowed")
+    data = np.asarray(img.dataobj)
+    zooms = tuple(float(z) for z in img.header.get_zooms())
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    if data.ndim == 2:
+        # NIfTI stores (x, y); dxgraph arrays are (row, col) = (y, x)
+        return np.ascontiguousarray(data.T), (zooms[1], zooms[0]), None, "2d"
+    if data.ndim == 3:
+        # (x, y, z) -> (z, y, x), spacing likewise
+        return np.ascontiguousarray(data.transpose(2, 1, 0)), (zooms[2], zooms[1], zooms[0]), None, "3d"
+    if data.ndim == 4:
+        return (
+            np.ascontiguousarray(data.transpose(3, 2, 1, 0)),
+            (zooms[2], zooms[1], zooms[0]),
+            None,
+            "3d+t",
+        )
+    raise CaseError(f"NIfTI image has {data.ndim} dimensions; 2 to 4 are supported")
+
+
+def _check_pixels(path: Path, arr: np.ndarray, dims: Dims) -> None:
+    spatial = arr.shape[:2] if dims == "2d" else arr.shape[-3:]
+    if arr.size == 0 or min(spatial) == 0:
+        raise CaseError(f"{path}: the image has no pixels")
+    in_plane = spatial[-2:]
+    if min(in_plane) < MIN_SIDE_PX:
+        raise CaseError(
+            f"{path}: image is {'x'.join(map(str, in_plane))} px; at least {MIN_SIDE_PX} px per side is needed"
+        )
+    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        raise CaseError(f"{path}: the image holds NaN or infinite values")
+    if arr.dtype.kind not in "uif" or arr.dtype.kind == "b":
+        raise CaseError(f"{path}: unsupported pixel type {arr.dtype}")

@@ -1,0 +1,171 @@
+"""One diagnostic run, end to end: case → graph → trace, persisted atomically."""
+
+from __future__ import annotations
+
+import platform
+import sys
+import time
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Literal
+
+from dxgraph._version import __version__
+from dxgraph.agent.aggregate import Aggregator
+from dxgraph.agent.case import Case, load_case
+from dxgraph.agent.diagnosis import Diagnosis
+from dxgraph.agent.evidence import Evidence
+from dxgraph.agent.rules import RulesAggregator
+from dxgraph.criteria_kb import packaged_criteria
+from dxgraph.errors import UserError
+from dxgraph.planners._graph import RunDeps, build_graph
+from dxgraph.planners._plan import Plan
+from dxgraph.tools import default_registry
+from dxgraph.tools._context import ToolContext
+from dxgraph.tools._registry import ToolRegistry
+from dxgraph.traces._events import CriteriaRef, RunFinished, RunHeader, RunStarted
+from dxgraph.traces._recorder import TraceRecorder
+from dxgraph.traces._store import TraceStore
+
+AGGREGATORS = ("rules",)
+"""Aggregator backends available by name."""
+LIBRARIES = ("numpy", "opencv-python-headless", "pydantic", "langgraph", "sqlmodel", "torch", "monai", "transformers")
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What a run returns to its caller."""
+
+    run_id: str
+    """Id of the stored run."""
+    case: Case
+    """The case."""
+    plan: Plan
+    """The plan that ran."""
+    evidence: tuple[Evidence, ...]
+    """Evidence the tools produced."""
+    diagnosis: Diagnosis
+    """The diagnosis."""
+    store_url: str
+    """Where the run is stored."""
+
+    def to_json(self) -> dict[str, Any]:
+        """The result as JSON-ready data (what ``dxgraph diagnose --json`` prints)."""
+        return {
+            "run_id": self.run_id,
+            "case_id": self.case.case_id,
+            "question": self.case.question,
+            "diagnosis": self.diagnosis.model_dump(mode="json"),
+            "evidence": [e.model_dump(mode="json") for e in self.evidence],
+            "not_assessable": [n.model_dump(mode="json") for n in self.plan.not_assessable],
+        }
+
+
+def _library_versions() -> dict[str, str]:
+    out = {}
+    for name in LIBRARIES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def git_revision() -> str | None:
+    """The source checkout's commit, read from .git without running git; None outside a checkout."""
+    git = Path(__file__).resolve().parent.parent / ".git"
+    try:
+        head = (git / "HEAD").read_text().strip()
+        if not head.startswith("ref: "):
+            return head
+        ref = head[5:]
+        ref_file = git / ref
+        if ref_file.exists():
+            return ref_file.read_text().strip()
+        for line in (git / "packed-refs").read_text().splitlines():
+            if line.endswith(" " + ref):
+                return line.split()[0]
+    except OSError:
+        return None
+    return None
+
+
+def run_header(registry: ToolRegistry, *, seed: int, device: str, aggregator: str) -> RunHeader:
+    """The header of a new run: versions, tools, criteria, seed and device."""
+    return RunHeader(
+        dxgraph_version=__version__,
+        git_revision=git_revision(),
+        python_version=sys.version.split()[0],
+        platform=f"{platform.system()} {platform.machine()}",
+        library_versions=_library_versions(),
+        tools={s.name: s.version for s in registry},
+        criteria=tuple(CriteriaRef(id=c.document.id, version=c.document.version, sha256=c.sha256) for c in packaged_criteria()),
+        seed=seed,
+        device=device,
+        planner="deterministic",
+        aggregator=aggregator,
+    )
+
+
+def make_aggregator(name: str, seed: int) -> Aggregator:
+    """The aggregator backend called ``name``; UserError for an unknown one."""
+    if name == "rules":
+        return RulesAggregator(seed=seed)
+    raise UserError(f"unknown aggregator {name!r}; available: {', '.join(AGGREGATORS)}")
+
+
+def diagnose(
+    question: str,
+    images: list[str | Path] | str | Path,
+    *,
+    db: str | None = None,
+    store: TraceStore | None = None,
+    modality: str | None = None,
+    clinical_text: str | None = None,
+    laterality: Literal["OD", "OS"] | None = None,
+    case_id: str | None = None,
+    aggregator: str = "rules",
+    seed: int = 0,
+    registry: ToolRegistry | None = None,
+) -> RunResult:
+    """Diagnose one case and store its trace; return the diagnosis with its run id.
+
+    Bad input raises UserError before anything is stored. A run that a bug interrupts is stored
+    with status ``error`` and the bug re-raised.
+    """
+    t0 = time.perf_counter()
+    if not question or not question.strip():
+        raise UserError("a question or task is needed, such as 'glaucoma'")
+    registry = registry if registry is not None else default_registry
+    agg = make_aggregator(aggregator, seed)
+    paths = [images] if isinstance(images, (str, Path)) else list(images)
+    rec = TraceRecorder()
+    case = load_case(
+        question.strip(),
+        paths,
+        rec.artifacts,
+        modality=modality,
+        clinical_text=clinical_text,
+        laterality=laterality,
+        case_id=case_id,
+    )
+    store = store or TraceStore(db)
+    ctx = ToolContext(artifacts=rec.artifacts, seed=seed, device="cpu")
+    rec.emit(RunStarted, header=run_header(registry, seed=seed, device=ctx.device, aggregator=agg.name), case=case)
+    graph = build_graph(RunDeps(registry=registry, recorder=rec, aggregator=agg, tool_context=ctx))
+    try:
+        state = graph.invoke({"case": case})
+    except UserError:
+        raise  # bad input found mid-run: nothing is stored
+    except BaseException as e:
+        rec.emit(RunFinished, status="error", duration_ms=_ms(t0), error=f"{type(e).__name__}: {e}")
+        store.save(rec, task=case.question, case_id=case.case_id, status="error", label=None)
+        raise
+    diagnosis: Diagnosis = state["diagnosis"]
+    rec.emit(RunFinished, status="completed", label=diagnosis.label, duration_ms=_ms(t0))
+    store.save(rec, task=case.question, case_id=case.case_id, status="completed", label=diagnosis.label)
+    return RunResult(rec.run_id, case, state["plan"], tuple(state["evidence"]), diagnosis, store.url)
+
+
+def _ms(t0: float) -> float:
+    return (time.perf_counter() - t0) * 1000

@@ -1,0 +1,299 @@
+"""The ``dxgraph`` command line. UserError → one line on stderr and exit code 2."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from dxgraph.errors import UserError
+
+app = typer.Typer(
+    name="dxgraph",
+    help="Evidence-based, traced diagnosis of medical images.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+trace_app = typer.Typer(help="Inspect stored runs.", no_args_is_help=True)
+tools_app = typer.Typer(help="The tool registry.", no_args_is_help=True)
+criteria_app = typer.Typer(help="The criteria knowledge base.", no_args_is_help=True)
+app.add_typer(trace_app, name="trace")
+app.add_typer(tools_app, name="tools")
+app.add_typer(criteria_app, name="criteria")
+
+out = Console(highlight=False, soft_wrap=True, markup=False)  # user text may hold [brackets]
+
+DbOpt = Annotated[
+    Optional[str],
+    typer.Option("--db", help="Trace store: a file path or SQLAlchemy URL. Default: $DXGRAPH_DB, else ~/.local/share/dxgraph/traces.db."),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+
+
+def _print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+
+
+@app.command()
+def diagnose(
+    task: Annotated[str, typer.Option("--task", "-t", help="Question or task, such as 'glaucoma'.")],
+    image: Annotated[list[Path], typer.Option("--image", "-i", help="Image file (PNG, JPEG, DICOM, NIfTI); repeatable.")],
+    modality: Annotated[Optional[str], typer.Option(help="Modality of the images: fundus, cxr, ct, mr, us.")] = None,
+    clinical_text: Annotated[Optional[str], typer.Option("--clinical-text", help="Free-text clinical information.")] = None,
+    laterality: Annotated[Optional[str], typer.Option(help="Eye, for ophthalmic images: OD or OS.")] = None,
+    case_id: Annotated[Optional[str], typer.Option("--case-id", help="Pseudonymous case id (default: from image hashes).")] = None,
+    aggregator: Annotated[str, typer.Option(help="Deciding backend.")] = "rules",
+    seed: Annotated[int, typer.Option(help="Seed for tools and confidence estimates.")] = 0,
+    report: Annotated[Optional[Path], typer.Option("--report", "-o", help="Also write the HTML report here.")] = None,
+    db: DbOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Diagnose one case; print the diagnosis and the run id."""
+    from dxgraph.agent.run import diagnose as run_diagnose
+
+    if laterality is not None and laterality not in ("OD", "OS"):
+        raise UserError(f"--laterality must be OD or OS, not {laterality!r}")
+    result = run_diagnose(
+        task,
+        list(image),
+        db=db,
+        modality=modality,
+        clinical_text=clinical_text,
+        laterality=laterality,  # type: ignore[arg-type]
+        case_id=case_id,
+        aggregator=aggregator,
+        seed=seed,
+    )
+    if report is not None:
+        _write_report(result.store_url, result.run_id, report)
+    if as_json:
+        _print_json(result.to_json())
+        return
+    d = result.diagnosis
+    out.print(Text.assemble((d.label, "bold"), f"  confidence {d.confidence:.2f}{'  (abstained)' if d.abstained else ''}"))
+    table = Table("indicator", "value", "finding", "rule", "evidence")
+    for cv in d.criteria[:1]:
+        for v in cv.indicators:
+            value = "—" if v.value is None else (("yes" if v.value else "no") if isinstance(v.value, bool) else f"{v.value:.3f}")
+            table.add_row(v.name, value, v.finding if not v.reason else f"{v.finding}: {v.reason}", v.rule, ", ".join(v.evidence_ids))
+    out.print(table)
+    out.print(d.rationale)
+    out.print(Text.assemble("run ", (result.run_id, "bold"), f"   (dxgraph trace show {result.run_id} · dxgraph report {result.run_id} -o report.html)"))
+
+
+@app.command()
+def demo(
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder for the demo images and HTML reports.")] = Path("dxgraph-demo"),
+    db: DbOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Diagnose the bundled demo cases (phantoms with known vCDR and a real photograph); print a table."""
+    from dxgraph.agent.demo import run_demo
+
+    rows = run_demo(out_dir, db=db, progress=not as_json)
+    if as_json:
+        _print_json([r.to_json() for r in rows])
+        return
+    table = Table("case", "source", "true vCDR", "measured vCDR", "expected", "label", "conf.", "run", "report")
+    for r in rows:
+        expected_ok = r.expected_label is None or r.expected_label == r.label
+        table.add_row(
+            r.name,
+            r.source,
+            "—" if r.true_vcdr is None else f"{r.true_vcdr:.2f}",
+            "—" if r.measured_vcdr is None else f"{r.measured_vcdr:.2f}",
+            r.expected_label or "—",
+            Text(r.label, style="" if expected_ok else "red"),
+            f"{r.confidence:.2f}",
+            r.run_id,
+            str(r.report),
+        )
+    out.print(table)
+    agree = sum(r.expected_label == r.label for r in rows if r.expected_label)
+    total = sum(1 for r in rows if r.expected_label)
+    out.print(f"{agree}/{total} phantom labels as expected; reports in {out_dir}/")
+
+
+def _write_report(db: str | None, run_id: str, path: Path) -> None:
+    from dxgraph.traces._report import render_report
+    from dxgraph.traces._store import TraceStore
+
+    html = render_report(TraceStore(db, create=False), run_id)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(html, encoding="utf-8")
+    except OSError as e:
+        raise UserError(f"cannot write the report to {path}: {e.strerror}") from None
+
+
+@app.command()
+def report(
+    run_id: Annotated[str, typer.Argument(help="Run id (or a unique prefix).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="HTML file to write.")] = Path("report.html"),
+    db: DbOpt = None,
+) -> None:
+    """Render a stored run as a self-contained HTML report."""
+    _write_report(db, run_id, output)
+    out.print(f"wrote {output}")
+
+
+@trace_app.command("list")
+def trace_list(
+    task: Annotated[Optional[str], typer.Option(help="Only runs of this task.")] = None,
+    limit: Annotated[int, typer.Option(help="How many runs, newest first.")] = 50,
+    db: DbOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """List stored runs, newest first."""
+    from dxgraph.traces._store import TraceStore
+
+    rows = TraceStore(db, create=False).list_runs(limit=limit, task=task)
+    if as_json:
+        _print_json([r.model_dump(mode="json") for r in rows])
+        return
+    table = Table("run", "started (UTC)", "task", "case", "status", "label", "events")
+    for r in rows:
+        table.add_row(r.run_id, f"{r.started_at:%Y-%m-%d %H:%M:%S}", r.task, r.case_id, r.status, r.label or "—", str(r.n_events))
+    out.print(table)
+
+
+@trace_app.command("show")
+def trace_show(
+    run_id: Annotated[str, typer.Argument(help="Run id (or a unique prefix).")],
+    db: DbOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Print a run's events in order."""
+    from dxgraph.traces._show import summarize
+    from dxgraph.traces._store import TraceStore
+
+    store = TraceStore(db, create=False)
+    if as_json:
+        _print_json([json.loads(r.body) for r in store.raw_events(run_id)])
+        return
+    events = store.events(run_id)
+    table = Table("#", "time (UTC)", "event", "what", "sha256", title=f"run {store.resolve_run_id(run_id)}")
+    for e in events:
+        table.add_row(str(e.seq), f"{e.ts:%H:%M:%S.%f}"[:-3], e.event, summarize(e), e.sha256[:12])
+    out.print(table)
+
+
+@trace_app.command("verify")
+def trace_verify(
+    run_id: Annotated[str, typer.Argument(help="Run id (or a unique prefix).")],
+    db: DbOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Check a run's hash chain and artifacts; exit 1 when anything was changed."""
+    from dxgraph.traces._store import TraceStore
+
+    check = TraceStore(db, create=False).verify(run_id)
+    if as_json:
+        _print_json({"run_id": check.run_id, "ok": check.ok, "n_events": check.n_events, "problems": list(check.problems)})
+    elif check.ok:
+        out.print(f"{check.run_id}: intact ({check.n_events} events, chain and artifacts verified)")
+    else:
+        out.print(Text.assemble(f"{check.run_id}: ", ("BROKEN", "bold red"), ": " + "; ".join(check.problems)))
+    raise typer.Exit(0 if check.ok else 1)
+
+
+@tools_app.command("list")
+def tools_list(as_json: JsonOpt = False) -> None:
+    """List registered tools."""
+    from dxgraph.tools import default_registry
+
+    rows = [s.summary() for s in default_registry]
+    if as_json:
+        _print_json(rows)
+        return
+    table = Table("name", "version", "modalities", "dims", "device", "batch", "summary")
+    for r in rows:
+        table.add_row(r["name"], r["version"], ",".join(r["modalities"]), ",".join(r["dims"]), r["device"], "yes" if r["batchable"] else "no", r["summary"])
+    out.print(table)
+
+
+@tools_app.command("describe")
+def tools_describe(name: Annotated[str, typer.Argument(help="Tool name.")], as_json: JsonOpt = False) -> None:
+    """Show a tool's description and its input/output JSON schemas."""
+    from dxgraph.tools import default_registry
+
+    if name not in default_registry:
+        raise UserError(f"no tool named {name!r}; see 'dxgraph tools list'")
+    info = default_registry.get(name).describe()
+    if as_json:
+        _print_json(info)
+        return
+    out.print(f"{info['name']} {info['version']}  ({', '.join(info['modalities'])}; {', '.join(info['dims'])}; {info['device']})")
+    out.print(info["description"])
+    for key in ("input_schema", "output_schema"):
+        out.print("\n" + key.replace("_", " "), style="bold")
+        out.print_json(json.dumps(info[key]))
+
+
+@criteria_app.command("list")
+def criteria_list(as_json: JsonOpt = False) -> None:
+    """List the packaged criteria documents."""
+    from dxgraph.criteria_kb import packaged_criteria
+
+    docs = packaged_criteria()
+    rows = [
+        {"id": c.document.id, "version": c.document.version, "disease": c.document.disease, "title": c.document.title,
+         "indicators": [i.id for i in c.document.indicators], "sha256": c.sha256}
+        for c in docs
+    ]
+    if as_json:
+        _print_json(rows)
+        return
+    table = Table("id", "version", "task", "indicators", "title")
+    for r in rows:
+        table.add_row(r["id"], r["version"], r["disease"], ", ".join(r["indicators"]), r["title"])
+    out.print(table)
+
+
+@criteria_app.command("show")
+def criteria_show(criteria_id: Annotated[str, typer.Argument(help="Document id or task name.")], as_json: JsonOpt = False) -> None:
+    """Show one criteria document: indicators, thresholds, decision rule and sources."""
+    from dxgraph.criteria_kb import get_criteria, packaged_criteria
+
+    match = [c for c in packaged_criteria() if c.document.disease == criteria_id]
+    c = match[0] if match else get_criteria(criteria_id)
+    doc = c.document
+    if as_json:
+        _print_json({**doc.model_dump(mode="json"), "sha256": c.sha256})
+        return
+    out.print(f"{doc.id} v{doc.version}: {doc.title}\nsha256 {c.sha256}")
+    table = Table("indicator", "quantity", "unit", "modality", "role", "rule", "sources")
+    for i in doc.indicators:
+        table.add_row(i.name, i.quantity, i.unit, i.modality, i.role, i.rule.describe(), ", ".join(i.sources))
+    out.print(table)
+    out.print(f"decision: {doc.decision.positive_label} if {doc.decision.positive_if.model_dump_json(exclude_defaults=True)}, else {doc.decision.negative_label}")
+    for s in doc.sources:
+        out.print(f"[{s.id}] {s.citation}" + (f" doi:{s.doi}" if s.doi else ""))
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the CLI; a UserError prints one line and exits with code 2."""
+    try:
+        code = app(args=argv, standalone_mode=False)
+    except UserError as e:
+        Console(stderr=True, highlight=False, soft_wrap=True).print(f"dxgraph: error: {e}", markup=False)
+        sys.exit(e.exit_code)
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+    except typer.Abort:
+        sys.exit(130)
+    except Exception as e:  # click's usage errors
+        import click
+
+        if isinstance(e, click.ClickException):
+            e.show()
+            sys.exit(e.exit_code)
+        raise
+    sys.exit(code if isinstance(code, int) else 0)

@@ -1,0 +1,192 @@
+"""The deterministic planner: from criteria indicators to a DAG of registered tools, by type."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from dxgraph.agent.case import Case, CaseImage
+from dxgraph.criteria_kb import Indicator, LoadedCriteria
+from dxgraph.planners._plan import (
+    Binding,
+    CaseField,
+    FixedValue,
+    ImageInput,
+    NotAssessable,
+    Plan,
+    PlannedIndicator,
+    StepOutput,
+    ToolCall,
+    annotations_compatible,
+)
+from dxgraph.tools._registry import ToolRegistry, ToolSpec
+from dxgraph.tools._types import ImageRef, RegionOfInterest
+
+VIEW_TOOL = "crop_zoom"
+"""Tool planned on every region of interest the plan finds, to give the report and MLLM a view."""
+
+CASE_FIELDS = ("laterality", "clinical_text", "case_id")
+
+
+class _Unplannable(Exception):
+    pass
+
+
+@dataclass
+class _Step:
+    call_tool: ToolSpec
+    inputs: dict[str, Binding]
+    image_id: str
+    serves: list[str] = field(default_factory=list)
+    feeds: list[str] = field(default_factory=list)
+    view_of: str | None = None
+
+
+class _Builder:
+    def __init__(self, case: Case, registry: ToolRegistry) -> None:
+        self.case = case
+        self.registry = registry
+        self.steps: dict[str, _Step] = {}
+        self.memo: dict[tuple[str, str], str] = {}
+
+    def pick_image(self, modality: str, spec: ToolSpec) -> tuple[CaseImage, str | None]:
+        fitting = [im for im in self.case.images if im.modality == modality and im.dims in spec.dims]
+        if fitting:
+            return fitting[0], None
+        undeclared = [im for im in self.case.images if im.modality is None and im.dims in spec.dims]
+        if undeclared:
+            return undeclared[0], modality
+        have = ", ".join(
+            f"{im.image_id}: {im.modality or 'unspecified'} {im.dims}" for im in self.case.images
+        )
+        raise _Unplannable(f"the case has no {modality} image in {'/'.join(spec.dims)} ({have})")
+
+    def measure(self, ind: Indicator) -> str:
+        candidates = [
+            s
+            for s in self.registry
+            if ind.quantity in s.output_model.model_fields and ind.modality in s.modalities
+        ]
+        if not candidates:
+            raise _Unplannable(f"no registered tool measures {ind.quantity!r} on {ind.modality} images")
+        reasons = []
+        for spec in candidates:
+            try:
+                image, assumed = self.pick_image(ind.modality, spec)
+                return self.resolve(spec, image, assumed, stack=())
+            except _Unplannable as e:
+                reasons.append(f"{spec.name}: {e}")
+        raise _Unplannable("; ".join(reasons))
+
+    def resolve(self, spec: ToolSpec, image: CaseImage, assumed: str | None, stack: tuple[str, ...]) -> str:
+        key = (spec.name, image.image_id)
+        if key in self.memo:
+            return self.memo[key]
+        inputs: dict[str, Binding] = {}
+        for name, info in spec.input_model.model_fields.items():
+            if annotations_compatible(ImageRef, info.annotation):
+                inputs[name] = ImageInput(image_id=image.image_id, assumed_modality=assumed)
+            elif name in CASE_FIELDS:
+                inputs[name] = CaseField(field=name)  # type: ignore[arg-type]
+            else:
+                step_id = self.provider(name, info.annotation, image, assumed, stack + (spec.name,))
+                if step_id is not None:
+                    inputs[name] = StepOutput(step_id=step_id, field=name)
+                    self.steps[step_id].feeds.append(spec.name)
+                elif info.is_required():
+                    raise _Unplannable(f"no registered tool provides the input {name!r} of {spec.name}")
+        step_id = f"s{len(self.steps) + 1}"
+        self.steps[step_id] = _Step(spec, inputs, image.image_id)
+        self.memo[key] = step_id
+        return step_id
+
+    def provider(
+        self, name: str, annotation: object, image: CaseImage, assumed: str | None, stack: tuple[str, ...]
+    ) -> str | None:
+        modality = image.modality or assumed
+        for spec in self.registry:
+            produced = spec.output_model.model_fields.get(name)
+            if (
+                produced is None
+                or spec.name in stack
+                or modality not in spec.modalities
+                or not annotations_compatible(produced.annotation, annotation)
+            ):
+                continue
+            try:
+                return self.resolve(spec, image, assumed, stack)
+            except _Unplannable:
+                continue
+        return None
+
+    def add_views(self, window_factor: float) -> None:
+        if VIEW_TOOL not in self.registry:
+            return
+        view = self.registry.get(VIEW_TOOL)
+        viewed = {
+            b.step_id
+            for s in self.steps.values()
+            if s.call_tool.name == VIEW_TOOL
+            for b in s.inputs.values()
+            if isinstance(b, StepOutput)
+        }
+        for step_id, step in list(self.steps.items()):
+            image = next((b for b in step.inputs.values() if isinstance(b, ImageInput)), None)
+            if step.call_tool.name == VIEW_TOOL or step_id in viewed or image is None:
+                continue
+            for name, info in step.call_tool.output_model.model_fields.items():
+                if info.annotation is not RegionOfInterest:
+                    continue
+                new_id = f"s{len(self.steps) + 1}"
+                inputs: dict[str, Binding] = {
+                    "image": image,
+                    "roi": StepOutput(step_id=step_id, field=name),
+                    "window_factor": FixedValue(value=window_factor),
+                }
+                self.steps[new_id] = _Step(view, inputs, step.image_id, view_of=f"{step_id}.{name}")
+
+
+def plan_from_criteria(criteria: list[LoadedCriteria], case: Case, registry: ToolRegistry) -> Plan:
+    """Plan the tools that measure every indicator of the criteria on this case.
+
+    For each indicator the planner picks a registered tool whose output has a field named like the
+    indicator's quantity and that accepts the indicator's modality, then binds each of its inputs:
+    images to the case image of that modality, ``laterality``/``clinical_text`` to the case, and
+    anything else to the same-named, type-compatible output of another tool, recursively.
+    Indicators that cannot be planned are listed as not assessable, with the reason.
+    """
+    b = _Builder(case, registry)
+    planned: list[PlannedIndicator] = []
+    missing: list[NotAssessable] = []
+    for c in criteria:
+        doc = c.document
+        for ind in doc.indicators:
+            try:
+                step_id = b.measure(ind)
+            except _Unplannable as e:
+                missing.append(NotAssessable(criteria_id=doc.id, indicator=ind.id, reason=str(e)))
+                continue
+            b.steps[step_id].serves.append(ind.id)
+            planned.append(
+                PlannedIndicator(criteria_id=doc.id, indicator=ind.id, step_id=step_id, quantity=ind.quantity)
+            )
+        b.add_views(doc.crop_window_factor)
+    steps = []
+    for step_id, s in b.steps.items():
+        if s.view_of:
+            purpose = f"zoomed view of {s.view_of} for the report and the aggregator"
+        elif s.serves:
+            purpose = "measures " + ", ".join(s.serves)
+        else:
+            purpose = "provides inputs to " + ", ".join(dict.fromkeys(s.feeds))
+        steps.append(
+            ToolCall(
+                step_id=step_id,
+                tool=s.call_tool.name,
+                tool_version=s.call_tool.version,
+                inputs=s.inputs,
+                purpose=purpose,
+            )
+        )
+    return Plan(
+        planner="deterministic", steps=tuple(steps), indicators=tuple(planned), not_assessable=tuple(missing)
+    )

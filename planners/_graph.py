@@ -1,0 +1,118 @@
+"""The LangGraph state graph of one run: retrieve → plan → dispatch → aggregate → decide."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, TypedDict
+
+from langgraph.graph import END, START, StateGraph
+
+from dxgraph.agent.aggregate import Aggregator, EvidenceBundle
+from dxgraph.agent.case import Case
+from dxgraph.agent.diagnosis import Diagnosis, check_citations
+from dxgraph.agent.evidence import Evidence
+from dxgraph.criteria_kb import RetrievedCriteria, retrieve
+from dxgraph.planners._deterministic import VIEW_TOOL, plan_from_criteria
+from dxgraph.planners._dispatch import StepResult, collect_evidence, dispatch, failure_reason
+from dxgraph.planners._plan import Plan, validate_plan
+from dxgraph.tools._context import ToolContext
+from dxgraph.tools._registry import ToolRegistry
+from dxgraph.traces._events import CriteriaRetrieved, DiagnosisMade, PlanMade, RetrievedRef
+from dxgraph.traces._recorder import TraceRecorder
+
+NODES = ("retrieve", "plan", "dispatch", "aggregate", "decide")
+"""The graph's nodes, in order."""
+
+
+class RunState(TypedDict, total=False):
+    """What flows between the nodes."""
+
+    case: Case
+    retrieved: list[RetrievedCriteria]
+    plan: Plan
+    results: dict[str, StepResult]
+    evidence: list[Evidence]
+    diagnosis: Diagnosis
+
+
+@dataclass(frozen=True)
+class RunDeps:
+    """What the nodes need besides the state."""
+
+    registry: ToolRegistry
+    """Tools available to the plan."""
+    recorder: TraceRecorder
+    """Where events go."""
+    aggregator: Aggregator
+    """The deciding backend."""
+    tool_context: ToolContext
+    """Artifacts, seed and device for tool calls."""
+
+
+def build_graph(deps: RunDeps) -> Any:
+    """Compile the run graph with its dependencies bound."""
+
+    def retrieve_node(state: RunState) -> RunState:
+        case = state["case"]
+        hits = retrieve(case.question, case.clinical_text)
+        deps.recorder.emit(
+            CriteriaRetrieved,
+            question=case.question,
+            documents=tuple(
+                RetrievedRef(
+                    id=h.criteria.document.id,
+                    version=h.criteria.document.version,
+                    sha256=h.criteria.sha256,
+                    score=h.score,
+                    matched_terms=h.matched_terms,
+                )
+                for h in hits
+            ),
+        )
+        return {"retrieved": hits}
+
+    def plan_node(state: RunState) -> RunState:
+        criteria = [h.criteria for h in state["retrieved"]]
+        plan = plan_from_criteria(criteria, state["case"], deps.registry)
+        validate_plan(plan, deps.registry, state["case"])
+        deps.recorder.emit(PlanMade, plan=plan)
+        return {"plan": plan}
+
+    def dispatch_node(state: RunState) -> RunState:
+        results = dispatch(state["plan"], state["case"], deps.registry, deps.tool_context, deps.recorder)
+        criteria = [h.criteria for h in state["retrieved"]]
+        return {"results": results, "evidence": collect_evidence(state["plan"], results, criteria)}
+
+    def aggregate_node(state: RunState) -> RunState:
+        plan, results = state["plan"], state["results"]
+        missing = {(n.criteria_id, n.indicator): n.reason for n in plan.not_assessable}
+        for p in plan.indicators:
+            reason = failure_reason(plan, results, p.step_id)
+            if reason is not None:
+                missing[(p.criteria_id, p.indicator)] = reason
+        views = tuple(
+            r.output.crop  # type: ignore[attr-defined]
+            for r in results.values()
+            if r.tool == VIEW_TOOL and r.output is not None
+        )
+        bundle = EvidenceBundle(
+            criteria=tuple(h.criteria for h in state["retrieved"]),
+            evidence=tuple(state["evidence"]),
+            missing=missing,
+            views=views,
+        )
+        return {"diagnosis": deps.aggregator.aggregate(bundle)}
+
+    def decide_node(state: RunState) -> RunState:
+        check_citations(state["diagnosis"], state["evidence"])
+        deps.recorder.emit(DiagnosisMade, evidence=tuple(state["evidence"]), diagnosis=state["diagnosis"])
+        return {}
+
+    g = StateGraph(RunState)
+    for name, fn in zip(NODES, (retrieve_node, plan_node, dispatch_node, aggregate_node, decide_node)):
+        g.add_node(name, fn)  # type: ignore[call-overload]
+    g.add_edge(START, NODES[0])
+    for a, b in zip(NODES, NODES[1:]):
+        g.add_edge(a, b)
+    g.add_edge(NODES[-1], END)
+    return g.compile()

@@ -1,0 +1,56 @@
+"""Helpers shared by tests (importable because pytest puts tests/ on the path)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from dxgraph.errors import ToolError
+from dxgraph.tools import RegionOfInterest, ToolRegistry, default_registry, load_image, save_artifact, tool
+from dxgraph.tools.fundus import DiscCupMasks, SegmentDiscCupInput
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_DATA = Path(os.environ.get("DXGRAPH_SHARED_DATA", REPO.parent / "shared" / "data"))
+"""The real labelled data sets, beside the project."""
+
+
+def write_rgb(path: Path, rgb: np.ndarray) -> Path:
+    """Write an RGB array as PNG/JPEG (by suffix)."""
+
+    assert cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    return path
+
+
+def drawn_disc_cup_registry(cup_radius_px: float = 25.0, fail_with: str | None = None) -> ToolRegistry:
+    """A registry with the real measure and crop tools and a segmenter that draws fixed circles.
+
+    The drawn disc has radius 50 px, centred in the image; the cup is concentric. With
+    ``fail_with`` the segmenter raises ToolError(fail_with) instead.
+    """
+    reg = ToolRegistry()
+    for name in ("measure_cup_disc", "crop_zoom"):
+        reg.register(default_registry.get(name))
+
+    @tool(name="segment_optic_disc_cup", version="9.9.9", modalities=("fundus",), registry=reg)
+    def drawn(inp: SegmentDiscCupInput) -> DiscCupMasks:
+        """Draws a fixed disc and cup (test double)."""
+        if fail_with:
+            raise ToolError(fail_with, flags=("disc_not_found",))
+        h, w = load_image(inp.image).shape[:2]
+        disc, cup = np.zeros((h, w), np.uint8), np.zeros((h, w), np.uint8)
+        cv2.circle(disc, (w // 2, h // 2), 50, 1, -1)
+        cv2.circle(cup, (w // 2, h // 2), int(cup_radius_px), 1, -1)
+        return DiscCupMasks(
+            disc_mask=save_artifact(disc.astype(bool), "mask"),
+            cup_mask=save_artifact(cup.astype(bool), "mask"),
+            roi=RegionOfInterest(label="optic_disc", center_xy=(w / 2, h / 2), radius_px=50.0),
+            disc_area_px=int(disc.sum()),
+            localisation_confidence=1.0,
+            quality={},
+            quality_flags=[],
+        )
+
+    return reg

@@ -1,0 +1,35 @@
+"""Tools: typed functions that turn images into quantitative evidence, and their registry.
+
+Importing this package registers the built-in tools into ``default_registry``.
+"""
+
+from dxgraph.tools._context import (
+    ToolContext,
+    current_context,
+    load_artifact,
+    load_image,
+    save_artifact,
+    tool_context,
+)
+from dxgraph.tools._registry import ToolRegistry, ToolSpec, default_registry, make_spec, tool
+from dxgraph.tools._types import ImageRef, RegionOfInterest
+
+# built-in tools register themselves on import
+from dxgraph.tools import crop as _crop  # noqa: E402,F401
+from dxgraph.tools import fundus as _fundus  # noqa: E402,F401
+
+__all__ = [
+    "ImageRef",
+    "RegionOfInterest",
+    "ToolContext",
+    "ToolRegistry",
+    "ToolSpec",
+    "current_context",
+    "default_registry",
+    "load_artifact",
+    "load_image",
+    "make_spec",
+    "save_artifact",
+    "tool",
+    "tool_context",
+]

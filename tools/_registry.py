@@ -1,0 +1,191 @@
+"""The tool registry: typed functions registered with ``@tool``, looked up by name."""
+
+from __future__ import annotations
+
+import inspect
+import re
+import typing
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeVar
+
+from pydantic import BaseModel
+
+from dxgraph.errors import RegistrationError
+
+Device = Literal["cpu", "gpu", "any"]
+DIMS = ("2d", "3d", "3d+t")
+_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+_VERSION = re.compile(r"^\d+\.\d+\.\d+$")
+
+In = TypeVar("In", bound=BaseModel)
+Out = TypeVar("Out", bound=BaseModel)
+
+
+@dataclass(frozen=True)
+class ToolSpec:
+    """Everything the planner and dispatcher know about one registered tool."""
+
+    name: str
+    """Unique tool name."""
+    version: str
+    """Semantic version of the tool's behaviour."""
+    description: str
+    """The function's docstring: what an LLM planner reads."""
+    fn: Callable[[Any], BaseModel] = field(repr=False)
+    """The function itself."""
+    input_model: type[BaseModel]
+    """Pydantic model of the single input."""
+    output_model: type[BaseModel]
+    """Pydantic model of the output."""
+    modalities: tuple[str, ...]
+    """Image modalities the tool accepts."""
+    dims: tuple[str, ...]
+    """Dimensionalities it accepts: ``2d``, ``3d``, ``3d+t``."""
+    device: Device = "cpu"
+    """Where it runs: ``cpu``, ``gpu`` (CUDA when present) or ``any``."""
+    batchable: bool = False
+    """Whether it accepts several cases' inputs in one call."""
+
+    def input_fields(self) -> dict[str, Any]:
+        """Input field name -> annotation."""
+        return {n: f.annotation for n, f in self.input_model.model_fields.items()}
+
+    def output_fields(self) -> dict[str, Any]:
+        """Output field name -> annotation."""
+        return {n: f.annotation for n, f in self.output_model.model_fields.items()}
+
+    def summary(self) -> dict[str, Any]:
+        """Name, version, first docstring line and declarations, for listings."""
+        return {
+            "name": self.name,
+            "version": self.version,
+            "summary": self.description.strip().splitlines()[0] if self.description.strip() else "",
+            "modalities": list(self.modalities),
+            "dims": list(self.dims),
+            "device": self.device,
+            "batchable": self.batchable,
+        }
+
+    def describe(self) -> dict[str, Any]:
+        """Summary plus full docstring and input/output JSON schemas."""
+        return {
+            **self.summary(),
+            "description": inspect.cleandoc(self.description),
+            "input_schema": self.input_model.model_json_schema(),
+            "output_schema": self.output_model.model_json_schema(),
+        }
+
+
+class ToolRegistry:
+    """A set of tools by unique name."""
+
+    def __init__(self) -> None:
+        self._tools: dict[str, ToolSpec] = {}
+
+    def register(self, spec: ToolSpec) -> ToolSpec:
+        """Add a tool; RegistrationError when its name is taken."""
+        if spec.name in self._tools and self._tools[spec.name].fn is not spec.fn:
+            raise RegistrationError(f"tool name {spec.name!r} is already registered")
+        self._tools[spec.name] = spec
+        return spec
+
+    def get(self, name: str) -> ToolSpec:
+        """The tool with this name; KeyError when there is none."""
+        return self._tools[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._tools
+
+    def __iter__(self) -> Iterator[ToolSpec]:
+        return iter(sorted(self._tools.values(), key=lambda s: s.name))
+
+    def __len__(self) -> int:
+        return len(self._tools)
+
+    def producers_of(self, field_name: str, annotation: Any = None) -> list[ToolSpec]:
+        """Tools whose output has this field (with this annotation, when given)."""
+        out = []
+        for spec in self:
+            fields = spec.output_fields()
+            if field_name in fields and (annotation is None or fields[field_name] == annotation):
+                out.append(spec)
+        return out
+
+
+default_registry = ToolRegistry()
+"""The process-wide registry that ``@tool`` registers into."""
+
+
+def make_spec(
+    fn: Callable[[Any], BaseModel],
+    *,
+    name: str,
+    version: str,
+    modalities: tuple[str, ...] | list[str],
+    dims: tuple[str, ...] | list[str],
+    device: Device = "cpu",
+    batchable: bool = False,
+) -> ToolSpec:
+    """Check a function's signature and declarations and build its ToolSpec."""
+    where = f"tool {name!r} ({getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', '?')})"
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise RegistrationError(f"{where}: name must be snake_case letters, digits and underscores")
+    if not isinstance(version, str) or not _VERSION.match(version):
+        raise RegistrationError(f"{where}: version must look like 1.2.3, got {version!r}")
+    if not (fn.__doc__ or "").strip():
+        raise RegistrationError(f"{where}: needs a docstring; it is the description planners read")
+    if not modalities:
+        raise RegistrationError(f"{where}: declare at least one modality")
+    bad_dims = set(dims) - set(DIMS)
+    if not dims or bad_dims:
+        raise RegistrationError(f"{where}: dims must be a non-empty subset of {DIMS}")
+    if device not in ("cpu", "gpu", "any"):
+        raise RegistrationError(f"{where}: device must be cpu, gpu or any")
+    params = list(inspect.signature(fn).parameters.values())
+    try:
+        hints = typing.get_type_hints(fn)
+    except Exception as e:
+        raise RegistrationError(f"{where}: annotations do not resolve ({e})") from None
+    if len(params) != 1 or params[0].kind not in (params[0].POSITIONAL_ONLY, params[0].POSITIONAL_OR_KEYWORD):
+        raise RegistrationError(f"{where}: must take exactly one positional parameter, a pydantic model")
+    in_t, out_t = hints.get(params[0].name), hints.get("return")
+    if not (isinstance(in_t, type) and issubclass(in_t, BaseModel)):
+        raise RegistrationError(f"{where}: its parameter must be annotated with a pydantic model")
+    if not (isinstance(out_t, type) and issubclass(out_t, BaseModel)):
+        raise RegistrationError(f"{where}: its return must be annotated with a pydantic model")
+    return ToolSpec(
+        name=name,
+        version=version,
+        description=inspect.cleandoc(fn.__doc__ or ""),
+        fn=fn,
+        input_model=in_t,
+        output_model=out_t,
+        modalities=tuple(modalities),
+        dims=tuple(dims),
+        device=device,
+        batchable=batchable,
+    )
+
+
+def tool(
+    *,
+    name: str,
+    version: str,
+    modalities: tuple[str, ...] | list[str],
+    dims: tuple[str, ...] | list[str] = ("2d",),
+    device: Device = "cpu",
+    batchable: bool = False,
+    registry: ToolRegistry | None = None,
+) -> Callable[[Callable[[In], Out]], Callable[[In], Out]]:
+    """Register a function ``fn(Input) -> Output`` as a tool; the function is returned unchanged."""
+
+    def decorate(fn: Callable[[In], Out]) -> Callable[[In], Out]:
+        spec = make_spec(
+            fn, name=name, version=version, modalities=modalities, dims=dims, device=device, batchable=batchable
+        )
+        (registry if registry is not None else default_registry).register(spec)
+        fn.__dxgraph_tool__ = spec  # type: ignore[attr-defined]
+        return fn
+
+    return decorate

@@ -1,0 +1,209 @@
+"""Trace events: a discriminated union on ``event``, hash-chained through canonical JSON."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import datetime
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+from dxgraph.agent.case import Case
+from dxgraph.agent.diagnosis import Diagnosis
+from dxgraph.agent.evidence import Evidence
+from dxgraph.planners._plan import Plan
+
+TRACE_FORMAT = 1
+"""Version of the event format; bumped on any incompatible change."""
+GENESIS_SHA256 = "0" * 64
+"""The ``prev_sha256`` of a run's first event."""
+
+
+def canonical_json(obj: Any) -> str:
+    """JSON with sorted keys, no whitespace, UTF-8 text and no NaN: the form that gets hashed."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def event_sha256(body: dict[str, Any]) -> str:
+    """sha256 of an event's canonical JSON without its own ``sha256`` field.
+
+    The body holds ``prev_sha256``, so each hash covers the whole chain before it.
+    """
+    return hashlib.sha256(canonical_json({k: v for k, v in body.items() if k != "sha256"}).encode()).hexdigest()
+
+
+class CriteriaRef(BaseModel):
+    """Which criteria document, exactly."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    """Document id."""
+    version: str
+    """Document version."""
+    sha256: str
+    """sha256 of the document file."""
+
+
+class RunHeader(BaseModel):
+    """Everything needed to say what produced a run."""
+
+    model_config = ConfigDict(frozen=True)
+
+    trace_format: int = TRACE_FORMAT
+    """Event format version."""
+    dxgraph_version: str
+    """Package version."""
+    git_revision: str | None = None
+    """Source revision, when running from a git checkout."""
+    python_version: str
+    """Python version."""
+    platform: str
+    """Operating system and machine."""
+    library_versions: dict[str, str]
+    """Versions of the libraries results depend on."""
+    tools: dict[str, str]
+    """Registered tool name -> version."""
+    models: dict[str, str] = Field(default_factory=dict)
+    """Model id -> weights sha256, for model-backed tools and aggregators."""
+    criteria: tuple[CriteriaRef, ...]
+    """Every criteria document available to the run."""
+    seed: int
+    """Seed given to tools."""
+    device: str
+    """Device tools ran on."""
+    planner: str
+    """Planner used."""
+    aggregator: str
+    """Aggregator backend used."""
+
+
+class _Event(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    run_id: str
+    """The run."""
+    seq: int = Field(ge=0)
+    """Position in the run, from 0."""
+    ts: datetime
+    """When the event was recorded (UTC)."""
+    prev_sha256: str
+    """Hash of the previous event (zeros for the first)."""
+    sha256: str
+    """Hash of this event's canonical JSON (without this field)."""
+
+
+class RunStarted(_Event):
+    """A run began: its header and its case."""
+
+    event: Literal["RunStarted"] = "RunStarted"
+    """Discriminator."""
+    header: RunHeader
+    """Versions, tools, criteria, seed, device."""
+    case: Case
+    """The case, by reference."""
+
+
+class RetrievedRef(CriteriaRef):
+    """A retrieved criteria document and why it matched."""
+
+    score: float
+    """Retrieval score."""
+    matched_terms: tuple[str, ...]
+    """Terms that matched."""
+
+
+class CriteriaRetrieved(_Event):
+    """Criteria documents retrieved for the question."""
+
+    event: Literal["CriteriaRetrieved"] = "CriteriaRetrieved"
+    """Discriminator."""
+    question: str
+    """The question."""
+    documents: tuple[RetrievedRef, ...]
+    """Retrieved documents, best first."""
+
+
+class PlanMade(_Event):
+    """The validated plan."""
+
+    event: Literal["PlanMade"] = "PlanMade"
+    """Discriminator."""
+    plan: Plan
+    """The plan."""
+
+
+class ToolCalled(_Event):
+    """One tool call: inputs, outputs or error, timing."""
+
+    event: Literal["ToolCalled"] = "ToolCalled"
+    """Discriminator."""
+    step_id: str
+    """Plan step."""
+    tool: str
+    """Tool name."""
+    tool_version: str
+    """Tool version."""
+    status: Literal["ok", "failed", "skipped"]
+    """``failed``: the tool raised ToolError; ``skipped``: an upstream step failed."""
+    inputs: dict[str, Any]
+    """The validated input, as JSON (images and masks by reference)."""
+    outputs: dict[str, Any] | None = None
+    """The output, as JSON, when the call succeeded."""
+    error: str | None = None
+    """Why it failed or was skipped."""
+    quality_flags: tuple[str, ...] = ()
+    """Quality flags the tool raised."""
+    input_sha256: tuple[str, ...] = ()
+    """Hashes of the artifacts among the inputs."""
+    duration_ms: float = Field(ge=0)
+    """Wall time of the call."""
+
+
+class DiagnosisMade(_Event):
+    """The evidence and the diagnosis drawn from it."""
+
+    event: Literal["DiagnosisMade"] = "DiagnosisMade"
+    """Discriminator."""
+    evidence: tuple[Evidence, ...]
+    """All evidence the tools produced."""
+    diagnosis: Diagnosis
+    """The diagnosis."""
+
+
+class RunFinished(_Event):
+    """The run ended."""
+
+    event: Literal["RunFinished"] = "RunFinished"
+    """Discriminator."""
+    status: Literal["completed", "error"]
+    """``error`` when a bug stopped the run."""
+    label: str | None = None
+    """The diagnosis label, when there is one."""
+    duration_ms: float = Field(ge=0)
+    """Wall time of the run."""
+    error: str | None = None
+    """The error, when the run stopped on one."""
+
+
+Event = Annotated[
+    Union[RunStarted, CriteriaRetrieved, PlanMade, ToolCalled, DiagnosisMade, RunFinished],
+    Field(discriminator="event"),
+]
+EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
+"""Parses any event from JSON."""
+
+
+def artifact_hashes(obj: Any) -> set[str]:
+    """Every artifact sha256 referenced anywhere inside a JSON-like structure."""
+    found: set[str] = set()
+    if isinstance(obj, dict):
+        if isinstance(obj.get("sha256"), str) and "media_type" in obj:
+            found.add(obj["sha256"])
+        for v in obj.values():
+            found |= artifact_hashes(v)
+    elif isinstance(obj, list):
+        for v in obj:
+            found |= artifact_hashes(v)
+    return found

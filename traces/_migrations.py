@@ -1,0 +1,78 @@
+"""Numbered schema migrations. A migration, once released, never changes: add a new one instead."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime, timezone
+
+import sqlalchemy as sa
+
+
+def _m001_initial(conn: sa.Connection) -> None:
+    md = sa.MetaData()
+    sa.Table(
+        "runs",
+        md,
+        sa.Column("run_id", sa.String, primary_key=True),
+        sa.Column("started_at", sa.DateTime, nullable=False, index=True),
+        sa.Column("task", sa.String, nullable=False, index=True),
+        sa.Column("case_id", sa.String, nullable=False),
+        sa.Column("status", sa.String, nullable=False),
+        sa.Column("label", sa.String, nullable=True),
+        sa.Column("n_events", sa.Integer, nullable=False),
+        sa.Column("head_sha256", sa.String, nullable=False),
+        sa.Column("dxgraph_version", sa.String, nullable=False),
+    )
+    sa.Table(
+        "events",
+        md,
+        sa.Column("run_id", sa.String, sa.ForeignKey("runs.run_id"), primary_key=True),
+        sa.Column("seq", sa.Integer, primary_key=True),
+        sa.Column("event", sa.String, nullable=False),
+        sa.Column("sha256", sa.String, nullable=False),
+        sa.Column("body", sa.Text, nullable=False),
+    )
+    sa.Table(
+        "artifacts",
+        md,
+        sa.Column("sha256", sa.String, primary_key=True),
+        sa.Column("media_type", sa.String, nullable=False),
+        sa.Column("size_bytes", sa.Integer, nullable=False),
+        sa.Column("data", sa.LargeBinary, nullable=False),
+    )
+    md.create_all(conn)
+
+
+MIGRATIONS: dict[int, Callable[[sa.Connection], None]] = {1: _m001_initial}
+"""Schema version -> the migration that brings the previous version to it."""
+SCHEMA_VERSION = max(MIGRATIONS)
+"""The schema version this code reads and writes."""
+
+
+def current_version(conn: sa.Connection) -> int:
+    """The store's schema version (0 for an empty database)."""
+    if not sa.inspect(conn).has_table("schema_version"):
+        return 0
+    return int(conn.execute(sa.text("SELECT MAX(version) FROM schema_version")).scalar() or 0)
+
+
+def apply_migrations(conn: sa.Connection) -> int:
+    """Bring the store up to SCHEMA_VERSION inside the caller's transaction; return the version."""
+    from dxgraph.errors import StoreError
+
+    if not sa.inspect(conn).has_table("schema_version"):
+        conn.execute(
+            sa.text("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, applied_at VARCHAR)")
+        )
+    version = current_version(conn)
+    if version > SCHEMA_VERSION:
+        raise StoreError(
+            f"the trace store has schema version {version}; this dxgraph reads up to {SCHEMA_VERSION}: upgrade dxgraph"
+        )
+    for v in range(version + 1, SCHEMA_VERSION + 1):
+        MIGRATIONS[v](conn)
+        conn.execute(
+            sa.text("INSERT INTO schema_version (version, applied_at) VALUES (:v, :t)"),
+            {"v": v, "t": datetime.now(timezone.utc).isoformat()},
+        )
+    return SCHEMA_VERSION

@@ -1,0 +1,56 @@
+"""Recording one run's events in memory, hash-chained, until the store persists them at once."""
+
+from __future__ import annotations
+
+import secrets
+from datetime import datetime, timezone
+from typing import Any, TypeVar
+
+from dxgraph.traces._artifacts import MemoryArtifacts
+from dxgraph.traces._events import GENESIS_SHA256, EVENT_ADAPTER, Event, canonical_json, event_sha256
+
+E = TypeVar("E")
+
+
+def new_run_id(now: datetime | None = None) -> str:
+    """A sortable, unique run id such as ``20261128T213000-3f9a1c``."""
+    now = now or datetime.now(timezone.utc)
+    return f"{now:%Y%m%dT%H%M%S}-{secrets.token_hex(3)}"
+
+
+class TraceRecorder:
+    """Collects a run's events and artifacts; nothing reaches the store until ``TraceStore.save``."""
+
+    def __init__(self, run_id: str | None = None, artifacts: MemoryArtifacts | None = None) -> None:
+        self.run_id = run_id or new_run_id()
+        """The run's id."""
+        self.artifacts = artifacts if artifacts is not None else MemoryArtifacts()
+        """Artifacts the run produced (and its case's pixels)."""
+        self.events: list[Event] = []
+        """Events so far, in order."""
+        self.bodies: list[str] = []
+        """Canonical JSON of each event, exactly as hashed and stored."""
+
+    @property
+    def head_sha256(self) -> str:
+        """Hash of the last event (zeros before the first)."""
+        return self.events[-1].sha256 if self.events else GENESIS_SHA256
+
+    def emit(self, event_type: type[E], **fields: Any) -> E:
+        """Append an event of the given type; run id, sequence, time and hashes are filled in."""
+        body = event_type.model_validate(  # type: ignore[attr-defined]
+            {
+                **fields,
+                "run_id": self.run_id,
+                "seq": len(self.events),
+                "ts": datetime.now(timezone.utc),
+                "prev_sha256": self.head_sha256,
+                "sha256": "",
+            }
+        ).model_dump(mode="json")
+        body["sha256"] = event_sha256(body)
+        text = canonical_json(body)
+        event = EVENT_ADAPTER.validate_json(text)
+        self.events.append(event)
+        self.bodies.append(text)
+        return event  # type: ignore[return-value]
