@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -31,8 +31,11 @@ app.add_typer(criteria_app, name="criteria")
 out = Console(highlight=False, soft_wrap=True, markup=False)  # user text may hold [brackets]
 
 DbOpt = Annotated[
-    Optional[str],
-    typer.Option("--db", help="Trace store: a file path or SQLAlchemy URL. Default: $DXGRAPH_DB, else ~/.local/share/dxgraph/traces.db."),
+    str | None,
+    typer.Option(
+        "--db",
+        help="Trace store: a file path or SQLAlchemy URL. Default: $DXGRAPH_DB, else ~/.local/share/dxgraph/traces.db.",
+    ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
 
@@ -44,14 +47,24 @@ def _print_json(data: Any) -> None:
 @app.command()
 def diagnose(
     task: Annotated[str, typer.Option("--task", "-t", help="Question or task, such as 'glaucoma'.")],
-    image: Annotated[list[Path], typer.Option("--image", "-i", help="Image file (PNG, JPEG, DICOM, NIfTI); repeatable.")],
-    modality: Annotated[Optional[str], typer.Option(help="Modality of the images: fundus, cxr, ct, mr, us.")] = None,
-    clinical_text: Annotated[Optional[str], typer.Option("--clinical-text", help="Free-text clinical information.")] = None,
-    laterality: Annotated[Optional[str], typer.Option(help="Eye, for ophthalmic images: OD or OS.")] = None,
-    case_id: Annotated[Optional[str], typer.Option("--case-id", help="Pseudonymous case id (default: from image hashes).")] = None,
+    image: Annotated[
+        list[Path], typer.Option("--image", "-i", help="Image file (PNG, JPEG, DICOM, NIfTI); repeatable.")
+    ],
+    modality: Annotated[
+        str | None, typer.Option(help="Modality of the images: fundus, cxr, ct, mr, us.")
+    ] = None,
+    clinical_text: Annotated[
+        str | None, typer.Option("--clinical-text", help="Free-text clinical information.")
+    ] = None,
+    laterality: Annotated[str | None, typer.Option(help="Eye, for ophthalmic images: OD or OS.")] = None,
+    case_id: Annotated[
+        str | None, typer.Option("--case-id", help="Pseudonymous case id (default: from image hashes).")
+    ] = None,
     aggregator: Annotated[str, typer.Option(help="Deciding backend.")] = "rules",
     seed: Annotated[int, typer.Option(help="Seed for tools and confidence estimates.")] = 0,
-    report: Annotated[Optional[Path], typer.Option("--report", "-o", help="Also write the HTML report here.")] = None,
+    report: Annotated[
+        Path | None, typer.Option("--report", "-o", help="Also write the HTML report here.")
+    ] = None,
     db: DbOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -77,20 +90,42 @@ def diagnose(
         _print_json(result.to_json())
         return
     d = result.diagnosis
-    out.print(Text.assemble((d.label, "bold"), f"  confidence {d.confidence:.2f}{'  (abstained)' if d.abstained else ''}"))
+    out.print(
+        Text.assemble(
+            (d.label, "bold"), f"  confidence {d.confidence:.2f}{'  (abstained)' if d.abstained else ''}"
+        )
+    )
     table = Table("indicator", "value", "finding", "rule", "evidence")
     for cv in d.criteria[:1]:
         for v in cv.indicators:
-            value = "—" if v.value is None else (("yes" if v.value else "no") if isinstance(v.value, bool) else f"{v.value:.3f}")
-            table.add_row(v.name, value, v.finding if not v.reason else f"{v.finding}: {v.reason}", v.rule, ", ".join(v.evidence_ids))
+            value = (
+                "—"
+                if v.value is None
+                else (("yes" if v.value else "no") if isinstance(v.value, bool) else f"{v.value:.3f}")
+            )
+            table.add_row(
+                v.name,
+                value,
+                v.finding if not v.reason else f"{v.finding}: {v.reason}",
+                v.rule,
+                ", ".join(v.evidence_ids),
+            )
     out.print(table)
     out.print(d.rationale)
-    out.print(Text.assemble("run ", (result.run_id, "bold"), f"   (dxgraph trace show {result.run_id} · dxgraph report {result.run_id} -o report.html)"))
+    out.print(
+        Text.assemble(
+            "run ",
+            (result.run_id, "bold"),
+            f"   (dxgraph trace show {result.run_id} · dxgraph report {result.run_id} -o report.html)",
+        )
+    )
 
 
 @app.command()
 def demo(
-    out_dir: Annotated[Path, typer.Option("--out", help="Folder for the demo images and HTML reports.")] = Path("dxgraph-demo"),
+    out_dir: Annotated[
+        Path, typer.Option("--out", help="Folder for the demo images and HTML reports.")
+    ] = Path("dxgraph-demo"),
     db: DbOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -101,7 +136,9 @@ def demo(
     if as_json:
         _print_json([r.to_json() for r in rows])
         return
-    table = Table("case", "source", "true vCDR", "measured vCDR", "expected", "label", "conf.", "run", "report")
+    table = Table(
+        "case", "source", "true vCDR", "measured vCDR", "expected", "label", "conf.", "run", "report"
+    )
     for r in rows:
         expected_ok = r.expected_label is None or r.expected_label == r.label
         table.add_row(
@@ -146,7 +183,7 @@ def report(
 
 @trace_app.command("list")
 def trace_list(
-    task: Annotated[Optional[str], typer.Option(help="Only runs of this task.")] = None,
+    task: Annotated[str | None, typer.Option(help="Only runs of this task.")] = None,
     limit: Annotated[int, typer.Option(help="How many runs, newest first.")] = 50,
     db: DbOpt = None,
     as_json: JsonOpt = False,
@@ -160,7 +197,15 @@ def trace_list(
         return
     table = Table("run", "started (UTC)", "task", "case", "status", "label", "events")
     for r in rows:
-        table.add_row(r.run_id, f"{r.started_at:%Y-%m-%d %H:%M:%S}", r.task, r.case_id, r.status, r.label or "—", str(r.n_events))
+        table.add_row(
+            r.run_id,
+            f"{r.started_at:%Y-%m-%d %H:%M:%S}",
+            r.task,
+            r.case_id,
+            r.status,
+            r.label or "—",
+            str(r.n_events),
+        )
     out.print(table)
 
 
@@ -196,11 +241,20 @@ def trace_verify(
 
     check = TraceStore(db, create=False).verify(run_id)
     if as_json:
-        _print_json({"run_id": check.run_id, "ok": check.ok, "n_events": check.n_events, "problems": list(check.problems)})
+        _print_json(
+            {
+                "run_id": check.run_id,
+                "ok": check.ok,
+                "n_events": check.n_events,
+                "problems": list(check.problems),
+            }
+        )
     elif check.ok:
         out.print(f"{check.run_id}: intact ({check.n_events} events, chain and artifacts verified)")
     else:
-        out.print(Text.assemble(f"{check.run_id}: ", ("BROKEN", "bold red"), ": " + "; ".join(check.problems)))
+        out.print(
+            Text.assemble(f"{check.run_id}: ", ("BROKEN", "bold red"), ": " + "; ".join(check.problems))
+        )
     raise typer.Exit(0 if check.ok else 1)
 
 
@@ -215,7 +269,15 @@ def tools_list(as_json: JsonOpt = False) -> None:
         return
     table = Table("name", "version", "modalities", "dims", "device", "batch", "summary")
     for r in rows:
-        table.add_row(r["name"], r["version"], ",".join(r["modalities"]), ",".join(r["dims"]), r["device"], "yes" if r["batchable"] else "no", r["summary"])
+        table.add_row(
+            r["name"],
+            r["version"],
+            ",".join(r["modalities"]),
+            ",".join(r["dims"]),
+            r["device"],
+            "yes" if r["batchable"] else "no",
+            r["summary"],
+        )
     out.print(table)
 
 
@@ -230,7 +292,9 @@ def tools_describe(name: Annotated[str, typer.Argument(help="Tool name.")], as_j
     if as_json:
         _print_json(info)
         return
-    out.print(f"{info['name']} {info['version']}  ({', '.join(info['modalities'])}; {', '.join(info['dims'])}; {info['device']})")
+    out.print(
+        f"{info['name']} {info['version']}  ({', '.join(info['modalities'])}; {', '.join(info['dims'])}; {info['device']})"
+    )
     out.print(info["description"])
     for key in ("input_schema", "output_schema"):
         out.print("\n" + key.replace("_", " "), style="bold")
@@ -243,9 +307,15 @@ def criteria_list(as_json: JsonOpt = False) -> None:
     from dxgraph.criteria_kb import packaged_criteria
 
     docs = packaged_criteria()
-    rows = [
-        {"id": c.document.id, "version": c.document.version, "disease": c.document.disease, "title": c.document.title,
-         "indicators": [i.id for i in c.document.indicators], "sha256": c.sha256}
+    rows: list[dict[str, Any]] = [
+        {
+            "id": c.document.id,
+            "version": c.document.version,
+            "disease": c.document.disease,
+            "title": c.document.title,
+            "indicators": [i.id for i in c.document.indicators],
+            "sha256": c.sha256,
+        }
         for c in docs
     ]
     if as_json:
@@ -258,7 +328,9 @@ def criteria_list(as_json: JsonOpt = False) -> None:
 
 
 @criteria_app.command("show")
-def criteria_show(criteria_id: Annotated[str, typer.Argument(help="Document id or task name.")], as_json: JsonOpt = False) -> None:
+def criteria_show(
+    criteria_id: Annotated[str, typer.Argument(help="Document id or task name.")], as_json: JsonOpt = False
+) -> None:
     """Show one criteria document: indicators, thresholds, decision rule and sources."""
     from dxgraph.criteria_kb import get_criteria, packaged_criteria
 
@@ -273,7 +345,9 @@ def criteria_show(criteria_id: Annotated[str, typer.Argument(help="Document id o
     for i in doc.indicators:
         table.add_row(i.name, i.quantity, i.unit, i.modality, i.role, i.rule.describe(), ", ".join(i.sources))
     out.print(table)
-    out.print(f"decision: {doc.decision.positive_label} if {doc.decision.positive_if.model_dump_json(exclude_defaults=True)}, else {doc.decision.negative_label}")
+    out.print(
+        f"decision: {doc.decision.positive_label} if {doc.decision.positive_if.model_dump_json(exclude_defaults=True)}, else {doc.decision.negative_label}"
+    )
     for s in doc.sources:
         out.print(f"[{s.id}] {s.citation}" + (f" doi:{s.doi}" if s.doi else ""))
 

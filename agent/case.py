@@ -21,7 +21,7 @@ KNOWN_MODALITIES = ("fundus", "cxr", "ct", "mr", "us")
 class CaseImage(BaseModel):
     """One image of a case, held by reference to its decoded pixels."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, use_attribute_docstrings=True)
 
     image_id: str
     """Identifier of the image inside its case (``img0``, ``img1``...)."""
@@ -50,7 +50,7 @@ class CaseImage(BaseModel):
 class Case(BaseModel):
     """One patient study and the question asked about it."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, use_attribute_docstrings=True)
 
     case_id: str
     """Pseudonymous identifier; by default derived from the image hashes."""
@@ -106,7 +106,7 @@ def load_case(
                 file_sha256=decoded.file_sha256,
                 format=decoded.format,
                 modality=mod,
-                modality_source=source,  # type: ignore[arg-type]
+                modality_source=source,
                 role=role,
                 dims=decoded.dims,
                 shape=tuple(int(s) for s in decoded.array.shape),

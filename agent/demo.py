@@ -61,9 +61,11 @@ class DemoRow:
 def _phantom_case(name: str, vcdr: float, seed: int, laterality: Literal["OD", "OS"], field: str) -> DemoCase:
     from dxgraph.testing.phantoms import fundus_phantom
 
-    ph = fundus_phantom(vcdr, seed=seed, laterality=laterality, field=field)  # type: ignore[arg-type]
+    ph = fundus_phantom(vcdr, seed=seed, laterality=laterality, field=field)
     truth = {"vcdr": ph.vcdr, "rim_to_disc_ratio": ph.rim_to_disc_ratio, "isnt_violated": False}
-    return DemoCase(name, f"phantom ({field.replace('_', '-')}, seed {seed})", lambda: ph.rgb, ph.vcdr, truth, laterality)
+    return DemoCase(
+        name, f"phantom ({field.replace('_', '-')}, seed {seed})", lambda: ph.rgb, ph.vcdr, truth, laterality
+    )
 
 
 def _retina() -> np.ndarray:
@@ -89,7 +91,9 @@ def expected_label(truth: dict[str, Any]) -> str:
     from dxgraph.criteria_kb import retrieve
 
     doc = retrieve("glaucoma")[0].criteria.document
-    findings = {ind.id: ind.rule.finding(truth[ind.quantity]) for ind in doc.indicators if ind.quantity in truth}
+    findings = {
+        ind.id: ind.rule.finding(truth[ind.quantity]) for ind in doc.indicators if ind.quantity in truth
+    }
     return label_for(doc, findings)[0]  # type: ignore[arg-type]
 
 

@@ -14,7 +14,7 @@ IndicatorStatus = Literal["normal", "borderline", "abnormal", "not_assessable"]
 class IndicatorVerdict(BaseModel):
     """What one indicator's evidence says under its threshold rule."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, use_attribute_docstrings=True)
 
     indicator: str
     """Indicator id."""
@@ -37,7 +37,7 @@ class IndicatorVerdict(BaseModel):
 class CriterionVerdict(BaseModel):
     """The verdict of one criteria document on the case."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, use_attribute_docstrings=True)
 
     criteria_id: str
     """Criteria document id."""
@@ -54,7 +54,7 @@ class CriterionVerdict(BaseModel):
 class Diagnosis(BaseModel):
     """The final answer of a run."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, use_attribute_docstrings=True)
 
     label: str
     """Diagnostic label, such as ``glaucoma_suspect``, ``no_glaucoma_signs`` or ``not_assessable``."""

@@ -10,7 +10,7 @@ from dxgraph.traces._artifacts import ArtifactRef
 class Evidence(BaseModel):
     """A tool's measurement of one indicator, with provenance."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, use_attribute_docstrings=True)
 
     evidence_id: str
     """Identifier cited by diagnoses: ``<step id>:<quantity>``."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -94,17 +94,17 @@ def read_image(path: str | Path) -> DecodedImage:
             arr, spacing, modality, dims = _read_nifti(p)
     except CaseError as e:
         raise CaseError(f"{p}: {e}") from None
-    except Exception as e:  # decoder libraries raise anything on corrupt files
+    except Exception as e:  # noqa: BLE001 -- decoders raise anything on corrupt files
         raise CaseError(f"{p}: cannot decode {fmt.upper()} data ({type(e).__name__}: {e})") from None
     _check_pixels(p, arr, dims)
     return DecodedImage(arr, fmt, dims, spacing, modality, sha256_bytes(data))
 
 
 def _read_raster(data: bytes, fmt: ImageFormat) -> tuple[np.ndarray, None, None, Dims]:
+    import io
+
     import cv2
     from PIL import Image
-
-    import io
 
     with Image.open(io.BytesIO(data)) as im:  # reads the header only
         w, h = im.size
@@ -145,7 +145,7 @@ def _read_dicom(path: Path) -> tuple[np.ndarray, tuple[float, ...] | None, str |
         arr = arr.astype(np.float32) * slope + intercept
     if photometric == "MONOCHROME1":  # high values are dark: invert so that bright means dense
         arr = arr.max() + arr.min() - arr
-    spacing = None
+    spacing: tuple[float, ...] | None = None
     for tag in ("PixelSpacing", "ImagerPixelSpacing"):
         if tag in ds and ds.get(tag):
             row_mm, col_mm = (float(v) for v in ds.get(tag))
@@ -164,7 +164,7 @@ def _read_dicom(path: Path) -> tuple[np.ndarray, tuple[float, ...] | None, str |
 def _read_nifti(path: Path) -> tuple[np.ndarray, tuple[float, ...] | None, None, Dims]:
     import nibabel as nib
 
-    img = nib.load(str(path))
+    img: Any = nib.load(str(path))
     shape = tuple(int(s) for s in img.shape)
     if int(np.prod(shape)) > MAX_PIXELS:
         raise CaseError(f"declares {shape} voxels, more than the {MAX_PIXELS:,} allowed")

@@ -6,7 +6,6 @@ import numpy as np
 
 from dxgraph.agent.aggregate import EvidenceBundle
 from dxgraph.agent.diagnosis import CriterionVerdict, Diagnosis, IndicatorVerdict
-from dxgraph.agent.evidence import Evidence
 from dxgraph.criteria_kb import AllOf, AnyOf, BandsRule, Condition, CriteriaDocument, FindingIs, evaluate
 from dxgraph.criteria_kb._schema import Finding
 
@@ -22,11 +21,11 @@ def indicator_verdicts(doc: CriteriaDocument, bundle: EvidenceBundle) -> list[In
         common = dict(indicator=ind.id, name=ind.name, unit=ind.unit, rule=ind.rule.describe())
         if ev is None:
             reason = bundle.missing.get((doc.id, ind.id), "no evidence was produced")
-            out.append(IndicatorVerdict(finding="not_assessable", reason=reason, **common))  # type: ignore[arg-type]
+            out.append(IndicatorVerdict(finding="not_assessable", reason=reason, **common))
             continue
-        finding = ind.rule.finding(ev.value)  # type: ignore[arg-type]
+        finding = ind.rule.finding(ev.value)
         out.append(
-            IndicatorVerdict(finding=finding, value=ev.value, evidence_ids=(ev.evidence_id,), **common)  # type: ignore[arg-type]
+            IndicatorVerdict(finding=finding, value=ev.value, evidence_ids=(ev.evidence_id,), **common)
         )
     return out
 
@@ -43,7 +42,9 @@ def label_for(doc: CriteriaDocument, findings: dict[str, Finding | None]) -> tup
     return (doc.decision.positive_label if satisfied else doc.decision.negative_label), satisfied
 
 
-def label_confidence(doc: CriteriaDocument, verdicts: list[IndicatorVerdict], label: str, seed: int = 0) -> float:
+def label_confidence(
+    doc: CriteriaDocument, verdicts: list[IndicatorVerdict], label: str, seed: int = 0
+) -> float:
     """Fraction of simulated re-measurements (each numeric value ± its rule's uncertainty, Gaussian)
     that give the same label. Deterministic for a given seed.
     """
@@ -51,14 +52,19 @@ def label_confidence(doc: CriteriaDocument, verdicts: list[IndicatorVerdict], la
     sampled: dict[str, list[Finding | None]] = {}
     for v in verdicts:
         rule = doc.indicator(v.indicator).rule
-        if isinstance(rule, BandsRule) and isinstance(v.value, (int, float)) and not isinstance(v.value, bool):
+        if (
+            isinstance(rule, BandsRule)
+            and isinstance(v.value, (int, float))
+            and not isinstance(v.value, bool)
+        ):
             draws = rng.normal(float(v.value), rule.uncertainty or 1e-12, CONFIDENCE_DRAWS)
             sampled[v.indicator] = [rule.finding(float(x)) for x in draws]
         else:
             f = None if v.finding == "not_assessable" else v.finding
-            sampled[v.indicator] = [f] * CONFIDENCE_DRAWS  # type: ignore[list-item]
+            sampled[v.indicator] = [f] * CONFIDENCE_DRAWS
     same = sum(
-        label_for(doc, {k: vals[i] for k, vals in sampled.items()})[0] == label for i in range(CONFIDENCE_DRAWS)
+        label_for(doc, {k: vals[i] for k, vals in sampled.items()})[0] == label
+        for i in range(CONFIDENCE_DRAWS)
     )
     return same / CONFIDENCE_DRAWS
 

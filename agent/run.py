@@ -29,7 +29,16 @@ from dxgraph.traces._store import TraceStore
 
 AGGREGATORS = ("rules",)
 """Aggregator backends available by name."""
-LIBRARIES = ("numpy", "opencv-python-headless", "pydantic", "langgraph", "sqlmodel", "torch", "monai", "transformers")
+LIBRARIES = (
+    "numpy",
+    "opencv-python-headless",
+    "pydantic",
+    "langgraph",
+    "sqlmodel",
+    "torch",
+    "monai",
+    "transformers",
+)
 
 
 @dataclass(frozen=True)
@@ -99,7 +108,10 @@ def run_header(registry: ToolRegistry, *, seed: int, device: str, aggregator: st
         platform=f"{platform.system()} {platform.machine()}",
         library_versions=_library_versions(),
         tools={s.name: s.version for s in registry},
-        criteria=tuple(CriteriaRef(id=c.document.id, version=c.document.version, sha256=c.sha256) for c in packaged_criteria()),
+        criteria=tuple(
+            CriteriaRef(id=c.document.id, version=c.document.version, sha256=c.sha256)
+            for c in packaged_criteria()
+        ),
         seed=seed,
         device=device,
         planner="deterministic",
@@ -151,7 +163,9 @@ def diagnose(
     )
     store = store or TraceStore(db)
     ctx = ToolContext(artifacts=rec.artifacts, seed=seed, device="cpu")
-    rec.emit(RunStarted, header=run_header(registry, seed=seed, device=ctx.device, aggregator=agg.name), case=case)
+    rec.emit(
+        RunStarted, header=run_header(registry, seed=seed, device=ctx.device, aggregator=agg.name), case=case
+    )
     graph = build_graph(RunDeps(registry=registry, recorder=rec, aggregator=agg, tool_context=ctx))
     try:
         state = graph.invoke({"case": case})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Annotated, Literal, Union
 
@@ -12,7 +13,7 @@ Finding = Literal["normal", "borderline", "abnormal"]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
 
 class Source(_Strict):
@@ -59,13 +60,15 @@ class BandsRule(_Strict):
     def _contiguous(self) -> BandsRule:
         if self.bands[0].lower is not None or self.bands[-1].upper is not None:
             raise ValueError("bands must start at minus infinity and end at plus infinity (omit the bounds)")
-        for a, b in zip(self.bands, self.bands[1:]):
+        for a, b in itertools.pairwise(self.bands):
             if a.upper is None or b.lower is None or a.upper != b.lower:
                 raise ValueError(f"bands must be contiguous: {a.upper} then {b.lower}")
         return self
 
-    def finding(self, value: float) -> Finding:
-        """The finding for one value."""
+    def finding(self, value: float | bool) -> Finding:
+        """The finding for one numeric value."""
+        if isinstance(value, bool):
+            raise TypeError("a bands rule reads numbers, not yes/no values")
         for band in self.bands:
             if band.contains(value):
                 return band.finding
@@ -77,7 +80,7 @@ class BandsRule(_Strict):
 
     def describe(self) -> str:
         """Human-readable rendering, such as ``normal < 0.6 ≤ borderline < 0.7 ≤ abnormal``."""
-        parts = [self.bands[0].finding]
+        parts: list[str] = [self.bands[0].finding]
         for b in self.bands[1:]:
             parts.append(f"{b.lower:g} ≤ {b.finding}")
         return " < ".join(parts)
@@ -93,8 +96,10 @@ class BooleanRule(_Strict):
     when_false: Finding
     """Finding when the measured value is false."""
 
-    def finding(self, value: bool) -> Finding:
-        """The finding for one value."""
+    def finding(self, value: float | bool) -> Finding:
+        """The finding for one yes/no value."""
+        if not isinstance(value, bool):
+            raise TypeError("a boolean rule reads yes/no values, not numbers")
         return self.when_true if value else self.when_false
 
     def describe(self) -> str:
@@ -102,7 +107,7 @@ class BooleanRule(_Strict):
         return f"true → {self.when_true}, false → {self.when_false}"
 
 
-ThresholdRule = Annotated[Union[BandsRule, BooleanRule], Field(discriminator="kind")]
+ThresholdRule = Annotated[BandsRule | BooleanRule, Field(discriminator="kind")]
 
 
 class Indicator(_Strict):
@@ -151,7 +156,7 @@ class AnyOf(_Strict):
     """Sub-conditions."""
 
 
-Condition = Union[FindingIs, AllOf, AnyOf]
+Condition = Union[FindingIs, AllOf, AnyOf]  # noqa: UP007 -- forward refs need Union
 AllOf.model_rebuild()
 AnyOf.model_rebuild()
 

@@ -86,9 +86,9 @@ class _Builder:
             if annotations_compatible(ImageRef, info.annotation):
                 inputs[name] = ImageInput(image_id=image.image_id, assumed_modality=assumed)
             elif name in CASE_FIELDS:
-                inputs[name] = CaseField(field=name)  # type: ignore[arg-type]
+                inputs[name] = CaseField(field=name)
             else:
-                step_id = self.provider(name, info.annotation, image, assumed, stack + (spec.name,))
+                step_id = self.provider(name, info.annotation, image, assumed, (*stack, spec.name))
                 if step_id is not None:
                     inputs[name] = StepOutput(step_id=step_id, field=name)
                     self.steps[step_id].feeds.append(spec.name)

@@ -55,7 +55,9 @@ def image_ref(case: Case, binding: ImageInput) -> ImageRef:
     )
 
 
-def _resolve_inputs(step_inputs: dict[str, Any], case: Case, results: dict[str, StepResult]) -> dict[str, Any]:
+def _resolve_inputs(
+    step_inputs: dict[str, Any], case: Case, results: dict[str, StepResult]
+) -> dict[str, Any]:
     values: dict[str, Any] = {}
     for name, b in step_inputs.items():
         if isinstance(b, ImageInput):
@@ -98,7 +100,9 @@ def dispatch(
                 with tool_context(ctx):
                     output = spec.fn(inp)
                 if not isinstance(output, spec.output_model):
-                    raise TypeError(f"tool {spec.name} returned {type(output).__name__}, not {spec.output_model.__name__}")
+                    raise TypeError(
+                        f"tool {spec.name} returned {type(output).__name__}, not {spec.output_model.__name__}"
+                    )
                 status, error, flags = "ok", None, _flags_of(output)
             except ToolError as e:
                 status, error, flags = "failed", str(e), tuple(e.flags)
@@ -155,7 +159,9 @@ def collect_evidence(
         ind = docs[p.criteria_id].indicator(p.indicator)
         chain = [p.step_id, *sorted(plan.upstream(p.step_id))]
         flags = tuple(dict.fromkeys(f for s in chain for f in results[s].quality_flags))
-        refs = _artifact_refs_in_json(res.inputs_json) + _artifact_refs_in_json(res.output.model_dump(mode="json"))
+        refs = _artifact_refs_in_json(res.inputs_json) + _artifact_refs_in_json(
+            res.output.model_dump(mode="json")
+        )
         unique = list({r.sha256: r for r in refs}.values())
         value = getattr(res.output, p.quantity)
         if value is None:

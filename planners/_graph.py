@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from typing import Any, TypedDict
 
@@ -109,10 +110,10 @@ def build_graph(deps: RunDeps) -> Any:
         return {}
 
     g = StateGraph(RunState)
-    for name, fn in zip(NODES, (retrieve_node, plan_node, dispatch_node, aggregate_node, decide_node)):
-        g.add_node(name, fn)  # type: ignore[call-overload]
+    for name, fn in zip(NODES, (retrieve_node, plan_node, dispatch_node, aggregate_node, decide_node), strict=True):
+        g.add_node(name, fn)
     g.add_edge(START, NODES[0])
-    for a, b in zip(NODES, NODES[1:]):
+    for a, b in itertools.pairwise(NODES):
         g.add_edge(a, b)
     g.add_edge(NODES[-1], END)
     return g.compile()

@@ -15,7 +15,7 @@ from dxgraph.tools._types import ImageRef
 
 
 class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
 
 
 class ImageInput(_Frozen):
@@ -58,7 +58,7 @@ class FixedValue(_Frozen):
     """The value."""
 
 
-Binding = Annotated[Union[ImageInput, StepOutput, CaseField, FixedValue], Field(discriminator="kind")]
+Binding = Annotated[ImageInput | StepOutput | CaseField | FixedValue, Field(discriminator="kind")]
 
 
 class ToolCall(_Frozen):

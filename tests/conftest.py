@@ -16,7 +16,9 @@ def db(tmp_path: Path) -> str:
 
 
 @pytest.fixture(autouse=True)
-def _isolated_default_store(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+def _isolated_default_store(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """No test writes into the user's default trace store."""
     monkeypatch.setenv("DXGRAPH_DB", str(tmp_path_factory.mktemp("default-store") / "traces.db"))
 

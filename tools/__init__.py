@@ -3,6 +3,9 @@
 Importing this package registers the built-in tools into ``default_registry``.
 """
 
+# built-in tools register themselves on import
+from dxgraph.tools import crop as _crop  # noqa: F401
+from dxgraph.tools import fundus as _fundus  # noqa: F401
 from dxgraph.tools._context import (
     ToolContext,
     current_context,
@@ -12,16 +15,13 @@ from dxgraph.tools._context import (
     tool_context,
 )
 from dxgraph.tools._registry import ToolRegistry, ToolSpec, default_registry, make_spec, tool
-from dxgraph.tools._types import ImageRef, RegionOfInterest
-
-# built-in tools register themselves on import
-from dxgraph.tools import crop as _crop  # noqa: E402,F401
-from dxgraph.tools import fundus as _fundus  # noqa: E402,F401
+from dxgraph.tools._types import ImageRef, RegionOfInterest, ToolModel
 
 __all__ = [
     "ImageRef",
     "RegionOfInterest",
     "ToolContext",
+    "ToolModel",
     "ToolRegistry",
     "ToolSpec",
     "current_context",

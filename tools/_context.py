@@ -70,7 +70,9 @@ def as_rgb8(pixels: np.ndarray) -> np.ndarray:
     """
     a = pixels
     if not (a.ndim == 2 or (a.ndim == 3 and a.shape[2] == 3)):
-        raise ToolError(f"expected a 2D grey or RGB image, got an array of shape {a.shape}", flags=("not_2d_image",))
+        raise ToolError(
+            f"expected a 2D grey or RGB image, got an array of shape {a.shape}", flags=("not_2d_image",)
+        )
     if a.dtype != np.uint8:
         a = a.astype(np.float64)
         lo, hi = float(a.min()), float(a.max())

@@ -145,7 +145,7 @@ def make_spec(
     params = list(inspect.signature(fn).parameters.values())
     try:
         hints = typing.get_type_hints(fn)
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 -- any failure to resolve is the plugin's to fix
         raise RegistrationError(f"{where}: annotations do not resolve ({e})") from None
     if len(params) != 1 or params[0].kind not in (params[0].POSITIONAL_ONLY, params[0].POSITIONAL_OR_KEYWORD):
         raise RegistrationError(f"{where}: must take exactly one positional parameter, a pydantic model")
@@ -182,7 +182,13 @@ def tool(
 
     def decorate(fn: Callable[[In], Out]) -> Callable[[In], Out]:
         spec = make_spec(
-            fn, name=name, version=version, modalities=modalities, dims=dims, device=device, batchable=batchable
+            fn,
+            name=name,
+            version=version,
+            modalities=modalities,
+            dims=dims,
+            device=device,
+            batchable=batchable,
         )
         (registry if registry is not None else default_registry).register(spec)
         fn.__dxgraph_tool__ = spec  # type: ignore[attr-defined]

@@ -8,10 +8,16 @@ from dxgraph.agent.images import Dims
 from dxgraph.traces._artifacts import ArtifactRef
 
 
+class ToolModel(BaseModel):
+    """Base for tool inputs and outputs: field docstrings become schema descriptions an LLM reads."""
+
+    model_config = ConfigDict(use_attribute_docstrings=True)
+
+
 class ImageRef(BaseModel):
     """A case image as a tool receives it: pixels by reference, with modality and spacing."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, use_attribute_docstrings=True)
 
     image_id: str
     """Identifier of the image in its case."""
@@ -28,7 +34,7 @@ class ImageRef(BaseModel):
 class RegionOfInterest(BaseModel):
     """A circular region found in a 2D image, such as the optic disc."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, use_attribute_docstrings=True)
 
     label: str
     """What the region is, such as ``optic_disc``."""

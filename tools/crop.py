@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import numpy as np
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from dxgraph.tools._context import as_rgb8, load_image, save_artifact
 from dxgraph.tools._registry import tool
-from dxgraph.tools._types import ImageRef, RegionOfInterest
+from dxgraph.tools._types import ImageRef, RegionOfInterest, ToolModel
 from dxgraph.traces._artifacts import ArtifactRef
 
 
-class CropZoomInput(BaseModel):
+class CropZoomInput(ToolModel):
     """Input of crop_zoom."""
 
     image: ImageRef
@@ -24,7 +24,7 @@ class CropZoomInput(BaseModel):
     """Side of the returned square crop in pixels."""
 
 
-class Crop(BaseModel):
+class Crop(ToolModel):
     """A square, resampled crop of an image around a region."""
 
     crop: ArtifactRef
@@ -53,8 +53,8 @@ def crop_zoom(inp: CropZoomInput) -> Crop:
     rgb = as_rgb8(load_image(inp.image))
     h, w = rgb.shape[:2]
     cx, cy = inp.roi.center_xy
-    half = max(int(round(inp.roi.radius_px * inp.window_factor)), 1)
-    x0, y0 = int(round(cx)) - half, int(round(cy)) - half
+    half = max(round(inp.roi.radius_px * inp.window_factor), 1)
+    x0, y0 = round(cx) - half, round(cy) - half
     x1, y1 = x0 + 2 * half, y0 + 2 * half
     window = np.zeros((2 * half, 2 * half, 3), np.uint8)
     sx0, sy0, sx1, sy1 = max(x0, 0), max(y0, 0), min(x1, w), min(y1, h)

@@ -4,25 +4,24 @@ from __future__ import annotations
 
 from typing import Literal
 
-import numpy as np
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from dxgraph.errors import ToolError
 from dxgraph.tools import _cup_disc_geometry as geo
 from dxgraph.tools._context import as_rgb8, load_artifact, load_image, save_artifact
 from dxgraph.tools._registry import tool
-from dxgraph.tools._types import ImageRef, RegionOfInterest
+from dxgraph.tools._types import ImageRef, RegionOfInterest, ToolModel
 from dxgraph.traces._artifacts import ArtifactRef
 
 
-class SegmentDiscCupInput(BaseModel):
+class SegmentDiscCupInput(ToolModel):
     """Input of segment_optic_disc_cup."""
 
     image: ImageRef
     """A colour fundus photograph."""
 
 
-class DiscCupMasks(BaseModel):
+class DiscCupMasks(ToolModel):
     """Optic disc and cup masks of one fundus photograph."""
 
     disc_mask: ArtifactRef
@@ -71,7 +70,7 @@ def segment_optic_disc_cup(inp: SegmentDiscCupInput) -> DiscCupMasks:
     )
 
 
-class MeasureCupDiscInput(BaseModel):
+class MeasureCupDiscInput(ToolModel):
     """Input of measure_cup_disc."""
 
     disc_mask: ArtifactRef
@@ -84,7 +83,7 @@ class MeasureCupDiscInput(BaseModel):
     """Which eye; needed to tell the nasal from the temporal rim."""
 
 
-class CupDiscMeasurements(BaseModel):
+class CupDiscMeasurements(ToolModel):
     """Cup/disc ratios and neuroretinal rim widths."""
 
     vcdr: float = Field(ge=0, le=1)
@@ -130,7 +129,9 @@ def measure_cup_disc(inp: MeasureCupDiscInput) -> CupDiscMeasurements:
     """
     disc, cup = load_artifact(inp.disc_mask).astype(bool), load_artifact(inp.cup_mask).astype(bool)
     if disc.shape != cup.shape:
-        raise ToolError(f"disc mask {disc.shape} and cup mask {cup.shape} differ in size", flags=("mask_mismatch",))
+        raise ToolError(
+            f"disc mask {disc.shape} and cup mask {cup.shape} differ in size", flags=("mask_mismatch",)
+        )
     if disc.sum() < 20:
         raise ToolError("the disc mask is empty or too small to measure", flags=("empty_disc",))
     flags = []

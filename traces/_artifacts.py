@@ -16,7 +16,7 @@ NPY = "application/x-npy"
 class ArtifactRef(BaseModel):
     """A reference to stored bytes by content hash; never the bytes themselves."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, use_attribute_docstrings=True)
 
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     """sha256 of the stored bytes."""
@@ -100,7 +100,9 @@ def save_array(store: ArtifactStore, arr: np.ndarray, kind: str) -> ArtifactRef:
     """Encode and store an array; return its reference."""
     data, media_type = encode_array(arr)
     digest = store.put_bytes(data, media_type)
-    return ArtifactRef(sha256=digest, media_type=media_type, kind=kind, shape=tuple(int(s) for s in arr.shape))
+    return ArtifactRef(
+        sha256=digest, media_type=media_type, kind=kind, shape=tuple(int(s) for s in arr.shape)
+    )
 
 
 def load_array(store: ArtifactStore, ref: ArtifactRef) -> np.ndarray:

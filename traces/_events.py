@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from datetime import datetime
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
@@ -30,13 +30,15 @@ def event_sha256(body: dict[str, Any]) -> str:
 
     The body holds ``prev_sha256``, so each hash covers the whole chain before it.
     """
-    return hashlib.sha256(canonical_json({k: v for k, v in body.items() if k != "sha256"}).encode()).hexdigest()
+    return hashlib.sha256(
+        canonical_json({k: v for k, v in body.items() if k != "sha256"}).encode()
+    ).hexdigest()
 
 
 class CriteriaRef(BaseModel):
     """Which criteria document, exactly."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, use_attribute_docstrings=True)
 
     id: str
     """Document id."""
@@ -49,7 +51,7 @@ class CriteriaRef(BaseModel):
 class RunHeader(BaseModel):
     """Everything needed to say what produced a run."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, use_attribute_docstrings=True)
 
     trace_format: int = TRACE_FORMAT
     """Event format version."""
@@ -80,7 +82,7 @@ class RunHeader(BaseModel):
 
 
 class _Event(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
 
     run_id: str
     """The run."""
@@ -188,7 +190,7 @@ class RunFinished(_Event):
 
 
 Event = Annotated[
-    Union[RunStarted, CriteriaRetrieved, PlanMade, ToolCalled, DiagnosisMade, RunFinished],
+    RunStarted | CriteriaRetrieved | PlanMade | ToolCalled | DiagnosisMade | RunFinished,
     Field(discriminator="event"),
 ]
 EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)

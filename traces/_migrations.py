@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import sqlalchemy as sa
 
@@ -62,7 +62,9 @@ def apply_migrations(conn: sa.Connection) -> int:
 
     if not sa.inspect(conn).has_table("schema_version"):
         conn.execute(
-            sa.text("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, applied_at VARCHAR)")
+            sa.text(
+                "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, applied_at VARCHAR)"
+            )
         )
     version = current_version(conn)
     if version > SCHEMA_VERSION:
@@ -73,6 +75,6 @@ def apply_migrations(conn: sa.Connection) -> int:
         MIGRATIONS[v](conn)
         conn.execute(
             sa.text("INSERT INTO schema_version (version, applied_at) VALUES (:v, :t)"),
-            {"v": v, "t": datetime.now(timezone.utc).isoformat()},
+            {"v": v, "t": datetime.now(UTC).isoformat()},
         )
     return SCHEMA_VERSION

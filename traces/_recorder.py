@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import secrets
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from dxgraph.traces._artifacts import MemoryArtifacts
-from dxgraph.traces._events import GENESIS_SHA256, EVENT_ADAPTER, Event, canonical_json, event_sha256
+from dxgraph.traces._events import EVENT_ADAPTER, GENESIS_SHA256, Event, canonical_json, event_sha256
 
 E = TypeVar("E")
 
 
 def new_run_id(now: datetime | None = None) -> str:
     """A sortable, unique run id such as ``20261128T213000-3f9a1c``."""
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     return f"{now:%Y%m%dT%H%M%S}-{secrets.token_hex(3)}"
 
 
@@ -43,7 +43,7 @@ class TraceRecorder:
                 **fields,
                 "run_id": self.run_id,
                 "seq": len(self.events),
-                "ts": datetime.now(timezone.utc),
+                "ts": datetime.now(UTC),
                 "prev_sha256": self.head_sha256,
                 "sha256": "",
             }

@@ -105,12 +105,18 @@ def build_figures(store: TraceStore, started: RunStarted, calls: list[ToolCalled
         fig = Figure(f"{im.image_id}: {im.file_name}", _data_url(rgb), rgb.shape[1], rgb.shape[0])
         for i, (label, ref) in enumerate(masks):
             if tuple(ref.shape) == tuple(im.shape[:2]):
-                fig.overlays.append(Overlay(label, PALETTE[i % len(PALETTE)], _outline(loaded[ref.sha256], scale)))
+                fig.overlays.append(
+                    Overlay(label, PALETTE[i % len(PALETTE)], _outline(loaded[ref.sha256], scale))
+                )
         figures.append(fig)
         for c in calls:
             out = c.outputs or {}
             crop = out.get("crop")
-            if c.status != "ok" or not isinstance(crop, dict) or c.inputs.get("image", {}).get("image_id") != im.image_id:
+            if (
+                c.status != "ok"
+                or not isinstance(crop, dict)
+                or c.inputs.get("image", {}).get("image_id") != im.image_id
+            ):
                 continue
             crop_rgb = load_array(store, ArtifactRef.model_validate(crop))
             x0, y0, _, _ = out["box_xyxy"]

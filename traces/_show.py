@@ -25,14 +25,20 @@ def summarize(ev: Event) -> str:
     """What happened in this event, in one line."""
     if isinstance(ev, RunStarted):
         h, c = ev.header, ev.case
-        imgs = ", ".join(f"{i.file_name} ({i.modality or 'modality unspecified'}, {i.dims})" for i in c.images)
+        imgs = ", ".join(
+            f"{i.file_name} ({i.modality or 'modality unspecified'}, {i.dims})" for i in c.images
+        )
         return f"case {c.case_id}, question {c.question!r}, images: {imgs}; dxgraph {h.dxgraph_version}, device {h.device}"
     if isinstance(ev, CriteriaRetrieved):
         docs = ", ".join(f"{d.id} v{d.version} (score {d.score:g})" for d in ev.documents)
         return f"for {ev.question!r}: {docs}"
     if isinstance(ev, PlanMade):
         steps = " → ".join(f"{s.step_id} {s.tool}" for s in ev.plan.steps)
-        na = f"; not assessable: {', '.join(n.indicator for n in ev.plan.not_assessable)}" if ev.plan.not_assessable else ""
+        na = (
+            f"; not assessable: {', '.join(n.indicator for n in ev.plan.not_assessable)}"
+            if ev.plan.not_assessable
+            else ""
+        )
         return f"{ev.plan.planner} plan: {steps or 'no steps'}{na}"
     if isinstance(ev, ToolCalled):
         head = f"{ev.step_id} {ev.tool}@{ev.tool_version} {ev.status} in {ev.duration_ms:.0f} ms"
@@ -48,4 +54,4 @@ def summarize(ev: Event) -> str:
     if isinstance(ev, RunFinished):
         tail = f": {ev.error}" if ev.error else ""
         return f"{ev.status} in {ev.duration_ms / 1000:.1f} s, label {ev.label}{tail}"
-    return ev.event  # type: ignore[unreachable]
+    return ev.event

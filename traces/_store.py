@@ -15,10 +15,17 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from sqlmodel import Field, Session, SQLModel, select
+from sqlmodel import Field, Session, SQLModel, col, select
 
 from dxgraph.errors import StoreError
-from dxgraph.traces._events import EVENT_ADAPTER, GENESIS_SHA256, Event, RunStarted, artifact_hashes, event_sha256
+from dxgraph.traces._events import (
+    EVENT_ADAPTER,
+    GENESIS_SHA256,
+    Event,
+    RunStarted,
+    artifact_hashes,
+    event_sha256,
+)
 from dxgraph.traces._migrations import apply_migrations
 from dxgraph.traces._recorder import TraceRecorder
 
@@ -126,7 +133,7 @@ class TraceStore:
         connect_args: dict[str, Any] = {"timeout": 30} if self.is_sqlite else {}
         try:
             self.engine = sa.create_engine(self.url, connect_args=connect_args)
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 -- bad URLs raise many kinds
             raise StoreError(f"cannot open the trace store {self.url}: {e}") from None
         if self.is_sqlite:
             sa.event.listen(self.engine, "connect", _sqlite_pragmas)
@@ -159,7 +166,7 @@ class TraceStore:
                 )
             )
             s.flush()
-            for ev, body in zip(rec.events, rec.bodies):
+            for ev, body in zip(rec.events, rec.bodies, strict=True):
                 s.add(EventRow(run_id=rec.run_id, seq=ev.seq, event=ev.event, sha256=ev.sha256, body=body))
 
     def _insert_artifacts(self, s: Session, rec: TraceRecorder) -> None:
@@ -168,7 +175,8 @@ class TraceStore:
             return
         table = ArtifactRow.__table__  # type: ignore[attr-defined]
         rows = [
-            {"sha256": k, "media_type": mt, "size_bytes": len(data), "data": data} for k, (data, mt) in blobs.items()
+            {"sha256": k, "media_type": mt, "size_bytes": len(data), "data": data}
+            for k, (data, mt) in blobs.items()
         ]
         if self.is_sqlite:
             from sqlalchemy.dialects.sqlite import insert
@@ -181,7 +189,7 @@ class TraceStore:
     def list_runs(self, limit: int = 50, task: str | None = None) -> list[RunRow]:
         """Most recent runs first."""
         with Session(self.engine) as s:
-            q = select(RunRow).order_by(sa.desc(RunRow.started_at), sa.desc(RunRow.run_id)).limit(limit)
+            q = select(RunRow).order_by(col(RunRow.started_at).desc(), col(RunRow.run_id).desc()).limit(limit)
             if task:
                 q = q.where(RunRow.task == task)
             return list(s.exec(q).all())
@@ -189,7 +197,7 @@ class TraceStore:
     def resolve_run_id(self, run_id: str) -> str:
         """The full id of a run from its id or a unique prefix; StoreError otherwise."""
         with Session(self.engine) as s:
-            ids = s.exec(select(RunRow.run_id).where(RunRow.run_id.startswith(run_id)).limit(3)).all()  # type: ignore[attr-defined]
+            ids = s.exec(select(RunRow.run_id).where(col(RunRow.run_id).startswith(run_id)).limit(3)).all()
         if run_id in ids:
             return run_id
         if len(ids) == 1:
@@ -210,7 +218,9 @@ class TraceStore:
         """The run's stored event rows in order."""
         rid = self.resolve_run_id(run_id)
         with Session(self.engine) as s:
-            return list(s.exec(select(EventRow).where(EventRow.run_id == rid).order_by(EventRow.seq)).all())
+            return list(
+                s.exec(select(EventRow).where(EventRow.run_id == rid).order_by(col(EventRow.seq))).all()
+            )
 
     def events(self, run_id: str) -> list[Event]:
         """The run's events, parsed, in order."""
@@ -246,7 +256,7 @@ class TraceStore:
             try:
                 body = json.loads(row.body)
                 EVENT_ADAPTER.validate_python(body)
-            except Exception as e:
+            except Exception as e:  # noqa: BLE001 -- a tampered body may fail anywhere
                 problems.append(f"{where}: does not parse as an event ({e.__class__.__name__})")
                 break
             if row.seq != i:
@@ -263,7 +273,9 @@ class TraceStore:
             if len(rows) != run.n_events:
                 problems.append(f"run row says {run.n_events} events, store holds {len(rows)}")
             elif prev != run.head_sha256:
-                problems.append("the last event's hash does not match the run's seal (events appended or cut)")
+                problems.append(
+                    "the last event's hash does not match the run's seal (events appended or cut)"
+                )
         if not problems:
             for digest in sorted(referenced):
                 try:

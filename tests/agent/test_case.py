@@ -91,9 +91,15 @@ def test_nifti_volume_axes_and_spacing(tmp_path):
     "make, message",
     [
         (lambda p: p / "missing.png", "no such file"),
-        (lambda p: (p / "empty.png").write_bytes(b"") and p / "empty.png" or p / "empty.png", "empty"),
-        (lambda p: (p / "text.png").write_text("hello, not an image") and p / "text.png", "not a PNG, JPEG, DICOM or NIfTI"),
-        (lambda p: (p / "cut.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40) and p / "cut.png", "cannot decode|corrupt"),
+        (lambda p: ((p / "empty.png").write_bytes(b"") and p / "empty.png") or p / "empty.png", "empty"),
+        (
+            lambda p: (p / "text.png").write_text("hello, not an image") and p / "text.png",
+            "not a PNG, JPEG, DICOM or NIfTI",
+        ),
+        (
+            lambda p: (p / "cut.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40) and p / "cut.png",
+            "cannot decode|corrupt",
+        ),
         (lambda p: write_rgb(p / "tiny.png", np.zeros((4, 4, 3), np.uint8)), "at least 16 px"),
         (lambda p: p, "not a regular file"),
     ],

@@ -29,10 +29,19 @@ def test_glaucoma_document_has_cited_thresholds_as_data():
     vcdr = doc.indicator("vcdr")
     assert vcdr.rule.thresholds() == [0.6, 0.7]
     assert [vcdr.rule.finding(v) for v in (0.59, 0.6, 0.69, 0.7, 0.95)] == [
-        "normal", "borderline", "borderline", "abnormal", "abnormal"
+        "normal",
+        "borderline",
+        "borderline",
+        "abnormal",
+        "abnormal",
     ]
     rdr = doc.indicator("rim_to_disc_ratio")
-    assert [rdr.rule.finding(v) for v in (0.05, 0.1, 0.19, 0.2)] == ["abnormal", "borderline", "borderline", "normal"]
+    assert [rdr.rule.finding(v) for v in (0.05, 0.1, 0.19, 0.2)] == [
+        "abnormal",
+        "borderline",
+        "borderline",
+        "normal",
+    ]
     assert doc.indicator("isnt_rule").rule.finding(True) == "abnormal"
     source_ids = {s.id for s in doc.sources}
     assert {"egs2021", "foster2002", "jonas1988", "harizman2006", "spaeth2002"} <= source_ids
@@ -50,7 +59,12 @@ def test_packaged_documents_carry_file_hashes():
     [
         (lambda d: d["indicators"][0]["rule"]["bands"].pop(1), "contiguous"),
         (lambda d: d["indicators"][0].update(sources=["nobody2020"]), "unknown sources"),
-        (lambda d: d["decision"]["positive_if"]["any"].append({"indicator": "ghost", "finding": ["abnormal"]}), "unknown indicator"),
+        (
+            lambda d: d["decision"]["positive_if"]["any"].append(
+                {"indicator": "ghost", "finding": ["abnormal"]}
+            ),
+            "unknown indicator",
+        ),
         (lambda d: d.update(version="one"), "version"),
         (lambda d: d["indicators"][0]["rule"]["bands"][0].update(finding="sick"), "finding"),
     ],
@@ -69,7 +83,12 @@ def test_retrieval_by_task_and_by_synonyms():
     hit = retrieve("Is there glaucomatous cupping of the optic disc?")[0]
     assert hit.criteria.document.disease == "glaucoma"
     assert {"glaucomatous", "cupping", "optic disc"} <= set(hit.matched_terms)
-    assert retrieve("screen this eye", clinical_text="suspected POAG: optic disc cupping, raised IOP")[0].criteria.document.disease == "glaucoma"
+    assert (
+        retrieve("screen this eye", clinical_text="suspected POAG: optic disc cupping, raised IOP")[
+            0
+        ].criteria.document.disease
+        == "glaucoma"
+    )
 
 
 def test_unknown_question_names_the_known_tasks():
@@ -78,8 +97,17 @@ def test_unknown_question_names_the_known_tasks():
 
 
 def test_three_valued_decision_logic():
-    cond = AnyOf(any=(FindingIs(indicator="a", finding=("abnormal",)),
-                      AllOf(all=(FindingIs(indicator="b", finding=("borderline",)), FindingIs(indicator="c", finding=("abnormal",))))))
+    cond = AnyOf(
+        any=(
+            FindingIs(indicator="a", finding=("abnormal",)),
+            AllOf(
+                all=(
+                    FindingIs(indicator="b", finding=("borderline",)),
+                    FindingIs(indicator="c", finding=("abnormal",)),
+                )
+            ),
+        )
+    )
     assert evaluate(cond, {"a": "abnormal", "b": None, "c": None}) is True
     assert evaluate(cond, {"a": "normal", "b": "normal", "c": None}) is False
     assert evaluate(cond, {"a": "normal", "b": "borderline", "c": None}) is None

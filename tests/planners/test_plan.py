@@ -66,44 +66,83 @@ def _plan(*steps):
 
 def test_validator_rejects_unknown_tools(fundus_case):
     with pytest.raises(PlanError, match="no tool named 'ghost'"):
-        validate_plan(_plan(ToolCall(step_id="s1", tool="ghost", tool_version="1.0.0", inputs={}, purpose="x")),
-                      default_registry, fundus_case)
+        validate_plan(
+            _plan(ToolCall(step_id="s1", tool="ghost", tool_version="1.0.0", inputs={}, purpose="x")),
+            default_registry,
+            fundus_case,
+        )
 
 
 def test_validator_rejects_forward_references_and_cycles(fundus_case):
-    a = ToolCall(step_id="s1", tool="measure_cup_disc", tool_version="0.1.0", purpose="x",
-                 inputs={"disc_mask": StepOutput(step_id="s2", field="disc_mask"),
-                         "cup_mask": StepOutput(step_id="s2", field="cup_mask"),
-                         "image": ImageInput(image_id="img0")})
-    b = ToolCall(step_id="s2", tool="segment_optic_disc_cup", tool_version="0.1.0", purpose="x",
-                 inputs={"image": ImageInput(image_id="img0")})
-    with pytest.raises(PlanError, match="step s1 .*reads step s2, which does not run before it"):
+    a = ToolCall(
+        step_id="s1",
+        tool="measure_cup_disc",
+        tool_version="0.1.0",
+        purpose="x",
+        inputs={
+            "disc_mask": StepOutput(step_id="s2", field="disc_mask"),
+            "cup_mask": StepOutput(step_id="s2", field="cup_mask"),
+            "image": ImageInput(image_id="img0"),
+        },
+    )
+    b = ToolCall(
+        step_id="s2",
+        tool="segment_optic_disc_cup",
+        tool_version="0.1.0",
+        purpose="x",
+        inputs={"image": ImageInput(image_id="img0")},
+    )
+    with pytest.raises(PlanError, match=r"step s1 .*reads step s2, which does not run before it"):
         validate_plan(_plan(a, b), default_registry, fundus_case)
 
 
 def test_validator_rejects_type_mismatches(fundus_case):
-    seg = ToolCall(step_id="s1", tool="segment_optic_disc_cup", tool_version="0.1.0", purpose="x",
-                   inputs={"image": ImageInput(image_id="img0")})
-    bad = ToolCall(step_id="s2", tool="measure_cup_disc", tool_version="0.1.0", purpose="x",
-                   inputs={"disc_mask": StepOutput(step_id="s1", field="roi"),
-                           "cup_mask": StepOutput(step_id="s1", field="cup_mask"),
-                           "image": ImageInput(image_id="img0")})
-    with pytest.raises(PlanError, match="input 'disc_mask' wants ArtifactRef but step s1.roi gives RegionOfInterest"):
+    seg = ToolCall(
+        step_id="s1",
+        tool="segment_optic_disc_cup",
+        tool_version="0.1.0",
+        purpose="x",
+        inputs={"image": ImageInput(image_id="img0")},
+    )
+    bad = ToolCall(
+        step_id="s2",
+        tool="measure_cup_disc",
+        tool_version="0.1.0",
+        purpose="x",
+        inputs={
+            "disc_mask": StepOutput(step_id="s1", field="roi"),
+            "cup_mask": StepOutput(step_id="s1", field="cup_mask"),
+            "image": ImageInput(image_id="img0"),
+        },
+    )
+    with pytest.raises(
+        PlanError, match=r"input 'disc_mask' wants ArtifactRef but step s1\.roi gives RegionOfInterest"
+    ):
         validate_plan(_plan(seg, bad), default_registry, fundus_case)
 
 
 def test_validator_rejects_a_modality_the_tool_does_not_take(tmp_path):
     path = write_rgb(tmp_path / "x.png", np.zeros((64, 64, 3), np.uint8))
     case = load_case("glaucoma", [path], MemoryArtifacts(), modality="ct")
-    step = ToolCall(step_id="s1", tool="segment_optic_disc_cup", tool_version="0.1.0", purpose="x",
-                    inputs={"image": ImageInput(image_id="img0")})
+    step = ToolCall(
+        step_id="s1",
+        tool="segment_optic_disc_cup",
+        tool_version="0.1.0",
+        purpose="x",
+        inputs={"image": ImageInput(image_id="img0")},
+    )
     with pytest.raises(PlanError, match="segment_optic_disc_cup accepts fundus images; image img0 is ct"):
         validate_plan(_plan(step), default_registry, case)
 
 
 def test_validator_rejects_unbound_required_inputs(fundus_case):
-    step = ToolCall(step_id="s1", tool="measure_cup_disc", tool_version="0.1.0", purpose="x",
-                    inputs={"image": ImageInput(image_id="img0")})
+    step = ToolCall(
+        step_id="s1",
+        tool="measure_cup_disc",
+        tool_version="0.1.0",
+        purpose="x",
+        inputs={"image": ImageInput(image_id="img0")},
+    )
     with pytest.raises(PlanError, match="required inputs not bound: disc_mask, cup_mask"):
         validate_plan(_plan(step), default_registry, fundus_case)
 
@@ -140,8 +179,16 @@ def test_planner_chains_tools_by_field_name_and_type(fundus_case):
     from dxgraph.criteria_kb import Indicator
 
     ind = Indicator.model_validate(
-        {"id": "odd", "name": "odd", "quantity": "odd_quantity", "unit": "1", "modality": "fundus",
-         "rule": {"kind": "boolean", "when_true": "abnormal", "when_false": "normal"}, "sources": ["x"], "rationale": "r"}
+        {
+            "id": "odd",
+            "name": "odd",
+            "quantity": "odd_quantity",
+            "unit": "1",
+            "modality": "fundus",
+            "rule": {"kind": "boolean", "when_true": "abnormal", "when_false": "normal"},
+            "sources": ["x"],
+            "rationale": "r",
+        }
     )
     from dxgraph.planners._deterministic import _Builder
 

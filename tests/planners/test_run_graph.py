@@ -23,11 +23,20 @@ def test_graph_has_the_five_nodes_in_order():
 
 def test_a_run_leaves_the_full_event_sequence_with_an_intact_chain(tmp_path, db):
     path = write_rgb(tmp_path / "f.png", np.full((200, 200, 3), 90, np.uint8))
-    r = dxgraph.diagnose("glaucoma", path, db=db, modality="fundus", registry=drawn_disc_cup_registry(cup_radius_px=38))
+    r = dxgraph.diagnose(
+        "glaucoma", path, db=db, modality="fundus", registry=drawn_disc_cup_registry(cup_radius_px=38)
+    )
     store = TraceStore(db)
     events = store.events(r.run_id)
     assert [e.event for e in events] == [
-        "RunStarted", "CriteriaRetrieved", "PlanMade", "ToolCalled", "ToolCalled", "ToolCalled", "DiagnosisMade", "RunFinished"
+        "RunStarted",
+        "CriteriaRetrieved",
+        "PlanMade",
+        "ToolCalled",
+        "ToolCalled",
+        "ToolCalled",
+        "DiagnosisMade",
+        "RunFinished",
     ]
     assert store.verify(r.run_id).ok
     vcdr = next(e for e in r.evidence if e.indicator == "vcdr")
@@ -45,7 +54,9 @@ def test_a_failing_tool_is_recorded_and_the_run_abstains(tmp_path, db):
     assert r.diagnosis.confidence == 0.0
     calls = [e for e in TraceStore(db).events(r.run_id) if e.event == "ToolCalled"]
     assert [(c.tool, c.status) for c in calls] == [
-        ("segment_optic_disc_cup", "failed"), ("measure_cup_disc", "skipped"), ("crop_zoom", "skipped")
+        ("segment_optic_disc_cup", "failed"),
+        ("measure_cup_disc", "skipped"),
+        ("crop_zoom", "skipped"),
     ]
     assert calls[0].error == "no optic disc candidate in the field of view"
     assert calls[0].quality_flags == ("disc_not_found",)

@@ -28,7 +28,10 @@ def measure(disc, cup, laterality=None, spacing=None):
             spacing_mm=spacing,
         )
         inp = MeasureCupDiscInput(
-            disc_mask=save_artifact(disc, "mask"), cup_mask=save_artifact(cup, "mask"), image=image, laterality=laterality
+            disc_mask=save_artifact(disc, "mask"),
+            cup_mask=save_artifact(cup, "mask"),
+            image=image,
+            laterality=laterality,
         )
         return measure_cup_disc(inp)
 

@@ -1,0 +1,202 @@
+"""The command line: JSON output, trace show, report, and one clear line with exit code 2 on bad input."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from dxgraph.cli import main
+from dxgraph.traces._store import TraceStore
+
+from _helpers import drawn_disc_cup_registry, write_rgb
+
+
+def run_cli(capsys, *argv):
+    with pytest.raises(SystemExit) as e:
+        main(list(argv))
+    captured = capsys.readouterr()
+    return e.value.code, captured.out, captured.err
+
+
+@pytest.fixture
+def drawn_tools(monkeypatch):
+    """Make the CLI's runs use a segmenter that draws known circles (the real one is tested elsewhere)."""
+    monkeypatch.setattr("dxgraph.agent.run.default_registry", drawn_disc_cup_registry(cup_radius_px=20))
+
+
+@pytest.fixture
+def fundus_png(tmp_path):
+    return write_rgb(tmp_path / "fundus.png", np.full((240, 240, 3), 120, np.uint8))
+
+
+def test_diagnose_json_then_show_report_verify(capsys, tmp_path, db, fundus_png, drawn_tools):
+    code, out, _ = run_cli(
+        capsys,
+        "diagnose",
+        "--task",
+        "glaucoma",
+        "--image",
+        str(fundus_png),
+        "--modality",
+        "fundus",
+        "--db",
+        db,
+        "--json",
+    )
+    assert code == 0
+    result = json.loads(out)
+    assert result["diagnosis"]["label"] == "no_glaucoma_signs"
+    vcdr = result["evidence"][0]
+    assert (vcdr["indicator"], vcdr["value"], vcdr["unit"]) == ("vcdr", 41 / 101, "1")
+    run_id = result["run_id"]
+
+    code, out, _ = run_cli(capsys, "trace", "show", run_id, "--db", db)
+    assert code == 0
+    for name in ("RunStarted", "CriteriaRetrieved", "PlanMade", "ToolCalled", "DiagnosisMade", "RunFinished"):
+        assert name in out
+
+    code, out, _ = run_cli(capsys, "trace", "show", run_id, "--db", db, "--json")
+    events = json.loads(out)
+    assert [e["seq"] for e in events] == list(range(8))
+
+    report = tmp_path / "r.html"
+    code, _, _ = run_cli(capsys, "report", run_id, "-o", str(report), "--db", db)
+    html = report.read_text()
+    assert code == 0
+    assert "no_glaucoma_signs" in html and "<svg" in html and '<path d="M' in html
+    assert "data:image/jpeg;base64," in html and 'Hash chain: <span class="ok">intact' in html
+    assert "http://" not in html and "https://" not in html  # self-contained
+
+    code, out, _ = run_cli(capsys, "trace", "verify", run_id, "--db", db)
+    assert code == 0 and "intact" in out
+    code, out, _ = run_cli(capsys, "trace", "list", "--db", db, "--json")
+    assert [r["run_id"] for r in json.loads(out)] == [run_id]
+
+
+def test_verify_exits_1_on_a_tampered_run(capsys, db, fundus_png, drawn_tools):
+    import sqlalchemy as sa
+
+    code, out, _ = run_cli(
+        capsys,
+        "diagnose",
+        "-t",
+        "glaucoma",
+        "-i",
+        str(fundus_png),
+        "--modality",
+        "fundus",
+        "--db",
+        db,
+        "--json",
+    )
+    run_id = json.loads(out)["run_id"]
+    with TraceStore(db).engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "UPDATE events SET body = replace(body, 'no_glaucoma_signs', 'glaucoma_suspect') WHERE seq = 6"
+            )
+        )
+    code, out, _ = run_cli(capsys, "trace", "verify", run_id, "--db", db)
+    assert code == 1 and "BROKEN" in out and "event 6 (DiagnosisMade)" in out
+
+
+@pytest.mark.parametrize(
+    "make_args, message",
+    [
+        (lambda p: ["--task", "glaucoma", "--image", str(p / "missing.png")], "no such file"),
+        (lambda p: ["--task", "glaucoma", "--image", str(_text_png(p))], "not a PNG, JPEG, DICOM or NIfTI"),
+        (lambda p: ["--task", "glaucoma", "--image", str(_empty_png(p))], "the file is empty"),
+        (
+            lambda p: ["--task", "glaucoma", "--image", str(_zero_png(p))],
+            "cannot decode|no pixels|at least 16 px",
+        ),
+        (
+            lambda p: ["--task", "fracture", "--image", str(_good_png(p))],
+            "no criteria answer the question 'fracture'; known tasks: glaucoma",
+        ),
+        (
+            lambda p: ["--task", "glaucoma", "--image", str(_good_png(p)), "--laterality", "left"],
+            "--laterality must be OD or OS",
+        ),
+        (
+            lambda p: ["--task", "glaucoma", "--image", str(_good_png(p)), "--aggregator", "oracle"],
+            "unknown aggregator 'oracle'",
+        ),
+    ],
+)
+def test_bad_input_is_one_line_exit_2_and_no_partial_run(capsys, tmp_path, db, make_args, message):
+    import re
+
+    code, out, err = run_cli(capsys, "diagnose", *make_args(tmp_path), "--db", db)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("dxgraph: error: ")
+    assert re.search(message, lines[0]), lines[0]
+    assert "Traceback" not in err and out == ""
+    assert TraceStore(db).list_runs() == []
+
+
+def _text_png(p):
+    (p / "notes.png").write_text("this is a text file, not a picture\n")
+    return p / "notes.png"
+
+
+def _empty_png(p):
+    (p / "empty.png").write_bytes(b"")
+    return p / "empty.png"
+
+
+def _zero_png(p):
+    # a syntactically valid PNG header that declares a 0x0 image
+    import struct
+    import zlib
+
+    ihdr = struct.pack(">IIBBBBB", 0, 0, 8, 2, 0, 0, 0)
+    chunk = lambda t, d: struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d))  # noqa: E731
+    (p / "zero.png").write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b""))
+    return p / "zero.png"
+
+
+def _good_png(p):
+    return write_rgb(p / "ok.png", np.full((64, 64, 3), 100, np.uint8))
+
+
+def test_unknown_run_is_exit_2(capsys, db):
+    code, _, err = run_cli(capsys, "trace", "show", "nope", "--db", db)
+    assert (code == 2 and "no run 'nope'" in err) or "no trace store" in err
+
+
+def test_tools_and_criteria_listings(capsys):
+    code, out, _ = run_cli(capsys, "tools", "list", "--json")
+    tools = {t["name"]: t for t in json.loads(out)}
+    assert {"segment_optic_disc_cup", "measure_cup_disc", "crop_zoom"} <= set(tools)
+    assert tools["measure_cup_disc"]["modalities"] == ["fundus"]
+    code, out, _ = run_cli(capsys, "tools", "describe", "measure_cup_disc", "--json")
+    info = json.loads(out)
+    assert "vcdr" in info["output_schema"]["properties"]
+    assert info["output_schema"]["properties"]["vcdr"]["description"].startswith("Vertical cup-to-disc ratio")
+    code, out, _ = run_cli(capsys, "criteria", "show", "glaucoma", "--json")
+    assert json.loads(out)["id"] == "glaucoma.onh-structure"
+    code, _, err = run_cli(capsys, "tools", "describe", "nope")
+    assert code == 2 and "no tool named 'nope'" in err
+
+
+def test_console_script_exit_code_is_2_for_user_errors(tmp_path):
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dxgraph",
+            "diagnose",
+            "--task",
+            "glaucoma",
+            "--image",
+            str(tmp_path / "x.png"),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert p.returncode == 2
+    assert p.stderr.strip() == f"dxgraph: error: {tmp_path / 'x.png'}: no such file"

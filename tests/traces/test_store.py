@@ -1,0 +1,106 @@
+"""The trace store: hash chain verification catches edits, the seal catches cuts, artifacts are checked."""
+
+import itertools
+import json
+
+import numpy as np
+import pytest
+import sqlalchemy as sa
+
+import dxgraph
+from dxgraph.errors import StoreError
+from dxgraph.traces._events import GENESIS_SHA256, canonical_json, event_sha256
+from dxgraph.traces._migrations import SCHEMA_VERSION
+from dxgraph.traces._store import TraceStore
+
+from _helpers import drawn_disc_cup_registry, write_rgb
+
+
+@pytest.fixture
+def stored_run(tmp_path, db):
+    path = write_rgb(tmp_path / "f.png", np.full((200, 200, 3), 90, np.uint8))
+    r = dxgraph.diagnose("glaucoma", path, db=db, modality="fundus", registry=drawn_disc_cup_registry())
+    return TraceStore(db), r.run_id
+
+
+def _sql(store, statement, **params):
+    with store.engine.begin() as conn:
+        conn.execute(sa.text(statement), params)
+
+
+def test_intact_run_verifies(stored_run):
+    store, run_id = stored_run
+    check = store.verify(run_id)
+    assert check.ok and check.problems == () and check.n_events == 8
+    rows = store.raw_events(run_id)
+    assert json.loads(rows[0].body)["prev_sha256"] == GENESIS_SHA256
+    for prev, row in itertools.pairwise(rows):
+        assert json.loads(row.body)["prev_sha256"] == prev.sha256
+        assert event_sha256(json.loads(row.body)) == row.sha256
+
+
+def test_editing_a_value_breaks_the_chain_at_that_event(stored_run):
+    store, run_id = stored_run
+    row = store.raw_events(run_id)[4]  # measure_cup_disc
+    body = json.loads(row.body)
+    body["outputs"]["vcdr"] = 0.31
+    _sql(store, "UPDATE events SET body = :b WHERE run_id = :r AND seq = 4", b=canonical_json(body), r=run_id)
+    check = store.verify(run_id)
+    assert not check.ok
+    assert check.problems[0] == "event 4 (ToolCalled): content does not match its sha256 (edited)"
+
+
+def test_rehashing_an_edited_event_is_caught_by_the_next_link(stored_run):
+    store, run_id = stored_run
+    row = store.raw_events(run_id)[4]
+    body = json.loads(row.body)
+    body["outputs"]["vcdr"] = 0.31
+    body["sha256"] = event_sha256(body)
+    _sql(
+        store,
+        "UPDATE events SET body = :b, sha256 = :h WHERE run_id = :r AND seq = 4",
+        b=canonical_json(body),
+        h=body["sha256"],
+        r=run_id,
+    )
+    check = store.verify(run_id)
+    assert check.problems[0] == "event 5 (ToolCalled): prev_sha256 does not match the previous event's hash"
+
+
+def test_cutting_the_last_event_is_caught_by_the_seal(stored_run):
+    store, run_id = stored_run
+    _sql(store, "DELETE FROM events WHERE run_id = :r AND seq = 7", r=run_id)
+    assert store.verify(run_id).problems == ("run row says 8 events, store holds 7",)
+
+
+def test_an_edited_artifact_is_caught(stored_run):
+    store, run_id = stored_run
+    mask_sha = json.loads(store.raw_events(run_id)[3].body)["outputs"]["disc_mask"]["sha256"]
+    _sql(store, "UPDATE artifacts SET data = :d WHERE sha256 = :s", d=b"not the mask", s=mask_sha)
+    assert store.verify(run_id).problems == (f"artifact {mask_sha[:12]} does not match its sha256 (edited)",)
+
+
+def test_schema_is_migrated_and_versioned(db):
+    store = TraceStore(db)
+    with store.engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT MAX(version) FROM schema_version")).scalar() == SCHEMA_VERSION
+        assert conn.execute(sa.text("PRAGMA journal_mode")).scalar() == "wal"
+    TraceStore(db)  # reopening applies nothing twice
+    with store.engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT COUNT(*) FROM schema_version")).scalar() == SCHEMA_VERSION
+
+
+def test_a_newer_schema_is_refused(db):
+    store = TraceStore(db)
+    _sql(store, "INSERT INTO schema_version (version, applied_at) VALUES (99, 'future')")
+    with pytest.raises(StoreError, match="schema version 99"):
+        TraceStore(db)
+
+
+def test_unknown_runs_and_missing_stores_are_user_errors(tmp_path, stored_run):
+    store, run_id = stored_run
+    with pytest.raises(StoreError, match="no run 'nope'"):
+        store.events("nope")
+    assert store.resolve_run_id(run_id[:17]) == run_id
+    with pytest.raises(StoreError, match="no trace store at"):
+        TraceStore(str(tmp_path / "absent.db"), create=False)
