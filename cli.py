@@ -8,8 +8,9 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich import box
 from rich.console import Console
-from rich.table import Table
+from rich.table import Column, Table
 from rich.text import Text
 
 from dxgraph.errors import UserError
@@ -137,22 +138,26 @@ def demo(
         _print_json([r.to_json() for r in rows])
         return
     table = Table(
-        "case", "source", "true vCDR", "measured vCDR", "expected", "label", "conf.", "run", "report"
+        Column("case", no_wrap=True),
+        Column("true vCDR", justify="right", min_width=9),
+        Column("measured", justify="right", min_width=8),
+        Column("label", no_wrap=True),
+        Column("conf.", justify="right", min_width=5),
+        Column("as expected", no_wrap=True),
+        box=box.SIMPLE_HEAD,
     )
     for r in rows:
-        expected_ok = r.expected_label is None or r.expected_label == r.label
         table.add_row(
             r.name,
-            r.source,
             "—" if r.true_vcdr is None else f"{r.true_vcdr:.2f}",
             "—" if r.measured_vcdr is None else f"{r.measured_vcdr:.2f}",
-            r.expected_label or "—",
-            Text(r.label, style="" if expected_ok else "red"),
+            r.label,
             f"{r.confidence:.2f}",
-            r.run_id,
-            str(r.report),
+            "—" if r.expected_label is None else ("yes" if r.expected_label == r.label else Text("no", "red")),
         )
     out.print(table)
+    for r in rows:
+        out.print(f"{r.name}: {r.source}; run {r.run_id}; report {r.report}")
     agree = sum(r.expected_label == r.label for r in rows if r.expected_label)
     total = sum(1 for r in rows if r.expected_label)
     out.print(f"{agree}/{total} phantom labels as expected; reports in {out_dir}/")
