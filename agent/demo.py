@@ -5,11 +5,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
 from dxgraph.errors import UserError
+
+if TYPE_CHECKING:
+    from dxgraph.testing.phantoms import FundusPhantom
 
 
 @dataclass(frozen=True)
@@ -58,14 +61,27 @@ class DemoRow:
         return {**self.__dict__, "report": str(self.report)}
 
 
-def _phantom_case(name: str, vcdr: float, seed: int, laterality: Literal["OD", "OS"], field: str) -> DemoCase:
+def _phantom_case(
+    name: str,
+    vcdr: float,
+    seed: int,
+    laterality: Literal["OD", "OS"],
+    field: Literal["disc_centred", "macula_centred"],
+) -> DemoCase:
     from dxgraph.testing.phantoms import fundus_phantom
 
     ph = fundus_phantom(vcdr, seed=seed, laterality=laterality, field=field)
-    truth = {"vcdr": ph.vcdr, "rim_to_disc_ratio": ph.rim_to_disc_ratio, "isnt_violated": False}
+    truth = phantom_truth(ph)
     return DemoCase(
         name, f"phantom ({field.replace('_', '-')}, seed {seed})", lambda: ph.rgb, ph.vcdr, truth, laterality
     )
+
+
+def phantom_truth(ph: FundusPhantom) -> dict[str, Any]:
+    """A phantom's true indicator values, by quantity name, from its rendered masks."""
+    w = ph.rim_widths_px
+    in_order = w["inferior"] >= w["superior"] >= w["nasal"] >= w["temporal"]
+    return {"vcdr": ph.vcdr, "rim_to_disc_ratio": ph.rim_to_disc_ratio, "isnt_violated": not in_order}
 
 
 def _retina() -> np.ndarray:

@@ -101,19 +101,29 @@ def nasal_temporal(widths_px: dict[str, float], laterality: str | None) -> tuple
     return None, None
 
 
-def narrowest_rim_to_disc_ratio(profile: RimProfile, smooth_deg: int = 5) -> tuple[float, float]:
-    """Narrowest rim width over the disc diameter along the same axis (DDLS), and its angle.
+POLE_HALF_WIDTH_DEG = 30
+"""The ISGEO rim criterion looks at 11-1 o'clock and 5-7 o'clock: ±30° around each vertical pole."""
 
-    The rim is averaged over ±smooth_deg degrees so that a single crossing vessel cannot make it.
+
+def narrowest_rim_to_disc_ratio(
+    profile: RimProfile, smooth_deg: int = 5, pole_half_width_deg: int = POLE_HALF_WIDTH_DEG
+) -> tuple[float, float]:
+    """Narrowest rim at the vertical poles over the disc's vertical diameter, and its angle.
+
+    Following the ISGEO definition (rim ≤ 0.1 of the disc between 11 and 1 or 5 and 7 o'clock),
+    only rays within ±pole_half_width_deg of superior (90°) and inferior (270°) count. The rim is
+    averaged over ±smooth_deg degrees first so that a single crossing vessel cannot make it.
     """
     k = 2 * smooth_deg + 1
     rim = profile.rim_px
     padded = np.concatenate([rim[-smooth_deg:], rim, rim[:smooth_deg]])
     smooth = np.convolve(padded, np.ones(k) / k, mode="valid")
-    diameter = profile.disc_radius_px + np.roll(profile.disc_radius_px, 180)
-    ratio = smooth / np.maximum(diameter, 1e-9)
-    i = int(np.argmin(ratio))
-    return float(ratio[i]), float(profile.angles_deg[i])
+    vertical_diameter = profile.disc_radius_px[90] + profile.disc_radius_px[270]
+    a = np.mod(profile.angles_deg, 360)
+    at_poles = (np.abs(a - 90) <= pole_half_width_deg) | (np.abs(a - 270) <= pole_half_width_deg)
+    candidates = np.where(at_poles, smooth, np.inf)
+    i = int(np.argmin(candidates))
+    return float(smooth[i] / max(vertical_diameter, 1e-9)), float(profile.angles_deg[i])
 
 
 def isnt_violated(widths_px: dict[str, float], laterality: str | None, tolerance_px: float) -> bool:

@@ -93,9 +93,10 @@ class CupDiscMeasurements(ToolModel):
     area_cdr: float = Field(ge=0, le=1)
     """Cup area over disc area."""
     rim_to_disc_ratio: float = Field(ge=0, le=1)
-    """Narrowest rim width over the disc diameter along the same axis (DDLS)."""
+    """Narrowest rim width at the superior and inferior poles (11-1 and 5-7 o'clock) over the
+    disc's vertical diameter (ISGEO rim criterion)."""
     narrowest_rim_angle_deg: float = Field(ge=0, lt=360)
-    """Direction of the narrowest rim: 0 = viewer's right, 90 = superior."""
+    """Direction of that narrowest rim: 90 = superior, 270 = inferior."""
     isnt_violated: bool
     """Whether the rim breaks the I ≥ S ≥ N ≥ T order (I ≥ S ≥ N,T when laterality is unknown)."""
     rim_superior_px: float = Field(ge=0)
@@ -125,7 +126,8 @@ def measure_cup_disc(inp: MeasureCupDiscInput) -> CupDiscMeasurements:
     """Measure cup-to-disc ratios, ISNT rim widths and the narrowest rim-to-disc ratio from masks.
 
     Vertical and horizontal CDR use the masks' bounding boxes; rim widths are medians over 90°
-    sectors of rays from the disc centroid; the rim-to-disc ratio follows the DDLS definition.
+    sectors of rays from the disc centroid; the rim-to-disc ratio is the narrowest rim at the
+    vertical poles over the vertical disc diameter, as in the ISGEO definition.
     """
     disc, cup = load_artifact(inp.disc_mask).astype(bool), load_artifact(inp.cup_mask).astype(bool)
     if disc.shape != cup.shape:

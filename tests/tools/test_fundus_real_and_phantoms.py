@@ -1,0 +1,135 @@
+"""The optic disc/cup segmenter and measurer against ground truth: phantoms, Drishti-GS1, scikit-image's retina.
+
+Figures are printed (run with -s to see them) so that closing notes can quote them.
+"""
+
+from __future__ import annotations
+
+import csv
+
+import cv2
+import numpy as np
+import pytest
+
+import dxgraph
+from dxgraph.agent.demo import expected_label, phantom_truth
+from dxgraph.testing.phantoms import fundus_phantom
+from dxgraph.tools import ImageRef, ToolContext, load_artifact, save_artifact, tool_context
+from dxgraph.tools.fundus import (
+    MeasureCupDiscInput,
+    SegmentDiscCupInput,
+    measure_cup_disc,
+    segment_optic_disc_cup,
+)
+from dxgraph.traces import MemoryArtifacts
+
+from _helpers import write_rgb
+
+THRESHOLDS = (0.6, 0.7)
+
+
+def segment_and_measure(rgb: np.ndarray):
+    """Run the two real tools on one photograph; return (disc mask, cup mask, measurements, segmentation)."""
+    with tool_context(ToolContext(artifacts=MemoryArtifacts())):
+        image = ImageRef(image_id="img0", pixels=save_artifact(rgb, "image"), modality="fundus", dims="2d")
+        seg = segment_optic_disc_cup(SegmentDiscCupInput(image=image))
+        m = measure_cup_disc(MeasureCupDiscInput(disc_mask=seg.disc_mask, cup_mask=seg.cup_mask, image=image))
+        return load_artifact(seg.disc_mask), load_artifact(seg.cup_mask), m, seg
+
+
+def phantom_set():
+    vcdrs = np.linspace(0.3, 0.85, 20)
+    return [
+        fundus_phantom(
+            float(v),
+            seed=100 + i,
+            laterality="OD" if i % 2 else "OS",
+            field="macula_centred" if i % 3 == 0 else "disc_centred",
+        )
+        for i, v in enumerate(vcdrs)
+    ]
+
+
+@pytest.mark.slow
+def test_phantoms_vcdr_within_005_and_labels_right_away_from_thresholds(tmp_path, db):
+    store = dxgraph.TraceStore(db)
+    errors, wrong_labels, checked = [], [], 0
+    for i, ph in enumerate(phantom_set()):
+        path = write_rgb(tmp_path / f"ph{i}.png", ph.rgb)
+        r = dxgraph.diagnose("glaucoma", path, store=store, modality="fundus", laterality=ph.laterality)
+        measured = next(e.value for e in r.evidence if e.indicator == "vcdr")
+        errors.append(abs(measured - ph.vcdr))
+        if min(abs(ph.vcdr - t) for t in THRESHOLDS) >= 0.05:
+            checked += 1
+            truth = expected_label(phantom_truth(ph))
+            if r.diagnosis.label != truth:
+                wrong_labels.append((round(ph.vcdr, 3), truth, r.diagnosis.label))
+    errors = np.array(errors)
+    within = int((errors <= 0.05).sum())
+    print(
+        f"\nphantoms: vCDR within ±0.05 on {within}/20, MAE {errors.mean():.3f}, max error {errors.max():.3f}; "
+        f"labels right on {checked - len(wrong_labels)}/{checked} away from thresholds"
+    )
+    assert within >= 19
+    assert wrong_labels == []
+
+
+def _drishti_rows(folder):
+    with open(folder / "cases.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def _iou(a, b):
+    return float((a & b).sum() / max((a | b).sum(), 1))
+
+
+@pytest.mark.slow
+def test_drishti_disc_overlap_and_vcdr_error(drishti):
+    rows = _drishti_rows(drishti)
+    assert len(rows) == 50
+    ious, errs, vcdrs, labels = [], [], [], []
+    for r in rows:
+        rgb = cv2.cvtColor(cv2.imread(str(drishti / r["image"])), cv2.COLOR_BGR2RGB)
+        expert_disc = cv2.imread(str(drishti / r["disc_softmap"]), cv2.IMREAD_GRAYSCALE) > 127
+        disc, _, m, _ = segment_and_measure(rgb)
+        ious.append(_iou(disc, expert_disc))
+        errs.append(abs(m.vcdr - float(r["vcdr_mean"])))
+        vcdrs.append(m.vcdr)
+        labels.append(r["label"] == "glaucoma")
+    ious, errs, vcdrs, labels = map(np.array, (ious, errs, vcdrs, labels))
+    pos, neg = vcdrs[labels], vcdrs[~labels]
+    auroc = np.mean([(a > b) + 0.5 * (a == b) for a in pos for b in neg])
+    print(
+        f"\nDrishti-GS1 (50): disc IoU ≥ 0.5 on {(ious >= 0.5).sum()}/50 (mean IoU {ious.mean():.3f}); "
+        f"vCDR MAE {errs.mean():.3f} vs experts' mean (baseline: always the mean 0.105, one expert vs the others 0.065); "
+        f"AUROC of vCDR for glaucoma {auroc:.3f}"
+    )
+    assert (ious >= 0.5).sum() >= 45
+    assert errs.mean() <= 0.10
+
+
+def test_real_retina_disc_is_found_where_it_is(tmp_path, db):
+    from skimage import data
+
+    rgb = data.retina()
+    _, _, _, seg = segment_and_measure(rgb)
+    # located by eye on the 1411-px photograph: the disc is centred near (230, 655), radius about 85 px
+    cx, cy = seg.roi.center_xy
+    assert np.hypot(cx - 230, cy - 655) <= 35, seg.roi
+    assert 60 <= seg.roi.radius_px <= 115
+    path = write_rgb(tmp_path / "retina.png", rgb)
+    r = dxgraph.diagnose("glaucoma", path, db=db)
+    assert r.diagnosis.label in ("glaucoma_suspect", "no_glaucoma_signs")
+    from dxgraph.traces._report import render_report
+
+    html = render_report(dxgraph.TraceStore(db), r.run_id)
+    assert (
+        r.diagnosis.label in html and html.count('<path d="M') >= 4
+    )  # disc + cup on the photo and on the crop
+
+
+def test_a_uniform_image_is_not_given_a_disc(tmp_path, db):
+    path = write_rgb(tmp_path / "flat.png", np.full((400, 400, 3), (180, 60, 30), np.uint8))
+    r = dxgraph.diagnose("glaucoma", path, db=db, modality="fundus")
+    assert r.diagnosis.label == "not_assessable"
+    assert "segment_optic_disc_cup failed" in r.diagnosis.criteria[0].indicators[0].reason
