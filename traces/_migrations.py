@@ -7,6 +7,8 @@ from datetime import UTC, datetime
 
 import sqlalchemy as sa
 
+from dxgraph.errors import StoreError
+
 
 def _m001_initial(conn: sa.Connection) -> None:
     md = sa.MetaData()
@@ -58,8 +60,6 @@ def current_version(conn: sa.Connection) -> int:
 
 def apply_migrations(conn: sa.Connection) -> int:
     """Bring the store up to SCHEMA_VERSION inside the caller's transaction; return the version."""
-    from dxgraph.errors import StoreError
-
     if not sa.inspect(conn).has_table("schema_version"):
         conn.execute(
             sa.text(
