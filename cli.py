@@ -153,7 +153,9 @@ def demo(
             "—" if r.measured_vcdr is None else f"{r.measured_vcdr:.2f}",
             r.label,
             f"{r.confidence:.2f}",
-            "—" if r.expected_label is None else ("yes" if r.expected_label == r.label else Text("no", "red")),
+            "—"
+            if r.expected_label is None
+            else ("yes" if r.expected_label == r.label else Text("no", "red")),
         )
     out.print(table)
     for r in rows:

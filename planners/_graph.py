@@ -110,7 +110,9 @@ def build_graph(deps: RunDeps) -> Any:
         return {}
 
     g = StateGraph(RunState)
-    for name, fn in zip(NODES, (retrieve_node, plan_node, dispatch_node, aggregate_node, decide_node), strict=True):
+    for name, fn in zip(
+        NODES, (retrieve_node, plan_node, dispatch_node, aggregate_node, decide_node), strict=True
+    ):
         g.add_node(name, fn)
     g.add_edge(START, NODES[0])
     for a, b in itertools.pairwise(NODES):

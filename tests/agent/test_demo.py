@@ -10,7 +10,11 @@ from dxgraph.traces._store import TraceStore
 def test_demo_runs_every_case_and_writes_reports(tmp_path, db):
     rows = run_demo(tmp_path / "demo", db=db, progress=False)
     assert [r.name for r in rows] == [
-        "phantom-normal", "phantom-large-cup", "phantom-borderline", "phantom-glaucomatous", "real-retina"
+        "phantom-normal",
+        "phantom-large-cup",
+        "phantom-borderline",
+        "phantom-glaucomatous",
+        "real-retina",
     ]
     errors = []
     for r in rows:
