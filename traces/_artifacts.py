@@ -59,20 +59,19 @@ class MemoryArtifacts:
 
 
 def encode_array(arr: np.ndarray) -> tuple[bytes, str]:
-    """Lossless bytes for an array: PNG for 2D 8/16-bit images and masks, NPY otherwise."""
+    """Lossless bytes for an array: PNG for masks and 2D 8/16-bit images, NPY otherwise."""
     import cv2
 
-    a = arr.astype(np.uint8) * 255 if arr.dtype == bool else arr
-    is_raster = a.dtype in (np.uint8, np.uint16) and (a.ndim == 2 or (a.ndim == 3 and a.shape[2] in (3, 4)))
-    if is_raster and arr.dtype != bool:
-        bgr = cv2.cvtColor(a, cv2.COLOR_RGB2BGR) if a.ndim == 3 and a.shape[2] == 3 else a
-        ok, buf = cv2.imencode(".png", bgr, [cv2.IMWRITE_PNG_COMPRESSION, 6])
-        if ok:
-            return buf.tobytes(), PNG
     if arr.dtype == bool and arr.ndim == 2:
-        ok, buf = cv2.imencode(".png", a, [cv2.IMWRITE_PNG_COMPRESSION, 9, cv2.IMWRITE_PNG_BILEVEL, 1])
-        if ok:
-            return buf.tobytes(), PNG
+        params = [cv2.IMWRITE_PNG_COMPRESSION, 9, cv2.IMWRITE_PNG_BILEVEL, 1]
+        ok, buf = cv2.imencode(".png", arr.astype(np.uint8) * 255, params)
+    elif arr.dtype in (np.uint8, np.uint16) and (arr.ndim == 2 or (arr.ndim == 3 and arr.shape[2] in (3, 4))):
+        bgr = cv2.cvtColor(arr, cv2.COLOR_RGB2BGR) if arr.ndim == 3 and arr.shape[2] == 3 else arr
+        ok, buf = cv2.imencode(".png", bgr, [cv2.IMWRITE_PNG_COMPRESSION, 6])
+    else:
+        ok = False
+    if ok:
+        return buf.tobytes(), PNG
     out = io.BytesIO()
     np.save(out, np.ascontiguousarray(arr), allow_pickle=False)
     return out.getvalue(), NPY
