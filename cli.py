@@ -66,6 +66,15 @@ def diagnose(
     report: Annotated[
         Path | None, typer.Option("--report", "-o", help="Also write the HTML report here.")
     ] = None,
+    criteria_dir: Annotated[
+        list[Path] | None,
+        typer.Option("--criteria-dir", help="Folder of extra criteria YAML documents; repeatable."),
+    ] = None,
+    prefer_tool: Annotated[
+        list[str] | None,
+        typer.Option("--prefer-tool", help="Tool the planner picks first where several fit; repeatable."),
+    ] = None,
+    device: Annotated[str, typer.Option(help="auto (CUDA when present), cpu or cuda.")] = "auto",
     db: DbOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -84,6 +93,9 @@ def diagnose(
         case_id=case_id,
         aggregator=aggregator,
         seed=seed,
+        criteria_dirs=tuple(criteria_dir or ()),
+        prefer_tools=tuple(prefer_tool) if prefer_tool else None,
+        device=device,
     )
     if report is not None:
         _write_report(result.store_url, result.run_id, report)
@@ -357,6 +369,42 @@ def criteria_show(
     )
     for s in doc.sources:
         out.print(f"[{s.id}] {s.citation}" + (f" doi:{s.doi}" if s.doi else ""))
+
+
+TRAINING_SETS = {"fundus": "fundus_drishti", "cxr": "cxr_wingspan", "nodules": "ct_lidc_nodules"}
+"""Training task -> folder of the shared real data it trains on."""
+
+
+@app.command()
+def train(
+    task: Annotated[str, typer.Argument(help="fundus (disc/cup UNet), cxr (heart/lung UNet) or nodules.")],
+    data: Annotated[
+        Path | None, typer.Option(help="Data folder (default: $DXGRAPH_SHARED_DATA or ../shared/data).")
+    ] = None,
+    out_path: Annotated[
+        Path | None, typer.Option("--out", help="Weights file to write (default: the packaged one).")
+    ] = None,
+    folds: Annotated[int, typer.Option(help="Cross-validation folds (0: train the final model only).")] = 5,
+    epochs: Annotated[int | None, typer.Option(help="Epochs (default: the task's).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed.")] = 0,
+) -> None:
+    """Train one of dxgraph's own models on real data, cross-validate it and record its weights."""
+    import importlib
+    import os
+
+    if task not in TRAINING_SETS:
+        raise UserError(f"unknown training task {task!r}; choose {', '.join(TRAINING_SETS)}")
+    root = Path(os.environ.get("DXGRAPH_SHARED_DATA") or Path.cwd().parent / "shared" / "data")
+    data_dir = data or root / TRAINING_SETS[task]
+    if not data_dir.is_dir():
+        raise UserError(f"training data not found: {data_dir} (give --data)")
+    module = importlib.import_module(f"dxgraph.tools.training.{task}")
+    target = out_path or module.DEFAULT_WEIGHTS
+    kwargs: dict[str, Any] = {"folds": folds, "seed": seed, "progress": lambda line: out.print(line)}
+    if epochs is not None:
+        kwargs["epochs"] = epochs
+    result = module.train(data_dir, target, **kwargs)
+    _print_json(result)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -16,17 +16,21 @@ from dxgraph.agent.case import Case, load_case
 from dxgraph.agent.diagnosis import Diagnosis
 from dxgraph.agent.evidence import Evidence
 from dxgraph.agent.rules import RulesAggregator
-from dxgraph.criteria_kb import packaged_criteria
-from dxgraph.errors import UserError
+from dxgraph.criteria_kb import LoadedCriteria, criteria_library
+from dxgraph.errors import DxgraphError, UserError
 from dxgraph.planners._graph import RunDeps, build_graph
 from dxgraph.planners._plan import Plan
 from dxgraph.tools import default_registry
+from dxgraph.tools._batching import BatchingDispatcher
 from dxgraph.tools._context import ToolContext
 from dxgraph.tools._registry import ToolRegistry
+from dxgraph.tools._torch_runtime import pick_device
 from dxgraph.traces._events import CriteriaRef, RunFinished, RunHeader, RunStarted
 from dxgraph.traces._recorder import TraceRecorder
 from dxgraph.traces._store import TraceStore
 
+PREFERRED_TOOLS: tuple[str, ...] = ()
+"""Tools the planner picks first where several could measure the same thing."""
 AGGREGATORS = ("rules",)
 """Aggregator backends available by name."""
 LIBRARIES = (
@@ -99,7 +103,14 @@ def git_revision() -> str | None:
     return None
 
 
-def run_header(registry: ToolRegistry, *, seed: int, device: str, aggregator: str) -> RunHeader:
+def run_header(
+    registry: ToolRegistry,
+    *,
+    seed: int,
+    device: str,
+    aggregator: str,
+    library: tuple[LoadedCriteria, ...] | None = None,
+) -> RunHeader:
     """The header of a new run: versions, tools, criteria, seed and device."""
     return RunHeader(
         dxgraph_version=__version__,
@@ -110,7 +121,7 @@ def run_header(registry: ToolRegistry, *, seed: int, device: str, aggregator: st
         tools={s.name: s.version for s in registry},
         criteria=tuple(
             CriteriaRef(id=c.document.id, version=c.document.version, sha256=c.sha256)
-            for c in packaged_criteria()
+            for c in (library if library is not None else criteria_library())
         ),
         seed=seed,
         device=device,
@@ -139,17 +150,29 @@ def diagnose(
     aggregator: str = "rules",
     seed: int = 0,
     registry: ToolRegistry | None = None,
+    criteria_dirs: tuple[str | Path, ...] | list[str | Path] = (),
+    prefer_tools: tuple[str, ...] | list[str] | None = None,
+    device: str = "auto",
+    batcher: BatchingDispatcher | None = None,
 ) -> RunResult:
     """Diagnose one case and store its trace; return the diagnosis with its run id.
 
-    Bad input raises UserError before anything is stored. A run that a bug interrupts is stored
-    with status ``error`` and the bug re-raised.
+    ``criteria_dirs`` add criteria documents to the packaged ones; ``prefer_tools`` names tools the
+    planner picks first where several fit (default: ``PREFERRED_TOOLS``); ``device`` is ``auto``
+    (CUDA when present), ``cpu`` or ``cuda``. Bad input raises UserError before anything is stored.
+    A run that a bug interrupts is stored with status ``error`` and the bug re-raised.
     """
     t0 = time.perf_counter()
     if not question or not question.strip():
         raise UserError("a question or task is needed, such as 'glaucoma'")
     registry = registry if registry is not None else default_registry
     agg = make_aggregator(aggregator, seed)
+    library = criteria_library(tuple(criteria_dirs))
+    prefer = tuple(PREFERRED_TOOLS if prefer_tools is None else prefer_tools)
+    unknown = [t for t in prefer if t not in registry]
+    if unknown:
+        raise UserError(f"unknown tool {', '.join(unknown)}; see dxgraph tools list")
+    device = pick_device(device)
     paths = [images] if isinstance(images, (str, Path)) else list(images)
     rec = TraceRecorder()
     case = load_case(
@@ -162,11 +185,20 @@ def diagnose(
         case_id=case_id,
     )
     store = store or TraceStore(db)
-    ctx = ToolContext(artifacts=rec.artifacts, seed=seed, device="cpu")
-    rec.emit(
-        RunStarted, header=run_header(registry, seed=seed, device=ctx.device, aggregator=agg.name), case=case
+    ctx = ToolContext(artifacts=rec.artifacts, seed=seed, device=device)
+    header = run_header(registry, seed=seed, device=ctx.device, aggregator=agg.name, library=library)
+    rec.emit(RunStarted, header=header, case=case)
+    graph = build_graph(
+        RunDeps(
+            registry=registry,
+            recorder=rec,
+            aggregator=agg,
+            tool_context=ctx,
+            library=library,
+            prefer=prefer,
+            batcher=batcher,
+        )
     )
-    graph = build_graph(RunDeps(registry=registry, recorder=rec, aggregator=agg, tool_context=ctx))
     try:
         state = graph.invoke({"case": case})
     except UserError:
@@ -179,6 +211,37 @@ def diagnose(
     rec.emit(RunFinished, status="completed", label=diagnosis.label, duration_ms=_ms(t0))
     store.save(rec, task=case.question, case_id=case.case_id, status="completed", label=diagnosis.label)
     return RunResult(rec.run_id, case, state["plan"], tuple(state["evidence"]), diagnosis, store.url)
+
+
+def diagnose_many(
+    question: str,
+    cases: list[list[str | Path]] | list[str | Path],
+    *,
+    workers: int = 4,
+    max_batch: int = 8,
+    db: str | None = None,
+    **options: Any,
+) -> list[RunResult | DxgraphError]:
+    """Diagnose several cases concurrently, batching calls to batchable tools across cases.
+
+    Each case is one image path or a list of paths; each gets its own run and trace, exactly as
+    ``diagnose`` would store it. Results come back in input order: a RunResult, or the UserError /
+    DxgraphError that case raised (other exceptions are bugs and propagate).
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    if workers < 1:
+        raise UserError("workers must be at least 1")
+    batcher = BatchingDispatcher(max_batch=max_batch)
+
+    def one(images: list[str | Path] | str | Path) -> RunResult | DxgraphError:
+        try:
+            return diagnose(question, images, db=db, batcher=batcher, **options)
+        except DxgraphError as e:
+            return e
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(one, cases))
 
 
 def _ms(t0: float) -> float:

@@ -3,6 +3,7 @@
 from dxgraph.criteria_kb._library import (
     LoadedCriteria,
     RetrievedCriteria,
+    criteria_library,
     get_criteria,
     load_criteria_dir,
     packaged_criteria,
@@ -40,6 +41,7 @@ __all__ = [
     "LoadedCriteria",
     "RetrievedCriteria",
     "Source",
+    "criteria_library",
     "evaluate",
     "get_criteria",
     "load_criteria_dir",

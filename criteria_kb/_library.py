@@ -72,6 +72,23 @@ def load_criteria_dir(folder: str | Path) -> tuple[LoadedCriteria, ...]:
     return tuple(parse_document(p.read_bytes(), p.name) for p in sorted(Path(folder).glob("*.yaml")))
 
 
+def criteria_library(extra_dirs: tuple[str | Path, ...] = ()) -> tuple[LoadedCriteria, ...]:
+    """The packaged documents plus those of extra folders; CriteriaError on a missing folder or a clash of ids."""
+    docs = list(packaged_criteria())
+    for folder in extra_dirs:
+        if not Path(folder).is_dir():
+            raise CriteriaError(f"criteria folder not found: {folder}")
+        found = load_criteria_dir(folder)
+        if not found:
+            raise CriteriaError(f"criteria folder {folder} holds no *.yaml document")
+        docs.extend(found)
+    ids = [d.document.id for d in docs]
+    clash = sorted({i for i in ids if ids.count(i) > 1})
+    if clash:
+        raise CriteriaError(f"criteria ids defined twice: {', '.join(clash)}")
+    return tuple(sorted(docs, key=lambda d: d.document.id))
+
+
 def get_criteria(criteria_id: str) -> LoadedCriteria:
     """The packaged document with this id; CriteriaError listing the known ids otherwise."""
     for c in packaged_criteria():

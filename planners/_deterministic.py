@@ -42,28 +42,36 @@ class _Step:
 
 
 class _Builder:
-    def __init__(self, case: Case, registry: ToolRegistry) -> None:
+    def __init__(self, case: Case, registry: ToolRegistry, prefer: tuple[str, ...] = ()) -> None:
         self.case = case
         self.registry = registry
+        rank = {name: i for i, name in enumerate(prefer)}
+        self.ordered = sorted(registry, key=lambda s: (rank.get(s.name, len(rank)), s.name))
         self.steps: dict[str, _Step] = {}
         self.memo: dict[tuple[str, str], str] = {}
 
     def pick_image(self, modality: str, spec: ToolSpec) -> tuple[CaseImage, str | None]:
-        fitting = [im for im in self.case.images if im.modality == modality and im.dims in spec.dims]
+        usable = [
+            im
+            for im in self.case.images
+            if im.dims in spec.dims and not (spec.requires_spacing and im.spacing_mm is None)
+        ]
+        fitting = [im for im in usable if im.modality == modality]
         if fitting:
             return fitting[0], None
-        undeclared = [im for im in self.case.images if im.modality is None and im.dims in spec.dims]
+        undeclared = [im for im in usable if im.modality is None]
         if undeclared:
             return undeclared[0], modality
         have = ", ".join(
             f"{im.image_id}: {im.modality or 'unspecified'} {im.dims}" for im in self.case.images
         )
-        raise _Unplannable(f"the case has no {modality} image in {'/'.join(spec.dims)} ({have})")
+        spacing = " with pixel spacing" if spec.requires_spacing else ""
+        raise _Unplannable(f"the case has no {modality} image in {'/'.join(spec.dims)}{spacing} ({have})")
 
     def measure(self, ind: Indicator) -> str:
         candidates = [
             s
-            for s in self.registry
+            for s in self.ordered
             if ind.quantity in s.output_model.model_fields and ind.modality in s.modalities
         ]
         if not candidates:
@@ -103,10 +111,11 @@ class _Builder:
         self, name: str, annotation: object, image: CaseImage, assumed: str | None, stack: tuple[str, ...]
     ) -> str | None:
         modality = image.modality or assumed
-        for spec in self.registry:
+        for spec in self.ordered:
             produced = spec.output_model.model_fields.get(name)
             if (
                 produced is None
+                or spec.name == VIEW_TOOL  # views are added by add_views, never as providers
                 or spec.name in stack
                 or modality not in spec.modalities
                 or not annotations_compatible(produced.annotation, annotation)
@@ -145,16 +154,19 @@ class _Builder:
                 self.steps[new_id] = _Step(view, inputs, step.image_id, view_of=f"{step_id}.{name}")
 
 
-def plan_from_criteria(criteria: list[LoadedCriteria], case: Case, registry: ToolRegistry) -> Plan:
+def plan_from_criteria(
+    criteria: list[LoadedCriteria], case: Case, registry: ToolRegistry, prefer: tuple[str, ...] = ()
+) -> Plan:
     """Plan the tools that measure every indicator of the criteria on this case.
 
     For each indicator the planner picks a registered tool whose output has a field named like the
     indicator's quantity and that accepts the indicator's modality, then binds each of its inputs:
     images to the case image of that modality, ``laterality``/``clinical_text`` to the case, and
     anything else to the same-named, type-compatible output of another tool, recursively.
+    Where several tools fit, those named in ``prefer`` come first, in that order, then the rest by name.
     Indicators that cannot be planned are listed as not assessable, with the reason.
     """
-    b = _Builder(case, registry)
+    b = _Builder(case, registry, prefer)
     planned: list[PlannedIndicator] = []
     missing: list[NotAssessable] = []
     for c in criteria:

@@ -13,6 +13,7 @@ from dxgraph.agent.evidence import Evidence
 from dxgraph.criteria_kb import LoadedCriteria
 from dxgraph.errors import ToolError
 from dxgraph.planners._plan import CaseField, FixedValue, ImageInput, Plan, StepOutput
+from dxgraph.tools._batching import BatchingDispatcher
 from dxgraph.tools._context import ToolContext, tool_context
 from dxgraph.tools._registry import ToolRegistry
 from dxgraph.tools._types import ImageRef
@@ -77,10 +78,16 @@ def _flags_of(output: BaseModel | None) -> tuple[str, ...]:
 
 
 def dispatch(
-    plan: Plan, case: Case, registry: ToolRegistry, ctx: ToolContext, recorder: TraceRecorder
+    plan: Plan,
+    case: Case,
+    registry: ToolRegistry,
+    ctx: ToolContext,
+    recorder: TraceRecorder,
+    batcher: BatchingDispatcher | None = None,
 ) -> dict[str, StepResult]:
     """Run the plan's steps in order; a ToolError fails its step and skips the steps that need it.
 
+    With a batcher, calls to batchable tools join concurrent runs' calls in one batch.
     Each call is recorded as a ToolCalled event. Exceptions other than ToolError are bugs and propagate.
     """
     results: dict[str, StepResult] = {}
@@ -97,8 +104,11 @@ def dispatch(
             try:
                 inp = spec.input_model.model_validate(_resolve_inputs(step.inputs, case, results))
                 inputs_json = inp.model_dump(mode="json")
-                with tool_context(ctx):
-                    output = spec.fn(inp)
+                if batcher is not None:
+                    output = batcher.call(spec, inp, ctx)
+                else:
+                    with tool_context(ctx):
+                        output = spec.fn(inp)
                 if not isinstance(output, spec.output_model):
                     raise TypeError(
                         f"tool {spec.name} returned {type(output).__name__}, not {spec.output_model.__name__}"

@@ -12,10 +12,11 @@ from dxgraph.agent.aggregate import Aggregator, EvidenceBundle
 from dxgraph.agent.case import Case
 from dxgraph.agent.diagnosis import Diagnosis, check_citations
 from dxgraph.agent.evidence import Evidence
-from dxgraph.criteria_kb import RetrievedCriteria, retrieve
+from dxgraph.criteria_kb import LoadedCriteria, RetrievedCriteria, retrieve
 from dxgraph.planners._deterministic import VIEW_TOOL, plan_from_criteria
 from dxgraph.planners._dispatch import StepResult, collect_evidence, dispatch, failure_reason
 from dxgraph.planners._plan import Plan, validate_plan
+from dxgraph.tools._batching import BatchingDispatcher
 from dxgraph.tools._context import ToolContext
 from dxgraph.tools._registry import ToolRegistry
 from dxgraph.traces._events import CriteriaRetrieved, DiagnosisMade, PlanMade, RetrievedRef
@@ -48,6 +49,12 @@ class RunDeps:
     """The deciding backend."""
     tool_context: ToolContext
     """Artifacts, seed and device for tool calls."""
+    library: tuple[LoadedCriteria, ...]
+    """The criteria documents retrieval searches."""
+    prefer: tuple[str, ...] = ()
+    """Tools the planner picks first where several fit."""
+    batcher: BatchingDispatcher | None = None
+    """Shared by concurrent runs so batchable tools get batches."""
 
 
 def build_graph(deps: RunDeps) -> Any:
@@ -55,7 +62,7 @@ def build_graph(deps: RunDeps) -> Any:
 
     def retrieve_node(state: RunState) -> RunState:
         case = state["case"]
-        hits = retrieve(case.question, case.clinical_text)
+        hits = retrieve(case.question, case.clinical_text, deps.library)
         deps.recorder.emit(
             CriteriaRetrieved,
             question=case.question,
@@ -74,13 +81,15 @@ def build_graph(deps: RunDeps) -> Any:
 
     def plan_node(state: RunState) -> RunState:
         criteria = [h.criteria for h in state["retrieved"]]
-        plan = plan_from_criteria(criteria, state["case"], deps.registry)
+        plan = plan_from_criteria(criteria, state["case"], deps.registry, deps.prefer)
         validate_plan(plan, deps.registry, state["case"])
         deps.recorder.emit(PlanMade, plan=plan)
         return {"plan": plan}
 
     def dispatch_node(state: RunState) -> RunState:
-        results = dispatch(state["plan"], state["case"], deps.registry, deps.tool_context, deps.recorder)
+        results = dispatch(
+            state["plan"], state["case"], deps.registry, deps.tool_context, deps.recorder, deps.batcher
+        )
         criteria = [h.criteria for h in state["retrieved"]]
         return {"results": results, "evidence": collect_evidence(state["plan"], results, criteria)}
 

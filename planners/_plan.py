@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
 from dxgraph.agent.case import Case
 from dxgraph.errors import PlanError
-from dxgraph.tools._registry import ToolRegistry
+from dxgraph.tools._registry import ToolRegistry, ToolSpec
 from dxgraph.tools._types import ImageRef
 
 
@@ -154,7 +154,7 @@ def validate_plan(plan: Plan, registry: ToolRegistry, case: Case) -> None:
 
     Checks: known tools, unique step ids, bindings to known images and to *earlier* steps only
     (so no cycles), type-compatible step-to-step bindings, required inputs bound, and the image's
-    modality and dimensionality accepted by the tool.
+    modality and dimensionality accepted by the tool, and spacing present where the tool needs it.
     """
     images = {im.image_id: im for im in case.images}
     done: dict[str, Any] = {}
@@ -171,7 +171,7 @@ def validate_plan(plan: Plan, registry: ToolRegistry, case: Case) -> None:
                 raise PlanError(f"{where}: the tool has no input {name!r}")
             wanted = fields[name].annotation
             if isinstance(binding, ImageInput):
-                _check_image(where, spec.name, spec.modalities, spec.dims, binding, images)
+                _check_image(where, spec, binding, images)
                 if not annotations_compatible(ImageRef, wanted):
                     raise PlanError(f"{where}: input {name!r} is not an image input")
             elif isinstance(binding, StepOutput):
@@ -199,14 +199,8 @@ def validate_plan(plan: Plan, registry: ToolRegistry, case: Case) -> None:
             raise PlanError(f"indicator {ind.indicator}: step {ind.step_id} has no output {ind.quantity!r}")
 
 
-def _check_image(
-    where: str,
-    tool: str,
-    modalities: tuple[str, ...],
-    dims: tuple[str, ...],
-    binding: ImageInput,
-    images: dict[str, Any],
-) -> None:
+def _check_image(where: str, spec: ToolSpec, binding: ImageInput, images: dict[str, Any]) -> None:
+    tool, modalities, dims = spec.name, spec.modalities, spec.dims
     im = images.get(binding.image_id)
     if im is None:
         raise PlanError(f"{where}: the case has no image {binding.image_id!r}")
@@ -221,6 +215,11 @@ def _check_image(
         )
     if im.dims not in dims:
         raise PlanError(f"{where}: {tool} accepts {', '.join(dims)} images; image {im.image_id} is {im.dims}")
+    if spec.requires_spacing and im.spacing_mm is None:
+        raise PlanError(
+            f"{where}: {tool} measures in physical units and needs pixel spacing; image {im.image_id}"
+            " has none (give a DICOM or NIfTI file, or declare the spacing)"
+        )
 
 
 def _type_name(annotation: Any) -> str:

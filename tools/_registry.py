@@ -45,7 +45,25 @@ class ToolSpec:
     device: Device = "cpu"
     """Where it runs: ``cpu``, ``gpu`` (CUDA when present) or ``any``."""
     batchable: bool = False
-    """Whether it accepts several cases' inputs in one call."""
+    """Whether it accepts several cases' inputs in one call (then ``batch_fn`` is set)."""
+    requires_spacing: bool = False
+    """Whether its image inputs must carry physical spacing (it measures in mm)."""
+    batch_fn: Callable[[list[Any]], list[BaseModel]] | None = field(default=None, repr=False)
+    """For batchable tools: ``batch_fn(inputs) -> outputs``, one forward pass for several inputs."""
+
+    @property
+    def origin(self) -> str:
+        """The module that defines the tool."""
+        return f"{getattr(self.fn, '__module__', '?')}.{getattr(self.fn, '__qualname__', '?')}"
+
+    def call_batch(self, inputs: list[BaseModel]) -> list[BaseModel]:
+        """Run several inputs: one batched call when the tool is batchable, else one call each."""
+        if self.batch_fn is None:
+            return [self.fn(i) for i in inputs]
+        outs = self.batch_fn(inputs)
+        if len(outs) != len(inputs):
+            raise TypeError(f"tool {self.name}: batch of {len(inputs)} inputs gave {len(outs)} outputs")
+        return outs
 
     def input_fields(self) -> dict[str, Any]:
         """Input field name -> annotation."""
@@ -65,6 +83,8 @@ class ToolSpec:
             "dims": list(self.dims),
             "device": self.device,
             "batchable": self.batchable,
+            "requires_spacing": self.requires_spacing,
+            "module": getattr(self.fn, "__module__", "?"),
         }
 
     def describe(self) -> dict[str, Any]:
@@ -86,7 +106,10 @@ class ToolRegistry:
     def register(self, spec: ToolSpec) -> ToolSpec:
         """Add a tool; RegistrationError when its name is taken."""
         if spec.name in self._tools and self._tools[spec.name].fn is not spec.fn:
-            raise RegistrationError(f"tool name {spec.name!r} is already registered")
+            raise RegistrationError(
+                f"tool name {spec.name!r} is already registered by {self._tools[spec.name].origin}"
+                f"; {spec.origin} must use another name"
+            )
         self._tools[spec.name] = spec
         return spec
 
@@ -126,6 +149,8 @@ def make_spec(
     dims: tuple[str, ...] | list[str],
     device: Device = "cpu",
     batchable: bool = False,
+    requires_spacing: bool = False,
+    batch_fn: Callable[[list[Any]], list[BaseModel]] | None = None,
 ) -> ToolSpec:
     """Check a function's signature and declarations and build its ToolSpec."""
     where = f"tool {name!r} ({getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', '?')})"
@@ -142,6 +167,10 @@ def make_spec(
         raise RegistrationError(f"{where}: dims must be a non-empty subset of {DIMS}")
     if device not in ("cpu", "gpu", "any"):
         raise RegistrationError(f"{where}: device must be cpu, gpu or any")
+    if batchable and batch_fn is None:
+        raise RegistrationError(f"{where}: batchable tools must give batch_fn, taking a list of inputs")
+    if batch_fn is not None and not batchable:
+        raise RegistrationError(f"{where}: batch_fn given but batchable is False")
     params = list(inspect.signature(fn).parameters.values())
     try:
         hints = typing.get_type_hints(fn)
@@ -165,6 +194,8 @@ def make_spec(
         dims=tuple(dims),
         device=device,
         batchable=batchable,
+        requires_spacing=requires_spacing,
+        batch_fn=batch_fn,
     )
 
 
@@ -176,9 +207,16 @@ def tool(
     dims: tuple[str, ...] | list[str] = ("2d",),
     device: Device = "cpu",
     batchable: bool = False,
+    requires_spacing: bool = False,
+    batch_fn: Callable[[list[Any]], list[Any]] | None = None,
     registry: ToolRegistry | None = None,
 ) -> Callable[[Callable[[In], Out]], Callable[[In], Out]]:
-    """Register a function ``fn(Input) -> Output`` as a tool; the function is returned unchanged."""
+    """Register a function ``fn(Input) -> Output`` as a tool; the function is returned unchanged.
+
+    ``batchable`` tools also give ``batch_fn(list[Input]) -> list[Output]``, which must return what
+    calling ``fn`` on each input would. ``requires_spacing`` tools are never planned on images
+    without physical spacing.
+    """
 
     def decorate(fn: Callable[[In], Out]) -> Callable[[In], Out]:
         spec = make_spec(
@@ -189,6 +227,8 @@ def tool(
             dims=dims,
             device=device,
             batchable=batchable,
+            requires_spacing=requires_spacing,
+            batch_fn=batch_fn,
         )
         (registry if registry is not None else default_registry).register(spec)
         fn.__dxgraph_tool__ = spec  # type: ignore[attr-defined]

@@ -38,6 +38,8 @@ class DiscCupMasks(ToolModel):
     """Quality measures reported by the segmenter (contrasts, field-of-view fraction...)."""
     quality_flags: list[str]
     """Machine-readable quality warnings."""
+    weights_sha256: str | None = None
+    """sha256 of the model weights that produced the masks; None for the classical segmenter."""
 
 
 @tool(name="segment_optic_disc_cup", version="0.1.0", modalities=("fundus",), dims=("2d",))
@@ -86,11 +88,11 @@ class MeasureCupDiscInput(ToolModel):
 class CupDiscMeasurements(ToolModel):
     """Cup/disc ratios and neuroretinal rim widths."""
 
-    vcdr: float = Field(ge=0, le=1)
+    vcdr: float = Field(ge=0, le=1, json_schema_extra={"unit": "1"})
     """Vertical cup-to-disc ratio: cup height over disc height (bounding boxes)."""
-    hcdr: float = Field(ge=0, le=1)
+    hcdr: float = Field(ge=0, le=1, json_schema_extra={"unit": "1"})
     """Horizontal cup-to-disc ratio: cup width over disc width."""
-    area_cdr: float = Field(ge=0, le=1)
+    area_cdr: float = Field(ge=0, le=1, json_schema_extra={"unit": "1"})
     """Cup area over disc area."""
     rim_to_disc_ratio: float = Field(ge=0, le=1)
     """Narrowest rim width at the superior and inferior poles (11-1 and 5-7 o'clock) over the
@@ -129,7 +131,14 @@ def measure_cup_disc(inp: MeasureCupDiscInput) -> CupDiscMeasurements:
     sectors of rays from the disc centroid; the rim-to-disc ratio is the narrowest rim at the
     vertical poles over the vertical disc diameter, as in the ISGEO definition.
     """
+    if inp.image.dims != "2d":
+        raise ToolError(f"expected a 2D fundus photograph, got a {inp.image.dims} image", flags=("not_2d_image",))
     disc, cup = load_artifact(inp.disc_mask).astype(bool), load_artifact(inp.cup_mask).astype(bool)
+    if inp.image.pixels.shape and tuple(inp.image.pixels.shape[:2]) != disc.shape:
+        raise ToolError(
+            f"the masks {disc.shape} do not fit the image {tuple(inp.image.pixels.shape[:2])}",
+            flags=("mask_mismatch",),
+        )
     if disc.shape != cup.shape:
         raise ToolError(
             f"disc mask {disc.shape} and cup mask {cup.shape} differ in size", flags=("mask_mismatch",)

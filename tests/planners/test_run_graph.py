@@ -11,11 +11,14 @@ from _helpers import drawn_disc_cup_registry, write_rgb
 
 def test_graph_has_the_five_nodes_in_order():
     from dxgraph.agent.rules import RulesAggregator
+    from dxgraph.criteria_kb import criteria_library
     from dxgraph.tools import ToolContext, default_registry
     from dxgraph.traces._recorder import TraceRecorder
 
     rec = TraceRecorder()
-    g = build_graph(RunDeps(default_registry, rec, RulesAggregator(), ToolContext(rec.artifacts)))
+    g = build_graph(
+        RunDeps(default_registry, rec, RulesAggregator(), ToolContext(rec.artifacts), criteria_library())
+    )
     assert type(g).__name__ == "CompiledStateGraph"
     assert [n for n in g.get_graph().nodes if not n.startswith("__")] == list(NODES)
     assert NODES == ("retrieve", "plan", "dispatch", "aggregate", "decide")

@@ -1,0 +1,1 @@
+"""An example dxgraph plugin: one file, one typed tool."""
