@@ -399,11 +399,12 @@ def train(
     if not data_dir.is_dir():
         raise UserError(f"training data not found: {data_dir} (give --data)")
     module = importlib.import_module(f"dxgraph.tools.training.{task}")
-    target = out_path or module.DEFAULT_WEIGHTS
     kwargs: dict[str, Any] = {"folds": folds, "seed": seed, "progress": lambda line: out.print(line)}
     if epochs is not None:
         kwargs["epochs"] = epochs
-    result = module.train(data_dir, target, **kwargs)
+    if out_path is not None:
+        kwargs["out_path"] = out_path
+    result = module.train(data_dir, **kwargs)
     _print_json(result)
 
 

@@ -25,6 +25,7 @@ from dxgraph.tools._batching import BatchingDispatcher
 from dxgraph.tools._context import ToolContext
 from dxgraph.tools._registry import ToolRegistry
 from dxgraph.tools._torch_runtime import pick_device
+from dxgraph.tools._weights import PACKAGED_LOCK, read_lock
 from dxgraph.traces._events import CriteriaRef, RunFinished, RunHeader, RunStarted
 from dxgraph.traces._recorder import TraceRecorder
 from dxgraph.traces._store import TraceStore
@@ -110,6 +111,7 @@ def run_header(
     device: str,
     aggregator: str,
     library: tuple[LoadedCriteria, ...] | None = None,
+    preferred_tools: tuple[str, ...] = (),
 ) -> RunHeader:
     """The header of a new run: versions, tools, criteria, seed and device."""
     return RunHeader(
@@ -119,6 +121,7 @@ def run_header(
         platform=f"{platform.system()} {platform.machine()}",
         library_versions=_library_versions(),
         tools={s.name: s.version for s in registry},
+        models=_shipped_weights(),
         criteria=tuple(
             CriteriaRef(id=c.document.id, version=c.document.version, sha256=c.sha256)
             for c in (library if library is not None else criteria_library())
@@ -126,8 +129,16 @@ def run_header(
         seed=seed,
         device=device,
         planner="deterministic",
+        preferred_tools=preferred_tools,
         aggregator=aggregator,
     )
+
+
+def _shipped_weights() -> dict[str, str]:
+    """Shipped weights file -> sha256, from the packaged lock file (no hashing, no torch)."""
+    if not PACKAGED_LOCK.exists():
+        return {}
+    return {f"dxgraph/tools/weights/{k}": e.sha256 for k, e in read_lock(PACKAGED_LOCK).entries.items()}
 
 
 def make_aggregator(name: str, seed: int) -> Aggregator:
@@ -186,7 +197,9 @@ def diagnose(
     )
     store = store or TraceStore(db)
     ctx = ToolContext(artifacts=rec.artifacts, seed=seed, device=device)
-    header = run_header(registry, seed=seed, device=ctx.device, aggregator=agg.name, library=library)
+    header = run_header(
+        registry, seed=seed, device=ctx.device, aggregator=agg.name, library=library, preferred_tools=prefer
+    )
     rec.emit(RunStarted, header=header, case=case)
     graph = build_graph(
         RunDeps(

@@ -5,6 +5,8 @@ Importing this package registers the built-in tools into ``default_registry``.
 
 # built-in tools register themselves on import
 from dxgraph.tools import crop as _crop  # noqa: F401
+from dxgraph.tools import ct_nodule as _ct_nodule  # noqa: F401
+from dxgraph.tools import cxr as _cxr  # noqa: F401
 from dxgraph.tools import fundus as _fundus  # noqa: F401
 from dxgraph.tools import geometry as _geometry  # noqa: F401
 from dxgraph.tools._context import (

@@ -77,6 +77,8 @@ class RunHeader(BaseModel):
     """Device tools ran on."""
     planner: str
     """Planner used."""
+    preferred_tools: tuple[str, ...] = ()
+    """Tools the planner was told to pick first where several fit (e.g. a learned segmenter)."""
     aggregator: str
     """Aggregator backend used."""
 

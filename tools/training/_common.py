@@ -122,7 +122,7 @@ def _train(
             value.backward()
             opt.step()
             sched.step()
-            total += float(value) * len(idx)
+            total += float(value.detach()) * len(idx)
         if progress is not None and (epoch + 1) % max(1, cfg.epochs // 10) == 0:
             progress(
                 f"epoch {epoch + 1}/{cfg.epochs} loss {total / len(x):.4f} ({time.perf_counter() - t0:.0f} s)"

@@ -1,0 +1,185 @@
+"""Chest X-ray tools: CTR geometry on drawn masks, and the shipped heart/lung segmenter on real images."""
+
+import csv
+
+import numpy as np
+import pytest
+
+import dxgraph.tools.cxr
+from dxgraph.errors import ToolError
+from dxgraph.tools import ImageRef, ToolContext, default_registry, load_artifact, save_artifact, tool_context
+from dxgraph.tools.cxr import WEIGHTS_PATH, CardiothoracicInput, measure_cardiothoracic_ratio
+from dxgraph.traces import MemoryArtifacts
+
+from _helpers import SHARED_DATA
+
+WINGSPAN = SHARED_DATA / "cxr_wingspan"
+needs_wingspan = pytest.mark.skipif(
+    not (WINGSPAN / "cases.csv").exists(), reason=f"real CXR set absent ({WINGSPAN})"
+)
+
+
+def box(shape, rows, cols):
+    m = np.zeros(shape, bool)
+    m[rows[0] : rows[1], cols[0] : cols[1]] = True
+    return m
+
+
+def image_ref(pixels, spacing=None, image_id="img0"):
+    return ImageRef(
+        image_id=image_id,
+        pixels=save_artifact(pixels, "image"),
+        modality="cxr",
+        dims="2d",
+        spacing_mm=spacing,
+    )
+
+
+def measure(heart, right, left, spacing=None):
+    with tool_context(ToolContext(artifacts=MemoryArtifacts())):
+        return measure_cardiothoracic_ratio(
+            CardiothoracicInput(
+                image=image_ref(np.zeros(heart.shape, np.uint8), spacing),
+                heart_mask=save_artifact(heart, "mask"),
+                right_lung_mask=save_artifact(right, "mask"),
+                left_lung_mask=save_artifact(left, "mask"),
+            )
+        )
+
+
+# ---------------------------------------------------------------- (a) geometry
+
+
+def test_ctr_of_drawn_masks_is_exact():
+    shape = (200, 300)
+    right = box(shape, (20, 180), (30, 130))  # columns 30..129, image left = patient's right
+    left = box(shape, (20, 180), (170, 270))  # columns 170..269
+    heart = box(shape, (100, 170), (110, 200))  # columns 110..199: 90 px
+    heart[150, 90:110] = True  # a wider row lower down: the heart's maximal width is 110 px
+    m = measure(heart, right, left)
+    assert m.heart_width_px == 110 and m.thorax_width_px == 240
+    assert m.ctr == pytest.approx(110 / 240, abs=1e-12)
+    assert m.heart_x_range_px == (90, 199) and m.thorax_x_range_px == (30, 269)
+    assert m.heart_width_mm is None and m.thorax_width_mm is None
+    assert m.quality_flags == []
+
+
+def test_widths_in_mm_use_the_column_spacing():
+    shape = (200, 300)
+    m = measure(
+        box(shape, (100, 170), (110, 200)),
+        box(shape, (20, 180), (30, 130)),
+        box(shape, (20, 180), (170, 270)),
+        spacing=(0.5, 0.2),
+    )
+    assert m.ctr == pytest.approx(90 / 240, abs=1e-12)
+    assert m.heart_width_mm == pytest.approx(18.0) and m.thorax_width_mm == pytest.approx(48.0)
+
+
+def test_swapped_lungs_and_empty_heart():
+    shape = (100, 100)
+    right, left = box(shape, (10, 90), (60, 90)), box(shape, (10, 90), (10, 40))
+    m = measure(box(shape, (50, 80), (30, 70)), right, left)
+    assert "lung_sides_swapped" in m.quality_flags
+    with pytest.raises(ToolError) as e:
+        measure(np.zeros(shape, bool), right, left)
+    assert e.value.flags == ("empty_heart_mask",)
+
+
+# ---------------------------------------------------------------- (b) shipped weights
+
+
+def test_shipped_weights_verify_and_load():
+    from dxgraph.tools._torch_runtime import load_model_file
+    from dxgraph.tools._weights import verify_weights
+
+    entry = verify_weights(WEIGHTS_PATH)
+    assert entry.source == "trained by dxgraph" and "MIT" in entry.licence
+    assert entry.metrics["cv_ctr_mae"] <= 0.035
+    assert WEIGHTS_PATH.stat().st_size < 5_000_000
+    _net, meta, _ = load_model_file(WEIGHTS_PATH, device="cpu")
+    assert meta["structures"] == ["heart", "right_lung", "left_lung"]
+    assert meta["input_size_px"] == dxgraph.tools.cxr.INPUT_SIZE_PX
+
+
+# ---------------------------------------------------------------- (c), (d) real images
+
+
+def first_rows(n=5):
+    with (WINGSPAN / "cases.csv").open() as f:
+        return list(csv.DictReader(f))[:n]
+
+
+def real_image_ref(row, i):
+    from dxgraph.agent.images import read_image
+
+    return image_ref(read_image(WINGSPAN / row["image"]).array, image_id=f"case{i}")
+
+
+def truth(row, column):
+    import cv2
+
+    return cv2.imread(str(WINGSPAN / row[column]), cv2.IMREAD_GRAYSCALE) > 127
+
+
+def dice(a, b):
+    return 2 * (a & b).sum() / (a.sum() + b.sum())
+
+
+@needs_wingspan
+def test_segmenter_reproduces_recorded_figures_on_first_five():
+    from dxgraph.tools._weights import verify_weights
+
+    recorded = verify_weights(WEIGHTS_PATH).metrics
+    seg = default_registry.get("segment_heart_lungs")
+    meas = default_registry.get("measure_cardiothoracic_ratio")
+    dices, errors = [], []
+    with tool_context(ToolContext(artifacts=MemoryArtifacts())):
+        for i, row in enumerate(first_rows()):
+            image = real_image_ref(row, i)
+            out = seg.fn(seg.input_model(image=image))
+            assert len(out.weights_sha256) == 64
+            heart = load_artifact(out.heart_mask)
+            right, left = load_artifact(out.right_lung_mask), load_artifact(out.left_lung_mask)
+            assert heart.shape == image_shape(row)
+            # the patient's right lung lies on the image's left
+            assert np.nonzero(right)[1].mean() < np.nonzero(left)[1].mean()
+            assert dice(right, truth(row, "right_lung_mask")) > 0.85
+            assert dice(left, truth(row, "left_lung_mask")) > 0.85
+            dices.append(dice(heart, truth(row, "heart_mask")))
+            if row["ctr_reference"]:
+                m = meas.fn(
+                    meas.input_model(
+                        image=image,
+                        heart_mask=out.heart_mask,
+                        right_lung_mask=out.right_lung_mask,
+                        left_lung_mask=out.left_lung_mask,
+                    )
+                )
+                err = abs(m.ctr - float(row["ctr_reference"]))
+                assert err <= 0.05, (row["image"], m.ctr, row["ctr_reference"])
+                errors.append(err)
+    assert np.mean(dices) == pytest.approx(recorded["recorded_dice_first5_heart"], abs=0.01)
+    assert np.mean(errors) == pytest.approx(recorded["recorded_ctr_first5_mae"], abs=0.01)
+
+
+def image_shape(row):
+    import cv2
+
+    return cv2.imread(str(WINGSPAN / row["image"]), cv2.IMREAD_GRAYSCALE).shape
+
+
+@needs_wingspan
+def test_batch_of_three_equals_three_single_calls():
+    spec = default_registry.get("segment_heart_lungs")
+    assert spec.batchable
+    with tool_context(ToolContext(artifacts=MemoryArtifacts())):
+        inputs = [spec.input_model(image=real_image_ref(row, i)) for i, row in enumerate(first_rows(3))]
+        batched = spec.call_batch(inputs)
+        singles = [spec.fn(inp) for inp in inputs]
+        for b, s in zip(batched, singles, strict=True):
+            assert b.heart_area_px == s.heart_area_px
+            assert b.right_lung_area_px == s.right_lung_area_px and b.left_lung_area_px == s.left_lung_area_px
+            assert b.quality_flags == s.quality_flags and b.weights_sha256 == s.weights_sha256
+            for field in ("heart_mask", "right_lung_mask", "left_lung_mask"):
+                assert np.array_equal(load_artifact(getattr(b, field)), load_artifact(getattr(s, field)))

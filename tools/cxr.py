@@ -1,0 +1,301 @@
+"""Chest X-ray tools: learned heart and lung segmentation, and the cardiothoracic ratio from the masks.
+
+Side convention (radiological, as on a PA film read facing the patient): the patient's RIGHT lung
+lies on the LEFT of the image (small column indices) and the patient's LEFT lung on the right of the
+image. The Wingspan masks named ``right_lung`` indeed sit on the image's left (mean column ~155 of
+512) and ``left_lung`` on its right (~375 of 512); the segmenter's channels follow those names.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import cv2
+import numpy as np
+from pydantic import Field
+
+from dxgraph.errors import ToolError
+from dxgraph.tools._context import as_rgb8, current_context, load_artifact, load_image, save_artifact
+from dxgraph.tools._registry import tool
+from dxgraph.tools._types import ImageRef, ToolModel
+from dxgraph.tools._weights import PACKAGED_WEIGHTS_DIR
+from dxgraph.traces._artifacts import ArtifactRef
+
+if TYPE_CHECKING:
+    import torch
+
+INPUT_SIZE_PX = 128
+"""Side of the square image the network sees."""
+STRUCTURES = ("heart", "right_lung", "left_lung")
+"""Output channels of the network, in order (patient's right and left)."""
+WEIGHTS_PATH = PACKAGED_WEIGHTS_DIR / "cxr_heart_lungs_unet.pt"
+"""The shipped segmenter weights."""
+THRESHOLD = 0.5
+"""Probability above which a pixel belongs to a structure."""
+MIN_AREA_FRACTION = 0.002
+"""A structure smaller than this fraction of the image counts as not found."""
+FRAGMENTED_FRACTION = 0.9
+"""Flag a structure whose largest component holds less than this fraction of its pixels."""
+
+
+# ---------------------------------------------------------------- pre- and post-processing
+
+
+def to_grey(pixels: np.ndarray) -> np.ndarray:
+    """An 8-bit grey image from a 2D grey or RGB array of any depth (ToolError otherwise)."""
+    rgb = as_rgb8(pixels)
+    return cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+
+
+def preprocess(pixels: np.ndarray, size_px: int = INPUT_SIZE_PX) -> np.ndarray:
+    """Network input (1, size, size) float32: grey, area-resized, zero mean and unit variance."""
+    grey = to_grey(pixels).astype(np.float32)
+    small = cv2.resize(grey, (size_px, size_px), interpolation=cv2.INTER_AREA)
+    return ((small - small.mean()) / max(float(small.std()), 1e-6))[None].astype(np.float32)
+
+
+def resize_probabilities(prob: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Per-channel probabilities (C, h, w) resized bilinearly to (C, *shape)."""
+    h, w = shape
+    return np.stack([cv2.resize(p.astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR) for p in prob])
+
+
+def largest_component(mask: np.ndarray) -> np.ndarray:
+    """The largest 8-connected component of a boolean mask (empty stays empty)."""
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    if n <= 1:
+        return np.zeros(mask.shape, bool)
+    best = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+    return labels == best
+
+
+def fill_holes(mask: np.ndarray) -> np.ndarray:
+    """The mask with every enclosed background region filled."""
+    from scipy.ndimage import binary_fill_holes
+
+    return np.asarray(binary_fill_holes(mask), dtype=bool)
+
+
+def clean_mask(mask: np.ndarray) -> np.ndarray:
+    """Largest connected component, holes filled."""
+    return fill_holes(largest_component(mask))
+
+
+def masks_from_probabilities(prob: np.ndarray, shape: tuple[int, int]) -> tuple[list[np.ndarray], list[str]]:
+    """Full-resolution cleaned masks (one per structure) from low-res probabilities, and quality flags."""
+    full = resize_probabilities(prob, shape) > THRESHOLD
+    masks, flags = [], []
+    for name, raw in zip(STRUCTURES, full, strict=True):
+        mask = clean_mask(raw)
+        if raw.sum() and mask.sum() < FRAGMENTED_FRACTION * raw.sum():
+            flags.append(f"{name}_fragmented")
+        masks.append(mask)
+    return masks, flags
+
+
+# ---------------------------------------------------------------- the model
+
+
+def _load_model(device: str) -> tuple[torch.nn.Module, dict[str, Any], str]:
+    from dxgraph.tools._torch_runtime import cached_model, load_model_file
+
+    path = Path(WEIGHTS_PATH)
+    net, meta, entry = cached_model(
+        ("cxr_heart_lungs", str(path), device), lambda: load_model_file(path, device=device)
+    )
+    return net, meta, entry.sha256
+
+
+def predict_probabilities(batch: np.ndarray, device: str = "cpu") -> tuple[np.ndarray, str]:
+    """Sigmoid probabilities (N, 3, s, s) of preprocessed inputs (N, 1, s, s) in ONE forward pass."""
+    import torch
+
+    net, _, sha = _load_model(device)
+    with torch.inference_mode():
+        out = torch.sigmoid(net(torch.from_numpy(np.ascontiguousarray(batch)).to(device)))
+    return out.float().cpu().numpy(), sha
+
+
+# ---------------------------------------------------------------- segment_heart_lungs
+
+
+class SegmentHeartLungsInput(ToolModel):
+    """Input of segment_heart_lungs."""
+
+    image: ImageRef
+    """A frontal (PA) chest radiograph."""
+
+
+class HeartLungMasks(ToolModel):
+    """Heart and lung masks of one chest radiograph."""
+
+    heart_mask: ArtifactRef
+    """Binary mask of the cardiac silhouette, same size as the image."""
+    right_lung_mask: ArtifactRef
+    """Binary mask of the patient's right lung (on the image's left side)."""
+    left_lung_mask: ArtifactRef
+    """Binary mask of the patient's left lung (on the image's right side)."""
+    heart_area_px: int = Field(ge=0)
+    """Heart mask area in pixels."""
+    right_lung_area_px: int = Field(ge=0)
+    """Right lung mask area in pixels."""
+    left_lung_area_px: int = Field(ge=0)
+    """Left lung mask area in pixels."""
+    quality_flags: list[str]
+    """Machine-readable quality warnings."""
+    weights_sha256: str
+    """sha256 of the weights that produced the masks."""
+
+
+def _segment_batch(inputs: list[SegmentHeartLungsInput]) -> list[HeartLungMasks]:
+    images = [load_image(i.image) for i in inputs]
+    if not images:
+        return []
+    batch = np.stack([preprocess(p) for p in images])
+    device = current_context().device
+    prob, sha = predict_probabilities(batch, device if device in ("cpu", "cuda") else "cpu")
+    return [
+        _masks_output(p, pixels.shape[:2], sha, pixels.ndim == 3)
+        for p, pixels in zip(prob, images, strict=True)
+    ]
+
+
+def _masks_output(prob: np.ndarray, shape: tuple[int, int], sha: str, colour: bool) -> HeartLungMasks:
+    masks, flags = masks_from_probabilities(prob, shape)
+    min_area = MIN_AREA_FRACTION * shape[0] * shape[1]
+    missing = [name for name, m in zip(STRUCTURES, masks, strict=True) if m.sum() < min_area]
+    if missing:
+        raise ToolError(
+            f"no {', '.join(n.replace('_', ' ') for n in missing)} found in the radiograph",
+            flags=tuple(f"{n}_not_found" for n in missing),
+        )
+    heart, right, left = masks
+    cols = np.arange(shape[1])
+    if (cols * right).sum() / right.sum() > (cols * left).sum() / left.sum():
+        flags.append("lung_sides_swapped")
+    if (heart & (right | left)).sum() > 0.05 * heart.sum():
+        flags.append("heart_overlaps_lungs")
+    if colour:
+        flags.append("colour_input")
+    return HeartLungMasks(
+        heart_mask=save_artifact(heart, "mask"),
+        right_lung_mask=save_artifact(right, "mask"),
+        left_lung_mask=save_artifact(left, "mask"),
+        heart_area_px=int(heart.sum()),
+        right_lung_area_px=int(right.sum()),
+        left_lung_area_px=int(left.sum()),
+        quality_flags=flags,
+        weights_sha256=sha,
+    )
+
+
+@tool(
+    name="segment_heart_lungs",
+    version="0.1.0",
+    modalities=("cxr",),
+    dims=("2d",),
+    device="any",
+    batchable=True,
+    batch_fn=_segment_batch,
+)
+def segment_heart_lungs(inp: SegmentHeartLungsInput) -> HeartLungMasks:
+    """Segment the heart and both lungs in a frontal (PA) chest radiograph with a small learned UNet.
+
+    The network (trained by dxgraph on 121 Wingspan radiographs) predicts at 128x128; probabilities
+    are resized to the full image, thresholded at 0.5 and cleaned to the largest connected component
+    of each structure with holes filled. The patient's right lung is the one on the image's left.
+    Fails with a ToolError (``heart_not_found``, ``right_lung_not_found``...) when a structure is absent.
+    """
+    return _segment_batch([inp])[0]
+
+
+# ---------------------------------------------------------------- measure_cardiothoracic_ratio
+
+
+class CardiothoracicInput(ToolModel):
+    """Input of measure_cardiothoracic_ratio."""
+
+    image: ImageRef
+    """The radiograph the masks belong to (for its pixel spacing)."""
+    heart_mask: ArtifactRef
+    """Binary mask of the cardiac silhouette."""
+    right_lung_mask: ArtifactRef
+    """Binary mask of the patient's right lung."""
+    left_lung_mask: ArtifactRef
+    """Binary mask of the patient's left lung."""
+
+
+class CardiothoracicMeasurements(ToolModel):
+    """The cardiothoracic ratio and the widths it comes from."""
+
+    ctr: float = Field(ge=0)
+    """Cardiothoracic ratio: maximal horizontal heart width over maximal horizontal thorax width."""
+    heart_width_px: int = Field(ge=0)
+    """Maximal horizontal width of the heart (leftmost to rightmost heart column, inclusive), px."""
+    thorax_width_px: int = Field(ge=0)
+    """Maximal horizontal width of the thorax at the outer edges of the two lungs, px."""
+    heart_width_mm: float | None = Field(default=None, ge=0)
+    """Heart width in mm, when the image spacing is known."""
+    thorax_width_mm: float | None = Field(default=None, ge=0)
+    """Thorax width in mm, when the image spacing is known."""
+    heart_x_range_px: tuple[int, int]
+    """First and last image column of the heart (inclusive), for drawing."""
+    thorax_x_range_px: tuple[int, int]
+    """First and last image column of the lungs (inclusive), for drawing."""
+    quality_flags: list[str]
+    """Machine-readable warnings about the measurement."""
+
+
+def column_range(mask: np.ndarray) -> tuple[int, int]:
+    """First and last column (inclusive) holding any pixel of a non-empty 2D mask."""
+    cols = np.flatnonzero(mask.any(axis=0))
+    return int(cols[0]), int(cols[-1])
+
+
+def cardiothoracic_ratio(heart: np.ndarray, right_lung: np.ndarray, left_lung: np.ndarray) -> float:
+    """CTR of boolean masks: heart column extent over the column extent of both lungs together."""
+    h0, h1 = column_range(heart)
+    t0, t1 = column_range(right_lung | left_lung)
+    return (h1 - h0 + 1) / (t1 - t0 + 1)
+
+
+@tool(name="measure_cardiothoracic_ratio", version="0.1.0", modalities=("cxr",), dims=("2d",))
+def measure_cardiothoracic_ratio(inp: CardiothoracicInput) -> CardiothoracicMeasurements:
+    """Measure the cardiothoracic ratio (CTR) of a frontal chest radiograph from heart and lung masks.
+
+    CTR = maximal horizontal width of the heart / maximal horizontal width of the thorax, the latter
+    taken at the outer edges of the two lungs (their joint leftmost to rightmost column). Pure
+    geometry on the masks; widths are also given in mm when the image has a pixel spacing.
+    """
+    heart = load_artifact(inp.heart_mask).astype(bool)
+    right = load_artifact(inp.right_lung_mask).astype(bool)
+    left = load_artifact(inp.left_lung_mask).astype(bool)
+    if not heart.shape == right.shape == left.shape or heart.ndim != 2:
+        raise ToolError(
+            f"heart {heart.shape}, right lung {right.shape} and left lung {left.shape} masks differ",
+            flags=("mask_mismatch",),
+        )
+    for name, m in (("heart", heart), ("right_lung", right), ("left_lung", left)):
+        if not m.any():
+            raise ToolError(f"the {name.replace('_', ' ')} mask is empty", flags=(f"empty_{name}_mask",))
+    h0, h1 = column_range(heart)
+    t0, t1 = column_range(right | left)
+    heart_w, thorax_w = h1 - h0 + 1, t1 - t0 + 1
+    flags = []
+    if h0 < t0 or h1 > t1:
+        flags.append("heart_wider_than_lungs")
+    if column_range(right)[0] > column_range(left)[0]:
+        flags.append("lung_sides_swapped")
+    spacing = inp.image.spacing_mm
+    col_mm = float(spacing[1]) if spacing else None  # (row, col) spacing of a 2D image
+    return CardiothoracicMeasurements(
+        ctr=cardiothoracic_ratio(heart, right, left),
+        heart_width_px=heart_w,
+        thorax_width_px=thorax_w,
+        heart_width_mm=heart_w * col_mm if col_mm else None,
+        thorax_width_mm=thorax_w * col_mm if col_mm else None,
+        heart_x_range_px=(h0, h1),
+        thorax_x_range_px=(t0, t1),
+        quality_flags=flags,
+    )
