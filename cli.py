@@ -30,6 +30,8 @@ app.add_typer(tools_app, name="tools")
 app.add_typer(criteria_app, name="criteria")
 
 out = Console(highlight=False, soft_wrap=True, markup=False)  # user text may hold [brackets]
+progress_out = Console(stderr=True, highlight=False, soft_wrap=True, markup=False)
+"""Progress of long work goes to stderr, so stdout stays machine-readable."""
 
 DbOpt = Annotated[
     str | None,
@@ -399,7 +401,7 @@ def train(
     if not data_dir.is_dir():
         raise UserError(f"training data not found: {data_dir} (give --data)")
     module = importlib.import_module(f"dxgraph.tools.training.{task}")
-    kwargs: dict[str, Any] = {"folds": folds, "seed": seed, "progress": lambda line: out.print(line)}
+    kwargs: dict[str, Any] = {"folds": folds, "seed": seed, "progress": lambda line: progress_out.print(line)}
     if epochs is not None:
         kwargs["epochs"] = epochs
     if out_path is not None:

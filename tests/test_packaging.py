@@ -24,6 +24,12 @@ def test_wheel_contains_only_the_dxgraph_namespace(tmp_path):
     assert "dxgraph/criteria_kb/glaucoma.yaml" in names
     assert "dxgraph/traces/templates/report.html.j2" in names
     assert "dxgraph/tools/fundus.py" in names
+    assert "dxgraph/tools/weights/weights.lock.json" in names
+    assert {"dxgraph/tools/weights/cxr_heart_lungs_unet.pt", "dxgraph/tools/weights/nodule_malignancy_cnn.pt"} <= set(
+        names
+    )
+    assert "dxgraph/tools/training/cxr.py" in names
+    assert not any(n.startswith("dxgraph/examples/") or n.endswith(".guard") for n in names)
     assert not any(n.startswith("dxgraph/tests/") for n in names)
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     assert "dxgraph = dxgraph.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()

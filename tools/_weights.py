@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import json
 import os
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -120,8 +121,9 @@ def verify_weights(path: Path, lock_path: Path = PACKAGED_LOCK) -> WeightsEntry:
 
 @contextlib.contextmanager
 def _locked(lock_path: Path) -> Iterator[None]:
-    guard = Path(str(lock_path) + ".guard")
-    guard.parent.mkdir(parents=True, exist_ok=True)
+    key = hashlib.sha256(str(Path(lock_path).resolve()).encode()).hexdigest()[:16]
+    guard = Path(tempfile.gettempdir()) / f"dxgraph-weights-lock-{key}.guard"
+    Path(lock_path).parent.mkdir(parents=True, exist_ok=True)
     with guard.open("a") as f:
         try:
             import fcntl

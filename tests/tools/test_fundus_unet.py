@@ -1,0 +1,98 @@
+"""The learned optic disc/cup segmenter: locked weights, recorded figures, batching, tampering."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+
+import cv2
+import numpy as np
+import pytest
+
+import dxgraph.tools.fundus_unet as fu
+from dxgraph.agent.images import read_image
+from dxgraph.tools import ImageRef, ToolContext, default_registry, load_artifact, save_artifact, tool_context
+from dxgraph.tools._torch_runtime import load_model_file
+from dxgraph.tools._weights import WeightsError, read_lock, record_weights, verify_weights
+from dxgraph.tools.fundus import MeasureCupDiscInput, SegmentDiscCupInput, measure_cup_disc
+from dxgraph.traces import MemoryArtifacts
+
+
+def _rows(folder, n):
+    with (folder / "cases.csv").open() as f:
+        return list(csv.DictReader(f))[:n]
+
+
+def _image_ref(path, name):
+    pixels = read_image(path).array
+    return ImageRef(image_id=name, pixels=save_artifact(pixels, "image"), modality="fundus", dims="2d")
+
+
+def _dice(a, b):
+    return 2 * float((a & b).sum()) / max(float(a.sum() + b.sum()), 1.0)
+
+
+def test_shipped_weights_verify_and_load():
+    entry = verify_weights(fu.WEIGHTS_PATH)
+    assert entry.source == "trained by dxgraph" and "Drishti-GS1" in entry.licence
+    assert entry.command == "dxgraph train fundus --seed 0"
+    assert {"cv_disc_dice", "cv_cup_dice", "cv_vcdr_mae"} <= set(entry.metrics)
+    assert entry.size_bytes < 5_000_000
+    net, meta, loaded_entry = load_model_file(fu.WEIGHTS_PATH, device="cpu")
+    assert loaded_entry.sha256 == entry.sha256
+    assert meta["input_size_px"] == fu.INPUT_SIZE_PX and meta["window_fraction"] == fu.WINDOW_FRACTION
+    assert not net.training
+
+
+@pytest.mark.slow
+def test_first_five_drishti_reproduce_recorded_dice_and_vcdr(drishti):
+    spec = default_registry.get("segment_optic_disc_cup_unet")
+    metrics = verify_weights(fu.WEIGHTS_PATH).metrics
+    discs, cups = [], []
+    with tool_context(ToolContext(artifacts=MemoryArtifacts())):
+        for row in _rows(drishti, 5):
+            image = _image_ref(drishti / row["image"], row["image"])
+            out = spec.fn(SegmentDiscCupInput(image=image))
+            assert out.weights_sha256 == verify_weights(fu.WEIGHTS_PATH).sha256
+            disc, cup = load_artifact(out.disc_mask), load_artifact(out.cup_mask)
+            discs.append(_dice(disc, cv2.imread(str(drishti / row["disc_softmap"]), 0) > 127))
+            cups.append(_dice(cup, cv2.imread(str(drishti / row["cup_softmap"]), 0) > 127))
+            m = measure_cup_disc(
+                MeasureCupDiscInput(disc_mask=out.disc_mask, cup_mask=out.cup_mask, image=image)
+            )
+            print(f"{row['image']}: vCDR {m.vcdr:.3f} vs experts {float(row['vcdr_mean']):.3f}")
+            assert abs(m.vcdr - float(row["vcdr_mean"])) <= 0.15
+            assert out.disc_area_px == int(disc.sum()) and 0 < out.localisation_confidence <= 1
+            assert out.roi.radius_px == pytest.approx(np.sqrt(disc.sum() / np.pi))
+    assert np.mean(discs) == pytest.approx(metrics["recorded_dice_first5_disc"], abs=0.01)
+    assert np.mean(cups) == pytest.approx(metrics["recorded_dice_first5_cup"], abs=0.01)
+
+
+@pytest.mark.slow
+def test_a_batch_of_three_equals_three_single_calls(drishti):
+    spec = default_registry.get("segment_optic_disc_cup_unet")
+    with tool_context(ToolContext(artifacts=MemoryArtifacts())):
+        inputs = [
+            SegmentDiscCupInput(image=_image_ref(drishti / r["image"], r["image"])) for r in _rows(drishti, 3)
+        ]
+        batched = spec.call_batch(inputs)
+        singles = [spec.fn(i) for i in inputs]
+        for b, s in zip(batched, singles, strict=True):
+            assert b.disc_mask.sha256 == s.disc_mask.sha256 and b.cup_mask.sha256 == s.cup_mask.sha256
+            assert np.array_equal(load_artifact(b.disc_mask), load_artifact(s.disc_mask))
+            assert b.model_dump() == s.model_dump()
+
+
+def test_tampered_weights_are_refused(tmp_path):
+    original = tmp_path / "fundus_disc_cup_unet.pt"
+    shutil.copyfile(fu.WEIGHTS_PATH, original)
+    lock = tmp_path / "weights.lock.json"
+    record_weights(original, licence="test", source="test", lock_path=lock)
+    assert verify_weights(original, lock).sha256 == read_lock(lock).entries[original.name].sha256
+    data = bytearray(original.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    original.write_bytes(bytes(data))
+    with pytest.raises(WeightsError, match="do not match"):
+        verify_weights(original, lock)
+    with pytest.raises(WeightsError):
+        load_model_file(original, device="cpu", lock_path=lock)
