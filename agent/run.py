@@ -233,19 +233,21 @@ def diagnose_many(
     workers: int = 4,
     max_batch: int = 8,
     db: str | None = None,
+    batcher: BatchingDispatcher | None = None,
     **options: Any,
 ) -> list[RunResult | DxgraphError]:
     """Diagnose several cases concurrently, batching calls to batchable tools across cases.
 
     Each case is one image path or a list of paths; each gets its own run and trace, exactly as
     ``diagnose`` would store it. Results come back in input order: a RunResult, or the UserError /
-    DxgraphError that case raised (other exceptions are bugs and propagate).
+    DxgraphError that case raised (other exceptions are bugs and propagate). Pass ``batcher`` to
+    read its statistics afterwards.
     """
     from concurrent.futures import ThreadPoolExecutor
 
     if workers < 1:
         raise UserError("workers must be at least 1")
-    batcher = BatchingDispatcher(max_batch=max_batch)
+    batcher = batcher if batcher is not None else BatchingDispatcher(max_batch=max_batch)
 
     def one(images: list[str | Path] | str | Path) -> RunResult | DxgraphError:
         try:

@@ -13,7 +13,11 @@ from _helpers import SHARED_DATA
 
 def train(*args, cwd):
     return subprocess.run(
-        [sys.executable, "-m", "dxgraph", "train", *args], capture_output=True, text=True, cwd=cwd, timeout=600
+        [sys.executable, "-m", "dxgraph", "train", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=600,
     )
 
 
@@ -29,8 +33,16 @@ def test_unknown_task_and_missing_data_exit_2(tmp_path):
 def test_a_short_nodule_training_writes_weights_recorded_in_a_lock_beside_them(tmp_path):
     out = tmp_path / "models" / "nodules.pt"
     res = train(
-        "nodules", "--data", str(SHARED_DATA / "ct_lidc_nodules"), "--folds", "2", "--epochs", "1",
-        "--out", str(out), cwd=tmp_path,
+        "nodules",
+        "--data",
+        str(SHARED_DATA / "ct_lidc_nodules"),
+        "--folds",
+        "2",
+        "--epochs",
+        "1",
+        "--out",
+        str(out),
+        cwd=tmp_path,
     )
     assert res.returncode == 0, res.stderr[-2000:]
     lock_path = out.parent / "weights.lock.json"
