@@ -15,6 +15,8 @@ listed), once per process and device, and reused. Both tools are batchable.
 from __future__ import annotations
 
 import json
+import typing
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -198,22 +200,15 @@ def register_monai_segmenter(
             probs = [forward(a[None])[0] for a in arrays]
         return [finish(i.image, p) for i, p in zip(inputs, probs, strict=True)]
 
-    def segment(inp: ImageInput) -> SegmentationMasks:
-        return segment_batch([inp])[0]
-
-    segment.__doc__ = f"Segment {', '.join(labels)} with the MONAI network {weights_path.name}."
-    segment.__qualname__ = segment.__name__ = name
-    spec = make_spec(
-        segment,
+    return _register_batched(
+        segment_batch,
+        f"Segment {', '.join(labels)} with the MONAI network {weights_path.name}.",
         name=name,
         version=version,
         modalities=modalities,
         dims=dims,
-        device="any",
-        batchable=True,
-        batch_fn=segment_batch,  # type: ignore[arg-type]
+        registry=registry,
     )
-    return (registry if registry is not None else default_registry).register(spec)
 
 
 def load_hf_classifier(checkpoint: Path, device: str, lock_path: Path) -> tuple[Any, Any, str]:
@@ -292,19 +287,43 @@ def register_hf_image_classifier(
             )
         return out
 
-    def classify(inp: ImageInput) -> ImageClassification:
-        return classify_batch([inp])[0]
-
-    classify.__doc__ = f"Classify a 2D image with the transformers checkpoint {ckpt.name}."
-    classify.__qualname__ = classify.__name__ = name
-    spec = make_spec(
-        classify,
+    return _register_batched(
+        classify_batch,
+        f"Classify a 2D image with the transformers checkpoint {ckpt.name}.",
         name=name,
         version=version,
         modalities=modalities,
         dims=("2d",),
+        registry=registry,
+    )
+
+
+def _register_batched(
+    batch_fn: Callable[[list[ImageInput]], list[Any]],
+    doc: str,
+    *,
+    name: str,
+    version: str,
+    modalities: tuple[str, ...],
+    dims: tuple[str, ...],
+    registry: ToolRegistry | None,
+) -> ToolSpec:
+    """Register ``batch_fn`` as a batchable tool whose single call is a batch of one."""
+    out_model = typing.get_type_hints(batch_fn)["return"].__args__[0]
+
+    def single(inp: ImageInput) -> Any:
+        return batch_fn([inp])[0]
+
+    single.__doc__, single.__name__, single.__qualname__ = doc, name, name
+    single.__annotations__ = {"inp": ImageInput, "return": out_model}
+    spec = make_spec(
+        single,
+        name=name,
+        version=version,
+        modalities=modalities,
+        dims=dims,
         device="any",
         batchable=True,
-        batch_fn=classify_batch,  # type: ignore[arg-type]
+        batch_fn=batch_fn,
     )
     return (registry if registry is not None else default_registry).register(spec)
