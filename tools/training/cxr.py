@@ -245,7 +245,7 @@ def train(
     *,
     folds: int = 5,
     seed: int = 0,
-    epochs: int = 55,
+    epochs: int = 80,
     copies: int = 0,
     workers: int = 2,
     progress: Progress = print,
@@ -324,7 +324,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--data", type=Path, default=DATA_DIR)
     ap.add_argument("--out", type=Path, default=cxr.WEIGHTS_PATH)
     ap.add_argument("--folds", type=int, default=5)
-    ap.add_argument("--epochs", type=int, default=55)
+    ap.add_argument("--epochs", type=int, default=80)
     ap.add_argument("--copies", type=int, default=0)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
