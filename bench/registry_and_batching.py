@@ -11,7 +11,7 @@ Prints, measured side by side in one run (so machine noise hits both sides alike
 
 Usage (from the project root)::
 
-    .venv/bin/python bench/registry_and_batching.py [--n 8] [--repeats 5]
+    .venv/bin/python bench/registry_and_batching.py [--n 8] [--repeats 5] [--threads 1]
 """
 
 from __future__ import annotations
@@ -38,7 +38,6 @@ from dxgraph.tools import (
     ToolModel,
     ToolRegistry,
     default_registry,
-    load_image,
     save_artifact,
     tool,
     tool_context,
@@ -55,11 +54,11 @@ class MeanIn(ToolModel):
     """Image."""
 
 
-class MeanOut(ToolModel):
+class AreaOut(ToolModel):
     """Output."""
 
-    mean_grey_level: float
-    """Mean pixel value."""
+    image_area_px: int
+    """Pixels in the image, from its reference (nothing decoded)."""
 
 
 def _best(fn: Callable[[], object], repeats: int, inner: int) -> float:
@@ -75,10 +74,10 @@ def _best(fn: Callable[[], object], repeats: int, inner: int) -> float:
 def dispatch_overhead(repeats: int) -> None:
     reg = ToolRegistry()
 
-    @tool(name="mean_grey", version="1.0.0", modalities=("fundus",), registry=reg)
-    def mean_grey(inp: MeanIn) -> MeanOut:
-        """Mean grey level."""
-        return MeanOut(mean_grey_level=float(load_image(inp.image).mean()))
+    @tool(name="image_area", version="1.0.0", modalities=("fundus",), registry=reg)
+    def image_area(inp: MeanIn) -> AreaOut:
+        """Pixel count, read from the reference: a tool that does almost nothing."""
+        return AreaOut(image_area_px=int(np.prod(inp.image.pixels.shape[:2])))
 
     reg.register(default_registry.get("crop_zoom"))
     rgb = fundus_phantom(vcdr=0.5, seed=1).rgb
@@ -93,13 +92,13 @@ def dispatch_overhead(repeats: int) -> None:
     roi = RegionOfInterest(label="optic_disc", center_xy=(rgb.shape[1] / 2, rgb.shape[0] / 2), radius_px=60)
     crop_in = default_registry.get("crop_zoom").input_model.model_validate({"image": ref, "roi": roi})
     plans = {
-        "mean_grey": (
+        "image_area": (
             Plan(
                 planner="bench",
                 steps=(
                     ToolCall(
                         step_id="s1",
-                        tool="mean_grey",
+                        tool="image_area",
                         tool_version="1.0.0",
                         inputs={"image": ImageInput(image_id="img0")},
                         purpose="bench",
@@ -107,7 +106,7 @@ def dispatch_overhead(repeats: int) -> None:
                 ),
                 indicators=(),
             ),
-            lambda: mean_grey(MeanIn(image=ref)),
+            lambda: image_area(MeanIn(image=ref)),
         ),
         "crop_zoom": (
             Plan(
@@ -149,24 +148,36 @@ def unet_throughput(n: int, repeats: int, device: str) -> None:
     if not names:
         print("  no shipped batchable 2D tool")
         return
-    rng = np.random.default_rng(0)
     for name in names:
         spec = default_registry.get(name)
         modality = spec.modalities[0]
         store = MemoryArtifacts()
         ctxs, inputs = [], []
-        for i in range(n):
+        for img in _sample_images(modality, n):
             ctx = ToolContext(artifacts=store, device=device)
-            img = (
-                fundus_phantom(vcdr=0.4 + 0.05 * (i % 6), seed=i).rgb
-                if modality == "fundus"
-                else (rng.integers(0, 256, (512, 512), dtype=np.uint8))
-            )
             with tool_context(ctx):
                 ref = ImageRef(image_id="i", pixels=save_artifact(img, "image"), modality=modality, dims="2d")
                 inputs.append(spec.input_model.model_validate({"image": ref}))
             ctxs.append(ctx)
         _report_throughput(spec, inputs, ctxs, repeats, device)
+
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def _sample_images(modality: str, n: int) -> list[np.ndarray]:
+    """n real images of the modality from ../shared/data when present, else fundus phantoms / a CXR-like ramp."""
+    folder = SHARED_DATA / ("fundus_drishti/images" if modality == "fundus" else "cxr_wingspan/png")
+    files = sorted(folder.glob("*.jpg" if modality == "fundus" else "*.png"))[:n]
+    if len(files) == n:
+        from dxgraph.agent.images import read_image
+
+        return [read_image(f).array for f in files]
+    print(f"  ({folder} not found: synthetic {modality} images)")
+    if modality == "fundus":
+        return [fundus_phantom(vcdr=0.4 + 0.05 * (i % 6), seed=i).rgb for i in range(n)]
+    yy, xx = np.mgrid[:512, :512]
+    return [((np.abs(xx - 256) + yy / 4 + i) % 256).astype(np.uint8) for i in range(n)]
 
 
 def _report_throughput(spec, inputs, ctxs, repeats: int, device: str) -> None:
@@ -205,10 +216,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=8, help="inputs per batch")
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument(
+        "--threads", type=int, default=1, help="torch intra-op threads (more than free cores makes CPU runs crawl)"
+    )
     args = ap.parse_args()
     dispatch_overhead(args.repeats)
     import torch
 
+    torch.set_num_threads(args.threads)
     print(f"UNet tools, {args.n} inputs (median of {args.repeats}), torch threads {torch.get_num_threads()}")
     unet_throughput(args.n, args.repeats, "cpu")
     if torch.cuda.is_available():

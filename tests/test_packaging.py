@@ -25,9 +25,10 @@ def test_wheel_contains_only_the_dxgraph_namespace(tmp_path):
     assert "dxgraph/traces/templates/report.html.j2" in names
     assert "dxgraph/tools/fundus.py" in names
     assert "dxgraph/tools/weights/weights.lock.json" in names
-    assert {"dxgraph/tools/weights/cxr_heart_lungs_unet.pt", "dxgraph/tools/weights/nodule_malignancy_cnn.pt"} <= set(
-        names
-    )
+    assert {
+        "dxgraph/tools/weights/cxr_heart_lungs_unet.pt",
+        "dxgraph/tools/weights/nodule_malignancy_cnn.pt",
+    } <= set(names)
     assert "dxgraph/tools/training/cxr.py" in names
     assert not any(n.startswith("dxgraph/examples/") or n.endswith(".guard") for n in names)
     assert not any(n.startswith("dxgraph/tests/") for n in names)
