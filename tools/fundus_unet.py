@@ -35,7 +35,7 @@ WEIGHTS_PATH = PACKAGED_WEIGHTS_DIR / "fundus_disc_cup_unet.pt"
 """The shipped weights of the disc/cup UNet."""
 WINDOW_FRACTION = 0.35
 """Side of the square window around the disc, as a fraction of the image width."""
-INPUT_SIZE_PX = 176
+INPUT_SIZE_PX = 128
 """Side of the network input, px."""
 THRESHOLD_PROBABILITY = 0.5
 """A pixel belongs to the disc (cup) when its probability exceeds this."""
@@ -287,9 +287,9 @@ def segment_optic_disc_cup_unet_batch(inputs: list[SegmentDiscCupInput]) -> list
 def segment_optic_disc_cup_unet(inp: SegmentDiscCupInput) -> DiscCupMasks:
     """Segment the optic disc and the optic cup in a colour fundus photograph with a learned UNet.
 
-    A small UNet trained by dxgraph on the 50 Drishti-GS1 photographs segments a crop around the
-    disc located by brightness and vessel convergence; masks are the largest connected components
-    of the majority-of-experts predictions, the cup inside the disc. Returns both masks as
+    A small UNet trained by dxgraph on the majority-of-experts masks of the 50 Drishti-GS1
+    photographs segments a crop around the disc located by brightness and vessel convergence; masks
+    are the largest connected components of its predictions, the cup inside the disc. Returns both masks as
     artifacts, the disc as a region of interest, quality flags and the sha256 of the weights.
     """
     return segment_optic_disc_cup_unet_batch([inp])[0]

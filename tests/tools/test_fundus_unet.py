@@ -37,6 +37,8 @@ def test_shipped_weights_verify_and_load():
     assert entry.source == "trained by dxgraph" and "Drishti-GS1" in entry.licence
     assert entry.command == "dxgraph train fundus --seed 0"
     assert {"cv_disc_dice", "cv_cup_dice", "cv_vcdr_mae"} <= set(entry.metrics)
+    assert entry.metrics["cv_vcdr_mae"] <= 0.07  # the goal, on images unseen in training
+    assert entry.metrics["cv_disc_dice"] >= 0.95 and entry.metrics["cv_cup_dice"] >= 0.85
     assert entry.size_bytes < 5_000_000
     net, meta, loaded_entry = load_model_file(fu.WEIGHTS_PATH, device="cpu")
     assert loaded_entry.sha256 == entry.sha256
@@ -81,6 +83,24 @@ def test_a_batch_of_three_equals_three_single_calls(drishti):
             assert b.disc_mask.sha256 == s.disc_mask.sha256 and b.cup_mask.sha256 == s.cup_mask.sha256
             assert np.array_equal(load_artifact(b.disc_mask), load_artifact(s.disc_mask))
             assert b.model_dump() == s.model_dump()
+
+
+def test_training_samples_are_binary_majority_targets_of_the_input_size():
+    from dxgraph.tools.training.fundus import Case, augmented_sample
+
+    yy, xx = np.mgrid[:300, :400]
+    r2 = (xx - 200.0) ** 2 + (yy - 150.0) ** 2
+    disc_soft = np.where(r2 < 60**2, 255, np.where(r2 < 64**2, 64, 0)).astype(np.uint8)  # 1 of 4 at the rim
+    cup_soft = np.where(r2 < 30**2, 255, 0).astype(np.uint8)
+    rgb = np.stack([disc_soft, cup_soft, np.full_like(cup_soft, 40)], axis=-1)
+    case = Case("synthetic", rgb, disc_soft, cup_soft, 0.5, fu.Window(60, 10, 280))
+    x, target = augmented_sample(case, np.random.default_rng(0), fu.INPUT_SIZE_PX)
+    assert x.shape == (3, fu.INPUT_SIZE_PX, fu.INPUT_SIZE_PX) and x.dtype == np.float32
+    assert target.shape == (2, fu.INPUT_SIZE_PX, fu.INPUT_SIZE_PX) and set(np.unique(target)) <= {0.0, 1.0}
+    scale = fu.INPUT_SIZE_PX / 280
+    disc_area = target[0].sum() / scale**2
+    assert disc_area == pytest.approx(np.pi * 60**2, rel=0.25)  # the 1-of-4 ring is not disc
+    assert target[1].sum() < target[0].sum() and not (target[1] > target[0]).any()
 
 
 def test_tampered_weights_are_refused(tmp_path):
