@@ -217,7 +217,10 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=8, help="inputs per batch")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument(
-        "--threads", type=int, default=1, help="torch intra-op threads (more than free cores makes CPU runs crawl)"
+        "--threads",
+        type=int,
+        default=1,
+        help="torch intra-op threads (more than free cores makes CPU runs crawl)",
     )
     args = ap.parse_args()
     dispatch_overhead(args.repeats)

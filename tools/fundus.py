@@ -132,7 +132,9 @@ def measure_cup_disc(inp: MeasureCupDiscInput) -> CupDiscMeasurements:
     vertical poles over the vertical disc diameter, as in the ISGEO definition.
     """
     if inp.image.dims != "2d":
-        raise ToolError(f"expected a 2D fundus photograph, got a {inp.image.dims} image", flags=("not_2d_image",))
+        raise ToolError(
+            f"expected a 2D fundus photograph, got a {inp.image.dims} image", flags=("not_2d_image",)
+        )
     disc, cup = load_artifact(inp.disc_mask).astype(bool), load_artifact(inp.cup_mask).astype(bool)
     if inp.image.pixels.shape and tuple(inp.image.pixels.shape[:2]) != disc.shape:
         raise ToolError(
