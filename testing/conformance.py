@@ -9,8 +9,8 @@ Checks, each reported by name:
 - ``deterministic``: two calls under the same seed, in fresh artifact stores, give identical outputs.
 - ``units``: every float output field names its unit (a suffix such as ``_mm`` or ``_ratio``, or
   ``json_schema_extra={"unit": ...}``).
-- ``dims_guard``: given an image of dimensionality it does not declare, the tool raises ToolError
-  rather than crashing or answering.
+- ``modality_guard`` / ``dims_guard``: given an image of a modality or dimensionality it does not
+  declare, the tool raises ToolError rather than crashing or answering.
 - ``spacing_guard``: a tool declaring ``requires_spacing`` raises ToolError on an image without spacing.
 - ``batch_equivalence``: a batchable tool's batch of two gives what two single calls give.
 """
@@ -27,6 +27,7 @@ from typing import Any, Union
 import numpy as np
 from pydantic import BaseModel
 
+from dxgraph.agent.case import KNOWN_MODALITIES
 from dxgraph.errors import ToolError
 from dxgraph.tools._context import ToolContext, tool_context
 from dxgraph.tools._registry import ToolSpec
@@ -188,7 +189,7 @@ def validate_tool(
 
     _check(report, "schema_round_trip", schemas)
     if example is None:
-        for name in ("deterministic", "dims_guard", "spacing_guard", "batch_equivalence"):
+        for name in ("deterministic", "modality_guard", "dims_guard", "spacing_guard", "batch_equivalence"):
             report.checks[name] = "skipped: no example input given"
     else:
 
@@ -213,6 +214,23 @@ def validate_tool(
                     return "ok"
                 raise AssertionError(f"accepted a {wrong} image it does not declare and returned {out!r:.80}")
 
+        def modality_guard() -> str:
+            others = [m for m in KNOWN_MODALITIES if m not in spec.modalities]
+            if not others:
+                return "skipped: the tool declares every modality"
+            with tool_context(ToolContext(artifacts=MemoryArtifacts(), seed=seed)):
+                inp = example()
+                if not any(isinstance(v, ImageRef) for _, v in inp):
+                    return "skipped: no image input"
+                other = _swap_images(inp, lambda r: r.model_copy(update={"modality": others[0]}))
+                try:
+                    out = spec.fn(other)
+                except ToolError:
+                    return "ok"
+                raise AssertionError(
+                    f"accepted a {others[0]} image it does not declare and returned {out!r:.80}"
+                )
+
         def spacing_guard() -> str:
             if not spec.requires_spacing:
                 return "skipped: the tool does not require spacing"
@@ -235,6 +253,7 @@ def validate_tool(
             return "ok"
 
         _check(report, "deterministic", deterministic)
+        _check(report, "modality_guard", modality_guard)
         _check(report, "dims_guard", dims_guard)
         _check(report, "spacing_guard", spacing_guard)
         _check(report, "batch_equivalence", batch_equivalence)

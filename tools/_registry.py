@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 import re
 import typing
@@ -183,11 +184,27 @@ def make_spec(
         raise RegistrationError(f"{where}: its parameter must be annotated with a pydantic model")
     if not (isinstance(out_t, type) and issubclass(out_t, BaseModel)):
         raise RegistrationError(f"{where}: its return must be annotated with a pydantic model")
+    guard = _image_guard(name, tuple(modalities), tuple(dims), requires_spacing)
+
+    @functools.wraps(fn)
+    def guarded(inp: Any) -> BaseModel:
+        guard(inp)
+        return fn(inp)
+
+    guarded_batch = None
+    if batch_fn is not None:
+        inner = batch_fn
+
+        def guarded_batch(inputs: list[Any]) -> list[BaseModel]:
+            for inp in inputs:
+                guard(inp)
+            return inner(inputs)
+
     return ToolSpec(
         name=name,
         version=version,
         description=inspect.cleandoc(fn.__doc__ or ""),
-        fn=fn,
+        fn=guarded,
         input_model=in_t,
         output_model=out_t,
         modalities=tuple(modalities),
@@ -195,8 +212,37 @@ def make_spec(
         device=device,
         batchable=batchable,
         requires_spacing=requires_spacing,
-        batch_fn=batch_fn,
+        batch_fn=guarded_batch,
     )
+
+
+def _image_guard(
+    name: str, modalities: tuple[str, ...], dims: tuple[str, ...], requires_spacing: bool
+) -> Callable[[Any], None]:
+    """A check run before every call: each image input fits the tool's declarations, or ToolError."""
+    from dxgraph.errors import ToolError
+    from dxgraph.tools._types import ImageRef
+
+    def check(inp: Any) -> None:
+        for field_name, value in inp:
+            if not isinstance(value, ImageRef):
+                continue
+            where = f"{name}: input {field_name} (image {value.image_id})"
+            if value.modality is not None and value.modality not in modalities:
+                raise ToolError(
+                    f"{where} is {value.modality}; the tool takes {', '.join(modalities)}",
+                    flags=("wrong_modality",),
+                )
+            if value.dims not in dims:
+                raise ToolError(
+                    f"{where} is {value.dims}; the tool takes {'/'.join(dims)} images", flags=("wrong_dims",)
+                )
+            if requires_spacing and value.spacing_mm is None:
+                raise ToolError(
+                    f"{where} has no pixel spacing; the tool measures in mm", flags=("no_spacing",)
+                )
+
+    return check
 
 
 def tool(
@@ -211,7 +257,10 @@ def tool(
     batch_fn: Callable[[list[Any]], list[Any]] | None = None,
     registry: ToolRegistry | None = None,
 ) -> Callable[[Callable[[In], Out]], Callable[[In], Out]]:
-    """Register a function ``fn(Input) -> Output`` as a tool; the function is returned unchanged.
+    """Register a function ``fn(Input) -> Output`` as a tool; it is returned wrapped in its guard.
+
+    The guard refuses, with ToolError, image inputs of a modality or dimensionality the tool does
+    not declare, or without spacing when it ``requires_spacing``: direct calls are as safe as planned ones.
 
     ``batchable`` tools also give ``batch_fn(list[Input]) -> list[Output]``, which must return what
     calling ``fn`` on each input would. ``requires_spacing`` tools are never planned on images
@@ -231,7 +280,7 @@ def tool(
             batch_fn=batch_fn,
         )
         (registry if registry is not None else default_registry).register(spec)
-        fn.__dxgraph_tool__ = spec  # type: ignore[attr-defined]
-        return fn
+        spec.fn.__dxgraph_tool__ = spec  # type: ignore[attr-defined]
+        return spec.fn  # type: ignore[return-value]
 
     return decorate

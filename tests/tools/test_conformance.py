@@ -67,7 +67,7 @@ def test_example_plugin_passes(monkeypatch):
         return SharpnessInput(image=fundus_ref((rng.random((64, 64, 3)) * 255).astype(np.uint8)))
 
     report = validate_tool(measure_image_sharpness, example)
-    assert report.checks["dims_guard"] == "ok"
+    assert report.checks["dims_guard"] == "ok" and report.checks["modality_guard"] == "ok"
     assert report.checks["units"] == "ok"
     assert sys.modules["dxgraph_plugin_example.sharpness"]
 
@@ -122,7 +122,9 @@ def test_faulty_tools_fail_the_checks_they_break():
     with pytest.raises(ConformanceError) as err:
         validate_tool(noisy, example)
     report = validate_tool(noisy, example, strict=False)
-    assert set(report.failures) == {"deterministic", "dims_guard"}
+    assert set(report.failures) == {"deterministic"}
+    # the registry's guard refuses undeclared images even though the function itself would answer
+    assert report.checks["dims_guard"] == "ok" and report.checks["modality_guard"] == "ok"
     assert "two runs under one seed differ" in str(err.value)
     report = validate_tool(unitless, example, strict=False)
     assert set(report.failures) == {"units"}
@@ -133,3 +135,24 @@ def test_faulty_tools_fail_the_checks_they_break():
 
     assert set(validate_tool(plain, strict=False).failures) == {"registered"}
     assert isinstance(Out(size=1), BaseModel)
+
+
+def test_the_registry_guard_refuses_undeclared_images_on_direct_calls():
+    from dxgraph.tools import ToolContext, tool_context
+    from dxgraph.traces import MemoryArtifacts
+
+    with tool_context(ToolContext(artifacts=MemoryArtifacts())):
+        ct = ImageRef(
+            image_id="v",
+            pixels=save_artifact(np.zeros((4, 32, 32), np.float32), "image"),
+            modality="ct",
+            dims="3d",
+        )
+        with pytest.raises(
+            ToolError, match=r"segment_optic_disc_cup: input image \(image v\) is ct; the tool takes fundus"
+        ) as e:
+            segment_optic_disc_cup(SegmentDiscCupInput(image=ct))
+        assert e.value.flags == ("wrong_modality",)
+        assert (
+            segment_optic_disc_cup.__name__ == "segment_optic_disc_cup" and segment_optic_disc_cup.__wrapped__
+        )

@@ -99,7 +99,7 @@ def test_a_2d_image_or_a_crop_without_spacing_is_a_tool_error():
         no_spacing = ct_ref(np.full((5, 44, 44), -800, np.int16), None)
         with pytest.raises(ToolError) as e_sp:
             spec().fn(NoduleMalignancyInput(image=no_spacing))
-    assert e2d.value.flags == ("not_3d_image",)
+    assert e2d.value.flags == ("wrong_dims",)  # the registry guard refuses it before the tool runs
     assert e_sp.value.flags == ("no_spacing",)
 
 

@@ -155,8 +155,8 @@ def test_monai_bundle_loads_once_batches_and_refuses_a_changed_file(tmp_path, mo
     with tool_context(ToolContext(artifacts=MemoryArtifacts())):
         with pytest.raises(WeightsError, match="do not match their lock entry"):
             spec.fn(image_input(images[0], "2d", modality="cxr"))
-        with pytest.raises(ToolError, match="takes 2d images"):
-            spec.fn(image_input(np.zeros((4, 8, 8), np.float32), "3d"))
+        with pytest.raises(ToolError, match="is 3d; the tool takes 2d images"):
+            spec.fn(image_input(np.zeros((4, 8, 8), np.float32), "3d", modality="cxr"))
 
 
 def test_weights_missing_from_the_lock_are_refused(tmp_path):
