@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -26,6 +26,8 @@ class LoadedCriteria:
     """sha256 of the document file's bytes."""
     file_name: str
     """Name of the document file."""
+    raw: bytes = field(default=b"", repr=False, compare=False)
+    """The file's bytes, stored with each run that retrieves the document."""
 
 
 @dataclass(frozen=True)
@@ -51,7 +53,7 @@ def parse_document(data: bytes, file_name: str) -> LoadedCriteria:
         first = e.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
         raise CriteriaError(f"{file_name}: {where}: {first['msg']}") from None
-    return LoadedCriteria(doc, hashlib.sha256(data).hexdigest(), file_name)
+    return LoadedCriteria(doc, hashlib.sha256(data).hexdigest(), file_name, data)
 
 
 @lru_cache(maxsize=1)

@@ -22,6 +22,8 @@ from dxgraph.tools._registry import ToolRegistry
 from dxgraph.traces._events import CriteriaRetrieved, DiagnosisMade, PlanMade, RetrievedRef
 from dxgraph.traces._recorder import TraceRecorder
 
+CRITERIA_MEDIA_TYPE = "application/yaml"
+"""Media type under which retrieved criteria documents are stored with a run."""
 NODES = ("retrieve", "plan", "dispatch", "aggregate", "decide")
 """The graph's nodes, in order."""
 
@@ -63,6 +65,8 @@ def build_graph(deps: RunDeps) -> Any:
     def retrieve_node(state: RunState) -> RunState:
         case = state["case"]
         hits = retrieve(case.question, case.clinical_text, deps.library)
+        for h in hits:  # the documents' bytes travel with the trace, content-addressed by their sha256
+            deps.recorder.artifacts.put_bytes(h.criteria.raw, CRITERIA_MEDIA_TYPE)
         deps.recorder.emit(
             CriteriaRetrieved,
             question=case.question,

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import base64
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from dxgraph.criteria_kb import CriteriaDocument, packaged_criteria
+from dxgraph.criteria_kb import CriteriaDocument, packaged_criteria, parse_document
 from dxgraph.traces._artifacts import ArtifactRef, load_array
 from dxgraph.traces._events import (
     CriteriaRetrieved,
@@ -135,11 +137,24 @@ def build_figures(store: TraceStore, started: RunStarted, calls: list[ToolCalled
     return figures
 
 
-def _criteria_docs(retrieved: CriteriaRetrieved | None) -> list[tuple[Any, CriteriaDocument | None]]:
+def _criteria_docs(
+    store: TraceStore, retrieved: CriteriaRetrieved | None
+) -> list[tuple[Any, CriteriaDocument | None]]:
+    """Each retrieved document: from the bytes stored with the run, else the packaged copy with that hash."""
     if retrieved is None:
         return []
     known = {(c.document.id, c.sha256): c.document for c in packaged_criteria()}
-    return [(d, known.get((d.id, d.sha256))) for d in retrieved.documents]
+    out = []
+    for d in retrieved.documents:
+        doc = known.get((d.id, d.sha256))
+        try:
+            data = store.get_bytes(d.sha256)
+        except KeyError:
+            data = None
+        if data is not None and hashlib.sha256(data).hexdigest() == d.sha256:
+            doc = parse_document(data, f"{d.id} (stored with the run)").document
+        out.append((d, doc))
+    return out
 
 
 def render_report(store: TraceStore, run_id: str) -> str:
@@ -172,6 +187,6 @@ def render_report(store: TraceStore, run_id: str) -> str:
         evidence=evidence,
         finished=finished,
         check=check,
-        criteria_docs=_criteria_docs(retrieved),
+        criteria_docs=_criteria_docs(store, retrieved),
         events=[(e, summarize(e)) for e in events],
     )

@@ -251,6 +251,7 @@ class TraceStore:
         problems: list[str] = []
         prev = GENESIS_SHA256
         referenced: set[str] = set()
+        criteria_docs: set[str] = set()  # their bytes, when the run stored them
         for i, row in enumerate(rows):
             where = f"event {row.seq} ({row.event})"
             try:
@@ -267,6 +268,8 @@ class TraceStore:
                 problems.append(f"{where}: content does not match its sha256 (edited)")
             prev = body.get("sha256", "")
             referenced |= artifact_hashes(body)
+            if body.get("event") == "CriteriaRetrieved":
+                criteria_docs |= {str(d.get("sha256")) for d in body.get("documents", [])}
             if problems:
                 break
         if not problems:
@@ -285,6 +288,13 @@ class TraceStore:
                     continue
                 if hashlib.sha256(data).hexdigest() != digest:
                     problems.append(f"artifact {digest[:12]} does not match its sha256 (edited)")
+            for digest in sorted(criteria_docs - referenced):
+                try:
+                    data = self.get_bytes(digest)
+                except KeyError:
+                    continue  # runs recorded before criteria documents were stored with them
+                if hashlib.sha256(data).hexdigest() != digest:
+                    problems.append(f"criteria document {digest[:12]} does not match its sha256 (edited)")
         return ChainCheck(run.run_id, not problems, len(rows), tuple(problems))
 
 

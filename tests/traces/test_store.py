@@ -104,3 +104,39 @@ def test_unknown_runs_and_missing_stores_are_user_errors(tmp_path, stored_run):
     assert store.resolve_run_id(run_id[:17]) == run_id
     with pytest.raises(StoreError, match="no trace store at"):
         TraceStore(str(tmp_path / "absent.db"), create=False)
+
+
+def test_extra_criteria_travel_with_the_run_into_its_report_and_are_verified(tmp_path, db):
+    from dxgraph.criteria_kb import packaged_criteria
+    from dxgraph.traces._report import render_report
+
+    text = next(c for c in packaged_criteria() if c.document.id == "glaucoma.onh-structure").raw.decode()
+    text = text.replace("id: glaucoma.onh-structure", "id: site.glaucoma-local").replace(
+        "disease: glaucoma", "disease: glaucoma_local"
+    )
+    text = text.replace(
+        "European Glaucoma Society.", "European Glaucoma Society (local copy, site protocol 7)."
+    )
+    crit = tmp_path / "criteria"
+    crit.mkdir()
+    (crit / "local.yaml").write_text(text)
+    path = write_rgb(tmp_path / "f.png", np.full((200, 200, 3), 90, np.uint8))
+    r = dxgraph.diagnose(
+        "glaucoma_local",
+        path,
+        db=db,
+        modality="fundus",
+        registry=drawn_disc_cup_registry(),
+        criteria_dirs=[crit],
+    )
+    (crit / "local.yaml").unlink()  # the report must not need the folder any more
+    store = TraceStore(db)
+    html = render_report(store, r.run_id)
+    assert "site protocol 7" in html
+    retrieved = json.loads(store.raw_events(r.run_id)[1].body)
+    (doc,) = [d for d in retrieved["documents"] if d["id"] == "site.glaucoma-local"]
+    assert store.verify(r.run_id).ok
+    _sql(store, "UPDATE artifacts SET data = :d WHERE sha256 = :s", d=b"id: forged", s=doc["sha256"])
+    assert store.verify(r.run_id).problems == (
+        f"criteria document {doc['sha256'][:12]} does not match its sha256 (edited)",
+    )
