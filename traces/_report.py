@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import hashlib
-
 import base64
+import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
