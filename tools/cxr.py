@@ -229,7 +229,7 @@ class CardiothoracicInput(ToolModel):
 class CardiothoracicMeasurements(ToolModel):
     """The cardiothoracic ratio and the widths it comes from."""
 
-    ctr: float = Field(ge=0)
+    ctr: float = Field(ge=0, json_schema_extra={"unit": "1"})
     """Cardiothoracic ratio: maximal horizontal heart width over maximal horizontal thorax width."""
     heart_width_px: int = Field(ge=0)
     """Maximal horizontal width of the heart (leftmost to rightmost heart column, inclusive), px."""

@@ -156,3 +156,11 @@ def test_the_registry_guard_refuses_undeclared_images_on_direct_calls():
         assert (
             segment_optic_disc_cup.__name__ == "segment_optic_disc_cup" and segment_optic_disc_cup.__wrapped__
         )
+
+
+def test_every_registered_tool_passes_the_static_checks():
+    from dxgraph.tools import default_registry
+
+    for spec in default_registry:
+        report = validate_tool(spec, strict=False)
+        assert not report.failures, str(report)
