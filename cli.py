@@ -288,18 +288,37 @@ def tools_list(as_json: JsonOpt = False) -> None:
     if as_json:
         _print_json(rows)
         return
-    table = Table("name", "version", "modalities", "dims", "device", "batch", "summary")
+    from dxgraph.agent.case import KNOWN_MODALITIES
+
+    longest = max((len(r["name"]) for r in rows), default=4)
+    wide = out.width >= 120
+    columns = [
+        Column("name", min_width=longest, no_wrap=True),  # a name is what users type: never cut it
+        Column("version", no_wrap=True),
+        Column("modalities", min_width=10, overflow="fold"),
+        Column("dims", no_wrap=True),
+        Column("device", no_wrap=True),
+        Column("batch", no_wrap=True),
+        Column("mm", no_wrap=True),
+    ]
+    if wide:
+        columns.append(Column("summary", ratio=1))
+    table = Table(*columns, box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
     for r in rows:
-        table.add_row(
+        modalities = "all" if set(r["modalities"]) >= set(KNOWN_MODALITIES) else ",".join(r["modalities"])
+        cells = [
             r["name"],
             r["version"],
-            ",".join(r["modalities"]),
+            modalities,
             ",".join(r["dims"]),
             r["device"],
             "yes" if r["batchable"] else "no",
-            r["summary"],
-        )
+            "yes" if r["requires_spacing"] else "",
+        ]
+        table.add_row(*cells, *([r["summary"]] if wide else []))
     out.print(table)
+    if not wide:
+        out.print("mm: needs pixel spacing.  dxgraph tools describe NAME shows what a tool does.")
 
 
 @tools_app.command("describe")
