@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -68,6 +69,8 @@ def plugin_site(tmp_path_factory) -> Path:
     """The example plugin installed by pip (its own wheel build) into a folder put on PYTHONPATH."""
     site = tmp_path_factory.mktemp("site")
     build = tmp_path_factory.mktemp("build")
+    source = build / "plugin"
+    shutil.copytree(EXAMPLE, source)  # setuptools builds in the source tree: keep the repository clean
     subprocess.run(
         [
             sys.executable,
@@ -80,7 +83,7 @@ def plugin_site(tmp_path_factory) -> Path:
             "--no-index",
             "--target",
             str(site),
-            str(EXAMPLE),
+            str(source),
         ],
         check=True,
         capture_output=True,
