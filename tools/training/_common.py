@@ -75,18 +75,62 @@ def train_segmenter(
     return _train(net, x, y, cfg, lambda out, tgt: loss_fn(out, tgt), progress)
 
 
-def train_classifier(
+Batch = tuple["torch.Tensor", "torch.Tensor"]
+"""Inputs and targets of one optimisation step."""
+
+
+def fit_batches(
     net: torch.nn.Module,
-    x: np.ndarray,
-    y: np.ndarray,
+    n_items: int,
+    sample: Callable[[np.ndarray, np.random.Generator], Batch],
+    loss: Callable[[Any, Any], Any],
     cfg: LoopConfig,
+    *,
+    weight_decay: float | None = None,
+    drop_last: bool = False,
     progress: Progress | None = None,
+    tag: str = "",
 ) -> torch.nn.Module:
-    """Train a binary classifier (one logit, BCE loss) on arrays x (N, C, *spatial), y (N,)."""
+    """The one training loop: shuffled batches of item indices, Adam (AdamW with ``weight_decay``), cosine LR.
+
+    ``sample(indices, rng)`` builds a batch, augmenting with the loop's seeded generator (which also
+    shuffles, so a seed fixes everything). ``drop_last`` skips the last partial batch (batch norm
+    needs more than one item). Returns the network in eval mode.
+    """
     import torch
 
-    bce = torch.nn.BCEWithLogitsLoss()
-    return _train(net, x, y.astype(np.float32), cfg, lambda out, tgt: bce(out.reshape(-1), tgt), progress)
+    gen = np.random.default_rng(cfg.seed)
+    if weight_decay is None:
+        opt: torch.optim.Optimizer = torch.optim.Adam(net.parameters(), lr=cfg.lr)
+    else:
+        opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=weight_decay)
+    per_epoch = n_items // cfg.batch_size if drop_last else int(np.ceil(n_items / cfg.batch_size))
+    per_epoch = max(1, per_epoch)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(
+        opt, T_max=cfg.epochs * per_epoch, eta_min=cfg.lr * 0.05
+    )
+    net.train()
+    t0 = time.perf_counter()
+    for epoch in range(cfg.epochs):
+        order = gen.permutation(n_items)
+        total, seen = 0.0, 0
+        for step in range(per_epoch):
+            idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
+            xb, yb = sample(idx, gen)
+            opt.zero_grad()
+            value = loss(net(xb), yb)
+            value.backward()
+            opt.step()
+            sched.step()
+            total += float(value.detach()) * len(idx)
+            seen += len(idx)
+        if progress is not None and ((epoch + 1) % max(1, cfg.epochs // 10) == 0 or epoch == 0):
+            progress(
+                f"{tag + ' ' if tag else ''}epoch {epoch + 1}/{cfg.epochs} loss {total / max(seen, 1):.4f} "
+                f"({time.perf_counter() - t0:.0f} s)"
+            )
+    net.eval()
+    return net
 
 
 def _train(
@@ -99,36 +143,19 @@ def _train(
 ) -> torch.nn.Module:
     import torch
 
-    gen = np.random.default_rng(cfg.seed)
     xt, yt = torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(np.ascontiguousarray(y))
-    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
-    steps = cfg.epochs * max(1, int(np.ceil(len(x) / cfg.batch_size)))
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps, eta_min=cfg.lr * 0.05)
-    net.train()
-    t0 = time.perf_counter()
-    for epoch in range(cfg.epochs):
-        order = gen.permutation(len(x))
-        total = 0.0
-        for start in range(0, len(order), cfg.batch_size):
-            idx = torch.from_numpy(order[start : start + cfg.batch_size])
-            xb, yb = xt[idx], yt[idx]
-            for axis in cfg.flips:
-                if gen.random() < 0.5:
-                    xb = torch.flip(xb, dims=(axis + 2,))
-                    if yb.ndim == xb.ndim:
-                        yb = torch.flip(yb, dims=(axis + 2,))
-            opt.zero_grad()
-            value = loss(net(xb), yb)
-            value.backward()
-            opt.step()
-            sched.step()
-            total += float(value.detach()) * len(idx)
-        if progress is not None and (epoch + 1) % max(1, cfg.epochs // 10) == 0:
-            progress(
-                f"epoch {epoch + 1}/{cfg.epochs} loss {total / len(x):.4f} ({time.perf_counter() - t0:.0f} s)"
-            )
-    net.eval()
-    return net
+
+    def sample(idx: np.ndarray, gen: np.random.Generator) -> Batch:
+        t = torch.from_numpy(idx)
+        xb, yb = xt[t], yt[t]
+        for axis in cfg.flips:
+            if gen.random() < 0.5:
+                xb = torch.flip(xb, dims=(axis + 2,))
+                if yb.ndim == xb.ndim:
+                    yb = torch.flip(yb, dims=(axis + 2,))
+        return xb, yb
+
+    return fit_batches(net, len(x), sample, loss, cfg, progress=progress)
 
 
 def predict(net: torch.nn.Module, x: np.ndarray, batch_size: int = 16) -> np.ndarray:

@@ -23,7 +23,7 @@ import numpy as np
 
 from dxgraph.tools import _cup_disc_geometry as geo
 from dxgraph.tools import fundus_unet as fu
-from dxgraph.tools.training._common import Progress, dice, kfold, seed_everything
+from dxgraph.tools.training._common import LoopConfig, Progress, dice, fit_batches, kfold, seed_everything
 
 if TYPE_CHECKING:
     import torch
@@ -148,35 +148,16 @@ def fit(cases: list[Case], *, epochs: int, seed: int, progress: Progress, tag: s
     import torch
 
     seed_everything(seed, threads=1)
-    rng = np.random.default_rng(seed)
     net = new_network()
-    opt = torch.optim.Adam(net.parameters(), lr=LR)
-    steps = epochs * int(np.ceil(len(cases) / BATCH_SIZE))
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps, eta_min=LR * 0.05)
-    net.train()
-    t0 = time.perf_counter()
-    for epoch in range(epochs):
-        order = rng.permutation(len(cases))
-        total = 0.0
-        for start in range(0, len(order), BATCH_SIZE):
-            pairs = [
-                augmented_sample(cases[i], rng, fu.INPUT_SIZE_PX) for i in order[start : start + BATCH_SIZE]
-            ]
-            xb = torch.from_numpy(np.stack([p[0] for p in pairs]))
-            yb = torch.from_numpy(np.stack([p[1] for p in pairs]))
-            opt.zero_grad()
-            loss = soft_dice_bce(net(xb), yb)
-            loss.backward()
-            opt.step()
-            sched.step()
-            total += float(loss.detach()) * len(pairs)
-        if (epoch + 1) % max(1, epochs // 10) == 0 or epoch == 0:
-            progress(
-                f"{tag} epoch {epoch + 1}/{epochs} loss {total / len(cases):.4f} "
-                f"({time.perf_counter() - t0:.0f} s)"
-            )
-    net.eval()
-    return net
+
+    def sample(idx: np.ndarray, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        pairs = [augmented_sample(cases[i], rng, fu.INPUT_SIZE_PX) for i in idx]
+        return torch.from_numpy(np.stack([p[0] for p in pairs])), torch.from_numpy(
+            np.stack([p[1] for p in pairs])
+        )
+
+    cfg = LoopConfig(epochs=epochs, batch_size=BATCH_SIZE, lr=LR, seed=seed)
+    return fit_batches(net, len(cases), sample, soft_dice_bce, cfg, progress=progress, tag=tag)
 
 
 def vcdr_of(disc: np.ndarray, cup: np.ndarray) -> float:

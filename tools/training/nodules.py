@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from dxgraph.tools.ct_nodule import GRID_SIZE, GRID_SPACING_MM, WEIGHTS_PATH, preprocess_nodule
-from dxgraph.tools.training._common import Progress, kfold, seed_everything
+from dxgraph.tools.training._common import LoopConfig, Progress, fit_batches, kfold, seed_everything
 
 if TYPE_CHECKING:
     import torch
@@ -155,36 +155,25 @@ def train_network(
 
     seed_everything(cfg.seed, threads=1)
     net = build_network(classifier_arch(cfg, x.shape[-1]))
-    gen = np.random.default_rng(cfg.seed)
     xt = torch.from_numpy(_inputs(x, cfg.with_mask))
     yt = torch.from_numpy(y.astype(np.float32))
-    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps_per_epoch = max(1, len(x) // cfg.batch_size)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(
-        opt, T_max=cfg.epochs * steps_per_epoch, eta_min=cfg.lr * 0.05
-    )
     bce = torch.nn.BCEWithLogitsLoss()
-    net.train()
-    t0 = time.perf_counter()
-    for epoch in range(cfg.epochs):
-        order = gen.permutation(len(x))
-        total = 0.0
-        for step in range(steps_per_epoch):  # drop the last partial batch: batch norm needs > 1 crop
-            idx = torch.from_numpy(order[step * cfg.batch_size : (step + 1) * cfg.batch_size])
-            xb = _augment(xt[idx], gen, cfg)
-            opt.zero_grad()
-            loss = bce(net(xb).reshape(-1), yt[idx])
-            loss.backward()
-            opt.step()
-            sched.step()
-            total += loss.item() * len(idx)
-        if progress is not None and ((epoch + 1) % max(1, cfg.epochs // 5) == 0 or epoch == 0):
-            seen = steps_per_epoch * cfg.batch_size
-            progress(
-                f"  epoch {epoch + 1}/{cfg.epochs} loss {total / seen:.4f} ({time.perf_counter() - t0:.0f} s)"
-            )
-    net.eval()
-    return net
+
+    def sample(idx: np.ndarray, gen: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        t = torch.from_numpy(idx)
+        return _augment(xt[t], gen, cfg), yt[t]
+
+    loop = LoopConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed)
+    return fit_batches(
+        net,
+        len(x),
+        sample,
+        lambda out, target: bce(out.reshape(-1), target),
+        loop,
+        weight_decay=cfg.weight_decay,
+        drop_last=True,  # batch norm needs more than one crop
+        progress=progress,
+    )
 
 
 def predict_probability(net: torch.nn.Module, x: np.ndarray, batch_size: int = 32) -> np.ndarray:
