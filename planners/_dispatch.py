@@ -17,7 +17,7 @@ from dxgraph.tools._batching import BatchingDispatcher
 from dxgraph.tools._context import ToolContext, tool_context
 from dxgraph.tools._registry import ToolRegistry
 from dxgraph.tools._types import ImageRef
-from dxgraph.traces._artifacts import ArtifactRef
+from dxgraph.traces._artifacts import artifact_refs_in
 from dxgraph.traces._events import ToolCalled, artifact_hashes
 from dxgraph.traces._recorder import TraceRecorder
 
@@ -169,9 +169,7 @@ def collect_evidence(
         ind = docs[p.criteria_id].indicator(p.indicator)
         chain = [p.step_id, *sorted(plan.upstream(p.step_id))]
         flags = tuple(dict.fromkeys(f for s in chain for f in results[s].quality_flags))
-        refs = _artifact_refs_in_json(res.inputs_json) + _artifact_refs_in_json(
-            res.output.model_dump(mode="json")
-        )
+        refs = artifact_refs_in(res.inputs_json) + artifact_refs_in(res.output.model_dump(mode="json"))
         unique = list({r.sha256: r for r in refs}.values())
         value = getattr(res.output, p.quantity)
         if value is None:
@@ -193,13 +191,3 @@ def collect_evidence(
             )
         )
     return evidence
-
-
-def _artifact_refs_in_json(obj: Any) -> list[ArtifactRef]:
-    if isinstance(obj, dict):
-        if isinstance(obj.get("sha256"), str) and "media_type" in obj:
-            return [ArtifactRef.model_validate(obj)]
-        return [r for v in obj.values() for r in _artifact_refs_in_json(v)]
-    if isinstance(obj, list):
-        return [r for v in obj for r in _artifact_refs_in_json(v)]
-    return []

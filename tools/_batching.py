@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
-from typing import Any
 
 from pydantic import BaseModel
 
 from dxgraph.errors import ToolError
 from dxgraph.tools._context import ToolContext, tool_context
 from dxgraph.tools._registry import ToolSpec
-from dxgraph.traces._artifacts import ArtifactStore, MemoryArtifacts
+from dxgraph.traces._artifacts import ArtifactStore, MemoryArtifacts, artifact_refs_in
 
 
 class _UnionArtifacts:
@@ -62,16 +61,6 @@ class BatchStats:
     """Batched invocations of ``batch_fn``."""
     largest_batch: int = 0
     """Most inputs in one invocation."""
-
-
-def _artifact_shas(obj: Any) -> list[tuple[str, str]]:
-    if isinstance(obj, dict):
-        if isinstance(obj.get("sha256"), str) and "media_type" in obj:
-            return [(obj["sha256"], obj["media_type"])]
-        return [r for v in obj.values() for r in _artifact_shas(v)]
-    if isinstance(obj, list):
-        return [r for v in obj for r in _artifact_shas(v)]
-    return []
 
 
 class BatchingDispatcher:
@@ -142,11 +131,11 @@ class BatchingDispatcher:
                 c.done.set()
             return
         for c, out in zip(batch, outputs, strict=True):
-            for sha, media_type in _artifact_shas(out.model_dump(mode="json")):
+            for ref in artifact_refs_in(out.model_dump(mode="json")):
                 try:
-                    data = union.scratch.get_bytes(sha)
+                    data = union.scratch.get_bytes(ref.sha256)
                 except KeyError:
                     continue
-                c.ctx.artifacts.put_bytes(data, media_type)
+                c.ctx.artifacts.put_bytes(data, ref.media_type)
             c.output = out
             c.done.set()

@@ -229,3 +229,16 @@ def recist_diameters(mask: np.ndarray, spacing: tuple[float, ...]) -> RecistDiam
         raise ValueError("the mask is empty")
     d = planar_diameters(mask[best_z], (sy, sx))
     return RecistDiameters(d.longest_mm, d.perpendicular_mm, d.longest_direction, best_z)
+
+
+def largest_component_filled(mask: np.ndarray) -> np.ndarray:
+    """The largest 8-connected component of a mask, with its holes filled (empty stays empty)."""
+    import cv2
+
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    if n <= 1:
+        return np.zeros(mask.shape, bool)
+    keep = (labels == 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))).astype(np.uint8)
+    _, background = cv2.connectedComponents(1 - keep, connectivity=4)
+    border = np.unique(np.concatenate([background[0], background[-1], background[:, 0], background[:, -1]]))
+    return (keep > 0) | ((background > 0) & ~np.isin(background, border))

@@ -17,6 +17,7 @@ from pydantic import Field
 
 from dxgraph.errors import ToolError
 from dxgraph.tools._context import as_rgb8, current_context, load_artifact, load_image, save_artifact
+from dxgraph.tools._mask_geometry import largest_component_filled
 from dxgraph.tools._registry import tool
 from dxgraph.tools._types import ImageRef, ToolModel
 from dxgraph.tools._weights import PACKAGED_WEIGHTS_DIR
@@ -61,33 +62,12 @@ def resize_probabilities(prob: np.ndarray, shape: tuple[int, int]) -> np.ndarray
     return np.stack([cv2.resize(p.astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR) for p in prob])
 
 
-def largest_component(mask: np.ndarray) -> np.ndarray:
-    """The largest 8-connected component of a boolean mask (empty stays empty)."""
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
-    if n <= 1:
-        return np.zeros(mask.shape, bool)
-    best = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
-    return labels == best
-
-
-def fill_holes(mask: np.ndarray) -> np.ndarray:
-    """The mask with every enclosed background region filled."""
-    from scipy.ndimage import binary_fill_holes
-
-    return np.asarray(binary_fill_holes(mask), dtype=bool)
-
-
-def clean_mask(mask: np.ndarray) -> np.ndarray:
-    """Largest connected component, holes filled."""
-    return fill_holes(largest_component(mask))
-
-
 def masks_from_probabilities(prob: np.ndarray, shape: tuple[int, int]) -> tuple[list[np.ndarray], list[str]]:
     """Full-resolution cleaned masks (one per structure) from low-res probabilities, and quality flags."""
     full = resize_probabilities(prob, shape) > THRESHOLD
     masks, flags = [], []
     for name, raw in zip(STRUCTURES, full, strict=True):
-        mask = clean_mask(raw)
+        mask = largest_component_filled(raw)
         if raw.sum() and mask.sum() < FRAGMENTED_FRACTION * raw.sum():
             flags.append(f"{name}_fragmented")
         masks.append(mask)

@@ -23,6 +23,7 @@ import numpy as np
 
 from dxgraph.errors import ToolError
 from dxgraph.tools._context import as_rgb8, current_context, load_image, save_artifact
+from dxgraph.tools._mask_geometry import largest_component_filled
 from dxgraph.tools._registry import tool
 from dxgraph.tools._types import RegionOfInterest
 from dxgraph.tools._weights import PACKAGED_WEIGHTS_DIR
@@ -162,19 +163,6 @@ def to_image(prob: np.ndarray, window: Window, shape: tuple[int, int]) -> np.nda
     if sx1 > sx0 and sy1 > sy0:
         out[sy0:sy1, sx0:sx1] = full[sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0]
     return out
-
-
-def largest_component_filled(mask: np.ndarray) -> np.ndarray:
-    """The largest 8-connected component of a mask, with its holes filled (empty stays empty)."""
-    import cv2
-
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
-    if n <= 1:
-        return np.zeros(mask.shape, bool)
-    keep = (labels == 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))).astype(np.uint8)
-    _, background = cv2.connectedComponents(1 - keep, connectivity=4)
-    border = np.unique(np.concatenate([background[0], background[-1], background[:, 0], background[:, -1]]))
-    return (keep > 0) | ((background > 0) & ~np.isin(background, border))
 
 
 def postprocess(prob: np.ndarray, prep: Prepared, threshold: float = THRESHOLD_PROBABILITY) -> Segmentation:

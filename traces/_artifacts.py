@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -107,3 +107,14 @@ def save_array(store: ArtifactStore, arr: np.ndarray, kind: str) -> ArtifactRef:
 def load_array(store: ArtifactStore, ref: ArtifactRef) -> np.ndarray:
     """Fetch and decode the array behind a reference."""
     return decode_array(store.get_bytes(ref.sha256), ref.media_type, kind=ref.kind)
+
+
+def artifact_refs_in(obj: Any) -> list[ArtifactRef]:
+    """Every artifact reference inside JSON-like data (a tool's dumped inputs or outputs), in order."""
+    if isinstance(obj, dict):
+        if isinstance(obj.get("sha256"), str) and "media_type" in obj:
+            return [ArtifactRef.model_validate(obj)]
+        return [r for v in obj.values() for r in artifact_refs_in(v)]
+    if isinstance(obj, list):
+        return [r for v in obj for r in artifact_refs_in(v)]
+    return []
