@@ -1,5 +1,10 @@
 """Versioned, cited diagnostic criteria as data, and their retrieval from a question."""
 
+from dxgraph.criteria_kb._embeddings import (
+    EMBEDDING_MODEL,
+    embedding_model_available,
+    embedding_model_version,
+)
 from dxgraph.criteria_kb._library import (
     LoadedCriteria,
     RetrievedCriteria,
@@ -27,6 +32,7 @@ from dxgraph.criteria_kb._schema import (
 )
 
 __all__ = [
+    "EMBEDDING_MODEL",
     "AllOf",
     "AnyOf",
     "Band",
@@ -42,6 +48,8 @@ __all__ = [
     "RetrievedCriteria",
     "Source",
     "criteria_library",
+    "embedding_model_available",
+    "embedding_model_version",
     "evaluate",
     "get_criteria",
     "load_criteria_dir",

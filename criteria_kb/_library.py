@@ -9,9 +9,11 @@ from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 
+import numpy as np
 import yaml
 from pydantic import ValidationError
 
+from dxgraph.criteria_kb._embeddings import document_embedding, embed, embedding_model_available
 from dxgraph.criteria_kb._schema import CriteriaDocument
 from dxgraph.errors import CriteriaError
 
@@ -32,14 +34,16 @@ class LoadedCriteria:
 
 @dataclass(frozen=True)
 class RetrievedCriteria:
-    """A criteria document retrieved for a question, with why it matched."""
+    """A criteria document retrieved for a question, with why it matched and how it was found."""
 
     criteria: LoadedCriteria
     """The document."""
     score: float
-    """Lexical match score; higher is better."""
+    """Ranking score, higher is better; its scale depends on ``method`` (see :func:`retrieve`)."""
     matched_terms: tuple[str, ...]
     """The document terms found in the question or clinical text."""
+    method: str = "lexical"
+    """``lexical`` (model absent), ``embedding`` or ``lexical+embedding`` (model present)."""
 
 
 def parse_document(data: bytes, file_name: str) -> LoadedCriteria:
@@ -100,35 +104,92 @@ def get_criteria(criteria_id: str) -> LoadedCriteria:
     raise CriteriaError(f"no criteria document {criteria_id!r}; known: {known}")
 
 
+EMBEDDING_THRESHOLD = 0.41
+"""Least cosine similarity at which the embedding model alone accepts a document (calibrated in the tests)."""
+EMBEDDING_MARGIN = 0.1
+"""An embedding-only hit must also lie within this similarity of the best document of the call."""
+CLINICAL_TEXT_WEIGHT = 0.25
+"""How far the clinical text can pull a document's similarity towards its own similarity (upwards only)."""
+NAMED_BONUS = 1.0
+"""Added to the similarity of a document the question itself names (disease, id or a term), so it ranks first."""
+
+
 def _normalise(text: str) -> str:
     return " " + re.sub(r"[^a-z0-9]+", " ", text.lower()).strip() + " "
+
+
+def _lexical_match(doc: CriteriaDocument, q: str, text: str) -> tuple[float, tuple[str, ...]]:
+    """Lexical score and matched terms of one document for a normalised question and clinical text."""
+    score = 10.0 if q.strip() in (doc.disease, doc.id) or _normalise(doc.disease) in q else 0.0
+    matched = []
+    for term in doc.terms:
+        t = _normalise(term)
+        if t in q:
+            score += 1.0
+            matched.append(term)
+        elif t in text:
+            score += 0.5
+            matched.append(term)
+    return score, tuple(matched)
+
+
+def _similarities(
+    question: str, clinical_text: str | None, docs: tuple[LoadedCriteria, ...]
+) -> dict[str, float]:
+    """Cosine similarity of the question, lifted by the clinical text, to each document (by id)."""
+    q_vec = embed(question)
+    t_vec = embed(clinical_text) if clinical_text and clinical_text.strip() else None
+    sims = {}
+    for c in docs:
+        d_vec = document_embedding(c)
+        sim = float(np.dot(q_vec, d_vec))
+        if t_vec is not None:
+            sim += CLINICAL_TEXT_WEIGHT * max(0.0, float(np.dot(t_vec, d_vec)) - sim)
+        sims[c.document.id] = round(sim, 6)
+    return sims
 
 
 def retrieve(
     question: str, clinical_text: str | None = None, library: tuple[LoadedCriteria, ...] | None = None
 ) -> list[RetrievedCriteria]:
-    """Documents answering the question, best first; CriteriaError when none does.
+    """Documents answering the question, best first (ties by id); CriteriaError when none does.
 
-    Lexical: a document scores 10 when the question names its disease or id, plus 1 per term
-    found in the question and 0.5 per term found only in the clinical text.
+    Lexical rule: a document scores 10 when the question names its disease or id, plus 1 per term
+    found in the question and 0.5 per term found only in the clinical text; 1 or more matches.
+
+    Without the embedding model (packages absent, or ``DXGRAPH_NO_EMBEDDINGS=1``) only the lexical
+    rule runs: method ``lexical``, score = the lexical score.
+
+    With the model every document gets a similarity: the cosine of the question's embedding to the
+    document's (see ``_embeddings.document_text``), raised -- never lowered -- by
+    ``CLINICAL_TEXT_WEIGHT`` times how much more similar the clinical text is. A document is
+    accepted when the lexical rule matches (method ``lexical+embedding``) or when its similarity
+    reaches ``EMBEDDING_THRESHOLD`` and lies within ``EMBEDDING_MARGIN`` of the call's best
+    similarity (method ``embedding``). Score = the similarity, plus ``NAMED_BONUS`` when the
+    question itself (not the clinical text) names the document by disease, id or a term: a document
+    the question asks for by name ranks before one that only resembles the question.
     """
     docs = packaged_criteria() if library is None else library
     q, text = _normalise(question), _normalise(clinical_text or "")
+    lexical = {c.document.id: _lexical_match(c.document, q, text) for c in docs}
     hits = []
-    for c in docs:
-        d = c.document
-        score = 10.0 if q.strip() in (d.disease, d.id) or _normalise(d.disease) in q else 0.0
-        matched = []
-        for term in d.terms:
-            t = _normalise(term)
-            if t in q:
-                score += 1.0
-                matched.append(term)
-            elif t in text:
-                score += 0.5
-                matched.append(term)
-        if score >= 1.0:
-            hits.append(RetrievedCriteria(c, score, tuple(matched)))
+    if embedding_model_available():
+        sims = _similarities(question, clinical_text, docs)
+        best = max(sims.values(), default=0.0)
+        for c in docs:
+            lex_score, matched = lexical[c.document.id]
+            sim = sims[c.document.id]
+            if lex_score >= 1.0:
+                named = lex_score >= 10.0 or any(_normalise(t) in q for t in matched)
+                score = round(sim + NAMED_BONUS, 6) if named else sim
+                hits.append(RetrievedCriteria(c, score, matched, "lexical+embedding"))
+            elif sim >= EMBEDDING_THRESHOLD and sim >= best - EMBEDDING_MARGIN:
+                hits.append(RetrievedCriteria(c, sim, matched, "embedding"))
+    else:
+        for c in docs:
+            lex_score, matched = lexical[c.document.id]
+            if lex_score >= 1.0:
+                hits.append(RetrievedCriteria(c, lex_score, matched, "lexical"))
     if not hits:
         known = ", ".join(sorted({c.document.disease for c in docs}))
         raise CriteriaError(f"no criteria answer the question {question!r}; known tasks: {known}")
