@@ -63,7 +63,27 @@ def diagnose(
     case_id: Annotated[
         str | None, typer.Option("--case-id", help="Pseudonymous case id (default: from image hashes).")
     ] = None,
-    aggregator: Annotated[str, typer.Option(help="Deciding backend.")] = "rules",
+    aggregator: Annotated[
+        str, typer.Option(help="Deciding backend: rules (offline, default), openai or transformers.")
+    ] = "rules",
+    planner: Annotated[
+        str, typer.Option(help="deterministic (default), or llm: the language model drafts the plan.")
+    ] = "deterministic",
+    base_url: Annotated[
+        str | None,
+        typer.Option(
+            "--base-url",
+            help="OpenAI-compatible server, such as http://127.0.0.1:8080/v1 (default: $DXGRAPH_BASE_URL)."
+            " The key, if any, comes from $DXGRAPH_API_KEY or $OPENAI_API_KEY.",
+        ),
+    ] = None,
+    model: Annotated[
+        str | None, typer.Option("--model", help="Model name on the server (default: the first it lists).")
+    ] = None,
+    model_path: Annotated[
+        Path | None,
+        typer.Option("--model-path", help="Local transformers checkpoint folder, or a .gguf file."),
+    ] = None,
     seed: Annotated[int, typer.Option(help="Seed for tools and confidence estimates.")] = 0,
     report: Annotated[
         Path | None, typer.Option("--report", "-o", help="Also write the HTML report here.")
@@ -94,6 +114,10 @@ def diagnose(
         laterality=laterality,  # type: ignore[arg-type]
         case_id=case_id,
         aggregator=aggregator,
+        planner=planner,
+        base_url=base_url,
+        model=model,
+        model_path=model_path,
         seed=seed,
         criteria_dirs=tuple(criteria_dir or ()),
         prefer_tools=tuple(prefer_tool) if prefer_tool else None,
@@ -126,6 +150,17 @@ def diagnose(
                 ", ".join(v.evidence_ids),
             )
     out.print(table)
+    if d.flags:
+        overruled = (
+            f" (the language model proposed {d.model_label}; the rule stands)" if d.model_label else ""
+        )
+        out.print(Text.assemble(("flags: ", "bold"), ", ".join(d.flags), overruled))
+    if result.plan.planner != planner:
+        out.print(
+            Text.assemble(
+                ("plan: ", "bold"), f"{result.plan.planner} (the language model's draft was rejected)"
+            )
+        )
     out.print(d.rationale)
     out.print(
         Text.assemble(

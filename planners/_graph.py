@@ -8,6 +8,7 @@ from typing import Any, TypedDict
 
 from langgraph.graph import END, START, StateGraph
 
+from dxgraph.agent._model_calls import TracedChat
 from dxgraph.agent.aggregate import Aggregator, EvidenceBundle
 from dxgraph.agent.case import Case
 from dxgraph.agent.diagnosis import Diagnosis, check_citations
@@ -15,6 +16,7 @@ from dxgraph.agent.evidence import Evidence
 from dxgraph.criteria_kb import LoadedCriteria, RetrievedCriteria, retrieve
 from dxgraph.planners._deterministic import VIEW_TOOL, plan_from_criteria
 from dxgraph.planners._dispatch import StepResult, collect_evidence, dispatch, failure_reason
+from dxgraph.planners._llm import draft_plan
 from dxgraph.planners._plan import Plan, validate_plan
 from dxgraph.tools._batching import BatchingDispatcher
 from dxgraph.tools._context import ToolContext
@@ -57,6 +59,8 @@ class RunDeps:
     """Tools the planner picks first where several fit."""
     batcher: BatchingDispatcher | None = None
     """Shared by concurrent runs so batchable tools get batches."""
+    planner_chat: TracedChat | None = None
+    """When set, a language model drafts the plan (``--planner llm``); the deterministic plan backs it."""
 
 
 def build_graph(deps: RunDeps) -> Any:
@@ -77,6 +81,7 @@ def build_graph(deps: RunDeps) -> Any:
                     sha256=h.criteria.sha256,
                     score=h.score,
                     matched_terms=h.matched_terms,
+                    method=getattr(h, "method", "lexical"),
                 )
                 for h in hits
             ),
@@ -87,7 +92,10 @@ def build_graph(deps: RunDeps) -> Any:
         criteria = [h.criteria for h in state["retrieved"]]
         plan = plan_from_criteria(criteria, state["case"], deps.registry, deps.prefer)
         validate_plan(plan, deps.registry, state["case"])
-        deps.recorder.emit(PlanMade, plan=plan)
+        fallback = None
+        if deps.planner_chat is not None:
+            plan, fallback = draft_plan(deps.planner_chat, criteria, state["case"], deps.registry, plan)
+        deps.recorder.emit(PlanMade, plan=plan, fallback_reason=fallback)
         return {"plan": plan}
 
     def dispatch_node(state: RunState) -> RunState:
@@ -114,6 +122,8 @@ def build_graph(deps: RunDeps) -> Any:
             evidence=tuple(state["evidence"]),
             missing=missing,
             views=views,
+            question=state["case"].question,
+            clinical_text=state["case"].clinical_text,
         )
         return {"diagnosis": deps.aggregator.aggregate(bundle)}
 

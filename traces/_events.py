@@ -48,6 +48,21 @@ class CriteriaRef(BaseModel):
     """sha256 of the document file."""
 
 
+class LanguageModelRef(BaseModel):
+    """Which language model a run consulted, exactly as far as the backend can tell."""
+
+    model_config = ConfigDict(frozen=True, use_attribute_docstrings=True)
+
+    backend: str
+    """Backend kind: ``openai``, ``transformers`` or ``scripted``."""
+    model: str
+    """Model id (server model name, or checkpoint folder/file name)."""
+    sha256: str | None = None
+    """Hash of the local weights; None for a remote server, which cannot prove its weights."""
+    endpoint: str | None = None
+    """Server URL for remote backends (never a key)."""
+
+
 class RunHeader(BaseModel):
     """Everything needed to say what produced a run."""
 
@@ -81,6 +96,8 @@ class RunHeader(BaseModel):
     """Tools the planner was told to pick first where several fit (e.g. a learned segmenter)."""
     aggregator: str
     """Aggregator backend used."""
+    language_model: LanguageModelRef | None = None
+    """The language model the planner or aggregator consults, when one does."""
 
 
 class _Event(BaseModel):
@@ -113,9 +130,11 @@ class RetrievedRef(CriteriaRef):
     """A retrieved criteria document and why it matched."""
 
     score: float
-    """Retrieval score."""
+    """Retrieval score; its scale depends on ``method`` (lexical points, or cosine similarity plus a bonus)."""
     matched_terms: tuple[str, ...]
     """Terms that matched."""
+    method: str = "lexical"
+    """How it was found: ``lexical``, ``embedding`` or both."""
 
 
 class CriteriaRetrieved(_Event):
@@ -136,6 +155,8 @@ class PlanMade(_Event):
     """Discriminator."""
     plan: Plan
     """The plan."""
+    fallback_reason: str | None = None
+    """Why a language model's draft plan was rejected and the deterministic plan used instead."""
 
 
 class ToolCalled(_Event):
@@ -165,6 +186,37 @@ class ToolCalled(_Event):
     """Wall time of the call."""
 
 
+class ModelCalled(_Event):
+    """One exchange with a language model: the raw request and response, timing and tokens."""
+
+    event: Literal["ModelCalled"] = "ModelCalled"
+    """Discriminator."""
+    purpose: str
+    """``plan``, ``aggregate``, or either with ``-repair`` for the repair round."""
+    backend: str
+    """Backend kind."""
+    model: str
+    """Model id."""
+    status: Literal["ok", "invalid", "error"]
+    """``ok``: reply accepted; ``invalid``: reply failed its schema or citation check; ``error``: no reply."""
+    request: dict[str, Any]
+    """The request exactly as sent, images by artifact sha256 (stored with the run), never keys."""
+    response: Any = None
+    """The raw response, when one came."""
+    error: str | None = None
+    """Why the reply was rejected or could not be had."""
+    latency_ms: float = Field(ge=0)
+    """Wall time of the exchange, retries included."""
+    prompt_tokens: int | None = None
+    """Prompt tokens, when counted."""
+    completion_tokens: int | None = None
+    """Generated tokens, when counted."""
+    structured_output: str = "none"
+    """How the reply's schema was enforced: ``json_schema``, ``json_object``, ``prompt`` or ``none``."""
+    image_sha256: tuple[str, ...] = ()
+    """Images sent, stored as artifacts of the run."""
+
+
 class DiagnosisMade(_Event):
     """The evidence and the diagnosis drawn from it."""
 
@@ -192,7 +244,7 @@ class RunFinished(_Event):
 
 
 Event = Annotated[
-    RunStarted | CriteriaRetrieved | PlanMade | ToolCalled | DiagnosisMade | RunFinished,
+    RunStarted | CriteriaRetrieved | PlanMade | ToolCalled | ModelCalled | DiagnosisMade | RunFinished,
     Field(discriminator="event"),
 ]
 EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,6 +15,7 @@ from dxgraph.traces._artifacts import ArtifactRef, load_array
 from dxgraph.traces._events import (
     CriteriaRetrieved,
     DiagnosisMade,
+    ModelCalled,
     PlanMade,
     RunFinished,
     RunStarted,
@@ -156,6 +158,23 @@ def _criteria_docs(
     return out
 
 
+def _pretty(value: object) -> str:
+    return json.dumps(value, indent=2, ensure_ascii=False, default=str)
+
+
+def _model_images(store: TraceStore, ev: ModelCalled) -> list[str]:
+    """The images sent to a model, as data URLs (only those whose bytes still match their hash)."""
+    out = []
+    for digest in ev.image_sha256:
+        try:
+            data = store.get_bytes(digest)
+        except KeyError:
+            continue
+        if hashlib.sha256(data).hexdigest() == digest:
+            out.append("data:image/png;base64," + base64.b64encode(data).decode())
+    return out
+
+
 def render_report(store: TraceStore, run_id: str) -> str:
     """The run as a self-contained HTML page (images embedded, no external resources)."""
     import jinja2
@@ -164,7 +183,8 @@ def render_report(store: TraceStore, run_id: str) -> str:
     check = store.verify(run_id)
     started = next(e for e in events if isinstance(e, RunStarted))
     calls = [e for e in events if isinstance(e, ToolCalled)]
-    plan = next((e.plan for e in events if isinstance(e, PlanMade)), None)
+    plan_made = next((e for e in events if isinstance(e, PlanMade)), None)
+    plan = plan_made.plan if plan_made else None
     made = next((e for e in events if isinstance(e, DiagnosisMade)), None)
     finished = next((e for e in events if isinstance(e, RunFinished)), None)
     retrieved = next((e for e in events if isinstance(e, CriteriaRetrieved)), None)
@@ -182,6 +202,12 @@ def render_report(store: TraceStore, run_id: str) -> str:
         figures=build_figures(store, started, calls),
         calls=calls,
         plan=plan,
+        plan_fallback=plan_made.fallback_reason if plan_made else None,
+        model_calls=[
+            (e, _model_images(store, e), _pretty(e.request), _pretty(e.response))
+            for e in events
+            if isinstance(e, ModelCalled)
+        ],
         diagnosis=made.diagnosis if made else None,
         evidence=evidence,
         finished=finished,

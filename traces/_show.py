@@ -6,6 +6,7 @@ from dxgraph.traces._events import (
     CriteriaRetrieved,
     DiagnosisMade,
     Event,
+    ModelCalled,
     PlanMade,
     RunFinished,
     RunStarted,
@@ -30,7 +31,7 @@ def summarize(ev: Event) -> str:
         )
         return f"case {c.case_id}, question {c.question!r}, images: {imgs}; dxgraph {h.dxgraph_version}, device {h.device}"
     if isinstance(ev, CriteriaRetrieved):
-        docs = ", ".join(f"{d.id} v{d.version} (score {d.score:g})" for d in ev.documents)
+        docs = ", ".join(f"{d.id} v{d.version} ({d.method} score {d.score:.3g})" for d in ev.documents)
         return f"for {ev.question!r}: {docs}"
     if isinstance(ev, PlanMade):
         steps = " → ".join(f"{s.step_id} {s.tool}" for s in ev.plan.steps)
@@ -39,7 +40,19 @@ def summarize(ev: Event) -> str:
             if ev.plan.not_assessable
             else ""
         )
-        return f"{ev.plan.planner} plan: {steps or 'no steps'}{na}"
+        fallback = f" (language model's draft rejected: {ev.fallback_reason})" if ev.fallback_reason else ""
+        return f"{ev.plan.planner} plan: {steps or 'no steps'}{na}{fallback}"
+    if isinstance(ev, ModelCalled):
+        tokens = (
+            f", {ev.prompt_tokens}+{ev.completion_tokens} tokens"
+            if ev.prompt_tokens is not None and ev.completion_tokens is not None
+            else ""
+        )
+        images = f", {len(ev.image_sha256)} image(s)" if ev.image_sha256 else ""
+        head = (
+            f"{ev.purpose} by {ev.backend}:{ev.model} {ev.status} in {ev.latency_ms:.0f} ms{tokens}{images}"
+        )
+        return f"{head}: {ev.error}" if ev.error else head
     if isinstance(ev, ToolCalled):
         head = f"{ev.step_id} {ev.tool}@{ev.tool_version} {ev.status} in {ev.duration_ms:.0f} ms"
         if ev.status != "ok":
@@ -50,7 +63,12 @@ def summarize(ev: Event) -> str:
         return f"{head}" + (f": {values}" if values else "") + flags
     if isinstance(ev, DiagnosisMade):
         d = ev.diagnosis
-        return f"{d.label} (confidence {d.confidence:.2f}{', abstained' if d.abstained else ''}) by {d.aggregator}; {len(ev.evidence)} evidence"
+        flags = f"; flags: {', '.join(d.flags)}" if d.flags else ""
+        overruled = f"; model proposed {d.model_label}" if d.model_label else ""
+        return (
+            f"{d.label} (confidence {d.confidence:.2f}{', abstained' if d.abstained else ''}) by {d.aggregator}; "
+            f"{len(ev.evidence)} evidence{flags}{overruled}"
+        )
     if isinstance(ev, RunFinished):
         tail = f": {ev.error}" if ev.error else ""
         return f"{ev.status} in {ev.duration_ms / 1000:.1f} s, label {ev.label}{tail}"

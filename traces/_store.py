@@ -268,6 +268,8 @@ class TraceStore:
                 problems.append(f"{where}: content does not match its sha256 (edited)")
             prev = body.get("sha256", "")
             referenced |= artifact_hashes(body)
+            if body.get("event") == "ModelCalled":  # images sent to the model, stored with the run
+                referenced |= {str(h) for h in body.get("image_sha256", [])}
             if body.get("event") == "CriteriaRetrieved":
                 criteria_docs |= {str(d.get("sha256")) for d in body.get("documents", [])}
             if problems:
