@@ -13,6 +13,7 @@ label the quantitative rules determine: such a reply is overruled and flagged ``
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Callable
 from typing import Any
@@ -54,21 +55,36 @@ class DiagnosisReply(BaseModel):
     """True only when the label is the not-assessable label."""
 
 
-def reply_schema(labels: list[str], evidence_ids: list[str]) -> dict[str, Any]:
-    """DiagnosisReply's JSON schema, narrowed to this case's labels and evidence ids."""
-    schema = DiagnosisReply.model_json_schema()
-    props = schema["properties"]
+def reply_schema(decided_labels: list[str], not_assessable_label: str, evidence_ids: list[str]) -> dict[str, Any]:
+    """DiagnosisReply's JSON schema for this case: either a decision (one of ``decided_labels``, citing
+    at least one of ``evidence_ids`` when there are any, ``abstained`` false) or an abstention.
+
+    The two branches put the contract's cross-field rules into the schema itself, so a server that
+    constrains decoding to the schema cannot produce an inconsistent reply.
+    """
+    base = compact_schema(DiagnosisReply.model_json_schema())
     # length bounds are checked on the reply, not sent: grammar-constrained servers (llama.cpp) unroll
     # maxLength into one rule per character and refuse or crash on long bounds
-    props["rationale"] = {k: v for k, v in props["rationale"].items() if k not in ("maxLength", "minLength")}
-    props["label"] = {**props["label"], "enum": labels}
-    props["cited_evidence"] = (
-        {**props["cited_evidence"], "items": {"type": "string", "enum": evidence_ids}}
+    base["properties"]["rationale"] = {"type": "string"}
+    base["additionalProperties"] = False
+    cited: dict[str, Any] = (
+        {"type": "array", "items": {"type": "string", "enum": evidence_ids}}
         if evidence_ids
-        else {**props["cited_evidence"], "items": {"type": "string"}, "maxItems": 0}
+        else {"type": "array", "items": {"type": "string"}, "maxItems": 0}
     )
-    schema["additionalProperties"] = False
-    return compact_schema(schema)
+    decided = copy.deepcopy(base)
+    decided["properties"].update(
+        label={"type": "string", "enum": decided_labels},
+        cited_evidence={**cited, "minItems": 1} if evidence_ids else cited,
+        abstained={"type": "boolean", "enum": [False]},
+    )
+    abstain = copy.deepcopy(base)
+    abstain["properties"].update(
+        label={"type": "string", "enum": [not_assessable_label]},
+        cited_evidence=cited,
+        abstained={"type": "boolean", "enum": [True]},
+    )
+    return {"anyOf": [decided, abstain]}
 
 
 def describe_condition(cond: Condition) -> str:
@@ -177,7 +193,7 @@ class LLMAggregator:
         doc = bundle.criteria[0].document
         labels = [doc.decision.positive_label, doc.decision.negative_label, doc.decision.not_assessable_label]
         ids = [e.evidence_id for e in bundle.evidence]
-        schema = reply_schema(labels, ids)
+        schema = reply_schema(labels[:2], labels[2], ids)
         images = self.views(bundle) if self.chat.backend.accepts_images else []
         request = ChatRequest(
             messages=(

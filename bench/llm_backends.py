@@ -25,7 +25,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from pathlib import Path
 
 import cv2
@@ -48,11 +48,19 @@ def cases(n: int, folder: Path) -> list[tuple[str, Path]]:
         cv2.imwrite(str(p), cv2.cvtColor(fundus_phantom(float(v), seed=100 + i).rgb, cv2.COLOR_RGB2BGR))
         out.append((f"phantom vcdr {v:.2f}", p))
     drishti = Path(__file__).resolve().parents[2] / "shared" / "data" / "fundus_drishti"
-    if drishti.exists():
-        photos = sorted(drishti.rglob("*.png"))
-        photos = [p for p in photos if "mask" not in p.name.lower() and "gt" not in str(p).lower()]
-        out += [(f"drishti {p.stem}", p) for p in photos[: n - len(out)]]
+    if (drishti / "cases.csv").exists():
+        import csv
+
+        with open(drishti / "cases.csv", newline="") as f:
+            rows = list(csv.DictReader(f))
+        for row in rows[: n - len(out)]:
+            p = drishti / row["image"]
+            out.append((f"drishti {p.stem} ({row['label']}, vCDR {float(row['vcdr_mean']):.2f})", p))
     return out[:n]
+
+
+errors: dict[tuple[str, str], Counter[str]] = defaultdict(Counter)
+"""(backend, purpose) -> why replies were rejected -> how often."""
 
 
 def run(name: str, items: list[tuple[str, Path]], db: str, **options: object) -> dict[str, object]:
@@ -60,11 +68,14 @@ def run(name: str, items: list[tuple[str, Path]], db: str, **options: object) ->
     times, firsts, finals, agree, plans = [], Counter(), Counter(), Counter(), Counter()
     for label, path in items:
         t0 = time.perf_counter()
-        r = dxgraph.diagnose("glaucoma", path, db=db, modality="fundus", laterality="OD", **options)  # type: ignore[arg-type]
+        r = dxgraph.diagnose("glaucoma", path, db=db, modality="fundus", **options)  # type: ignore[arg-type]
         times.append(time.perf_counter() - t0)
         events = TraceStore(db).events(r.run_id)
         for purpose in ("aggregate", "plan"):
             calls = [e for e in events if isinstance(e, ModelCalled) and e.purpose.startswith(purpose)]
+            for c in calls:
+                if c.error:
+                    errors[(name, purpose)][c.error[:90]] += 1
             if calls:
                 firsts[(purpose, calls[0].status)] += 1
                 finals[(purpose, calls[-1].status)] += 1
@@ -131,6 +142,10 @@ def main() -> None:
             print(f"  {name:<14} labels: {dict(res['agree'])}")  # type: ignore[call-overload]
         if name == "planner llm":
             print(f"  {name:<14} plans run: {dict(res['plans'])}")  # type: ignore[call-overload]
+    print("\nwhy replies were rejected (most common first):")
+    for (name, purpose), why in errors.items():
+        for text, k in why.most_common(4):
+            print(f"  {name:<14} {purpose:<10} {k:3d} x {text}")
 
 
 if __name__ == "__main__":

@@ -17,6 +17,20 @@ SHARED_DATA = Path(os.environ.get("DXGRAPH_SHARED_DATA", REPO.parent / "shared" 
 """The real labelled data sets, beside the project."""
 
 
+def require_modules(*modules: str, install: str) -> None:
+    """Skip when an optional package is missing, with how to install it; fail instead under CI=true."""
+    import importlib.util
+
+    import pytest
+
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if missing:
+        reason = f"{', '.join(missing)} not installed (pip install {install})"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(reason)
+        pytest.skip(reason)
+
+
 def write_rgb(path: Path, rgb: np.ndarray) -> Path:
     """Write an RGB array as PNG/JPEG (by suffix)."""
 

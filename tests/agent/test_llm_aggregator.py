@@ -35,7 +35,7 @@ def _reply(label: str, cited: list[str], confidence: float = 0.9, abstained: boo
 
 
 def _evidence_ids(request: ChatRequest) -> list[str]:
-    return request.json_schema["properties"]["cited_evidence"]["items"]["enum"]  # type: ignore[index]
+    return request.json_schema["anyOf"][0]["properties"]["cited_evidence"]["items"]["enum"]  # type: ignore[index]
 
 
 def _run(tmp_path, db, chat, cup_radius_px=25.0, fail_with=None, clinical_text=None):
@@ -87,10 +87,18 @@ def test_schema_sent_narrows_label_and_citations_to_the_case():
     chat = ScriptedChat([_reply("no_glaucoma_signs", [])])
     from dxgraph.agent.llm_aggregator import reply_schema
 
-    s = reply_schema(["a", "b", "c"], ["s2:vcdr"])
-    assert s["properties"]["label"]["enum"] == ["a", "b", "c"]
-    assert s["properties"]["cited_evidence"]["items"]["enum"] == ["s2:vcdr"]
-    assert set(s["required"]) == {"label", "confidence", "rationale", "cited_evidence", "abstained"}
+    decided, abstain = reply_schema(["a", "b"], "c", ["s2:vcdr"])["anyOf"]
+    assert decided["properties"]["label"]["enum"] == ["a", "b"]
+    assert decided["properties"]["cited_evidence"] == {
+        "type": "array",
+        "items": {"type": "string", "enum": ["s2:vcdr"]},
+        "minItems": 1,
+    }
+    assert decided["properties"]["abstained"]["enum"] == [False]
+    assert abstain["properties"]["label"]["enum"] == ["c"] and abstain["properties"]["abstained"]["enum"] == [True]
+    for branch in (decided, abstain):
+        assert set(branch["required"]) == {"label", "confidence", "rationale", "cited_evidence", "abstained"}
+        assert branch["additionalProperties"] is False and "maxLength" not in str(branch)
     assert chat.name == "scripted"
 
 

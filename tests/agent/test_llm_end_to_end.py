@@ -41,6 +41,12 @@ def _events(db, run_id):
     return TraceStore(db).events(run_id)
 
 
+def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """``dxgraph diagnose -t glaucoma --aggregator openai ARGS`` in a subprocess."""
+    cmd = [sys.executable, "-m", "dxgraph", "diagnose", "-t", "glaucoma", "--aggregator", "openai", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+
+
 def _calls(db, run_id) -> list[ModelCalled]:
     return [e for e in _events(db, run_id) if isinstance(e, ModelCalled)]
 
@@ -108,7 +114,7 @@ def test_injected_note_through_a_real_http_server_cannot_change_the_decision(tmp
     evidence_id: list[str] = []
 
     def answer(request_json):
-        ids = request_json["response_format"]["schema"]["properties"]["cited_evidence"]["items"]["enum"]
+        ids = request_json["response_format"]["schema"]["anyOf"][0]["properties"]["cited_evidence"]["items"]["enum"]
         evidence_id[:] = ids[:1]
         return Step(body=chat_body(injected.replace("[]", json.dumps(ids[:1]))))
 
@@ -157,29 +163,7 @@ def test_cli_with_a_scripted_server_prints_the_flag_and_keeps_the_key_out_of_the
 
         path = write_rgb(tmp_path / "p.png", fundus_phantom(0.4, seed=5).rgb)
         env = {**os.environ, "DXGRAPH_API_KEY": secret, "DXGRAPH_DB": db, "DXGRAPH_NO_PLUGINS": "1"}
-        proc = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "dxgraph",
-                "diagnose",
-                "-t",
-                "glaucoma",
-                "-i",
-                str(path),
-                "--modality",
-                "fundus",
-                "--aggregator",
-                "openai",
-                "--base-url",
-                server.url,
-                "--json",
-            ],
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=300,
-        )
+        proc = _cli("-i", str(path), "--modality", "fundus", "--base-url", server.url, "--json", env=env)
         assert proc.returncode == 0, proc.stderr
         auth = {r.headers.get("authorization") for r in server.chat_requests}
     out = json.loads(proc.stdout)
@@ -193,25 +177,7 @@ def test_cli_says_clearly_when_the_server_is_down(tmp_path):
     from _llm_servers import free_port
 
     url = f"http://127.0.0.1:{free_port()}/v1"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "dxgraph",
-            "diagnose",
-            "-t",
-            "glaucoma",
-            "-i",
-            str(_image(tmp_path)),
-            "--aggregator",
-            "openai",
-            "--base-url",
-            url,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = _cli("-i", str(_image(tmp_path)), "--base-url", url)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert url in proc.stderr and "cannot reach" in proc.stderr
 

