@@ -55,7 +55,9 @@ class DiagnosisReply(BaseModel):
     """True only when the label is the not-assessable label."""
 
 
-def reply_schema(decided_labels: list[str], not_assessable_label: str, evidence_ids: list[str]) -> dict[str, Any]:
+def reply_schema(
+    decided_labels: list[str], not_assessable_label: str, evidence_ids: list[str]
+) -> dict[str, Any]:
     """DiagnosisReply's JSON schema for this case: either a decision (one of ``decided_labels``, citing
     at least one of ``evidence_ids`` when there are any, ``abstained`` false) or an abstention.
 

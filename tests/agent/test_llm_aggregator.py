@@ -95,7 +95,9 @@ def test_schema_sent_narrows_label_and_citations_to_the_case():
         "minItems": 1,
     }
     assert decided["properties"]["abstained"]["enum"] == [False]
-    assert abstain["properties"]["label"]["enum"] == ["c"] and abstain["properties"]["abstained"]["enum"] == [True]
+    assert abstain["properties"]["label"]["enum"] == ["c"] and abstain["properties"]["abstained"]["enum"] == [
+        True
+    ]
     for branch in (decided, abstain):
         assert set(branch["required"]) == {"label", "confidence", "rationale", "cited_evidence", "abstained"}
         assert branch["additionalProperties"] is False and "maxLength" not in str(branch)

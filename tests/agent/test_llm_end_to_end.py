@@ -114,7 +114,9 @@ def test_injected_note_through_a_real_http_server_cannot_change_the_decision(tmp
     evidence_id: list[str] = []
 
     def answer(request_json):
-        ids = request_json["response_format"]["schema"]["anyOf"][0]["properties"]["cited_evidence"]["items"]["enum"]
+        ids = request_json["response_format"]["schema"]["anyOf"][0]["properties"]["cited_evidence"]["items"][
+            "enum"
+        ]
         evidence_id[:] = ids[:1]
         return Step(body=chat_body(injected.replace("[]", json.dumps(ids[:1]))))
 
