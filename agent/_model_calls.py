@@ -115,6 +115,7 @@ class TracedChat:
             prompt_tokens=reply.prompt_tokens,
             completion_tokens=reply.completion_tokens,
             structured_output=reply.structured_output,
+            attempts=reply.attempts,
             **{**common, "model": reply.model or self.backend.model_id},
         )
         try:

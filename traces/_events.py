@@ -207,6 +207,8 @@ class ModelCalled(_Event):
     """Why the reply was rejected or could not be had."""
     latency_ms: float = Field(ge=0)
     """Wall time of the exchange, retries included."""
+    attempts: int = Field(default=1, ge=1)
+    """Requests made for this exchange (retries on 429/5xx and structured-output fallbacks included)."""
     prompt_tokens: int | None = None
     """Prompt tokens, when counted."""
     completion_tokens: int | None = None

@@ -49,6 +49,7 @@ def summarize(ev: Event) -> str:
             else ""
         )
         images = f", {len(ev.image_sha256)} image(s)" if ev.image_sha256 else ""
+        images += f", {ev.attempts} attempts" if ev.attempts > 1 else ""
         head = (
             f"{ev.purpose} by {ev.backend}:{ev.model} {ev.status} in {ev.latency_ms:.0f} ms{tokens}{images}"
         )

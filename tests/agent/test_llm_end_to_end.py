@@ -147,6 +147,8 @@ def test_injected_note_through_a_real_http_server_cannot_change_the_decision(tmp
     )
     made = next(e for e in _events(db, r.run_id) if isinstance(e, DiagnosisMade))
     assert made.diagnosis.model_label == "glaucoma_suspect"
+    (call,) = _calls(db, r.run_id)
+    assert (call.status, call.attempts, call.structured_output) == ("ok", 2, "json_object")
 
 
 def test_cli_with_a_scripted_server_prints_the_flag_and_keeps_the_key_out_of_the_trace(tmp_path, db):
