@@ -127,6 +127,13 @@ class _Builder:
                 continue
         return None
 
+    def free_step_id(self) -> str:
+        """The first ``s<n>`` not yet taken (``s<len+1>`` when ids are sequential)."""
+        n = len(self.steps) + 1
+        while f"s{n}" in self.steps:
+            n += 1
+        return f"s{n}"
+
     def add_views(self, window_factor: float) -> None:
         if VIEW_TOOL not in self.registry:
             return
@@ -145,7 +152,7 @@ class _Builder:
             for name, info in step.call_tool.output_model.model_fields.items():
                 if info.annotation is not RegionOfInterest:
                     continue
-                new_id = f"s{len(self.steps) + 1}"
+                new_id = self.free_step_id()
                 inputs: dict[str, Binding] = {
                     "image": image,
                     "roi": StepOutput(step_id=step_id, field=name),
@@ -182,23 +189,41 @@ def plan_from_criteria(
                 PlannedIndicator(criteria_id=doc.id, indicator=ind.id, step_id=step_id, quantity=ind.quantity)
             )
         b.add_views(doc.crop_window_factor)
-    steps = []
-    for step_id, s in b.steps.items():
-        if s.view_of:
-            purpose = f"zoomed view of {s.view_of} for the report and the aggregator"
-        elif s.serves:
-            purpose = "measures " + ", ".join(s.serves)
-        else:
-            purpose = "provides inputs to " + ", ".join(dict.fromkeys(s.feeds))
-        steps.append(
-            ToolCall(
-                step_id=step_id,
-                tool=s.call_tool.name,
-                tool_version=s.call_tool.version,
-                inputs=s.inputs,
-                purpose=purpose,
-            )
-        )
     return Plan(
-        planner="deterministic", steps=tuple(steps), indicators=tuple(planned), not_assessable=tuple(missing)
+        planner="deterministic",
+        steps=tuple(_tool_call(step_id, s) for step_id, s in b.steps.items()),
+        indicators=tuple(planned),
+        not_assessable=tuple(missing),
     )
+
+
+def _tool_call(step_id: str, s: _Step) -> ToolCall:
+    if s.view_of:
+        purpose = f"zoomed view of {s.view_of} for the report and the aggregator"
+    elif s.serves:
+        purpose = "measures " + ", ".join(s.serves)
+    else:
+        purpose = "provides inputs to " + ", ".join(dict.fromkeys(s.feeds))
+    return ToolCall(
+        step_id=step_id,
+        tool=s.call_tool.name,
+        tool_version=s.call_tool.version,
+        inputs=s.inputs,
+        purpose=purpose,
+    )
+
+
+def with_views(plan: Plan, case: Case, registry: ToolRegistry, window_factor: float) -> Plan:
+    """The plan plus a zoomed view (``crop_zoom``) of every region of interest its steps output and no
+    step views yet: the same views the deterministic planner adds, for plans drafted elsewhere."""
+    b = _Builder(case, registry)
+    for step in plan.steps:
+        image = next((x for x in step.inputs.values() if isinstance(x, ImageInput)), None)
+        b.steps[step.step_id] = _Step(
+            registry.get(step.tool), dict(step.inputs), image.image_id if image else ""
+        )
+    b.add_views(window_factor)
+    added = [
+        _tool_call(i, s) for i, s in b.steps.items() if s.view_of and i not in {x.step_id for x in plan.steps}
+    ]
+    return plan.model_copy(update={"steps": (*plan.steps, *added)})

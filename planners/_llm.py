@@ -20,6 +20,7 @@ from dxgraph.agent._model_calls import ReplyInvalid, TracedChat, ask_with_repair
 from dxgraph.agent.case import Case
 from dxgraph.criteria_kb import LoadedCriteria
 from dxgraph.errors import PlanError
+from dxgraph.planners._deterministic import with_views
 from dxgraph.planners._plan import Binding, NotAssessable, Plan, PlannedIndicator, ToolCall, validate_plan
 from dxgraph.tools._registry import ToolRegistry, ToolSpec
 from dxgraph.tools._types import ImageRef
@@ -231,8 +232,13 @@ def draft_plan(
         purpose="plan",
     )
     try:
-        return ask_with_repair(chat, request, _draft_parser(criteria, case, registry, measurable)), None
+        plan = ask_with_repair(chat, request, _draft_parser(criteria, case, registry, measurable))
     except ReplyInvalid as e:
         return deterministic, f"the {chat.name} model's draft plan was invalid after repair: {e}"
     except ModelError as e:
         return deterministic, f"the {chat.name} model could not be reached: {e}"
+    plan = with_views(plan, case, registry, criteria[0].document.crop_window_factor)
+    validate_plan(
+        plan, registry, case
+    )  # views are bound like the deterministic planner's: a failure is a bug
+    return plan, None

@@ -74,7 +74,10 @@ def _run(tmp_path, db, script, registry=None):
 def test_a_valid_draft_is_the_plan_that_runs(tmp_path, db):
     r, made, calls, chat = _run(tmp_path, db, [GOOD])
     assert r.plan.planner == "llm" and made.fallback_reason is None
-    assert [s.tool for s in r.plan.steps] == ["segment_optic_disc_cup", "measure_cup_disc"]
+    # the draft's steps, then the zoomed view of the disc the deterministic planner would add too
+    assert [s.tool for s in r.plan.steps] == ["segment_optic_disc_cup", "measure_cup_disc", "crop_zoom"]
+    view = r.plan.steps[2]
+    assert view.step_id == "s3" and view.inputs["roi"].step_id == "s1"  # type: ignore[union-attr]
     assert r.diagnosis.label == "glaucoma_suspect" and r.diagnosis.aggregator == "rules"
     vcdr = next(e for e in r.evidence if e.indicator == "vcdr")
     assert vcdr.value == pytest.approx(0.76, abs=0.02) and vcdr.step_id == "s2"
