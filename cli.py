@@ -237,17 +237,110 @@ def report(
     out.print(f"wrote {output}")
 
 
+@app.command()
+def replay(
+    run_id: Annotated[str, typer.Argument(help="Run id (or a unique prefix).")],
+    mode: Annotated[
+        str,
+        typer.Option(
+            help="recorded: re-run the graph on recorded tool outputs and model replies; tools: re-run every"
+            " tool on its recorded inputs; live: re-run everything with today's tools and criteria."
+        ),
+    ] = "recorded",
+    db: DbOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Replay a stored run and diff it against the record; exit 0 when the same, 1 when it differs."""
+    from dxgraph.traces._replay import replay as run_replay
+    from dxgraph.traces._store import TraceStore
+
+    if mode not in ("recorded", "tools", "live"):
+        raise UserError(f"--mode must be recorded, tools or live, not {mode!r}")
+    result = run_replay(TraceStore(db, create=False), run_id, mode)  # type: ignore[arg-type]
+    if as_json:
+        _print_json(result.to_json())
+    else:
+        out.print(result.render())
+    raise typer.Exit(0 if result.same else 1)
+
+
+@trace_app.command("export")
+def trace_export(
+    run_id: Annotated[str, typer.Argument(help="Run id (or a unique prefix).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="File to write.")],
+    format: Annotated[
+        str,
+        typer.Option(
+            "--format",
+            help="dxtrace: one portable file (zip: manifest, events, artifacts) to import and verify"
+            " elsewhere; fhir: a FHIR R4B Bundle (DiagnosticReport, Observations, Provenance) as JSON.",
+        ),
+    ] = "dxtrace",
+    db: DbOpt = None,
+) -> None:
+    """Export a stored run: a portable .dxtrace file, or a FHIR DiagnosticReport bundle."""
+    from dxgraph.traces._store import TraceStore
+
+    store = TraceStore(db, create=False)
+    if format == "dxtrace":
+        from dxgraph.traces._portable import export_run
+
+        path = export_run(store, run_id, output)
+    elif format == "fhir":
+        from dxgraph.traces._fhir import fhir_diagnostic_report
+
+        bundle = fhir_diagnostic_report(store, run_id)
+        try:
+            output.write_text(json.dumps(bundle, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        except OSError as e:
+            raise UserError(f"cannot write {output}: {e.strerror}") from None
+        path = output
+    else:
+        raise UserError(f"--format must be dxtrace or fhir, not {format!r}")
+    out.print(f"wrote {path}")
+
+
+@trace_app.command("import")
+def trace_import(
+    file: Annotated[Path, typer.Argument(help="A .dxtrace file written by dxgraph trace export.")],
+    db: DbOpt = None,
+) -> None:
+    """Import a portable run into this store, checking every hash first; then verify it here."""
+    from dxgraph.traces._portable import import_run
+    from dxgraph.traces._store import TraceStore
+
+    if not file.is_file():
+        raise UserError(f"no such file: {file}")
+    store = TraceStore(db)
+    run_id = import_run(store, file)
+    check = store.verify(run_id)
+    out.print(f"imported {run_id}: {'intact' if check.ok else 'BROKEN'} ({check.n_events} events)")
+    raise typer.Exit(0 if check.ok else 1)
+
+
 @trace_app.command("list")
 def trace_list(
     task: Annotated[str | None, typer.Option(help="Only runs of this task.")] = None,
+    since: Annotated[
+        str | None,
+        typer.Option(help="Only runs started at or after this date/time (ISO 8601; UTC if no zone)."),
+    ] = None,
     limit: Annotated[int, typer.Option(help="How many runs, newest first.")] = 50,
     db: DbOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """List stored runs, newest first."""
+    from datetime import datetime
+
     from dxgraph.traces._store import TraceStore
 
-    rows = TraceStore(db, create=False).list_runs(limit=limit, task=task)
+    try:
+        since_dt = datetime.fromisoformat(since) if since else None
+    except ValueError:
+        raise UserError(
+            f"--since must be an ISO date or date-time such as 2026-11-29, not {since!r}"
+        ) from None
+    rows = TraceStore(db, create=False).list_runs(limit=limit, task=task, since=since_dt)
     if as_json:
         _print_json([r.model_dump(mode="json") for r in rows])
         return
@@ -288,14 +381,36 @@ def trace_show(
 
 @trace_app.command("verify")
 def trace_verify(
-    run_id: Annotated[str, typer.Argument(help="Run id (or a unique prefix).")],
+    run_id: Annotated[str | None, typer.Argument(help="Run id (or a unique prefix).")] = None,
+    all_runs: Annotated[bool, typer.Option("--all", help="Verify every run in the store.")] = False,
     db: DbOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Check a run's hash chain and artifacts; exit 1 when anything was changed."""
+    """Check a run's hash chain and artifacts (or every run's); exit 1 when anything was changed."""
     from dxgraph.traces._store import TraceStore
 
-    check = TraceStore(db, create=False).verify(run_id)
+    store = TraceStore(db, create=False)
+    if all_runs == (run_id is not None):
+        raise UserError("give a run id or --all")
+    if all_runs:
+        checks = store.verify_all()
+        broken = [c for c in checks if not c.ok]
+        if as_json:
+            _print_json(
+                [
+                    {"run_id": c.run_id, "ok": c.ok, "n_events": c.n_events, "problems": list(c.problems)}
+                    for c in checks
+                ]
+            )
+        else:
+            for c in broken:
+                out.print(
+                    Text.assemble(f"{c.run_id}: ", ("BROKEN", "bold red"), ": " + "; ".join(c.problems))
+                )
+            out.print(f"{len(checks) - len(broken)} of {len(checks)} runs intact")
+        raise typer.Exit(1 if broken else 0)
+    assert run_id is not None
+    check = store.verify(run_id)
     if as_json:
         _print_json(
             {

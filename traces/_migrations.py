@@ -45,7 +45,13 @@ def _m001_initial(conn: sa.Connection) -> None:
     md.create_all(conn)
 
 
-MIGRATIONS: dict[int, Callable[[sa.Connection], None]] = {1: _m001_initial}
+def _m002_lookup_indexes(conn: sa.Connection) -> None:
+    """Indexes for audit look-ups across runs: every run of a case, every event of a kind."""
+    conn.execute(sa.text("CREATE INDEX IF NOT EXISTS ix_runs_case_id ON runs (case_id)"))
+    conn.execute(sa.text("CREATE INDEX IF NOT EXISTS ix_events_event ON events (event)"))
+
+
+MIGRATIONS: dict[int, Callable[[sa.Connection], None]] = {1: _m001_initial, 2: _m002_lookup_indexes}
 """Schema version -> the migration that brings the previous version to it."""
 SCHEMA_VERSION = max(MIGRATIONS)
 """The schema version this code reads and writes."""
@@ -58,8 +64,17 @@ def current_version(conn: sa.Connection) -> int:
     return int(conn.execute(sa.text("SELECT MAX(version) FROM schema_version")).scalar() or 0)
 
 
-def apply_migrations(conn: sa.Connection) -> int:
-    """Bring the store up to SCHEMA_VERSION inside the caller's transaction; return the version."""
+def apply_migrations(conn: sa.Connection, upto: int | None = None) -> int:
+    """Bring the store up to ``upto`` (default SCHEMA_VERSION) inside the caller's transaction; return it.
+
+    On PostgreSQL a transaction-scoped advisory lock serialises stores opened at the same time; on
+    SQLite the caller's ``BEGIN IMMEDIATE`` does.
+    """
+    target = SCHEMA_VERSION if upto is None else upto
+    if not 0 <= target <= SCHEMA_VERSION:
+        raise ValueError(f"no schema version {target}: this dxgraph knows 0..{SCHEMA_VERSION}")
+    if conn.dialect.name == "postgresql":
+        conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_LOCK_KEY})
     if not sa.inspect(conn).has_table("schema_version"):
         conn.execute(
             sa.text(
@@ -71,10 +86,13 @@ def apply_migrations(conn: sa.Connection) -> int:
         raise StoreError(
             f"the trace store has schema version {version}; this dxgraph reads up to {SCHEMA_VERSION}: upgrade dxgraph"
         )
-    for v in range(version + 1, SCHEMA_VERSION + 1):
+    for v in range(version + 1, target + 1):
         MIGRATIONS[v](conn)
         conn.execute(
             sa.text("INSERT INTO schema_version (version, applied_at) VALUES (:v, :t)"),
             {"v": v, "t": datetime.now(UTC).isoformat()},
         )
-    return SCHEMA_VERSION
+    return max(version, target)
+
+
+_PG_LOCK_KEY = 0x6478677261706831  # "dxgraph1": the advisory lock taken while migrating

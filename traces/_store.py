@@ -9,8 +9,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import random
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +26,7 @@ from dxgraph.traces._events import (
     GENESIS_SHA256,
     Event,
     RunStarted,
-    artifact_hashes,
+    canonical_json,
     event_sha256,
 )
 from dxgraph.traces._migrations import apply_migrations
@@ -31,6 +34,8 @@ from dxgraph.traces._recorder import TraceRecorder
 
 DB_ENV = "DXGRAPH_DB"
 """Environment variable naming the store (a path or a SQLAlchemy URL)."""
+SAVE_ATTEMPTS = 8
+"""Tries to save a run or migrate while another writer holds the database (SQLite lock, PostgreSQL deadlock)."""
 
 
 class RunRow(SQLModel, table=True):
@@ -43,7 +48,7 @@ class RunRow(SQLModel, table=True):
     """Start time (UTC)."""
     task: str = Field(index=True)
     """The question asked."""
-    case_id: str
+    case_id: str = Field(index=True)
     """Pseudonymous case id."""
     status: str
     """``completed`` or ``error``."""
@@ -65,7 +70,7 @@ class EventRow(SQLModel, table=True):
     """Run id."""
     seq: int = Field(primary_key=True)
     """Position in the run."""
-    event: str
+    event: str = Field(index=True)
     """Event type."""
     sha256: str
     """The event's hash."""
@@ -132,25 +137,47 @@ class TraceStore:
                 raise StoreError(f"cannot create the folder for the trace store {path}: {e}") from None
         connect_args: dict[str, Any] = {"timeout": 30} if self.is_sqlite else {}
         try:
+            if self.url.startswith("postgresql"):  # runs.started_at has no zone: the server must not shift it
+                given = sa.engine.make_url(self.url).query.get("options", "")
+                connect_args["options"] = (
+                    f"{given if isinstance(given, str) else ' '.join(given)} -c timezone=UTC"
+                )
             self.engine = sa.create_engine(self.url, connect_args=connect_args)
         except Exception as e:  # noqa: BLE001 -- bad URLs raise many kinds
             raise StoreError(f"cannot open the trace store {self.url}: {e}") from None
         if self.is_sqlite:
             sa.event.listen(self.engine, "connect", _sqlite_pragmas)
+            sa.event.listen(self.engine, "begin", _sqlite_begin)
+        self._writer = self.engine.execution_options(dxgraph_write=True)
+        """The engine for writing transactions (``BEGIN IMMEDIATE`` on SQLite: no lock upgrades)."""
         try:
-            with self.engine.begin() as conn:
-                apply_migrations(conn)
+            _with_retries(f"cannot open the trace store {self.url}", self._migrate)
         except sa.exc.SQLAlchemyError as e:
             raise StoreError(f"cannot open the trace store {self.url}: {e.__class__.__name__}: {e}") from None
+
+    def _migrate(self) -> None:
+        with self._writer.begin() as conn:
+            apply_migrations(conn)
 
     # -- writing -------------------------------------------------------------------------------
 
     def save(self, rec: TraceRecorder, *, task: str, case_id: str, status: str, label: str | None) -> None:
-        """Persist a recorded run, its events and its artifacts in one transaction."""
+        """Persist a recorded run, its events and its artifacts in one transaction.
+
+        Retries, with a growing random pause, while other writers hold the database.
+        """
         if not rec.events or not isinstance(rec.events[0], RunStarted):
             raise ValueError("a run must start with RunStarted")
-        header = rec.events[0].header
-        with Session(self.engine) as s, s.begin():
+        _with_retries(
+            f"cannot save run {rec.run_id}",
+            lambda: self._save_once(rec, task=task, case_id=case_id, status=status, label=label),
+        )
+
+    def _save_once(
+        self, rec: TraceRecorder, *, task: str, case_id: str, status: str, label: str | None
+    ) -> None:
+        header = rec.events[0].header  # type: ignore[union-attr]
+        with Session(self._writer) as s, s.begin():
             self._insert_artifacts(s, rec)
             s.add(
                 RunRow(
@@ -174,9 +201,9 @@ class TraceStore:
         if not blobs:
             return
         table = ArtifactRow.__table__  # type: ignore[attr-defined]
-        rows = [
+        rows = [  # sorted: concurrent writers lock shared artifacts in one order, so never deadlock
             {"sha256": k, "media_type": mt, "size_bytes": len(data), "data": data}
-            for k, (data, mt) in blobs.items()
+            for k, (data, mt) in sorted(blobs.items())
         ]
         if self.is_sqlite:
             from sqlalchemy.dialects.sqlite import insert
@@ -186,12 +213,22 @@ class TraceStore:
 
     # -- reading -------------------------------------------------------------------------------
 
-    def list_runs(self, limit: int = 50, task: str | None = None) -> list[RunRow]:
-        """Most recent runs first."""
+    def list_runs(
+        self,
+        limit: int | None = 50,
+        task: str | None = None,
+        since: datetime | None = None,
+        case_id: str | None = None,
+    ) -> list[RunRow]:
+        """Most recent runs first; ``since`` keeps runs started at or after it (naive times are UTC)."""
         with Session(self.engine) as s:
             q = select(RunRow).order_by(col(RunRow.started_at).desc(), col(RunRow.run_id).desc()).limit(limit)
             if task:
                 q = q.where(RunRow.task == task)
+            if case_id:
+                q = q.where(RunRow.case_id == case_id)
+            if since is not None:
+                q = q.where(col(RunRow.started_at) >= _aware_utc(since))
             return list(s.exec(q).all())
 
     def resolve_run_id(self, run_id: str) -> str:
@@ -237,7 +274,7 @@ class TraceStore:
     def put_bytes(self, data: bytes, media_type: str) -> str:
         """Store artifact bytes (idempotent) and return their hash."""
         digest = hashlib.sha256(data).hexdigest()
-        with Session(self.engine) as s, s.begin():
+        with Session(self._writer) as s, s.begin():
             if s.get(ArtifactRow, digest) is None:
                 s.add(ArtifactRow(sha256=digest, media_type=media_type, size_bytes=len(data), data=data))
         return digest
@@ -245,35 +282,22 @@ class TraceStore:
     # -- checking ------------------------------------------------------------------------------
 
     def verify(self, run_id: str) -> ChainCheck:
-        """Recompute every hash of the run's chain, the seal on the run row and the artifacts' hashes."""
+        """Recompute every hash of the run's chain, the seal on the run row and the artifacts' hashes.
+
+        Stops at the first broken event and names it; checks the run row and artifacts only on an intact chain.
+        """
         run = self.run(run_id)
-        rows = self.raw_events(run.run_id)
+        rows = self._stored_events(run.run_id)
         problems: list[str] = []
         prev = GENESIS_SHA256
-        referenced: set[str] = set()
-        criteria_docs: set[str] = set()  # their bytes, when the run stored them
-        for i, row in enumerate(rows):
-            where = f"event {row.seq} ({row.event})"
-            try:
-                body = json.loads(row.body)
-                EVENT_ADAPTER.validate_python(body)
-            except Exception as e:  # noqa: BLE001 -- a tampered body may fail anywhere
-                problems.append(f"{where}: does not parse as an event ({e.__class__.__name__})")
+        bodies: list[dict[str, Any]] = []
+        for i, (seq, kind, sha256, stored) in enumerate(rows):
+            body, problem = _check_event(run.run_id, i, seq, kind, sha256, stored, prev)
+            if problem:
+                problems.append(problem)
                 break
-            if row.seq != i:
-                problems.append(f"{where}: sequence number {row.seq}, expected {i}")
-            if body.get("prev_sha256") != prev:
-                problems.append(f"{where}: prev_sha256 does not match the previous event's hash")
-            if event_sha256(body) != body.get("sha256") or row.sha256 != body.get("sha256"):
-                problems.append(f"{where}: content does not match its sha256 (edited)")
-            prev = body.get("sha256", "")
-            referenced |= artifact_hashes(body)
-            if body.get("event") == "ModelCalled":  # images sent to the model, stored with the run
-                referenced |= {str(h) for h in body.get("image_sha256", [])}
-            if body.get("event") == "CriteriaRetrieved":
-                criteria_docs |= {str(d.get("sha256")) for d in body.get("documents", [])}
-            if problems:
-                break
+            bodies.append(body)
+            prev = body["sha256"]
         if not problems:
             if len(rows) != run.n_events:
                 problems.append(f"run row says {run.n_events} events, store holds {len(rows)}")
@@ -282,27 +306,170 @@ class TraceStore:
                     "the last event's hash does not match the run's seal (events appended or cut)"
                 )
         if not problems:
-            for digest in sorted(referenced):
-                try:
-                    data = self.get_bytes(digest)
-                except KeyError:
-                    problems.append(f"artifact {digest[:12]} is missing")
-                    continue
-                if hashlib.sha256(data).hexdigest() != digest:
-                    problems.append(f"artifact {digest[:12]} does not match its sha256 (edited)")
-            for digest in sorted(criteria_docs - referenced):
-                try:
-                    data = self.get_bytes(digest)
-                except KeyError:
-                    continue  # runs recorded before criteria documents were stored with them
-                if hashlib.sha256(data).hexdigest() != digest:
-                    problems.append(f"criteria document {digest[:12]} does not match its sha256 (edited)")
+            problems += _run_row_problems(run, bodies)
+        if not problems:
+            problems += self._artifact_problems(bodies)
         return ChainCheck(run.run_id, not problems, len(rows), tuple(problems))
+
+    def verify_all(self, since: datetime | None = None) -> list[ChainCheck]:
+        """Verify every run (started at or after ``since``), oldest first."""
+        return [self.verify(r.run_id) for r in reversed(self.list_runs(limit=None, since=since))]
+
+    def _stored_events(self, run_id: str) -> list[tuple[int, str, str, str | bytes]]:
+        """(seq, event, sha256, body) rows in order; SQLite bodies as raw bytes, even invalid UTF-8."""
+        t = EventRow.__table__  # type: ignore[attr-defined]
+        body = sa.cast(t.c.body, sa.LargeBinary) if self.is_sqlite else t.c.body
+        q = sa.select(t.c.seq, t.c.event, t.c.sha256, body).where(t.c.run_id == run_id).order_by(t.c.seq)
+        with self.engine.connect() as conn:
+            return [(r[0], r[1], r[2], r[3]) for r in conn.execute(q)]
+
+    def _artifact_problems(self, bodies: list[dict[str, Any]]) -> list[str]:
+        """Edited or missing artifacts, in the order the run first referenced them."""
+        referenced: dict[str, None] = {}
+        criteria_docs: dict[str, None] = {}  # their bytes, when the run stored them
+        for body in bodies:
+            referenced |= dict.fromkeys(_artifact_hashes_in_order(body))
+            if body.get("event") == "ModelCalled":  # images sent to the model, stored with the run
+                referenced |= dict.fromkeys(str(h) for h in body.get("image_sha256", []))
+            if body.get("event") == "CriteriaRetrieved":
+                criteria_docs |= dict.fromkeys(str(d.get("sha256")) for d in body.get("documents", []))
+        problems: list[str] = []
+        with Session(self.engine) as s:
+            for digest in referenced:
+                row = s.get(ArtifactRow, digest)
+                if row is None:
+                    problems.append(f"artifact {digest[:12]} is missing")
+                elif hashlib.sha256(row.data).hexdigest() != digest:
+                    problems.append(f"artifact {digest[:12]} does not match its sha256 (edited)")
+                elif row.size_bytes != len(row.data):
+                    problems.append(
+                        f"artifact {digest[:12]}: size column says {row.size_bytes}, data holds {len(row.data)}"
+                    )
+            for digest in criteria_docs:
+                if digest in referenced:
+                    continue
+                row = s.get(ArtifactRow, digest)
+                if row is None:
+                    continue  # runs recorded before criteria documents were stored with them
+                if hashlib.sha256(row.data).hexdigest() != digest:
+                    problems.append(f"criteria document {digest[:12]} does not match its sha256 (edited)")
+        return problems
+
+
+def verify_all(store: TraceStore, since: datetime | None = None) -> list[ChainCheck]:
+    """Verify every run in a store (started at or after ``since``), oldest first."""
+    return store.verify_all(since=since)
+
+
+def _artifact_hashes_in_order(obj: Any) -> list[str]:
+    """The artifact hashes ``artifact_hashes`` finds, in the order they appear in the canonical JSON."""
+    found: list[str] = []
+    if isinstance(obj, dict):
+        if isinstance(obj.get("sha256"), str) and "media_type" in obj:
+            found.append(obj["sha256"])
+        for v in obj.values():
+            found += _artifact_hashes_in_order(v)
+    elif isinstance(obj, list):
+        for v in obj:
+            found += _artifact_hashes_in_order(v)
+    return found
+
+
+def _check_event(
+    run_id: str, i: int, seq: int, kind: str, sha256: str, stored: str | bytes, prev: str
+) -> tuple[dict[str, Any], str | None]:
+    """The parsed body of the ``i``-th stored event and the first thing wrong with it, if any."""
+    if seq > i:
+        return {}, f"event {i} is missing (the next stored event is {seq})"
+    where = f"event {seq} ({kind})"
+    if seq < i:
+        return {}, f"{where}: sequence number {seq}, expected {i}"
+    try:
+        text = stored.decode() if isinstance(stored, bytes) else stored
+    except UnicodeDecodeError:
+        return {}, f"{where}: body is not valid UTF-8 (edited)"
+    try:
+        body = json.loads(text)
+        EVENT_ADAPTER.validate_python(body)
+    except Exception as e:  # noqa: BLE001 -- a tampered body may fail anywhere
+        return {}, f"{where}: does not parse as an event ({e.__class__.__name__})"
+    if body["seq"] != seq:
+        return body, f"{where}: its body says seq {body['seq']} (events reordered or edited)"
+    if body["run_id"] != run_id:
+        return body, f"{where}: its body belongs to run {body['run_id']} (moved between runs)"
+    if body["event"] != kind:
+        return body, f"{where}: its body is a {body['event']} event (edited)"
+    if body["prev_sha256"] != prev:
+        return body, f"{where}: prev_sha256 does not match the previous event's hash"
+    if event_sha256(body) != body["sha256"] or sha256 != body["sha256"]:
+        return body, f"{where}: content does not match its sha256 (edited)"
+    if canonical_json(body) != text:
+        return body, f"{where}: stored text is not the canonical JSON that was hashed (edited)"
+    return body, None
+
+
+def _run_row_problems(run: RunRow, bodies: list[dict[str, Any]]) -> list[str]:
+    """Fields of the (unhashed) run row that disagree with the hashed events they summarise."""
+    first, last = bodies[0], bodies[-1]
+    claims: list[tuple[str, Any, int, Any]] = [
+        ("task", run.task, 0, first["case"]["question"]),
+        ("case_id", run.case_id, 0, first["case"]["case_id"]),
+        ("dxgraph_version", run.dxgraph_version, 0, first["header"]["dxgraph_version"]),
+        ("started_at", _aware_utc(run.started_at), 0, _aware_utc(datetime.fromisoformat(first["ts"]))),
+    ]
+    if last["event"] == "RunFinished":
+        claims += [
+            ("status", run.status, last["seq"], last["status"]),
+            ("label", run.label, last["seq"], last["label"]),
+        ]
+    return [
+        f"run row's {name} {value!r} differs from event {seq}'s {truth!r} (edited)"
+        for name, value, seq, truth in claims
+        if value != truth
+    ]
+
+
+def _aware_utc(t: datetime) -> datetime:
+    """The same instant with tzinfo UTC (naive input is taken to be UTC already)."""
+    return t.astimezone(UTC) if t.tzinfo else t.replace(tzinfo=UTC)
+
+
+def _with_retries(what: str, write: Callable[[], None]) -> None:
+    """Run a write transaction, again after a growing random pause while other writers hold the database."""
+    for attempt in range(1, SAVE_ATTEMPTS + 1):
+        try:
+            write()
+            return
+        except sa.exc.OperationalError as e:
+            if not _is_transient(e):
+                raise
+            if attempt == SAVE_ATTEMPTS:
+                raise StoreError(
+                    f"{what}: the trace store stayed busy after {attempt} tries: {e.orig}"
+                ) from None
+            time.sleep(random.uniform(0.5, 1.0) * min(0.05 * 2**attempt, 2.0))
+
+
+def _is_transient(e: sa.exc.OperationalError) -> bool:
+    """Whether a failed write is worth retrying: SQLite busy/locked, PostgreSQL deadlock/serialisation."""
+    text = str(e.orig).lower()
+    return (
+        "database is locked" in text
+        or "database is busy" in text
+        or getattr(e.orig, "sqlstate", None) in {"40P01", "40001"}
+    )
+
+
+def _sqlite_begin(conn: sa.Connection) -> None:
+    """SQLAlchemy emits BEGIN itself; writers take the write lock up front (waiting out busy_timeout)."""
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("dxgraph_write") else "BEGIN")
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    """WAL, foreign keys and a 30 s busy wait; transactions are begun by ``_sqlite_begin``, not sqlite3."""
+    dbapi_conn.isolation_level = None
     cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA busy_timeout=30000")
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA foreign_keys=ON")
-    cur.execute("PRAGMA busy_timeout=30000")
     cur.close()
