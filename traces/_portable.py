@@ -22,11 +22,10 @@ from dxgraph.errors import StoreError
 from dxgraph.traces._events import (
     EVENT_ADAPTER,
     GENESIS_SHA256,
-    artifact_hashes,
     canonical_json,
     event_sha256,
 )
-from dxgraph.traces._store import ArtifactRow, EventRow, RunRow, TraceStore
+from dxgraph.traces._store import ArtifactRow, EventRow, RunRow, TraceStore, referenced_artifacts
 
 FORMAT_NAME = "dxgraph.trace"
 """The ``format`` field of a portable trace's manifest."""
@@ -47,22 +46,6 @@ _RUN_FIELDS = (
     "head_sha256",
     "dxgraph_version",
 )
-
-
-def referenced_artifacts(bodies: list[dict[str, Any]]) -> tuple[set[str], set[str]]:
-    """Artifacts a run needs (refs in events, images sent to models) and the criteria documents it cites.
-
-    The same collection as ``TraceStore.verify``; criteria documents are optional (older runs lack them).
-    """
-    required: set[str] = set()
-    criteria: set[str] = set()
-    for body in bodies:
-        required |= artifact_hashes(body)
-        if body.get("event") == "ModelCalled":
-            required |= {str(h) for h in body.get("image_sha256", [])}
-        if body.get("event") == "CriteriaRetrieved":
-            criteria |= {str(d.get("sha256")) for d in body.get("documents", [])}
-    return required, criteria - required
 
 
 def _run_fields(row: RunRow) -> dict[str, Any]:
@@ -89,7 +72,7 @@ def export_run(
     required, criteria = referenced_artifacts([json.loads(r.body) for r in rows])
     artifacts: dict[str, tuple[bytes, str]] = {}
     with Session(store.engine) as s:
-        for digest in sorted(required | criteria):
+        for digest in sorted({*required, *criteria}):
             art = s.get(ArtifactRow, digest)
             if art is not None:  # verify passed, so only criteria documents may be absent
                 artifacts[digest] = (art.data, art.media_type)
@@ -251,7 +234,7 @@ def _check(src: Path, manifest: dict[str, Any], bodies: list[str], artifacts: di
                 f"{src}: artifact {digest[:12]} has a wrong size or no media type in the manifest"
             )
     required, _criteria = referenced_artifacts(parsed)
-    missing = sorted(required - set(artifacts))
+    missing = sorted(set(required) - set(artifacts))
     if missing:
         raise StoreError(f"{src}: artifact {missing[0][:12]} referenced by the run is missing from the file")
     return _run_row(src, manifest, parsed)

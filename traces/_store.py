@@ -325,14 +325,7 @@ class TraceStore:
 
     def _artifact_problems(self, bodies: list[dict[str, Any]]) -> list[str]:
         """Edited or missing artifacts, in the order the run first referenced them."""
-        referenced: dict[str, None] = {}
-        criteria_docs: dict[str, None] = {}  # their bytes, when the run stored them
-        for body in bodies:
-            referenced |= dict.fromkeys(_artifact_hashes_in_order(body))
-            if body.get("event") == "ModelCalled":  # images sent to the model, stored with the run
-                referenced |= dict.fromkeys(str(h) for h in body.get("image_sha256", []))
-            if body.get("event") == "CriteriaRetrieved":
-                criteria_docs |= dict.fromkeys(str(d.get("sha256")) for d in body.get("documents", []))
+        referenced, criteria_docs = referenced_artifacts(bodies)
         problems: list[str] = []
         with Session(self.engine) as s:
             for digest in referenced:
@@ -346,14 +339,27 @@ class TraceStore:
                         f"artifact {digest[:12]}: size column says {row.size_bytes}, data holds {len(row.data)}"
                     )
             for digest in criteria_docs:
-                if digest in referenced:
-                    continue
                 row = s.get(ArtifactRow, digest)
                 if row is None:
                     continue  # runs recorded before criteria documents were stored with them
                 if hashlib.sha256(row.data).hexdigest() != digest:
                     problems.append(f"criteria document {digest[:12]} does not match its sha256 (edited)")
         return problems
+
+
+def referenced_artifacts(bodies: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
+    """The artifacts a run needs (refs in events, images sent to models), in the order the chain first
+    mentions them, and the criteria documents it cites that are not among those (older runs lack their bytes).
+    """
+    referenced: dict[str, None] = {}
+    criteria_docs: dict[str, None] = {}
+    for body in bodies:
+        referenced |= dict.fromkeys(_artifact_hashes_in_order(body))
+        if body.get("event") == "ModelCalled":  # images sent to the model, stored with the run
+            referenced |= dict.fromkeys(str(h) for h in body.get("image_sha256", []))
+        if body.get("event") == "CriteriaRetrieved":
+            criteria_docs |= dict.fromkeys(str(d.get("sha256")) for d in body.get("documents", []))
+    return list(referenced), [d for d in criteria_docs if d not in referenced]
 
 
 def verify_all(store: TraceStore, since: datetime | None = None) -> list[ChainCheck]:
