@@ -19,7 +19,6 @@ Nothing is written to the store by a replay.
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,24 +26,33 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ValidationError
 
-from dxgraph.agent._chat import ChatBackend, ChatReply, ChatRequest, ModelError
+from dxgraph.agent._chat import ChatBackend
 from dxgraph.agent._model_calls import TracedChat
 from dxgraph.agent.case import Case
 from dxgraph.agent.diagnosis import Diagnosis
 from dxgraph.agent.evidence import Evidence
 from dxgraph.errors import DxgraphError, StoreError, ToolError, UserError
-from dxgraph.traces._artifacts import ArtifactRef, MemoryArtifacts, decode_array
 from dxgraph.traces._events import (
     CriteriaRetrieved,
     DiagnosisMade,
     Event,
-    LanguageModelRef,
     ModelCalled,
     PlanMade,
     RunFinished,
     RunHeader,
     RunStarted,
     ToolCalled,
+)
+from dxgraph.traces._replay_chat import ReplayChat
+from dxgraph.traces._replay_diff import (
+    Difference,
+    StoreBackedArtifacts,
+    compare_json,
+    diff_criteria,
+    diff_diagnosis,
+    diff_evidence,
+    diff_model_calls,
+    diff_tool_calls,
 )
 from dxgraph.traces._store import TraceStore
 
@@ -55,56 +63,6 @@ if TYPE_CHECKING:
 Mode = Literal["recorded", "tools", "live"]
 MODES: tuple[str, ...] = ("recorded", "tools", "live")
 """Replay modes."""
-
-DEFAULT_TOLERANCES: dict[str, float] = {
-    "_mm": 1e-3,
-    "_mm2": 1e-3,
-    "_ml": 1e-3,
-    "_px": 1e-3,
-    "_xy": 1e-3,
-    "ratio": 1e-6,
-    "cdr": 1e-6,
-    "_fraction": 1e-6,
-    "confidence": 1e-6,
-    "score": 1e-6,
-}
-"""Absolute tolerance by field-name suffix (longest suffix wins); numbers in other fields use ``DEFAULT_TOLERANCE``."""
-DEFAULT_TOLERANCE = 1e-6
-"""Absolute tolerance of a number whose field name matches no suffix of the table."""
-UNIT_SUFFIX = {"1": "ratio", "mm": "_mm", "mm2": "_mm2", "ml": "_ml", "px": "_px"}
-"""Evidence unit -> the table suffix that gives its tolerance."""
-
-
-@dataclass(frozen=True)
-class Difference:
-    """One thing the replay did not reproduce."""
-
-    kind: str
-    """What differs: ``evidence``, ``verdict``, ``label``, ``confidence``, ``diagnosis``, ``rationale``,
-    ``plan``, ``criteria``, ``tool_output``, ``tool_input``, ``tool_version``, ``model`` or ``run``."""
-    where: str
-    """Which step, evidence, indicator or field."""
-    recorded: Any
-    """The recorded value (None when it was absent)."""
-    replayed: Any
-    """The replayed value (None when it is absent)."""
-    delta: float | None = None
-    """replayed - recorded for numbers; the fraction of differing pixels for masks."""
-    tolerance: float | None = None
-    """The tolerance the numbers were compared with."""
-
-    def line(self) -> str:
-        """One readable line."""
-        if self.kind in ("tool_output", "tool_input") and _is_ref(self.recorded) and _is_ref(self.replayed):
-            text = f"sha256 {self.recorded['sha256'][:12]} -> {self.replayed['sha256'][:12]}"
-            if self.delta is not None:
-                text += f" ({self.delta:.2%} of pixels differ)"
-        else:
-            text = f"{_short(self.recorded)} -> {_short(self.replayed)}"
-            if self.delta is not None:
-                text += f" (delta {self.delta:+.6g}"
-                text += f", tolerance {self.tolerance:g})" if self.tolerance is not None else ")"
-        return f"{self.kind} {self.where}: {text}" if self.where else f"{self.kind}: {text}"
 
 
 @dataclass(frozen=True)
@@ -211,225 +169,7 @@ def _split(run_id: str, events: list[Event]) -> _Record:
     return rec
 
 
-class StoreBackedArtifacts(MemoryArtifacts):
-    """Artifacts written in memory, read from memory first and then from a trace store (never written to it)."""
-
-    def __init__(self, store: TraceStore) -> None:
-        super().__init__()
-        self.store = store
-        """The store read for artifacts the replay did not make."""
-
-    def get_bytes(self, sha256: str) -> bytes:
-        """Bytes made by the replay, else the stored ones; KeyError when neither has them."""
-        if sha256 in self.blobs:
-            return self.blobs[sha256][0]
-        return self.store.get_bytes(sha256)
-
-
 # -- comparing ---------------------------------------------------------------------------------
-
-
-def tolerance_for(name: str, tolerances: dict[str, float] | None = None) -> float:
-    """The absolute tolerance of a numeric field, by the longest matching name suffix."""
-    table = {**DEFAULT_TOLERANCES, **(tolerances or {})}
-    for suffix in sorted(table, key=len, reverse=True):
-        if name.endswith(suffix):
-            return table[suffix]
-    return table.get("", DEFAULT_TOLERANCE)
-
-
-def _is_ref(v: Any) -> bool:
-    return isinstance(v, dict) and isinstance(v.get("sha256"), str) and "media_type" in v
-
-
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
-def _short(v: Any) -> str:
-    if isinstance(v, float):
-        return f"{v:.6g}"
-    text = repr(v) if not isinstance(v, str) else v
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
-def _mask_fraction(a: dict[str, Any], b: dict[str, Any], arts: StoreBackedArtifacts) -> float | None:
-    """Fraction of differing pixels between two stored arrays of the same shape (None when not comparable)."""
-    try:
-        ra, rb = ArtifactRef.model_validate(a), ArtifactRef.model_validate(b)
-        xa = decode_array(arts.get_bytes(ra.sha256), ra.media_type, kind=ra.kind)
-        xb = decode_array(arts.get_bytes(rb.sha256), rb.media_type, kind=rb.kind)
-    except (KeyError, ValueError, ValidationError):
-        return None
-    if xa.shape != xb.shape:
-        return None
-    diff = xa != xb
-    if diff.ndim == 3:
-        diff = diff.any(axis=2)
-    return float(diff.mean())
-
-
-def compare_json(
-    recorded: Any,
-    replayed: Any,
-    where: str,
-    *,
-    kind: str = "tool_output",
-    tolerances: dict[str, float] | None = None,
-    artifacts: StoreBackedArtifacts | None = None,
-    name: str = "",
-) -> list[Difference]:
-    """Field-by-field differences between two JSON values: numbers within tolerance, artifacts by sha256."""
-    if _is_ref(recorded) and _is_ref(replayed):
-        if recorded["sha256"] == replayed["sha256"]:
-            return []
-        frac = _mask_fraction(recorded, replayed, artifacts) if artifacts is not None else None
-        return [Difference(kind, where, recorded, replayed, frac, 0.0 if frac is not None else None)]
-    if isinstance(recorded, dict) and isinstance(replayed, dict):
-        out: list[Difference] = []
-        for k in list(dict.fromkeys([*recorded, *replayed])):
-            sub = f"{where}.{k}"
-            if k not in recorded or k not in replayed:
-                out.append(Difference(kind, sub, recorded.get(k), replayed.get(k)))
-                continue
-            out += compare_json(
-                recorded[k], replayed[k], sub, kind=kind, tolerances=tolerances, artifacts=artifacts, name=k
-            )
-        return out
-    if isinstance(recorded, list) and isinstance(replayed, list):
-        if len(recorded) != len(replayed):
-            return [Difference(kind, f"{where} (length)", len(recorded), len(replayed))]
-        out = []
-        for i, (a, b) in enumerate(zip(recorded, replayed, strict=True)):
-            out += compare_json(
-                a, b, f"{where}[{i}]", kind=kind, tolerances=tolerances, artifacts=artifacts, name=name
-            )
-        return out
-    if _is_number(recorded) and _is_number(replayed):
-        tol = tolerance_for(name, tolerances)
-        delta = float(replayed) - float(recorded)
-        if math.isfinite(delta) and abs(delta) <= tol:
-            return []
-        return [Difference(kind, where, recorded, replayed, delta, tol)]
-    if recorded != replayed or type(recorded) is not type(replayed):
-        return [Difference(kind, where, recorded, replayed)]
-    return []
-
-
-def _evidence_key(e: Evidence) -> str:
-    return f"{e.criteria_id}.{e.indicator}"
-
-
-def _diff_evidence(
-    recorded: tuple[Evidence, ...],
-    replayed: tuple[Evidence, ...],
-    tolerances: dict[str, float] | None,
-    *,
-    full: bool,
-) -> list[Difference]:
-    """Evidence compared by indicator: values within the unit's tolerance; with ``full`` every field exactly."""
-    old = {_evidence_key(e): e for e in recorded}
-    new = {_evidence_key(e): e for e in replayed}
-    out: list[Difference] = []
-    for key in dict.fromkeys([*old, *new]):
-        a, b = old.get(key), new.get(key)
-        if a is None or b is None:
-            out.append(Difference("evidence", key, a.value if a else None, b.value if b else None))
-            continue
-        if _is_number(a.value) and _is_number(b.value):
-            tol = tolerance_for(UNIT_SUFFIX.get(a.unit, a.indicator), tolerances)
-            delta = float(b.value) - float(a.value)
-            if abs(delta) > tol:
-                out.append(Difference("evidence", f"{key} ({a.name})", a.value, b.value, delta, tol))
-        elif a.value != b.value:
-            out.append(Difference("evidence", f"{key} ({a.name})", a.value, b.value))
-        skip = {"value"} if full else {"value", "input_sha256", "artifacts"}
-        da, db = a.model_dump(mode="json", exclude=skip), b.model_dump(mode="json", exclude=skip)
-        out += compare_json(da, db, key, kind="evidence")
-    return out
-
-
-def _diff_diagnosis(
-    recorded: Diagnosis | None, replayed: Diagnosis | None, *, rationale: bool
-) -> list[Difference]:
-    """Label, confidence, citations, flags and every verdict; the rationale too when asked."""
-    if recorded is None or replayed is None:
-        if recorded is replayed:
-            return []
-        return [
-            Difference(
-                "label",
-                "diagnosis",
-                recorded.label if recorded else None,
-                replayed.label if replayed else None,
-            )
-        ]
-    out: list[Difference] = []
-    if recorded.label != replayed.label:
-        out.append(Difference("label", "", recorded.label, replayed.label))
-    delta = replayed.confidence - recorded.confidence
-    if abs(delta) > DEFAULT_TOLERANCES["confidence"]:
-        tol = DEFAULT_TOLERANCES["confidence"]
-        out.append(Difference("confidence", "", recorded.confidence, replayed.confidence, delta, tol))
-    for name in ("abstained", "cited_evidence", "flags", "model_label", "aggregator"):
-        a, b = getattr(recorded, name), getattr(replayed, name)
-        if a != b:
-            out.append(Difference("diagnosis", name, a, b))
-    if rationale and recorded.rationale != replayed.rationale:
-        out.append(Difference("rationale", "rationale", recorded.rationale, replayed.rationale))
-    old = {c.criteria_id: c for c in recorded.criteria}
-    new = {c.criteria_id: c for c in replayed.criteria}
-    for cid in dict.fromkeys([*old, *new]):
-        ca, cb = old.get(cid), new.get(cid)
-        if ca is None or cb is None:
-            out.append(Difference("verdict", cid, ca.label if ca else None, cb.label if cb else None))
-            continue
-        if (ca.label, ca.satisfied) != (cb.label, cb.satisfied):
-            out.append(
-                Difference("verdict", cid, f"{ca.label} ({ca.satisfied})", f"{cb.label} ({cb.satisfied})")
-            )
-        ia = {i.indicator: i for i in ca.indicators}
-        ib = {i.indicator: i for i in cb.indicators}
-        for ind in dict.fromkeys([*ia, *ib]):
-            va, vb = ia.get(ind), ib.get(ind)
-            fa, fb = (va.finding if va else None), (vb.finding if vb else None)
-            if fa != fb:
-                out.append(Difference("verdict", f"{cid}.{ind}", fa, fb))
-            elif (
-                va is not None and vb is not None and (va.rule, va.evidence_ids) != (vb.rule, vb.evidence_ids)
-            ):
-                out.append(
-                    Difference(
-                        "verdict",
-                        f"{cid}.{ind} (rule, evidence)",
-                        (va.rule, va.evidence_ids),
-                        (vb.rule, vb.evidence_ids),
-                    )
-                )
-    return out
-
-
-def _diff_criteria(
-    recorded: CriteriaRetrieved | None, replayed: CriteriaRetrieved | None
-) -> list[Difference]:
-    a = [(d.id, d.version, d.sha256) for d in recorded.documents] if recorded else []
-    b = [(d.id, d.version, d.sha256) for d in replayed.documents] if replayed else []
-    if a != b:
-        return [Difference("criteria", "retrieved documents", a, b)]
-    out: list[Difference] = []
-    for da, db in zip(
-        recorded.documents if recorded else (), replayed.documents if replayed else (), strict=True
-    ):
-        if da.method != db.method:
-            out.append(Difference("criteria", f"{da.id} retrieval method", da.method, db.method))
-        elif abs(da.score - db.score) > DEFAULT_TOLERANCES["score"]:
-            out.append(
-                Difference("criteria", f"{da.id} score", da.score, db.score, db.score - da.score, 1e-6)
-            )
-    return out
-
-
-# -- the replaying tool registry and language model ----------------------------------------------
 
 
 def _replaying_registry(rec: _Record, base: ToolRegistry, diffs: list[Difference]) -> ToolRegistry:
@@ -484,94 +224,6 @@ def _answer_from_record(
 
     answer.__name__ = f"replay_{name}"
     return answer
-
-
-def reply_text(backend: str, response: Any) -> str:
-    """The reply text inside a recorded raw response: OpenAI ``choices[0].message.content``, else ``text``."""
-    if isinstance(response, str):
-        return response
-    if isinstance(response, dict):
-        if "choices" in response:
-            content = response["choices"][0]["message"]["content"]
-            if isinstance(content, list):
-                return "".join(p.get("text", "") for p in content if isinstance(p, dict))
-            return str(content)
-        if "text" in response:
-            text = str(response["text"])
-            return text.strip() if backend == "transformers" else text
-    raise StoreError(f"cannot find the reply text in a recorded {backend} response")
-
-
-def _request_texts(raw: Any) -> list[str]:
-    """The message texts of a raw request, whatever the backend's format."""
-    if not isinstance(raw, dict):
-        return []
-    texts = [str(raw["prompt"])] if isinstance(raw.get("prompt"), str) else []
-    for m in raw.get("messages") or []:
-        if not isinstance(m, dict):
-            continue
-        if isinstance(m.get("text"), str):
-            texts.append(m["text"])
-        content = m.get("content")
-        if isinstance(content, str):
-            texts.append(content)
-        elif isinstance(content, list):
-            texts += [str(p.get("text")) for p in content if isinstance(p, dict) and p.get("text")]
-    return texts
-
-
-class ReplayChat:
-    """A chat backend answering with a run's recorded replies, in order; checks the requests it gets."""
-
-    def __init__(self, ref: LanguageModelRef, calls: list[ModelCalled], diffs: list[Difference]) -> None:
-        self.name = ref.backend
-        """Backend kind, as recorded."""
-        self.model_id = ref.model
-        """Model id, as recorded."""
-        self.model_sha256 = ref.sha256
-        """Weights hash, as recorded."""
-        self.accepts_images = any(c.image_sha256 for c in calls)
-        """Whether the recorded run sent images."""
-        self.calls = calls
-        """The recorded exchanges, in order."""
-        self.diffs = diffs
-        """Where request mismatches go."""
-        self.n_asked = 0
-        """Requests answered so far."""
-
-    def complete(self, request: ChatRequest) -> ChatReply:
-        """The next recorded reply (or its recorded error)."""
-        i = self.n_asked
-        self.n_asked += 1
-        if i >= len(self.calls):
-            self.diffs.append(Difference("model", f"call {i + 1}", None, request.purpose))
-            raise ModelError("replay: the recorded run made no further model call")
-        call = self.calls[i]
-        where = f"call {i + 1} ({call.purpose})"
-        if call.purpose != request.purpose:
-            self.diffs.append(Difference("model", f"{where} purpose", call.purpose, request.purpose))
-        recorded_text = "\n".join(_request_texts(call.request))
-        for m in request.messages:
-            if m.text.strip() and m.text.strip() not in recorded_text:
-                self.diffs.append(Difference("model", f"{where} {m.role} message", "(recorded text)", m.text))
-        if call.status == "error":
-            raise ModelError(
-                call.error or "model error", raw_request=call.request, latency_ms=call.latency_ms
-            )
-        return ChatReply(
-            text=reply_text(call.backend, call.response),
-            model=call.model,
-            latency_ms=call.latency_ms,
-            prompt_tokens=call.prompt_tokens,
-            completion_tokens=call.completion_tokens,
-            structured_output=call.structured_output,
-            raw_request=call.request,
-            raw_response=call.response,
-            attempts=call.attempts,
-        )
-
-
-# -- running -----------------------------------------------------------------------------------
 
 
 def _device(recorded: str) -> str:
@@ -671,7 +323,7 @@ def _replay_recorded(
     rerun = _run_graph(rec, reg, library, arts, backend)
     if rerun.error:
         diffs.append(Difference("run", "replay", "completed", rerun.error))
-    diffs += _diff_criteria(rec.criteria, _first(rerun.events, CriteriaRetrieved))
+    diffs += diff_criteria(rec.criteria, _first(rerun.events, CriteriaRetrieved))
     new_plan = _first(rerun.events, PlanMade)
     diffs += compare_json(
         rec.plan.model_dump(mode="json", include={"plan", "fallback_reason"}) if rec.plan else None,
@@ -679,48 +331,16 @@ def _replay_recorded(
         "plan",
         kind="plan",
     )
-    diffs += _diff_tool_calls(
+    diffs += diff_tool_calls(
         rec.tool_calls, [e for e in rerun.events if isinstance(e, ToolCalled)], tolerances
     )
-    diffs += _diff_model_calls(rec.model_calls, [e for e in rerun.events if isinstance(e, ModelCalled)])
+    diffs += diff_model_calls(rec.model_calls, [e for e in rerun.events if isinstance(e, ModelCalled)])
     rec_ev = rec.diagnosis.evidence if rec.diagnosis else ()
-    diffs += _diff_evidence(rec_ev, rerun.evidence, tolerances, full=True)
-    diffs += _diff_diagnosis(
+    diffs += diff_evidence(rec_ev, rerun.evidence, tolerances, full=True)
+    diffs += diff_diagnosis(
         rec.diagnosis.diagnosis if rec.diagnosis else None, rerun.diagnosis, rationale=True
     )
     return diffs, rerun
-
-
-def _diff_tool_calls(
-    old: list[ToolCalled], new: list[ToolCalled], tolerances: dict[str, float] | None
-) -> list[Difference]:
-    out: list[Difference] = []
-    fields = {"step_id", "tool", "tool_version", "status", "inputs", "outputs", "error", "quality_flags"}
-    if len(old) != len(new):
-        out.append(Difference("tool_output", "number of tool calls", len(old), len(new)))
-    for a, b in zip(old, new, strict=False):
-        out += compare_json(
-            a.model_dump(mode="json", include=fields),
-            b.model_dump(mode="json", include=fields),
-            f"{a.step_id} ({a.tool})",
-            tolerances=tolerances,
-        )
-    return out
-
-
-def _diff_model_calls(old: list[ModelCalled], new: list[ModelCalled]) -> list[Difference]:
-    out: list[Difference] = []
-    if len(old) != len(new):
-        out.append(Difference("model", "number of model calls", len(old), len(new)))
-    for i, (a, b) in enumerate(zip(old, new, strict=False)):
-        for name in ("purpose", "status", "error", "image_sha256"):
-            if getattr(a, name) != getattr(b, name):
-                out.append(
-                    Difference(
-                        "model", f"call {i + 1} ({a.purpose}) {name}", getattr(a, name), getattr(b, name)
-                    )
-                )
-    return out
 
 
 def _replay_tools(
@@ -790,7 +410,7 @@ def _replay_live(
     )
     if rerun.error:
         diffs.append(Difference("run", "replay", "completed", rerun.error))
-    diffs += _diff_criteria(rec.criteria, _first(rerun.events, CriteriaRetrieved))
+    diffs += diff_criteria(rec.criteria, _first(rerun.events, CriteriaRetrieved))
     new_calls = {c.step_id: c for c in rerun.events if isinstance(c, ToolCalled)}
     for call in rec.tool_calls:
         now = new_calls.get(call.step_id)
@@ -798,8 +418,8 @@ def _replay_live(
         if now_tool != (call.tool, call.tool_version):
             diffs.append(Difference("tool_version", call.step_id, (call.tool, call.tool_version), now_tool))
     rec_ev = rec.diagnosis.evidence if rec.diagnosis else ()
-    diffs += _diff_evidence(rec_ev, rerun.evidence, tolerances, full=False)
-    diffs += _diff_diagnosis(
+    diffs += diff_evidence(rec_ev, rerun.evidence, tolerances, full=False)
+    diffs += diff_diagnosis(
         rec.diagnosis.diagnosis if rec.diagnosis else None, rerun.diagnosis, rationale=False
     )
     return diffs, rerun

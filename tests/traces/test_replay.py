@@ -20,7 +20,9 @@ from dxgraph.errors import StoreError, UserError
 from dxgraph.testing import ScriptedChat
 from dxgraph.testing.phantoms import fundus_phantom
 from dxgraph.tools import ToolRegistry
-from dxgraph.traces._replay import DEFAULT_TOLERANCES, compare_json, replay, reply_text, tolerance_for
+from dxgraph.traces._replay import replay
+from dxgraph.traces._replay_chat import reply_text
+from dxgraph.traces._replay_diff import DEFAULT_TOLERANCES, compare_json, tolerance_for
 from dxgraph.traces._store import TraceStore
 
 from _helpers import drawn_disc_cup_registry, write_rgb
