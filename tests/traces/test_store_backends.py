@@ -363,3 +363,19 @@ def test_migrating_past_the_known_versions_is_refused(db):
     with engine.begin() as conn, pytest.raises(ValueError, match="no schema version 3"):
         apply_migrations(conn, upto=SCHEMA_VERSION + 1)
     engine.dispose()
+
+
+def test_export_import_and_replay_work_on_either_backend(url: str, tmp_path: Path, db: str) -> None:
+    """A run exported from one SQLite store imports into this backend, verifies, and replays the same."""
+    from dxgraph.traces._portable import export_run, import_run
+    from dxgraph.traces._replay import replay
+
+    source_db = str(tmp_path / "source.db")
+    run_id = _diagnose(source_db, tmp_path, cup_radius_px=38.0)
+    file = export_run(TraceStore(source_db), run_id, tmp_path / "run.dxtrace")
+    store = TraceStore(url)
+    assert import_run(store, file) == run_id
+    assert store.verify(run_id).ok
+    assert [e.sha256 for e in store.events(run_id)] == [e.sha256 for e in TraceStore(source_db).events(run_id)]
+    result = replay(store, run_id, "recorded", registry=drawn_disc_cup_registry(cup_radius_px=38.0))
+    assert result.same and result.diagnosis is not None and result.diagnosis.label == "glaucoma_suspect"
