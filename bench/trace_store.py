@@ -10,7 +10,7 @@ Prints, measured in one run on this machine:
 
 Usage (from the project root)::
 
-    .venv/bin/python bench/trace_store.py [--events 10000] [--cases 3]
+    .venv/bin/python bench/trace_store.py [--events 10000] [--cases 3] [--db postgresql+psycopg://...]
 """
 
 from __future__ import annotations
@@ -62,20 +62,24 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--events", type=int, default=10_000)
     ap.add_argument("--cases", type=int, default=3)
+    ap.add_argument(
+        "--db", default=None, help="store URL for the long run (default: a temporary SQLite file)"
+    )
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        store = TraceStore(str(folder / "bench.db"))
+        store = TraceStore(args.db or str(folder / "bench.db"))
         rec, emit_s = long_run(folder, args.events)
         t0 = time.perf_counter()
-        store.save(rec, task="glaucoma", case_id="bench", status="completed", label="no_glaucoma_signs")
+        case_id = rec.events[0].case.case_id  # type: ignore[attr-defined]
+        store.save(rec, task="glaucoma", case_id=case_id, status="completed", label="no_glaucoma_signs")
         save_s = time.perf_counter() - t0
         t0 = time.perf_counter()
         check = store.verify(rec.run_id)
         verify_s = time.perf_counter() - t0
         assert check.ok, check.problems
         print(
-            f"{args.events} events: emitted (hash-chained) {args.events / emit_s:,.0f} events/s, "
+            f"[{store.url.split(':')[0]}] {args.events} events: emitted (hash-chained) {args.events / emit_s:,.0f} events/s, "
             f"saved {args.events / save_s:,.0f} events/s, verified in {verify_s:.2f} s "
             f"({args.events / verify_s:,.0f} events/s)"
         )
@@ -101,7 +105,8 @@ def main() -> None:
                 f"case {i}: run {run_s:.3f} s, replay(recorded) {replay_s:.3f} s, ratio {replay_s / run_s:.2f}, "
                 f"same={result.same}"
             )
-        print(f"replay(recorded) / original run: median ratio {statistics.median(ratios):.2f}")
+        if ratios:
+            print(f"replay(recorded) / original run: median ratio {statistics.median(ratios):.2f}")
 
 
 if __name__ == "__main__":
