@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypedDict
 
@@ -28,6 +29,10 @@ CRITERIA_MEDIA_TYPE = "application/yaml"
 """Media type under which retrieved criteria documents are stored with a run."""
 NODES = ("retrieve", "plan", "dispatch", "aggregate", "decide")
 """The graph's nodes, in order."""
+
+
+Retriever = Callable[[str, str | None, tuple[LoadedCriteria, ...]], list[RetrievedCriteria]]
+"""(question, clinical text, library) -> the retrieved documents, best first."""
 
 
 class RunState(TypedDict, total=False):
@@ -61,6 +66,8 @@ class RunDeps:
     """Shared by concurrent runs so batchable tools get batches."""
     planner_chat: TracedChat | None = None
     """When set, a language model drafts the plan (``--planner llm``); the deterministic plan backs it."""
+    retriever: Retriever | None = None
+    """Replaces ``criteria_kb.retrieve`` (a replay answers retrieval from the record); None: retrieve."""
 
 
 def build_graph(deps: RunDeps) -> Any:
@@ -68,7 +75,7 @@ def build_graph(deps: RunDeps) -> Any:
 
     def retrieve_node(state: RunState) -> RunState:
         case = state["case"]
-        hits = retrieve(case.question, case.clinical_text, deps.library)
+        hits = (deps.retriever or retrieve)(case.question, case.clinical_text, deps.library)
         for h in hits:  # the documents' bytes travel with the trace, content-addressed by their sha256
             deps.recorder.artifacts.put_bytes(h.criteria.raw, CRITERIA_MEDIA_TYPE)
         deps.recorder.emit(

@@ -2,8 +2,9 @@
 
 Three modes:
 
-- ``recorded``: the whole graph runs again, every tool call answered from the run's recorded outputs
-  and every model call from its recorded replies, with the criteria documents stored with the run.
+- ``recorded``: the whole graph runs again, retrieval answered from the run's ``CriteriaRetrieved`` event
+  (the criteria documents stored with the run, with their recorded scores), every tool call from the
+  run's recorded outputs and every model call from its recorded replies.
   It must reproduce the plan and the Diagnosis exactly: it checks that the recorded decision follows
   from the recorded measurements with today's code.
 - ``tools``: every successful tool call is re-run on its recorded inputs (artifacts read from the
@@ -58,6 +59,7 @@ from dxgraph.traces._store import TraceStore
 
 if TYPE_CHECKING:
     from dxgraph.criteria_kb import LoadedCriteria
+    from dxgraph.planners._graph import Retriever
     from dxgraph.tools._registry import ToolRegistry
 
 Mode = Literal["recorded", "tools", "live"]
@@ -251,6 +253,7 @@ def _run_graph(
     library: tuple[LoadedCriteria, ...],
     arts: StoreBackedArtifacts,
     backend: ChatBackend | None,
+    retriever: Retriever | None = None,
 ) -> _Rerun:
     """The run graph on the recorded case, in memory, with the recorded header's settings."""
     from dxgraph.agent.run import make_aggregator
@@ -272,6 +275,7 @@ def _run_graph(
             library=library,
             prefer=tuple(t for t in h.preferred_tools if t in registry),
             planner_chat=chat if h.planner == "llm" else None,
+            retriever=retriever,
         )
     )
     try:
@@ -303,6 +307,26 @@ def _stored_library(store: TraceStore, rec: _Record) -> tuple[LoadedCriteria, ..
     return tuple(sorted(docs, key=lambda c: c.document.id))
 
 
+def recorded_retriever(rec: _Record, library: tuple[LoadedCriteria, ...]) -> Retriever:
+    """Retrieval answered from the run's ``CriteriaRetrieved`` event (documents, scores, terms, method),
+    so a recorded replay does not depend on today's retrieval (an embedding model may have changed)."""
+    from dxgraph.criteria_kb import RetrievedCriteria
+
+    assert rec.criteria is not None
+    by_sha = {c.sha256: c for c in library}
+    hits = [
+        RetrievedCriteria(by_sha[d.sha256], d.score, tuple(d.matched_terms), d.method)
+        for d in rec.criteria.documents
+    ]
+
+    def retriever(
+        question: str, clinical_text: str | None, _library: tuple[LoadedCriteria, ...]
+    ) -> list[Any]:
+        return list(hits)
+
+    return retriever
+
+
 def _replay_recorded(
     store: TraceStore, rec: _Record, registry: ToolRegistry | None, tolerances: dict[str, float] | None
 ) -> tuple[list[Difference], _Rerun]:
@@ -320,7 +344,7 @@ def _replay_recorded(
         backend: ChatBackend | None = ReplayChat(h.language_model, rec.model_calls, diffs)
     else:
         backend = None
-    rerun = _run_graph(rec, reg, library, arts, backend)
+    rerun = _run_graph(rec, reg, library, arts, backend, recorded_retriever(rec, library))
     if rerun.error:
         diffs.append(Difference("run", "replay", "completed", rerun.error))
     diffs += diff_criteria(rec.criteria, _first(rerun.events, CriteriaRetrieved))

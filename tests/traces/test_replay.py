@@ -242,3 +242,20 @@ def test_recorded_replay_reports_a_tool_the_registry_no_longer_has(tmp_path, db)
     kinds = {d.kind for d in res.differences}
     assert "tool_version" in kinds and "plan" in kinds, res.render()
     assert "crop_zoom (not in the registry)" in res.render()
+
+
+def test_recorded_replay_answers_retrieval_from_the_record(tmp_path, db, monkeypatch):
+    """Retrieval changed since the run (embeddings off): recorded replay still reproduces it exactly,
+    while a live replay reports the retrieval difference."""
+    from dxgraph.criteria_kb import embedding_model_available
+
+    r = _grey_run(tmp_path, db)
+    store = TraceStore(db)
+    recorded = next(e for e in store.events(r.run_id) if e.event == "CriteriaRetrieved")
+    monkeypatch.setenv("DXGRAPH_NO_EMBEDDINGS", "1")
+    assert not embedding_model_available()
+    result = replay(store, r.run_id, "recorded", registry=drawn_disc_cup_registry(cup_radius_px=38.0))
+    assert result.same, result.render()
+    if recorded.documents[0].method != "lexical":  # the run used embeddings: today's lexical scores differ
+        live = replay(store, r.run_id, "live", registry=drawn_disc_cup_registry(cup_radius_px=38.0))
+        assert any(d.kind == "criteria" for d in live.differences), live.render()
