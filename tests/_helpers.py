@@ -31,6 +31,38 @@ def require_modules(*modules: str, install: str) -> None:
         pytest.skip(reason)
 
 
+def diagnosis_reply(label: str, cited: list[str], confidence: float = 0.9, abstained: bool = False) -> str:
+    """A language model's reply in the aggregator's schema (JSON text)."""
+    import json
+
+    return json.dumps(
+        {
+            "label": label,
+            "confidence": confidence,
+            "rationale": f"Because of [{', '.join(cited)}].",
+            "cited_evidence": cited,
+            "abstained": abstained,
+        }
+    )
+
+
+def reply_evidence_ids(request) -> list[str]:  # type: ignore[no-untyped-def]
+    """The evidence ids an aggregator request lets the model cite (from the schema's deciding branch)."""
+    return request.json_schema["anyOf"][0]["properties"]["cited_evidence"]["items"]["enum"]
+
+
+def run_cli(capsys, *argv):  # type: ignore[no-untyped-def]
+    """Run the CLI in-process; (exit code, stdout, stderr)."""
+    import pytest
+
+    from dxgraph.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(list(argv))
+    captured = capsys.readouterr()
+    return e.value.code, captured.out, captured.err
+
+
 def write_rgb(path: Path, rgb: np.ndarray) -> Path:
     """Write an RGB array as PNG/JPEG (by suffix)."""
 

@@ -7,16 +7,10 @@ import cv2
 import pytest
 
 import dxgraph
-from dxgraph.cli import main
 from dxgraph.testing.phantoms import fundus_phantom
 from dxgraph.traces._store import TraceStore
 
-
-def run_cli(capsys, *argv):
-    with pytest.raises(SystemExit) as e:
-        main(list(argv))
-    captured = capsys.readouterr()
-    return e.value.code, captured.out, captured.err
+from _helpers import run_cli
 
 
 @pytest.fixture

@@ -7,17 +7,9 @@ import sys
 import numpy as np
 import pytest
 
-from dxgraph.cli import main
 from dxgraph.traces._store import TraceStore
 
-from _helpers import drawn_disc_cup_registry, write_rgb
-
-
-def run_cli(capsys, *argv):
-    with pytest.raises(SystemExit) as e:
-        main(list(argv))
-    captured = capsys.readouterr()
-    return e.value.code, captured.out, captured.err
+from _helpers import drawn_disc_cup_registry, run_cli, write_rgb
 
 
 @pytest.fixture

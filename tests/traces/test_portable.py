@@ -18,22 +18,13 @@ from dxgraph.traces._events import GENESIS_SHA256, ModelCalled, canonical_json, 
 from dxgraph.traces._portable import FORMAT_VERSION, export_run, import_run
 from dxgraph.traces._store import TraceStore
 
-from _helpers import drawn_disc_cup_registry, write_rgb
+from _helpers import diagnosis_reply, drawn_disc_cup_registry, reply_evidence_ids, write_rgb
 
 WHEN = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 
 
 def _reply(request) -> str:  # type: ignore[no-untyped-def]
-    ids = request.json_schema["anyOf"][0]["properties"]["cited_evidence"]["items"]["enum"]
-    return json.dumps(
-        {
-            "label": "no_glaucoma_signs",
-            "confidence": 0.8,
-            "rationale": f"Because of [{ids[0]}].",
-            "cited_evidence": ids[:1],
-            "abstained": False,
-        }
-    )
+    return diagnosis_reply("no_glaucoma_signs", reply_evidence_ids(request)[:1], 0.8)
 
 
 @pytest.fixture

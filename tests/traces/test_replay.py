@@ -7,7 +7,6 @@ synthetic fundus phantom.
 
 from __future__ import annotations
 
-import json
 import time
 
 import cv2
@@ -15,7 +14,6 @@ import numpy as np
 import pytest
 
 import dxgraph
-from dxgraph.agent._chat import ChatRequest
 from dxgraph.errors import StoreError, UserError
 from dxgraph.testing import ScriptedChat
 from dxgraph.testing.phantoms import fundus_phantom
@@ -25,7 +23,7 @@ from dxgraph.traces._replay_chat import reply_text
 from dxgraph.traces._replay_diff import DEFAULT_TOLERANCES, compare_json, tolerance_for
 from dxgraph.traces._store import TraceStore
 
-from _helpers import drawn_disc_cup_registry, write_rgb
+from _helpers import diagnosis_reply, drawn_disc_cup_registry, reply_evidence_ids, write_rgb
 
 
 def _grey_run(tmp_path, db, cup_radius_px=38.0, **options):
@@ -43,22 +41,6 @@ def _grey_run(tmp_path, db, cup_radius_px=38.0, **options):
 def _store_size(store: TraceStore) -> tuple[int, int]:
     runs = store.list_runs(limit=1000)
     return len(runs), sum(len(store.raw_events(r.run_id)) for r in runs)
-
-
-def _llm_reply(label: str, cited: list[str], confidence: float = 0.8) -> str:
-    return json.dumps(
-        {
-            "label": label,
-            "confidence": confidence,
-            "rationale": f"Because of [{', '.join(cited)}].",
-            "cited_evidence": cited,
-            "abstained": False,
-        }
-    )
-
-
-def _ids(request: ChatRequest) -> list[str]:
-    return request.json_schema["anyOf"][0]["properties"]["cited_evidence"]["items"]["enum"]  # type: ignore[index]
 
 
 def test_recorded_replay_of_a_rules_run_reproduces_the_diagnosis_and_writes_nothing(tmp_path, db):
@@ -97,7 +79,7 @@ def test_recorded_replay_of_a_language_model_run_replays_its_replies_in_order(tm
     chat = ScriptedChat(
         [
             "no JSON here",  # rejected, then repaired
-            lambda req: _llm_reply("glaucoma_suspect", _ids(req)[:1], 0.77),
+            lambda req: diagnosis_reply("glaucoma_suspect", reply_evidence_ids(req)[:1], 0.77),
         ]
     )
     r = _grey_run(tmp_path, db, aggregator="scripted", language_model=chat)
@@ -115,13 +97,13 @@ def test_recorded_replay_of_a_language_model_run_replays_its_replies_in_order(tm
 
 
 def test_live_replay_of_a_model_run_needs_the_model_and_diffs_its_new_answer(tmp_path, db):
-    chat = ScriptedChat([lambda req: _llm_reply("glaucoma_suspect", _ids(req)[:1], 0.77)])
+    chat = ScriptedChat([lambda req: diagnosis_reply("glaucoma_suspect", reply_evidence_ids(req)[:1], 0.77)])
     r = _grey_run(tmp_path, db, aggregator="scripted", language_model=chat)
     store = TraceStore(db)
     with pytest.raises(UserError, match="scripted model scripted"):
         replay(store, r.run_id, "live", registry=drawn_disc_cup_registry(cup_radius_px=38))
     # today's model answers differently: same evidence, another confidence and citations
-    other = ScriptedChat([lambda req: _llm_reply("glaucoma_suspect", _ids(req)[:2], 0.6)])
+    other = ScriptedChat([lambda req: diagnosis_reply("glaucoma_suspect", reply_evidence_ids(req)[:2], 0.6)])
     live = replay(
         store, r.run_id, "live", registry=drawn_disc_cup_registry(cup_radius_px=38), language_model=other
     )

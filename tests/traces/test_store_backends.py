@@ -376,6 +376,8 @@ def test_export_import_and_replay_work_on_either_backend(url: str, tmp_path: Pat
     store = TraceStore(url)
     assert import_run(store, file) == run_id
     assert store.verify(run_id).ok
-    assert [e.sha256 for e in store.events(run_id)] == [e.sha256 for e in TraceStore(source_db).events(run_id)]
+    assert [e.sha256 for e in store.events(run_id)] == [
+        e.sha256 for e in TraceStore(source_db).events(run_id)
+    ]
     result = replay(store, run_id, "recorded", registry=drawn_disc_cup_registry(cup_radius_px=38.0))
     assert result.same and result.diagnosis is not None and result.diagnosis.label == "glaucoma_suspect"
