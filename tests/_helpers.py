@@ -31,6 +31,15 @@ def require_modules(*modules: str, install: str) -> None:
         pytest.skip(reason)
 
 
+def drawn_run(tmp_path: Path, db: str, cup_radius_px: float = 25.0, fail_with: str | None = None, **options):  # type: ignore[no-untyped-def]
+    """A fast real glaucoma run on a grey image with the drawn-disc registry (vCDR = cup radius / 50 px)."""
+    import dxgraph
+
+    path = write_rgb(tmp_path / f"f{cup_radius_px:g}.png", np.full((200, 200, 3), 90, np.uint8))
+    registry = drawn_disc_cup_registry(cup_radius_px=cup_radius_px, fail_with=fail_with)
+    return dxgraph.diagnose("glaucoma", path, db=db, modality="fundus", registry=registry, **options)
+
+
 def diagnosis_reply(label: str, cited: list[str], confidence: float = 0.9, abstained: bool = False) -> str:
     """A language model's reply in the aggregator's schema (JSON text)."""
     import json

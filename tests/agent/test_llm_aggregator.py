@@ -9,27 +9,23 @@ from __future__ import annotations
 import base64
 import json
 
-import numpy as np
 import pytest
 
-import dxgraph
 from dxgraph.agent._chat import ModelError
 from dxgraph.agent.llm_aggregator import QUALITATIVE_CONFIDENCE_CAP
 from dxgraph.testing import ScriptedChat
 from dxgraph.traces._events import ModelCalled, RunStarted
 from dxgraph.traces._store import TraceStore
 
-from _helpers import diagnosis_reply, drawn_disc_cup_registry, reply_evidence_ids, write_rgb
+from _helpers import diagnosis_reply, drawn_run, reply_evidence_ids
 
 
 def _run(tmp_path, db, chat, cup_radius_px=25.0, fail_with=None, clinical_text=None):
-    path = write_rgb(tmp_path / "f.png", np.full((200, 200, 3), 90, np.uint8))
-    return dxgraph.diagnose(
-        "glaucoma",
-        path,
-        db=db,
-        modality="fundus",
-        registry=drawn_disc_cup_registry(cup_radius_px=cup_radius_px, fail_with=fail_with),
+    return drawn_run(
+        tmp_path,
+        db,
+        cup_radius_px,
+        fail_with,
         aggregator=chat.name,
         language_model=chat,
         clinical_text=clinical_text,

@@ -19,7 +19,7 @@ from dxgraph.tools._weights import sha256_of_path
 from dxgraph.traces._events import DiagnosisMade, ModelCalled, PlanMade, RunStarted
 from dxgraph.traces._store import TraceStore
 
-from _helpers import drawn_disc_cup_registry, write_rgb
+from _helpers import drawn_disc_cup_registry, drawn_run, write_rgb
 from _llm_servers import ScriptedServer, Step, chat_body
 from _tiny_models import build_tiny_vlm
 
@@ -49,10 +49,7 @@ def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedP
 
 def _diagnose(tmp_path, db, cup_radius_px: float, **options):
     """A fundus run on the drawn-disc registry (vCDR = cup radius / 50 px) with these options."""
-    registry = drawn_disc_cup_registry(cup_radius_px=cup_radius_px)
-    return dxgraph.diagnose(
-        "glaucoma", _image(tmp_path), db=db, modality="fundus", registry=registry, **options
-    )
+    return drawn_run(tmp_path, db, cup_radius_px, **options)
 
 
 def _calls(db, run_id) -> list[ModelCalled]:

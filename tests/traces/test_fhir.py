@@ -4,24 +4,19 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 
-import dxgraph
 from dxgraph.errors import StoreError
 from dxgraph.traces._fhir import HEAD_SYSTEM, INDICATOR_SYSTEM, RUN_SYSTEM, fhir_diagnostic_report
 from dxgraph.traces._store import TraceStore
 
-from _helpers import drawn_disc_cup_registry, write_rgb
+from _helpers import drawn_run
 
 pytest.importorskip("fhir.resources", reason="pip install 'fhir.resources>=8'")
 
 
 def _run(tmp_path, db, **registry_args):  # type: ignore[no-untyped-def]
-    path = write_rgb(tmp_path / "f.png", np.full((200, 200, 3), 90, np.uint8))
-    return dxgraph.diagnose(
-        "glaucoma", path, db=db, modality="fundus", registry=drawn_disc_cup_registry(**registry_args)
-    )
+    return drawn_run(tmp_path, db, **registry_args)
 
 
 def _resources(bundle: dict, kind: str) -> list[dict]:

@@ -23,19 +23,11 @@ from dxgraph.traces._replay_chat import reply_text
 from dxgraph.traces._replay_diff import DEFAULT_TOLERANCES, compare_json, tolerance_for
 from dxgraph.traces._store import TraceStore
 
-from _helpers import diagnosis_reply, drawn_disc_cup_registry, reply_evidence_ids, write_rgb
+from _helpers import diagnosis_reply, drawn_disc_cup_registry, drawn_run, reply_evidence_ids, write_rgb
 
 
 def _grey_run(tmp_path, db, cup_radius_px=38.0, **options):
-    path = write_rgb(tmp_path / "f.png", np.full((200, 200, 3), 90, np.uint8))
-    return dxgraph.diagnose(
-        "glaucoma",
-        path,
-        db=db,
-        modality="fundus",
-        registry=drawn_disc_cup_registry(cup_radius_px=cup_radius_px),
-        **options,
-    )
+    return drawn_run(tmp_path, db, cup_radius_px, **options)
 
 
 def _store_size(store: TraceStore) -> tuple[int, int]:

@@ -21,12 +21,11 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 
-import dxgraph
 from dxgraph.traces._migrations import SCHEMA_VERSION, apply_migrations, current_version
 from dxgraph.traces._recorder import TraceRecorder
 from dxgraph.traces._store import TraceStore, verify_all
 
-from _helpers import drawn_disc_cup_registry, write_rgb
+from _helpers import drawn_disc_cup_registry, drawn_run
 
 PG_ENV = "DXGRAPH_TEST_PG_URL"
 """Environment variable with a PostgreSQL SQLAlchemy URL for these tests."""
@@ -61,9 +60,7 @@ def url(request: pytest.FixtureRequest, db: str) -> Iterator[str]:
 
 def _diagnose(url: str, tmp_path: Path, cup_radius_px: float = 25.0) -> str:
     """A real (fast) glaucoma run saved into the store; its run id."""
-    path = write_rgb(tmp_path / f"f{cup_radius_px}.png", np.full((200, 200, 3), 90, np.uint8))
-    registry = drawn_disc_cup_registry(cup_radius_px=cup_radius_px)
-    return dxgraph.diagnose("glaucoma", path, db=url, modality="fundus", registry=registry).run_id
+    return drawn_run(tmp_path, url, cup_radius_px).run_id
 
 
 @pytest.fixture
