@@ -51,8 +51,27 @@ def _print_json(data: Any) -> None:
 def diagnose(
     task: Annotated[str, typer.Option("--task", "-t", help="Question or task, such as 'glaucoma'.")],
     image: Annotated[
-        list[Path], typer.Option("--image", "-i", help="Image file (PNG, JPEG, DICOM, NIfTI); repeatable.")
+        list[str],
+        typer.Option(
+            "--image",
+            "-i",
+            help="Image file (PNG, JPEG, DICOM, NIfTI) or a folder of DICOM slices; repeatable."
+            " Prefix an MR sequence (t1=, t1ce=, t2=, flair=), prior= or prior.<sequence>= for an earlier study.",
+        ),
     ],
+    prior: Annotated[
+        list[Path] | None,
+        typer.Option("--prior", help="Image of an earlier study of the same patient (baseline); repeatable."),
+    ] = None,
+    prior_date: Annotated[
+        str | None, typer.Option("--prior-date", help="Date of the prior study (YYYY-MM-DD).")
+    ] = None,
+    study_date: Annotated[
+        str | None, typer.Option("--study-date", help="Date of the current study (YYYY-MM-DD).")
+    ] = None,
+    view: Annotated[
+        str | None, typer.Option(help="Radiograph projection: PA, AP, LL (default: the DICOM ViewPosition).")
+    ] = None,
     modality: Annotated[
         str | None, typer.Option(help="Modality of the images: fundus, cxr, ct, mr, us.")
     ] = None,
@@ -101,13 +120,21 @@ def diagnose(
     as_json: JsonOpt = False,
 ) -> None:
     """Diagnose one case; print the diagnosis and the run id."""
+    from dxgraph.agent.case import ImageSpec
     from dxgraph.agent.run import diagnose as run_diagnose
 
     if laterality is not None and laterality not in ("OD", "OS"):
         raise UserError(f"--laterality must be OD or OS, not {laterality!r}")
+    specs = [
+        s.model_copy(
+            update={"view": view, "study_date": prior_date if s.timepoint == "prior" else study_date}
+        )
+        for s in [ImageSpec.parse(i) for i in image]
+        + [ImageSpec(path=p, timepoint="prior") for p in prior or ()]
+    ]
     result = run_diagnose(
         task,
-        list(image),
+        specs,
         db=db,
         modality=modality,
         clinical_text=clinical_text,
@@ -137,11 +164,9 @@ def diagnose(
     table = Table("indicator", "value", "finding", "rule", "evidence")
     for cv in d.criteria[:1]:
         for v in cv.indicators:
-            value = (
-                "—"
-                if v.value is None
-                else (("yes" if v.value else "no") if isinstance(v.value, bool) else f"{v.value:.3f}")
-            )
+            value = _format_value(v.value)
+            if v.category and v.category not in (v.finding, "true", "false"):
+                value += f" ({v.category})"
             table.add_row(
                 v.name,
                 value,
@@ -161,6 +186,10 @@ def diagnose(
                 ("plan: ", "bold"), f"{result.plan.planner} (the language model's draft was rejected)"
             )
         )
+    if d.missing_indicators:
+        out.print(Text.assemble(("not assessable: ", "bold"), ", ".join(d.missing_indicators)))
+    if d.recommendation:
+        out.print(Text.assemble(("recommendation: ", "bold"), d.recommendation))
     out.print(d.rationale)
     out.print(
         Text.assemble(
@@ -169,6 +198,14 @@ def diagnose(
             f"   (dxgraph trace show {result.run_id} · dxgraph report {result.run_id} -o report.html)",
         )
     )
+
+
+def _format_value(value: float | bool | str | None) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return value if isinstance(value, str) else f"{value:.3f}"
 
 
 @app.command()
@@ -535,9 +572,19 @@ def criteria_show(
     for i in doc.indicators:
         table.add_row(i.name, i.quantity, i.unit, i.modality, i.role, i.rule.describe(), ", ".join(i.sources))
     out.print(table)
+    from dxgraph.agent.llm_aggregator import describe_condition
+
+    d = doc.decision
+    for g in d.grades:
+        out.print(f"decision: {g.label} if {describe_condition(g.when)}")
+    if d.positive_if is not None:
+        out.print(f"decision: {d.positive_label} if {describe_condition(d.positive_if)}")
     out.print(
-        f"decision: {doc.decision.positive_label} if {doc.decision.positive_if.model_dump_json(exclude_defaults=True)}, else {doc.decision.negative_label}"
+        f"decision: otherwise {d.negative_label}"
+        + (f"; requires {', '.join(d.requires)}" if d.requires else "")
     )
+    if doc.recommendation is not None:
+        out.print(f"recommendation table: {doc.recommendation.title} ({len(doc.recommendation.rows)} rows)")
     for s in doc.sources:
         out.print(f"[{s.id}] {s.citation}" + (f" doi:{s.doi}" if s.doi else ""))
 

@@ -8,7 +8,7 @@ The run itself (``dxgraph.agent.run.diagnose``) is exported from ``dxgraph``.
 
 from dxgraph.agent._chat import ChatBackend, ChatImage, ChatMessage, ChatReply, ChatRequest, ModelError
 from dxgraph.agent.aggregate import Aggregator, EvidenceBundle
-from dxgraph.agent.case import Case, CaseImage, load_case
+from dxgraph.agent.case import Case, CaseImage, ImageSpec, load_case
 from dxgraph.agent.diagnosis import CriterionVerdict, Diagnosis, IndicatorVerdict, check_citations
 from dxgraph.agent.evidence import Evidence
 
@@ -25,6 +25,7 @@ __all__ = [
     "Diagnosis",
     "Evidence",
     "EvidenceBundle",
+    "ImageSpec",
     "IndicatorVerdict",
     "ModelError",
     "check_citations",

@@ -16,6 +16,48 @@ ModalitySource = Literal["declared", "file", "unspecified"]
 
 KNOWN_MODALITIES = ("fundus", "cxr", "ct", "mr", "us")
 """Modality names dxgraph understands."""
+KNOWN_SEQUENCES = ("t1", "t1ce", "t2", "flair")
+"""MR sequence names dxgraph understands."""
+TIMEPOINTS = ("current", "prior")
+"""Study timepoints: the study asked about, and an earlier study of the same patient."""
+KNOWN_VIEWS = ("PA", "AP", "LL", "RL")
+"""Radiograph projections dxgraph records."""
+
+
+class ImageSpec(BaseModel):
+    """One image file to read into a case and what the caller declares about it."""
+
+    model_config = ConfigDict(frozen=True, use_attribute_docstrings=True)
+
+    path: Path
+    """Image file, or a folder holding one DICOM series."""
+    modality: str | None = None
+    """Declared modality; None to take the file's own or the case-wide one."""
+    sequence: str | None = None
+    """MR sequence: ``t1``, ``t1ce``, ``t2`` or ``flair``."""
+    timepoint: Literal["current", "prior"] = "current"
+    """``current``, or ``prior`` for an earlier study of the same patient."""
+    study_date: str | None = None
+    """Date of the study the image belongs to (ISO ``YYYY-MM-DD``), when known."""
+    view: str | None = None
+    """Declared radiograph projection (``PA``, ``AP``...); None to take the DICOM ViewPosition."""
+
+    @classmethod
+    def parse(cls, text: str) -> ImageSpec:
+        """``PATH`` or ``KEY=PATH``: KEY is a sequence (``flair=b.nii.gz``), ``prior``, or both (``prior.t1ce=``)."""
+        key, sep, rest = text.partition("=")
+        if not sep or Path(text).exists():
+            return cls(path=Path(text))
+        words = key.strip().lower().split(".")
+        timepoint: Literal["current", "prior"] = "prior" if words[0] == "prior" else "current"
+        if timepoint == "prior":
+            words = words[1:]
+        if len(words) > 1 or (words and words[0] not in KNOWN_SEQUENCES):
+            raise CaseError(
+                f"{text!r}: before '=' give a sequence ({', '.join(KNOWN_SEQUENCES)}), 'prior', or"
+                " 'prior.<sequence>'"
+            )
+        return cls(path=Path(rest), sequence=words[0] if words else None, timepoint=timepoint)
 
 
 class CaseImage(BaseModel):
@@ -37,6 +79,14 @@ class CaseImage(BaseModel):
     """Who said what the modality is: the user, the file's own header, or nobody."""
     role: str = "primary"
     """Role of the image in the study, such as ``primary`` or ``prior``."""
+    sequence: str | None = None
+    """MR sequence (``t1``, ``t1ce``, ``t2``, ``flair``), when declared."""
+    timepoint: Literal["current", "prior"] = "current"
+    """``current``, or ``prior`` for an image of an earlier study of the same patient."""
+    study_date: str | None = None
+    """Date of the image's study (ISO), when known."""
+    view: str | None = None
+    """Projection of a radiograph (``PA``, ``AP``...), declared or from the DICOM ViewPosition."""
     dims: Dims
     """Dimensionality: ``2d``, ``3d`` or ``3d+t``."""
     shape: tuple[int, ...]
@@ -64,6 +114,11 @@ class Case(BaseModel):
     """Which eye, for ophthalmic images, when known."""
 
     @property
+    def priors(self) -> tuple[CaseImage, ...]:
+        """The images of earlier studies of the same patient."""
+        return tuple(im for im in self.images if im.timepoint == "prior")
+
+    @property
     def content_sha256(self) -> str:
         """sha256 over the sorted image file hashes: identifies the study's pixels."""
         return _content_sha256(self.images)
@@ -76,7 +131,7 @@ def _content_sha256(images: tuple[CaseImage, ...] | list[CaseImage]) -> str:
 
 def load_case(
     question: str,
-    image_paths: list[str | Path],
+    image_paths: list[str | Path | ImageSpec],
     artifacts: ArtifactStore,
     *,
     modality: str | None = None,
@@ -90,11 +145,15 @@ def load_case(
         raise CaseError("a case needs at least one image")
     if modality is not None and modality not in KNOWN_MODALITIES:
         raise CaseError(f"unknown modality {modality!r}; known: {', '.join(KNOWN_MODALITIES)}")
+    specs = [p if isinstance(p, ImageSpec) else ImageSpec(path=Path(p)) for p in image_paths]
+    _check_specs(specs)
     images = []
-    for i, path in enumerate(image_paths):
+    for i, spec in enumerate(specs):
+        path = spec.path
         decoded = read_image(path)
-        if modality is not None:
-            mod, source = modality, "declared"
+        declared = spec.modality or modality
+        if declared is not None:
+            mod, source = declared, "declared"
         elif decoded.modality is not None:
             mod, source = decoded.modality, "file"
         else:
@@ -107,7 +166,11 @@ def load_case(
                 format=decoded.format,
                 modality=mod,
                 modality_source=source,
-                role=role,
+                role="prior" if spec.timepoint == "prior" else role,
+                sequence=spec.sequence,
+                timepoint=spec.timepoint,
+                study_date=spec.study_date,
+                view=spec.view or decoded.view,
                 dims=decoded.dims,
                 shape=tuple(int(s) for s in decoded.array.shape),
                 spacing_mm=decoded.spacing_mm,
@@ -121,3 +184,26 @@ def load_case(
         clinical_text=clinical_text,
         laterality=laterality,
     )
+
+
+def _check_specs(specs: list[ImageSpec]) -> None:
+    """CaseError for declarations dxgraph does not understand, or two images claiming one slot."""
+    seen: dict[tuple[str | None, str], Path] = {}
+    for spec in specs:
+        if spec.modality is not None and spec.modality not in KNOWN_MODALITIES:
+            raise CaseError(
+                f"{spec.path}: unknown modality {spec.modality!r}; known: {', '.join(KNOWN_MODALITIES)}"
+            )
+        if spec.sequence is not None and spec.sequence not in KNOWN_SEQUENCES:
+            raise CaseError(
+                f"{spec.path}: unknown sequence {spec.sequence!r}; known: {', '.join(KNOWN_SEQUENCES)}"
+            )
+        if spec.view is not None and spec.view not in KNOWN_VIEWS:
+            raise CaseError(f"{spec.path}: unknown view {spec.view!r}; known: {', '.join(KNOWN_VIEWS)}")
+        if spec.sequence is not None:
+            slot = (spec.sequence, spec.timepoint)
+            if slot in seen:
+                raise CaseError(
+                    f"two {spec.timepoint} {spec.sequence} images ({seen[slot].name}, {spec.path.name}); give one"
+                )
+            seen[slot] = spec.path

@@ -22,8 +22,10 @@ class IndicatorVerdict(BaseModel):
     """Human name."""
     finding: IndicatorStatus
     """The finding, or ``not_assessable`` when there is no evidence."""
-    value: float | bool | None = None
+    value: float | bool | str | None = None
     """The measured value, when there is one."""
+    category: str | None = None
+    """The value's category under the rule (band name, categorical value, true/false), when assessed."""
     unit: str
     """Unit of the value."""
     rule: str
@@ -49,6 +51,8 @@ class CriterionVerdict(BaseModel):
     """Whether the positive condition holds; None when unknown for lack of evidence."""
     indicators: tuple[IndicatorVerdict, ...]
     """Each indicator's verdict."""
+    recommendation: str | None = None
+    """What the document's management table recommends for these findings, when it has one."""
 
 
 class Diagnosis(BaseModel):
@@ -74,6 +78,10 @@ class Diagnosis(BaseModel):
     """How the decision was reached when not plainly: ``contradicts_rules``, ``model_output_invalid``..."""
     model_label: str | None = None
     """The label a language model proposed, when it was overruled by a quantitative rule."""
+    recommendation: str | None = None
+    """Management recommendation of the deciding criteria (such as a Fleischner follow-up), when it has one."""
+    missing_indicators: tuple[str, ...] = ()
+    """Indicators of the deciding criteria that were not assessable."""
 
 
 def check_citations(diagnosis: Diagnosis, evidence: list[Evidence]) -> None:

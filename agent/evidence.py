@@ -20,8 +20,8 @@ class Evidence(BaseModel):
     """Human name of the indicator, such as ``vertical cup-to-disc ratio``."""
     criteria_id: str
     """Criteria document the indicator belongs to."""
-    value: float | bool
-    """The measured value."""
+    value: float | bool | str
+    """The measured value (a number, yes/no, or a category such as ``solid``)."""
     unit: str
     """Unit of the value (``1`` for ratios, ``bool`` for yes/no)."""
     quality_flags: tuple[str, ...] = ()

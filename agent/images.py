@@ -50,7 +50,9 @@ class DecodedImage:
     modality: str | None
     """Modality recorded by the file itself (DICOM only), mapped to dxgraph's names."""
     file_sha256: str
-    """sha256 of the file's bytes."""
+    """sha256 of the file's bytes (of the sorted file hashes, for a DICOM series folder)."""
+    view: str | None = None
+    """Radiograph projection recorded by the file (DICOM ViewPosition: ``PA``, ``AP``...)."""
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -79,17 +81,21 @@ def read_image(path: str | Path) -> DecodedImage:
     p = Path(path)
     if not p.exists():
         raise CaseError(f"{p}: no such file")
+    if p.is_dir():
+        return _read_series_folder(p)
     if not p.is_file():
         raise CaseError(f"{p}: not a regular file")
     data = p.read_bytes()
     if not data:
         raise CaseError(f"{p}: the file is empty")
     fmt = detect_format(p, data[:132])
+    view = None
     try:
         if fmt in ("png", "jpeg"):
             arr, spacing, modality, dims = _read_raster(data, fmt)
         elif fmt == "dicom":
             arr, spacing, modality, dims = _read_dicom(p)
+            view = _dicom_view(p)
         else:
             arr, spacing, modality, dims = _read_nifti(p)
     except CaseError as e:
@@ -97,7 +103,30 @@ def read_image(path: str | Path) -> DecodedImage:
     except Exception as e:  # noqa: BLE001 -- decoders raise anything on corrupt files
         raise CaseError(f"{p}: cannot decode {fmt.upper()} data ({type(e).__name__}: {e})") from None
     _check_pixels(p, arr, dims)
-    return DecodedImage(arr, fmt, dims, spacing, modality, sha256_bytes(data))
+    return DecodedImage(arr, fmt, dims, spacing, modality, sha256_bytes(data), view)
+
+
+def _dicom_view(path: Path) -> str | None:
+    import pydicom
+
+    view = str(pydicom.dcmread(path, stop_before_pixels=True, force=True).get("ViewPosition", "")).strip()
+    return view.upper() or None
+
+
+def _read_series_folder(folder: Path) -> DecodedImage:
+    """A folder of DICOM slices read as one 3D (or, for cine, 3D+t) image."""
+    from dxgraph.agent._dicom_series import read_dicom_series
+
+    files = sorted(f for f in folder.rglob("*") if f.is_file())
+    if not files:
+        raise CaseError(f"{folder}: the folder holds no files")
+    try:
+        arr, spacing, modality, dims = read_dicom_series(folder)
+    except CaseError as e:
+        raise CaseError(f"{folder}: {e}") from None
+    _check_pixels(folder, arr, dims)
+    digest = sha256_bytes("".join(sorted(sha256_bytes(f.read_bytes()) for f in files)).encode())
+    return DecodedImage(arr, "dicom", dims, spacing, modality, digest)
 
 
 def _read_raster(data: bytes, fmt: ImageFormat) -> tuple[np.ndarray, None, None, Dims]:
@@ -149,8 +178,9 @@ def _read_dicom(path: Path) -> tuple[np.ndarray, tuple[float, ...] | None, str |
     for tag in ("PixelSpacing", "ImagerPixelSpacing"):
         if tag in ds and ds.get(tag):
             row_mm, col_mm = (float(v) for v in ds.get(tag))
-            spacing = (row_mm, col_mm)
-            break
+            if row_mm > 0 and col_mm > 0:  # writers put 0 for "not calibrated": that is unknown
+                spacing = (row_mm, col_mm)
+                break
     colour = arr.ndim >= 3 and arr.shape[-1] == 3 and int(ds.get("SamplesPerPixel", 1) or 1) == 3
     spatial_ndim = arr.ndim - (1 if colour else 0)
     dims: Dims = "2d" if spatial_ndim == 2 else "3d"

@@ -25,9 +25,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from dxgraph.agent._chat import ChatImage, ChatMessage, ChatRequest, ModelError
 from dxgraph.agent._model_calls import ReplyInvalid, TracedChat, ask_with_repair, compact_schema, parse_model
 from dxgraph.agent.aggregate import EvidenceBundle
-from dxgraph.agent.diagnosis import Diagnosis
+from dxgraph.agent.diagnosis import Diagnosis, IndicatorVerdict
 from dxgraph.agent.rules import RulesAggregator
-from dxgraph.criteria_kb import AllOf, AnyOf, Condition, CriteriaDocument, FindingIs
+from dxgraph.criteria_kb import AllOf, AnyOf, CategoryIs, Condition, CriteriaDocument, DecisionRule, FindingIs
 from dxgraph.traces._artifacts import load_array
 
 QUALITATIVE_CONFIDENCE_CAP = 0.5
@@ -93,6 +93,8 @@ def describe_condition(cond: Condition) -> str:
     """A decision condition in words, such as ``(vcdr is abnormal) or (rim is abnormal)``."""
     if isinstance(cond, FindingIs):
         return f"{cond.indicator} is {' or '.join(cond.finding)}"
+    if isinstance(cond, CategoryIs):
+        return f"{cond.indicator} is in category {' or '.join(cond.category)}"
     if isinstance(cond, AllOf):
         return "(" + " and ".join(describe_condition(c) for c in cond.all) + ")"
     assert isinstance(cond, AnyOf)
@@ -114,10 +116,33 @@ An answer of that form (write your own judgement in it):
 {example}"""
 
 
-def _fmt(v: float | bool | None) -> str:
+def _fmt(v: float | bool | str | None) -> str:
     if isinstance(v, bool):
         return "yes" if v else "no"
+    if isinstance(v, str):
+        return v
     return "none" if v is None else f"{v:.4g}"
+
+
+def _category(v: IndicatorVerdict) -> str:
+    return f" ({v.category})" if v.category and v.category != v.finding else ""
+
+
+def _decision_lines(d: DecisionRule) -> list[str]:
+    lines = []
+    if d.grades:
+        lines.append("Labels, the first whose condition holds (else " + repr(d.negative_label) + "):")
+        lines += [f"- {g.label!r} when {describe_condition(g.when)}" for g in d.grades]
+        lines.append(f"Not assessable: {d.not_assessable_label!r}.")
+    else:
+        lines.append(
+            f"Labels: positive {d.positive_label!r}, negative {d.negative_label!r}, "
+            f"not assessable {d.not_assessable_label!r}."
+        )
+        lines.append(f"Positive when: {describe_condition(d.positive_if)}.")  # type: ignore[arg-type]
+    if d.requires:
+        lines.append(f"Not assessable whenever any of these is not assessable: {', '.join(d.requires)}.")
+    return lines
 
 
 def case_prompt(bundle: EvidenceBundle, rules: Diagnosis, view_labels: list[str]) -> str:
@@ -127,9 +152,7 @@ def case_prompt(bundle: EvidenceBundle, rules: Diagnosis, view_labels: list[str]
     lines = [
         f"Question: {bundle.question or doc.disease}",
         f"Criteria {doc.id} v{doc.version}: {doc.title}",
-        f"Labels: positive {d.positive_label!r}, negative {d.negative_label!r}, "
-        f"not assessable {d.not_assessable_label!r}.",
-        f"Positive when: {describe_condition(d.positive_if)}.",
+        *_decision_lines(d),
         "Indicators (threshold rule; measured value; finding; evidence id):",
     ]
     for v in rules.criteria[0].indicators:
@@ -137,7 +160,7 @@ def case_prompt(bundle: EvidenceBundle, rules: Diagnosis, view_labels: list[str]
         measured = (
             f"not assessable ({v.reason})"
             if v.finding == "not_assessable"
-            else f"{_fmt(v.value)} {ind.unit} -> {v.finding} [{', '.join(v.evidence_ids)}]"
+            else f"{_fmt(v.value)} {ind.unit} -> {v.finding}{_category(v)} [{', '.join(v.evidence_ids)}]"
         )
         lines.append(f"- {ind.id} ({ind.name}, {ind.role}): rule {v.rule}; {measured}")
     flagged = [e for e in bundle.evidence if e.quality_flags]
@@ -195,9 +218,9 @@ class LLMAggregator:
         """The model's decision, checked against the schema, the evidence and the quantitative rules."""
         rules_dx = self.rules.aggregate(bundle)
         doc = bundle.criteria[0].document
-        labels = [doc.decision.positive_label, doc.decision.negative_label, doc.decision.not_assessable_label]
+        labels = doc.decision.labels()
         ids = [e.evidence_id for e in bundle.evidence]
-        schema = reply_schema(labels[:2], labels[2], ids)
+        schema = reply_schema(labels[:-1], labels[-1], ids)
         images = self.views(bundle) if self.chat.backend.accepts_images else []
         request = ChatRequest(
             messages=(
@@ -219,11 +242,18 @@ class LLMAggregator:
             return _fallback(rules_dx, "model_output_invalid", f"its reply was invalid after repair ({e})")
         except ModelError as e:
             return _fallback(rules_dx, "model_unavailable", f"it could not be reached ({e})")
-        return self.combine(rules_dx, reply)
+        required_missing = bool(set(doc.decision.requires) & set(rules_dx.missing_indicators))
+        return self.combine(rules_dx, reply, required_missing)
 
-    def combine(self, rules_dx: Diagnosis, reply: DiagnosisReply) -> Diagnosis:
-        """The final Diagnosis: the model's judgement where the rules allow it, the rules' label where not."""
-        determined = rules_dx.criteria[0].satisfied is not None
+    def combine(
+        self, rules_dx: Diagnosis, reply: DiagnosisReply, required_missing: bool = False
+    ) -> Diagnosis:
+        """The final Diagnosis: the model's judgement where the rules allow it, the rules' label where not.
+
+        The rules' label stands when they determine it, and when they abstain because an indicator the
+        criteria require is not assessable (no model may guess a measurement that was not made).
+        """
+        determined = rules_dx.criteria[0].satisfied is not None or required_missing
         if reply.label == rules_dx.label:
             return rules_dx.model_copy(
                 update=dict(

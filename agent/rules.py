@@ -6,7 +6,17 @@ import numpy as np
 
 from dxgraph.agent.aggregate import EvidenceBundle
 from dxgraph.agent.diagnosis import CriterionVerdict, Diagnosis, IndicatorVerdict
-from dxgraph.criteria_kb import AllOf, AnyOf, BandsRule, Condition, CriteriaDocument, FindingIs, evaluate
+from dxgraph.criteria_kb import (
+    AllOf,
+    AnyOf,
+    BandsRule,
+    CategoryIs,
+    Condition,
+    CriteriaDocument,
+    FindingIs,
+    Reading,
+    evaluate,
+)
 from dxgraph.criteria_kb._schema import Finding
 
 CONFIDENCE_DRAWS = 4000
@@ -23,23 +33,72 @@ def indicator_verdicts(doc: CriteriaDocument, bundle: EvidenceBundle) -> list[In
             reason = bundle.missing.get((doc.id, ind.id), "no evidence was produced")
             out.append(IndicatorVerdict(finding="not_assessable", reason=reason, **common))
             continue
-        finding = ind.rule.finding(ev.value)
+        try:
+            reading = ind.rule.read(ev.value)
+        except (TypeError, ValueError) as e:
+            reason = f"the measured value {ev.value!r} cannot be read by the rule ({e})"
+            out.append(IndicatorVerdict(finding="not_assessable", reason=reason, **common))
+            continue
         out.append(
-            IndicatorVerdict(finding=finding, value=ev.value, evidence_ids=(ev.evidence_id,), **common)
+            IndicatorVerdict(
+                finding=reading.finding,
+                category=reading.category,
+                value=ev.value,
+                evidence_ids=(ev.evidence_id,),
+                **common,
+            )
         )
     return out
 
 
-def _findings(verdicts: list[IndicatorVerdict]) -> dict[str, Finding | None]:
-    return {v.indicator: (None if v.finding == "not_assessable" else v.finding) for v in verdicts}
+def _readings(verdicts: list[IndicatorVerdict]) -> dict[str, Reading | None]:
+    return {
+        v.indicator: None if v.finding == "not_assessable" else Reading(v.finding, v.category or v.finding)
+        for v in verdicts
+    }
 
 
-def label_for(doc: CriteriaDocument, findings: dict[str, Finding | None]) -> tuple[str, bool | None]:
-    """The decision rule's label and whether its positive condition holds (None: unknown)."""
-    satisfied = evaluate(doc.decision.positive_if, findings)
+def decide(doc: CriteriaDocument, readings: dict[str, Reading | None]) -> tuple[str, bool | None]:
+    """The decision rule's label and whether it is a positive one (None: not assessable).
+
+    Abstains when a required indicator is not assessable; with grades, the first grade whose condition
+    holds wins (an unknown condition before it abstains); otherwise the positive condition decides.
+    """
+    rule = doc.decision
+    if any(readings.get(i) is None for i in rule.requires):
+        return rule.not_assessable_label, None
+    if rule.grades:
+        for grade in rule.grades:
+            holds = evaluate(grade.when, readings)
+            if holds is None:
+                return rule.not_assessable_label, None
+            if holds:
+                return grade.label, grade.positive
+        return rule.negative_label, False
+    assert rule.positive_if is not None and rule.positive_label is not None
+    satisfied = evaluate(rule.positive_if, readings)
     if satisfied is None:
-        return doc.decision.not_assessable_label, None
-    return (doc.decision.positive_label if satisfied else doc.decision.negative_label), satisfied
+        return rule.not_assessable_label, None
+    return (rule.positive_label if satisfied else rule.negative_label), satisfied
+
+
+def label_for(
+    doc: CriteriaDocument, findings: dict[str, Reading | Finding | None]
+) -> tuple[str, bool | None]:
+    """The label for given readings (or bare findings, whose category is the finding)."""
+    readings = {
+        k: v if v is None or isinstance(v, Reading) else Reading(v, v)  # type: ignore[arg-type]
+        for k, v in findings.items()
+    }
+    return decide(doc, readings)
+
+
+def label_of(doc: CriteriaDocument, values: dict[str, float | bool | str | None]) -> str:
+    """The label the document gives for known indicator values (by indicator id; None = not assessable)."""
+    readings = {ind.id: None for ind in doc.indicators}
+    for ind_id, value in values.items():
+        readings[ind_id] = None if value is None else doc.indicator(ind_id).rule.read(value)
+    return decide(doc, readings)[0]
 
 
 def label_confidence(
@@ -49,7 +108,8 @@ def label_confidence(
     that give the same label. Deterministic for a given seed.
     """
     rng = np.random.default_rng(seed)
-    sampled: dict[str, list[Finding | None]] = {}
+    fixed = _readings(verdicts)
+    sampled: dict[str, list[Reading | None]] = {}
     for v in verdicts:
         rule = doc.indicator(v.indicator).rule
         if (
@@ -58,25 +118,44 @@ def label_confidence(
             and not isinstance(v.value, bool)
         ):
             draws = rng.normal(float(v.value), rule.uncertainty or 1e-12, CONFIDENCE_DRAWS)
-            sampled[v.indicator] = [rule.finding(float(x)) for x in draws]
+            sampled[v.indicator] = [rule.read(float(x)) for x in draws]
         else:
-            f = None if v.finding == "not_assessable" else v.finding
-            sampled[v.indicator] = [f] * CONFIDENCE_DRAWS
+            sampled[v.indicator] = [fixed[v.indicator]] * CONFIDENCE_DRAWS
     same = sum(
-        label_for(doc, {k: vals[i] for k, vals in sampled.items()})[0] == label
-        for i in range(CONFIDENCE_DRAWS)
+        decide(doc, {k: vals[i] for k, vals in sampled.items()})[0] == label for i in range(CONFIDENCE_DRAWS)
     )
     return same / CONFIDENCE_DRAWS
 
 
-def _true_branches(cond: Condition, findings: dict[str, Finding | None]) -> list[str]:
+def recommendation_for(doc: CriteriaDocument, verdicts: list[IndicatorVerdict]) -> str | None:
+    """The document's management recommendation for these verdicts, when it has a table."""
+    if doc.recommendation is None:
+        return None
+    return doc.recommendation.lookup(_readings(verdicts))
+
+
+def _true_branches(cond: Condition, findings: dict[str, Reading | None]) -> list[str]:
     """Indicators inside the parts of a satisfied condition that make it true."""
-    if isinstance(cond, FindingIs):
+    if isinstance(cond, (FindingIs, CategoryIs)):
         return [cond.indicator] if evaluate(cond, findings) else []
     subs = cond.all if isinstance(cond, AllOf) else cond.any
     if isinstance(cond, AnyOf):
         return [i for s in subs if evaluate(s, findings) for i in _true_branches(s, findings)]
     return [i for s in subs for i in _true_branches(s, findings)] if evaluate(cond, findings) else []
+
+
+def _decisive(doc: CriteriaDocument, verdicts: list[IndicatorVerdict], label: str) -> list[str]:
+    """The indicators a label rests on (for an abstention: the missing ones it needed)."""
+    readings = _readings(verdicts)
+    rule = doc.decision
+    if label == rule.not_assessable_label:
+        return [v.indicator for v in verdicts if v.finding == "not_assessable"]
+    winning = next((g.when for g in rule.grades if g.label == label), None)
+    if winning is None and label == rule.positive_label:
+        winning = rule.positive_if
+    if winning is not None:
+        return _true_branches(winning, readings)
+    return [v.indicator for v in verdicts if v.finding != "not_assessable"]
 
 
 def _fmt(v: float | bool | None) -> str:
@@ -100,7 +179,7 @@ class RulesAggregator:
         for c in bundle.criteria:
             doc = c.document
             verdicts = indicator_verdicts(doc, bundle)
-            label, satisfied = label_for(doc, _findings(verdicts))
+            label, satisfied = decide(doc, _readings(verdicts))
             verdicts_by_doc.append(
                 CriterionVerdict(
                     criteria_id=doc.id,
@@ -108,22 +187,16 @@ class RulesAggregator:
                     label=label,
                     satisfied=satisfied,
                     indicators=tuple(verdicts),
+                    recommendation=recommendation_for(doc, verdicts),
                 )
             )
         main_doc = bundle.criteria[0].document
         main = verdicts_by_doc[0]
         verdicts = list(main.indicators)
-        findings = _findings(verdicts)
-        if main.satisfied is None:
-            decisive = [v.indicator for v in verdicts if v.finding == "not_assessable"]
-            confidence = 0.0
-        else:
-            decisive = (
-                _true_branches(main_doc.decision.positive_if, findings)
-                if main.satisfied
-                else [v.indicator for v in verdicts if v.finding != "not_assessable"]
-            )
-            confidence = label_confidence(main_doc, verdicts, main.label, self.seed)
+        decisive = _decisive(main_doc, verdicts, main.label)
+        confidence = (
+            0.0 if main.satisfied is None else label_confidence(main_doc, verdicts, main.label, self.seed)
+        )
         cited = tuple(dict.fromkeys(e for v in verdicts if v.indicator in decisive for e in v.evidence_ids))
         return Diagnosis(
             label=main.label,
@@ -133,6 +206,8 @@ class RulesAggregator:
             cited_evidence=cited,
             abstained=main.satisfied is None,
             aggregator=self.name,
+            recommendation=main.recommendation,
+            missing_indicators=tuple(v.indicator for v in verdicts if v.finding == "not_assessable"),
         )
 
 
@@ -144,10 +219,20 @@ def _rationale(doc: CriteriaDocument, verdict: CriterionVerdict, decisive: list[
         else:
             cite = f" [{', '.join(v.evidence_ids)}]" if v.evidence_ids else ""
             parts.append(f"{v.name} {_fmt(v.value)}{cite} is {v.finding} ({v.rule})")
-    if verdict.satisfied is None:
+    required = [i for i in doc.decision.requires if i in decisive]
+    if verdict.satisfied is None and required:
+        why = f"{doc.decision.not_assessable_label}: {', '.join(required)} is required and not assessable"
+    elif verdict.satisfied is None:
         why = f"{doc.decision.not_assessable_label}: the decision needs " + ", ".join(decisive)
+    elif doc.decision.grades and verdict.label != doc.decision.negative_label:
+        why = f"{verdict.label}: the first grade of {doc.id} v{doc.version} that holds, through " + ", ".join(
+            decisive
+        )
     elif verdict.satisfied:
         why = f"{verdict.label}: the positive condition holds through " + ", ".join(decisive)
     else:
         why = f"{verdict.label}: no positive condition of {doc.id} v{doc.version} holds"
-    return "; ".join(parts) + ". " + why + "."
+    text = "; ".join(parts) + ". " + why + "."
+    if verdict.recommendation:
+        text += f" Recommendation ({doc.recommendation.title if doc.recommendation else ''}): {verdict.recommendation}"
+    return text

@@ -14,7 +14,7 @@ from dxgraph._version import __version__
 from dxgraph.agent._chat import ChatBackend
 from dxgraph.agent._model_calls import TracedChat, language_model_ref
 from dxgraph.agent.aggregate import Aggregator
-from dxgraph.agent.case import Case, load_case
+from dxgraph.agent.case import Case, ImageSpec, load_case
 from dxgraph.agent.diagnosis import Diagnosis
 from dxgraph.agent.evidence import Evidence
 from dxgraph.agent.language_models import AGGREGATORS, backend_kind, check_names, make_language_model
@@ -76,6 +76,13 @@ class RunResult:
             "diagnosis": self.diagnosis.model_dump(mode="json"),
             "evidence": [e.model_dump(mode="json") for e in self.evidence],
             "not_assessable": [n.model_dump(mode="json") for n in self.plan.not_assessable],
+            "images": [
+                {
+                    k: getattr(im, k)
+                    for k in ("image_id", "file_name", "modality", "sequence", "timepoint", "dims")
+                }
+                for im in self.case.images
+            ],
         }
 
 
@@ -159,7 +166,7 @@ def make_aggregator(name: str, seed: int, chat: TracedChat | None = None) -> Agg
 
 def diagnose(
     question: str,
-    images: list[str | Path] | str | Path,
+    images: list[str | Path | ImageSpec] | str | Path | ImageSpec,
     *,
     db: str | None = None,
     store: TraceStore | None = None,
@@ -208,7 +215,7 @@ def diagnose(
     if unknown:
         raise UserError(f"unknown tool {', '.join(unknown)}; see dxgraph tools list")
     device = pick_device(device)
-    paths = [images] if isinstance(images, (str, Path)) else list(images)
+    paths = [images] if isinstance(images, (str, Path, ImageSpec)) else list(images)
     rec = TraceRecorder()
     case = load_case(
         question.strip(),

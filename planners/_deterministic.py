@@ -19,7 +19,7 @@ from dxgraph.planners._plan import (
     annotations_compatible,
 )
 from dxgraph.tools._registry import ToolRegistry, ToolSpec
-from dxgraph.tools._types import ImageRef, RegionOfInterest
+from dxgraph.tools._types import ImageRef, RegionOfInterest, image_selection
 
 VIEW_TOOL = "crop_zoom"
 """Tool planned on every region of interest the plan finds, to give the report and MLLM a view."""
@@ -50,11 +50,20 @@ class _Builder:
         self.steps: dict[str, _Step] = {}
         self.memo: dict[tuple[str, str], str] = {}
 
-    def pick_image(self, modality: str, spec: ToolSpec) -> tuple[CaseImage, str | None]:
+    def pick_image(
+        self, modality: str, spec: ToolSpec, sequence: str | None = None, timepoint: str = "current"
+    ) -> tuple[CaseImage, str | None]:
+        """The case image a tool's image field gets: of this modality (or undeclared), dims, spacing,
+        and the sequence and timepoint the field selects."""
+        if (sequence, timepoint) == (None, "current"):
+            sequence, timepoint = primary_selection(spec)
         usable = [
             im
             for im in self.case.images
-            if im.dims in spec.dims and not (spec.requires_spacing and im.spacing_mm is None)
+            if im.dims in spec.dims
+            and not (spec.requires_spacing and im.spacing_mm is None)
+            and im.timepoint == timepoint
+            and (sequence is None or im.sequence == sequence)
         ]
         fitting = [im for im in usable if im.modality == modality]
         if fitting:
@@ -62,11 +71,13 @@ class _Builder:
         undeclared = [im for im in usable if im.modality is None]
         if undeclared:
             return undeclared[0], modality
-        have = ", ".join(
-            f"{im.image_id}: {im.modality or 'unspecified'} {im.dims}" for im in self.case.images
-        )
+        have = ", ".join(_describe_image(im) for im in self.case.images)
         spacing = " with pixel spacing" if spec.requires_spacing else ""
-        raise _Unplannable(f"the case has no {modality} image in {'/'.join(spec.dims)}{spacing} ({have})")
+        which = " ".join(w for w in ("prior" if timepoint == "prior" else "", sequence or "") if w)
+        raise _Unplannable(
+            f"the case has no {which + ' ' if which else ''}{modality} image in {'/'.join(spec.dims)}{spacing}"
+            f" ({have})"
+        )
 
     def measure(self, ind: Indicator) -> str:
         candidates = [
@@ -90,9 +101,22 @@ class _Builder:
         if key in self.memo:
             return self.memo[key]
         inputs: dict[str, Binding] = {}
+        primary = primary_image_field(spec)
         for name, info in spec.input_model.model_fields.items():
             if annotations_compatible(ImageRef, info.annotation):
-                inputs[name] = ImageInput(image_id=image.image_id, assumed_modality=assumed)
+                if name == primary:
+                    inputs[name] = ImageInput(image_id=image.image_id, assumed_modality=assumed)
+                    continue
+                sequence, timepoint = image_selection(info)
+                try:
+                    other, other_assumed = self.pick_image(
+                        image.modality or assumed or "", spec, sequence, timepoint
+                    )
+                except _Unplannable:
+                    if info.is_required():
+                        raise
+                    continue
+                inputs[name] = ImageInput(image_id=other.image_id, assumed_modality=other_assumed)
             elif name in CASE_FIELDS:
                 inputs[name] = CaseField(field=name)
             else:
@@ -159,6 +183,28 @@ class _Builder:
                     "window_factor": FixedValue(value=window_factor),
                 }
                 self.steps[new_id] = _Step(view, inputs, step.image_id, view_of=f"{step_id}.{name}")
+
+
+def primary_image_field(spec: ToolSpec) -> str | None:
+    """The image input the planner picks first (the first required one, else the first)."""
+    fields = [
+        (n, f)
+        for n, f in spec.input_model.model_fields.items()
+        if annotations_compatible(ImageRef, f.annotation)
+    ]
+    required = [n for n, f in fields if f.is_required()]
+    return required[0] if required else (fields[0][0] if fields else None)
+
+
+def primary_selection(spec: ToolSpec) -> tuple[str | None, str]:
+    """The (sequence, timepoint) the tool's primary image field selects."""
+    name = primary_image_field(spec)
+    return image_selection(spec.input_model.model_fields[name]) if name else (None, "current")
+
+
+def _describe_image(im: CaseImage) -> str:
+    extra = " ".join(x for x in (im.sequence, "prior" if im.timepoint == "prior" else None) if x)
+    return f"{im.image_id}: {im.modality or 'unspecified'}{' ' + extra if extra else ''} {im.dims}"
 
 
 def plan_from_criteria(

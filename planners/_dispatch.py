@@ -53,6 +53,9 @@ def image_ref(case: Case, binding: ImageInput) -> ImageRef:
         modality=im.modality or binding.assumed_modality,
         dims=im.dims,
         spacing_mm=im.spacing_mm,
+        sequence=im.sequence,
+        timepoint=im.timepoint,
+        view=im.view,
     )
 
 

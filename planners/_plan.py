@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, JsonValue
 from dxgraph.agent.case import Case
 from dxgraph.errors import PlanError
 from dxgraph.tools._registry import ToolRegistry, ToolSpec
-from dxgraph.tools._types import ImageRef
+from dxgraph.tools._types import ImageRef, image_selection
 
 
 class _Frozen(BaseModel):
@@ -172,6 +172,7 @@ def validate_plan(plan: Plan, registry: ToolRegistry, case: Case) -> None:
             wanted = fields[name].annotation
             if isinstance(binding, ImageInput):
                 _check_image(where, spec, binding, images)
+                _check_selection(where, name, fields[name], images[binding.image_id])
                 if not annotations_compatible(ImageRef, wanted):
                     raise PlanError(f"{where}: input {name!r} is not an image input")
             elif isinstance(binding, StepOutput):
@@ -219,6 +220,18 @@ def _check_image(where: str, spec: ToolSpec, binding: ImageInput, images: dict[s
         raise PlanError(
             f"{where}: {tool} measures in physical units and needs pixel spacing; image {im.image_id}"
             " has none (give a DICOM or NIfTI file, or declare the spacing)"
+        )
+
+
+def _check_selection(where: str, name: str, info: Any, image: Any) -> None:
+    sequence, timepoint = image_selection(info)
+    if image.timepoint != timepoint:
+        raise PlanError(
+            f"{where}: input {name!r} wants the {timepoint} study; image {image.image_id} is {image.timepoint}"
+        )
+    if sequence is not None and image.sequence != sequence:
+        raise PlanError(
+            f"{where}: input {name!r} wants a {sequence} image; image {image.image_id} is {image.sequence or 'unspecified'}"
         )
 
 

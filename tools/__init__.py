@@ -20,7 +20,7 @@ from dxgraph.tools._context import (
 )
 from dxgraph.tools._plugins import ENTRY_POINT_GROUP, LoadedPlugin, load_plugins
 from dxgraph.tools._registry import ToolRegistry, ToolSpec, default_registry, make_spec, tool
-from dxgraph.tools._types import ImageRef, RegionOfInterest, ToolModel
+from dxgraph.tools._types import ImageRef, RegionOfInterest, ToolModel, select_image
 from dxgraph.tools._weights import WeightsEntry, WeightsError, record_weights, verify_weights
 
 __all__ = [
@@ -43,6 +43,7 @@ __all__ = [
     "plugins",
     "record_weights",
     "save_artifact",
+    "select_image",
     "tool",
     "tool_context",
     "verify_weights",

@@ -29,6 +29,39 @@ class ImageRef(BaseModel):
     """Dimensionality."""
     spacing_mm: tuple[float, ...] | None = None
     """Physical spacing in mm per spatial axis, when known."""
+    sequence: str | None = None
+    """MR sequence (``t1``, ``t1ce``, ``t2``, ``flair``), when the case says."""
+    timepoint: str = "current"
+    """``current``, or ``prior`` for an image of an earlier study of the same patient."""
+    view: str | None = None
+    """Projection of a radiograph (``PA``, ``AP``, ``LL``), when known."""
+
+
+SELECT_SEQUENCE = "image_sequence"
+"""Key, in an image input field's ``json_schema_extra``, of the MR sequence the field wants."""
+SELECT_TIMEPOINT = "image_timepoint"
+"""Key, in an image input field's ``json_schema_extra``, of the study timepoint the field wants."""
+
+
+def select_image(*, sequence: str | None = None, timepoint: str = "current") -> dict[str, str]:
+    """``json_schema_extra`` for an image input field that wants one sequence and/or timepoint.
+
+    ``Field(json_schema_extra=select_image(sequence="flair"))`` makes the planner bind the field to the
+    case's FLAIR image; ``select_image(timepoint="prior")`` to the image of the earlier study.
+    """
+    out = {SELECT_TIMEPOINT: timepoint}
+    if sequence is not None:
+        out[SELECT_SEQUENCE] = sequence
+    return out
+
+
+def image_selection(field_info: object) -> tuple[str | None, str]:
+    """The (sequence, timepoint) an image input field asks for (None, ``current`` when it says nothing)."""
+    extra = getattr(field_info, "json_schema_extra", None)
+    if not isinstance(extra, dict):
+        return None, "current"
+    seq = extra.get(SELECT_SEQUENCE)
+    return (str(seq) if seq is not None else None), str(extra.get(SELECT_TIMEPOINT, "current"))
 
 
 class RegionOfInterest(BaseModel):

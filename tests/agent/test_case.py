@@ -101,7 +101,7 @@ def test_nifti_volume_axes_and_spacing(tmp_path):
             "cannot decode|corrupt",
         ),
         (lambda p: write_rgb(p / "tiny.png", np.zeros((4, 4, 3), np.uint8)), "at least 16 px"),
-        (lambda p: p, "not a regular file"),
+        (lambda p: p, "holds no files"),  # a folder is read as a DICOM series
     ],
 )
 def test_unusable_files_raise_case_error_with_a_reason(tmp_path, make, message):
