@@ -213,39 +213,53 @@ def demo(
     out_dir: Annotated[
         Path, typer.Option("--out", help="Folder for the demo images and HTML reports.")
     ] = Path("dxgraph-demo"),
+    demo_set: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            help="Demo set to run (repeatable): glaucoma, cardiomegaly, pulmonary_nodule, lvef, recist,"
+            " brain_tumour. Default: all.",
+        ),
+    ] = None,
     db: DbOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Diagnose the bundled demo cases (phantoms with known vCDR and a real photograph); print a table."""
+    """Diagnose phantom cases with known truth for every disease, and real images; print a table."""
     from dxgraph.agent.demo import run_demo
 
-    rows = run_demo(out_dir, db=db, progress=not as_json)
+    rows = run_demo(out_dir, db=db, progress=not as_json, sets=tuple(demo_set or ()))
     if as_json:
         _print_json([r.to_json() for r in rows])
         return
     table = Table(
+        Column("set", no_wrap=True),
         Column("case", no_wrap=True),
-        Column("true vCDR", justify="right", min_width=9),
-        Column("measured", justify="right", min_width=8),
+        Column("true → measured", min_width=16),
         Column("label", no_wrap=True),
         Column("conf.", justify="right", min_width=5),
         Column("as expected", no_wrap=True),
         box=box.SIMPLE_HEAD,
     )
     for r in rows:
+        shown = [k for k in r.measured if k in r.truth][:1] or list(r.measured)[:1]
+        values = "; ".join(
+            f"{k} {_format_value(r.truth[k]) + ' → ' if k in r.truth else ''}{_format_value(r.measured[k])}"
+            for k in shown
+        )
         table.add_row(
+            r.demo_set,
             r.name,
-            "—" if r.true_vcdr is None else f"{r.true_vcdr:.2f}",
-            "—" if r.measured_vcdr is None else f"{r.measured_vcdr:.2f}",
+            values or "—",
             r.label,
             f"{r.confidence:.2f}",
             "—"
             if r.expected_label is None
-            else ("yes" if r.expected_label == r.label else Text("no", "red")),
+            else ("yes" if r.expected_label == r.label else Text(f"no ({r.expected_label})", "red")),
         )
     out.print(table)
     for r in rows:
-        out.print(f"{r.name}: {r.source}; run {r.run_id}; report {r.report}")
+        extra = f"; recommendation: {r.recommendation}" if r.recommendation else ""
+        out.print(f"{r.name}: {r.source}; run {r.run_id}; report {r.report}{extra}")
     agree = sum(r.expected_label == r.label for r in rows if r.expected_label)
     total = sum(1 for r in rows if r.expected_label)
     out.print(f"{agree}/{total} phantom labels as expected; reports in {out_dir}/")

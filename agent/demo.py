@@ -1,36 +1,34 @@
-"""The demo: generated fundus phantoms with known geometry plus a real CC0 photograph, diagnosed."""
+"""The demo: phantom cases with known truth for every packaged disease, plus real images, diagnosed.
+
+Each disease contributes cases written to files by its phantom generator (``dxgraph.testing``): the
+truth is known, so the demo shows measured against true values and the label the criteria give for
+the truth against the label the run gave. Real images (scikit-image's retina photograph, the PA chest
+radiograph of pydicom-data) have no truth and show what the tools make of real data.
+"""
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-import numpy as np
-
 from dxgraph.errors import UserError
+from dxgraph.testing.phantom_cases import PhantomCase, PhantomImage
 
 if TYPE_CHECKING:
     from dxgraph.testing.phantoms import FundusPhantom
 
-
-@dataclass(frozen=True)
-class DemoCase:
-    """One demo case: how to make its image and what is known about it."""
-
-    name: str
-    """Short name, used for file names."""
-    source: str
-    """Where the image comes from."""
-    make_rgb: Callable[[], np.ndarray]
-    """Produces the RGB image."""
-    true_vcdr: float | None = None
-    """Known vertical CDR (phantoms)."""
-    truth: dict[str, Any] | None = None
-    """Known indicator values (phantoms), by quantity name."""
-    laterality: Literal["OD", "OS"] | None = None
-    """Eye, when known."""
+DEMO_SETS: dict[str, str] = {
+    "glaucoma": "dxgraph.agent.demo:glaucoma_demo_cases",
+    "cardiomegaly": "dxgraph.testing.cxr_phantom:cardiomegaly_demo_cases",
+    "pulmonary_nodule": "dxgraph.testing.ct_nodule_phantom:nodule_demo_cases",
+    "lvef": "dxgraph.testing.cine_phantom:lvef_demo_cases",
+    "recist": "dxgraph.testing.recist_phantom:recist_demo_cases",
+    "brain_tumour": "dxgraph.testing.brain_phantom:brain_tumour_demo_cases",
+}
+"""Demo set name -> ``module:function(folder) -> list[PhantomCase]``."""
 
 
 @dataclass(frozen=True)
@@ -39,18 +37,22 @@ class DemoRow:
 
     name: str
     """Case name."""
+    demo_set: str
+    """The demo set (disease) it belongs to."""
     source: str
-    """Image source."""
-    true_vcdr: float | None
-    """Known vertical CDR."""
-    measured_vcdr: float | None
-    """vCDR the tools measured."""
+    """What the case is."""
+    truth: dict[str, Any]
+    """Known values by quantity (phantoms); empty for real images."""
+    measured: dict[str, Any]
+    """Values the tools measured, by quantity."""
     expected_label: str | None
-    """Label the criteria give for the true geometry (phantoms)."""
+    """Label the criteria give for the truth (phantoms)."""
     label: str
     """Label the run gave."""
     confidence: float
     """Its confidence."""
+    recommendation: str | None
+    """Management recommendation, when the criteria have a table."""
     run_id: str
     """Stored run."""
     report: Path
@@ -61,94 +63,128 @@ class DemoRow:
         return {**self.__dict__, "report": str(self.report)}
 
 
-def _phantom_case(
-    name: str,
-    vcdr: float,
-    seed: int,
-    laterality: Literal["OD", "OS"],
-    field: Literal["disc_centred", "macula_centred"],
-) -> DemoCase:
+def glaucoma_demo_cases(folder: Path) -> list[PhantomCase]:
+    """Four fundus phantoms spanning normal to glaucomatous cupping, and scikit-image's real retina."""
+    import cv2
+    from skimage import data
+
     from dxgraph.testing.phantoms import fundus_phantom
 
-    ph = fundus_phantom(vcdr, seed=seed, laterality=laterality, field=field)
-    truth = phantom_truth(ph)
-    return DemoCase(
-        name, f"phantom ({field.replace('_', '-')}, seed {seed})", lambda: ph.rgb, ph.vcdr, truth, laterality
+    designs: list[tuple[str, float, int, Literal["OD", "OS"], Literal["disc_centred", "macula_centred"]]] = [
+        ("phantom-normal", 0.35, 11, "OD", "disc_centred"),
+        ("phantom-large-cup", 0.55, 12, "OS", "macula_centred"),
+        ("phantom-borderline", 0.65, 13, "OD", "disc_centred"),
+        ("phantom-glaucomatous", 0.82, 14, "OS", "disc_centred"),
+    ]
+    cases = []
+    for name, vcdr, seed, eye, field in designs:
+        ph = fundus_phantom(vcdr, seed=seed, laterality=eye, field=field)
+        path = folder / f"{name}.png"
+        cv2.imwrite(str(path), cv2.cvtColor(ph.rgb, cv2.COLOR_RGB2BGR))
+        truth = phantom_truth(ph)
+        desc = f"fundus phantom ({field.replace('_', '-')}, seed {seed})"
+        cases.append(PhantomCase("glaucoma", (PhantomImage(path, "fundus"),), truth, None, desc, name, eye))
+    path = folder / "real-retina.png"
+    cv2.imwrite(str(path), cv2.cvtColor(data.retina(), cv2.COLOR_RGB2BGR))
+    real = PhantomCase(
+        "glaucoma", (PhantomImage(path, "fundus"),), {}, None, "scikit-image data.retina() (CC0)"
     )
+    return [*cases, PhantomCase(**{**real.__dict__, "name": "real-retina"})]
 
 
 def phantom_truth(ph: FundusPhantom) -> dict[str, Any]:
-    """A phantom's true indicator values, by quantity name, from its rendered masks."""
+    """A fundus phantom's true indicator values, by quantity name, from its rendered masks."""
     w = ph.rim_widths_px
     in_order = w["inferior"] >= w["superior"] >= w["nasal"] >= w["temporal"]
     return {"vcdr": ph.vcdr, "rim_to_disc_ratio": ph.rim_to_disc_ratio, "isnt_violated": not in_order}
 
 
-def _retina() -> np.ndarray:
-    from skimage import data
+def _provider(demo_set: str) -> Callable[[Path], list[PhantomCase]]:
+    module, _, function = DEMO_SETS[demo_set].partition(":")
+    return getattr(importlib.import_module(module), function)  # type: ignore[no-any-return]
 
-    return data.retina()
+
+def expected_label(question: str, truth: dict[str, Any], measured: dict[str, Any]) -> str | None:
+    """The label the question's criteria give for the true values (measured ones fill indicators the
+    phantom has no truth for); None without truth."""
+    from dxgraph.agent.rules import label_of
+    from dxgraph.criteria_kb import retrieve
+
+    if not truth:
+        return None
+    doc = retrieve(question)[0].criteria.document
+    values = {ind.id: truth.get(ind.quantity, measured.get(ind.quantity)) for ind in doc.indicators}
+    return label_of(doc, values)
 
 
-def demo_cases() -> list[DemoCase]:
-    """Four phantoms spanning normal to glaucomatous cupping, and scikit-image's real retina photograph."""
+def _specs(case: PhantomCase) -> list[Any]:
+    from dxgraph.agent.case import ImageSpec
+
     return [
-        _phantom_case("phantom-normal", 0.35, 11, "OD", "disc_centred"),
-        _phantom_case("phantom-large-cup", 0.55, 12, "OS", "macula_centred"),
-        _phantom_case("phantom-borderline", 0.65, 13, "OD", "disc_centred"),
-        _phantom_case("phantom-glaucomatous", 0.82, 14, "OS", "disc_centred"),
-        DemoCase("real-retina", "scikit-image data.retina() (CC0 photograph)", _retina),
+        ImageSpec(path=im.path, modality=im.modality, sequence=im.sequence, timepoint=im.timepoint)  # type: ignore[arg-type]
+        for im in case.images
     ]
 
 
-def expected_label(truth: dict[str, Any]) -> str:
-    """The label the glaucoma criteria give for known indicator values."""
-    from dxgraph.agent.rules import label_for
-    from dxgraph.criteria_kb import retrieve
-
-    doc = retrieve("glaucoma")[0].criteria.document
-    findings = {
-        ind.id: ind.rule.finding(truth[ind.quantity]) for ind in doc.indicators if ind.quantity in truth
-    }
-    return label_for(doc, findings)[0]  # type: ignore[arg-type]
-
-
-def run_demo(out_dir: Path, db: str | None = None, progress: bool = True) -> list[DemoRow]:
-    """Write the demo images to out_dir, diagnose each, write an HTML report per case."""
-    import cv2
+def run_demo(
+    out_dir: Path, db: str | None = None, progress: bool = True, sets: tuple[str, ...] | list[str] = ()
+) -> list[DemoRow]:
+    """Write the demo cases of the chosen sets (default: all) under out_dir, diagnose each, write reports."""
     from rich.progress import Progress
 
     from dxgraph.agent.run import diagnose
     from dxgraph.traces._report import render_report
     from dxgraph.traces._store import TraceStore
 
-    images = out_dir / "images"
-    try:
-        images.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"cannot create the demo folder {out_dir}: {e.strerror}") from None
+    unknown = [s for s in sets if s not in DEMO_SETS]
+    if unknown:
+        raise UserError(f"unknown demo set {', '.join(unknown)}; known: {', '.join(DEMO_SETS)}")
+    chosen = list(sets) or list(DEMO_SETS)
     store = TraceStore(db)
     rows = []
-    cases = demo_cases()
     with Progress(disable=not progress, transient=True) as bar:
-        task = bar.add_task("diagnosing demo cases", total=len(cases))
-        for c in cases:
-            bar.update(task, description=f"diagnosing {c.name}")
-            path = images / f"{c.name}.png"
-            cv2.imwrite(str(path), cv2.cvtColor(c.make_rgb(), cv2.COLOR_RGB2BGR))
-            r = diagnose("glaucoma", path, store=store, modality="fundus", laterality=c.laterality)
-            report = out_dir / f"{c.name}.html"
+        task = bar.add_task("writing demo cases", total=None)
+        work: list[tuple[str, PhantomCase]] = []
+        for demo_set in chosen:
+            folder = out_dir / "images" / demo_set
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise UserError(f"cannot create the demo folder {folder}: {e.strerror}") from None
+            bar.update(task, description=f"writing {demo_set} cases")
+            for i, case in enumerate(_provider(demo_set)(folder)):
+                work.append(
+                    (
+                        demo_set,
+                        case
+                        if case.name
+                        else PhantomCase(**{**case.__dict__, "name": f"{demo_set}-{i + 1}"}),
+                    )
+                )
+        bar.update(task, total=len(work), completed=0)
+        for demo_set, case in work:
+            bar.update(task, description=f"diagnosing {case.name}")
+            r = diagnose(
+                case.question,
+                _specs(case),
+                store=store,
+                clinical_text=case.clinical_text,
+                laterality=case.laterality,  # type: ignore[arg-type]
+            )
+            report = out_dir / f"{case.name}.html"
             report.write_text(render_report(store, r.run_id), encoding="utf-8")
-            vcdr = next((e.value for e in r.evidence if e.indicator == "vcdr"), None)
+            measured = {e.evidence_id.split(":", 1)[1]: e.value for e in r.evidence}
             rows.append(
                 DemoRow(
-                    name=c.name,
-                    source=c.source,
-                    true_vcdr=c.true_vcdr,
-                    measured_vcdr=float(vcdr) if vcdr is not None else None,
-                    expected_label=expected_label(c.truth) if c.truth else None,
+                    name=case.name,
+                    demo_set=demo_set,
+                    source=case.description,
+                    truth=dict(case.truth),
+                    measured=measured,
+                    expected_label=expected_label(case.question, dict(case.truth), measured),
                     label=r.diagnosis.label,
                     confidence=r.diagnosis.confidence,
+                    recommendation=r.diagnosis.recommendation,
                     run_id=r.run_id,
                     report=report,
                 )

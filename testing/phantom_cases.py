@@ -34,3 +34,7 @@ class PhantomCase:
     """Clinical information to give with the case."""
     description: str = ""
     """One line saying what the phantom shows."""
+    name: str = ""
+    """Short name for file names and tables (the demo numbers unnamed cases)."""
+    laterality: str | None = None
+    """Eye (OD/OS), for ophthalmic cases."""

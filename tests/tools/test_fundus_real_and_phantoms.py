@@ -61,7 +61,7 @@ def test_phantoms_vcdr_within_005_and_labels_right_away_from_thresholds(tmp_path
         errors.append(abs(measured - ph.vcdr))
         if min(abs(ph.vcdr - t) for t in THRESHOLDS) >= 0.05:
             checked += 1
-            truth = expected_label(phantom_truth(ph))
+            truth = expected_label("glaucoma", phantom_truth(ph), {})
             if r.diagnosis.label != truth:
                 wrong_labels.append((round(ph.vcdr, 3), truth, r.diagnosis.label))
     errors = np.array(errors)
