@@ -23,7 +23,7 @@ from dxgraph.errors import PlanError
 from dxgraph.planners._deterministic import with_views
 from dxgraph.planners._plan import Binding, NotAssessable, Plan, PlannedIndicator, ToolCall, validate_plan
 from dxgraph.tools._registry import ToolRegistry, ToolSpec
-from dxgraph.tools._types import ImageRef
+from dxgraph.tools._types import ImageRef, image_selection
 
 PLANNER_NAME = "llm"
 """``Plan.planner`` of an accepted draft."""
@@ -75,7 +75,7 @@ def describe_tools(registry: ToolRegistry, modalities: set[str]) -> str:
         if not modalities & set(spec.modalities):
             continue
         ins = ", ".join(
-            f"{n}: {_field_type(f)}{'' if f.is_required() else ' (optional)'}"
+            f"{n}: {_field_type(f)}{_wants(f)}{'' if f.is_required() else ' (optional)'}"
             for n, f in spec.input_model.model_fields.items()
         )
         outs = ", ".join(f"{n}: {_field_type(f)}" for n, f in spec.output_model.model_fields.items())
@@ -97,6 +97,14 @@ Answer with one JSON object and nothing else, following this JSON schema:
 {schema}"""
 
 
+def _wants(f: Any) -> str:
+    """How an image input selects its image, for the prompt (`` = the t1ce image of the prior study``)."""
+    sequence, timepoint = image_selection(f)
+    if sequence is None and timepoint == "current":
+        return ""
+    return " = the " + " ".join(w for w in (sequence, "image of the", timepoint, "study") if w)
+
+
 def case_modalities(criteria: list[LoadedCriteria], case: Case) -> set[str]:
     """The case's declared modalities, else those the criteria measure on."""
     return {im.modality for im in case.images if im.modality} or {
@@ -109,6 +117,8 @@ def case_prompt(criteria: list[LoadedCriteria], case: Case, registry: ToolRegist
     modalities = case_modalities(criteria, case)
     images = "\n".join(
         f"- {im.image_id}: {im.modality or 'modality not declared'}, {im.dims}, shape {list(im.shape)}"
+        + (f", sequence {im.sequence}" if im.sequence else "")
+        + (", PRIOR study" if im.timepoint == "prior" else "")
         + (f", spacing {list(im.spacing_mm)} mm" if im.spacing_mm else ", no pixel spacing")
         for im in case.images
     )

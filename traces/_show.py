@@ -66,9 +66,11 @@ def summarize(ev: Event) -> str:
         d = ev.diagnosis
         flags = f"; flags: {', '.join(d.flags)}" if d.flags else ""
         overruled = f"; model proposed {d.model_label}" if d.model_label else ""
+        missing = f"; not assessable: {', '.join(d.missing_indicators)}" if d.missing_indicators else ""
+        advice = f"; recommendation: {d.recommendation}" if d.recommendation else ""
         return (
             f"{d.label} (confidence {d.confidence:.2f}{', abstained' if d.abstained else ''}) by {d.aggregator}; "
-            f"{len(ev.evidence)} evidence{flags}{overruled}"
+            f"{len(ev.evidence)} evidence{flags}{overruled}{missing}{advice}"
         )
     if isinstance(ev, RunFinished):
         tail = f": {ev.error}" if ev.error else ""
