@@ -150,6 +150,8 @@ def _observation(
         }
     elif isinstance(value, bool) or unit == "bool":
         obs["valueBoolean"] = bool(value)
+    elif isinstance(value, str):  # a categorical indicator (nodule type, RECIST response...)
+        obs["valueCodeableConcept"] = {"text": value}
     else:
         quantity: dict[str, Any] = {"value": float(value), "unit": unit}
         if unit in UCUM_UNITS:
@@ -196,7 +198,8 @@ def _report(
         "effectiveDateTime": effective,
         "issued": issued,
         "result": [{"reference": url, "display": obs["code"]["text"]} for url, obs in observations],
-        "conclusion": f"{diagnosis.label}: {diagnosis.rationale}",
+        "conclusion": f"{diagnosis.label}: {diagnosis.rationale}"
+        + (f" Recommendation: {diagnosis.recommendation}" if diagnosis.recommendation else ""),
         "conclusionCode": [
             {"coding": [{"system": LABEL_SYSTEM, "code": diagnosis.label}], "text": diagnosis.label}
         ],
