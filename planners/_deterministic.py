@@ -51,12 +51,11 @@ class _Builder:
         self.memo: dict[tuple[str, str], str] = {}
 
     def pick_image(
-        self, modality: str, spec: ToolSpec, sequence: str | None = None, timepoint: str = "current"
+        self, modality: str, spec: ToolSpec, selection: tuple[str | None, str] | None = None
     ) -> tuple[CaseImage, str | None]:
         """The case image a tool's image field gets: of this modality (or undeclared), dims, spacing,
-        and the sequence and timepoint the field selects."""
-        if (sequence, timepoint) == (None, "current"):
-            sequence, timepoint = primary_selection(spec)
+        and the (sequence, timepoint) the field selects (default: what the tool's primary image field selects)."""
+        sequence, timepoint = primary_selection(spec) if selection is None else selection
         usable = [
             im
             for im in self.case.images
@@ -107,10 +106,9 @@ class _Builder:
                 if name == primary:
                     inputs[name] = ImageInput(image_id=image.image_id, assumed_modality=assumed)
                     continue
-                sequence, timepoint = image_selection(info)
                 try:
                     other, other_assumed = self.pick_image(
-                        image.modality or assumed or "", spec, sequence, timepoint
+                        image.modality or assumed or "", spec, image_selection(info)
                     )
                 except _Unplannable:
                     if info.is_required():

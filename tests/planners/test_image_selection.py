@@ -116,8 +116,8 @@ class GrowthInput(ToolModel):
 
     baseline: ImageRef = Field(json_schema_extra=select_image(sequence="t1ce", timepoint="prior"))
     """Prior post-contrast T1."""
-    follow_up: ImageRef = Field(json_schema_extra=select_image(sequence="t1ce"))
-    """Current post-contrast T1."""
+    follow_up: ImageRef
+    """Current image, unannotated and declared after the prior one: it must still get the current study."""
 
 
 class Growth(ToolModel):
@@ -199,7 +199,8 @@ def test_each_image_input_gets_the_sequence_and_timepoint_it_selects(tmp_path, d
     r = run(tmp_path, db, criteria_dir, flair=60, t2=5, t1=20, t1ce=45, prior_t1ce=30)
     assert bound(r, "toy_enhancement") == {"t1ce": ("t1ce", "current"), "t1": ("t1", "current")}
     assert bound(r, "toy_flair") == {"flair": ("flair", "current")}
-    assert bound(r, "toy_growth") == {"baseline": ("t1ce", "prior"), "follow_up": ("t1ce", "current")}
+    assert bound(r, "toy_growth")["baseline"] == ("t1ce", "prior")
+    assert bound(r, "toy_growth")["follow_up"][1] == "current"
     values = {e.indicator: e.value for e in r.evidence}
     assert values == {"enhancement": 25.0, "flair_signal": 60.0, "growth": "grew"}
     assert r.diagnosis.label == "toy_growing"  # first grade: enhancing (25 > 10) and grew (45 > 30)
