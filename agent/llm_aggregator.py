@@ -125,7 +125,8 @@ def _fmt(v: float | bool | str | None) -> str:
 
 
 def _category(v: IndicatorVerdict) -> str:
-    return f" ({v.category})" if v.category and v.category != v.finding else ""
+    named = v.category and v.category not in (v.finding, "true", "false")
+    return f" ({v.category})" if named else ""
 
 
 def _decision_lines(d: DecisionRule) -> list[str]:
