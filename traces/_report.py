@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -22,125 +22,25 @@ from dxgraph.traces._events import (
     RunStarted,
     ToolCalled,
 )
+from dxgraph.traces._report_figures import (  # noqa: F401  (re-exported: the report's figure API)
+    DISPLAY_MAX_PX,
+    PALETTE,
+    Figure,
+    Overlay,
+    build_figure_rows,
+    build_figures,
+    representative_slice,
+)
+from dxgraph.traces._report_figures import data_url as _data_url
+from dxgraph.traces._report_figures import display_rgb as _display_rgb
+from dxgraph.traces._report_figures import outline as _outline  # noqa: F401
 from dxgraph.traces._show import summarize
 from dxgraph.traces._store import TraceStore
 
-DISPLAY_MAX_PX = 960
-"""Longest side of images shown in the report."""
-PALETTE = ("#22c55e", "#3b82f6", "#f59e0b", "#ef4444", "#a855f7", "#14b8a6")
 THUMB_PX = 160
 """Longest side of the thumbnails of masks and crops beside a tool call."""
 SHORT_HASH = 12
 """Hex digits of a sha256 shown where the full hash would not fit."""
-
-
-@dataclass
-class Overlay:
-    """A mask's outline, as SVG path data in display coordinates."""
-
-    label: str
-    color: str
-    path: str
-
-
-@dataclass
-class Figure:
-    """An image shown in the report, with outlines drawn over it."""
-
-    title: str
-    data_url: str
-    width: int
-    height: int
-    overlays: list[Overlay] = field(default_factory=list)
-
-
-def _display_rgb(arr: np.ndarray) -> np.ndarray:
-    from dxgraph.tools._context import as_rgb8
-
-    if arr.ndim == 3 and arr.shape[2] not in (3,):
-        arr = arr[arr.shape[0] // 2]  # middle slice of a volume
-    elif arr.ndim == 4:
-        arr = arr[0, arr.shape[1] // 2]
-    return as_rgb8(arr)
-
-
-def _data_url(rgb: np.ndarray, fmt: str = ".jpg") -> str:
-    import cv2
-
-    params = [cv2.IMWRITE_JPEG_QUALITY, 90] if fmt == ".jpg" else []
-    ok, buf = cv2.imencode(fmt, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), params)
-    assert ok
-    mime = "image/jpeg" if fmt == ".jpg" else "image/png"
-    return f"data:{mime};base64,{base64.b64encode(buf.tobytes()).decode()}"
-
-
-def _outline(mask: np.ndarray, scale: float, dx: float = 0.0, dy: float = 0.0) -> str:
-    """SVG path data of a mask's outer contours, scaled and shifted."""
-    import cv2
-
-    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-    parts = []
-    for c in contours:
-        pts = c[:, 0, :].astype(float)
-        pts = (pts + 0.5) * scale + np.array([dx, dy])
-        parts.append("M" + " L".join(f"{x:.1f},{y:.1f}" for x, y in pts) + " Z")
-    return " ".join(parts)
-
-
-def _masks(calls: list[ToolCalled]) -> list[tuple[str, ArtifactRef]]:
-    """(step.field label, mask ref) for every mask a tool produced."""
-    out = []
-    for c in calls:
-        for name, v in (c.outputs or {}).items():
-            if isinstance(v, dict) and v.get("kind") == "mask":
-                out.append((f"{name} ({c.step_id} {c.tool})", ArtifactRef.model_validate(v)))
-    return out
-
-
-def build_figures(store: TraceStore, started: RunStarted, calls: list[ToolCalled]) -> list[Figure]:
-    """The case images with mask outlines, then every crop with the same outlines mapped into it."""
-    figures = []
-    masks = _masks(calls)
-    loaded = {ref.sha256: load_array(store, ref) for _, ref in masks}
-    for im in started.case.images:
-        rgb = _display_rgb(load_array(store, im.pixels))
-        h, w = rgb.shape[:2]
-        scale = min(1.0, DISPLAY_MAX_PX / max(h, w))
-        if scale < 1.0:
-            import cv2
-
-            rgb = cv2.resize(rgb, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA)
-        fig = Figure(f"{im.image_id}: {im.file_name}", _data_url(rgb), rgb.shape[1], rgb.shape[0])
-        for i, (label, ref) in enumerate(masks):
-            if tuple(ref.shape) == tuple(im.shape[:2]):
-                fig.overlays.append(
-                    Overlay(label, PALETTE[i % len(PALETTE)], _outline(loaded[ref.sha256], scale))
-                )
-        figures.append(fig)
-        for c in calls:
-            out = c.outputs or {}
-            crop = out.get("crop")
-            if (
-                c.status != "ok"
-                or not isinstance(crop, dict)
-                or c.inputs.get("image", {}).get("image_id") != im.image_id
-            ):
-                continue
-            crop_rgb = load_array(store, ArtifactRef.model_validate(crop))
-            x0, y0, _, _ = out["box_xyxy"]
-            mag = float(out["magnification"])
-            cfig = Figure(
-                f"{c.step_id} {c.tool}: {out.get('label', '')} ×{mag:.2f}",
-                _data_url(crop_rgb, ".png"),
-                crop_rgb.shape[1],
-                crop_rgb.shape[0],
-            )
-            for i, (label, ref) in enumerate(masks):
-                if tuple(ref.shape) == tuple(im.shape[:2]):
-                    path = _outline(loaded[ref.sha256], mag, -x0 * mag, -y0 * mag)
-                    cfig.overlays.append(Overlay(label, PALETTE[i % len(PALETTE)], path))
-            figures.append(cfig)
-    return figures
 
 
 def _criteria_docs(
@@ -312,8 +212,8 @@ def _thumbnail(store: TraceStore, ref: ArtifactRef, cache: dict[str, str | None]
         arr = None
     if arr is not None and arr.dtype == bool:
         arr = arr.astype(np.uint8) * 255
-    if arr is not None and arr.ndim == 3 and arr.shape[2] != 3:
-        arr = arr[arr.shape[0] // 2]  # middle slice of a volume
+    if arr is not None and arr.ndim in (3, 4):
+        arr = representative_slice(arr)  # where a mask covers most, or the middle of an image volume
     if (
         arr is not None
         and (arr.ndim == 2 or (arr.ndim == 3 and arr.shape[2] == 3))
@@ -372,7 +272,7 @@ def render_report(store: TraceStore, run_id: str) -> str:
         started=started,
         header=started.header,
         case=started.case,
-        figures=build_figures(store, started, calls),
+        figure_rows=build_figure_rows(store, started, calls),
         calls=calls,
         plan=plan,
         plan_dag=plan_dag(plan, {c.step_id: c.status for c in calls}) if plan else None,
