@@ -4,6 +4,7 @@ Importing this package registers the built-in tools into ``default_registry``.
 """
 
 # built-in tools register themselves on import
+from dxgraph.tools import cardiac_cine as _cardiac_cine  # noqa: F401
 from dxgraph.tools import crop as _crop  # noqa: F401
 from dxgraph.tools import ct_nodule as _ct_nodule  # noqa: F401
 from dxgraph.tools import cxr as _cxr  # noqa: F401

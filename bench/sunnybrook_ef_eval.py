@@ -1,0 +1,123 @@
+"""Benchmark of LV volumes and ejection fraction from cine MRI (tools/cardiac_cine.py).
+
+Measures, and prints:
+
+* real data (Sunnybrook SC-HF-I-1/2 in ``../shared/data/cine_sunnybrook``): EDV, ESV and EF from the
+  experts' endocardial contours (rasterised onto the DICOM grid at their instances, measured by
+  ``measure_ejection_fraction``, and independently from the polygons' shoelace areas), and from our own
+  segmentation (``segment_lv_cavity``); the EF difference, per-slice Dice at ED and ES, run time;
+* synthetic phantoms (testing/cine_phantom.py): N seeded phantoms, EF error (EF points) and EDV error
+  (%), the share within 5 EF points and 10% EDV.
+
+Usage (from the project root)::
+
+    .venv/bin/python bench/sunnybrook_ef_eval.py [--data DIR] [--phantoms N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+
+from dxgraph.agent._dicom_series import dicom_series_layout, read_dicom_series
+from dxgraph.testing.cine_phantom import cine_phantom, expert_contour_mask
+from dxgraph.tools._lv_segmentation import segment_lv
+from dxgraph.tools.cardiac_cine import ejection_fraction_from_mask
+
+PATIENTS = [("SCD0000101", "SC-HF-I-1"), ("SCD0000201", "SC-HF-I-2")]
+
+
+def _shoelace_ef(contours: dict[int, np.ndarray], layout) -> tuple[float, float, float]:
+    """EDV, ESV, EF from the polygons' own areas (no rasterising)."""
+    where = {int(n): t for (t, _z), n in np.ndenumerate(layout.instance_numbers)}
+    sz, sy, sx = layout.spacing_mm
+    per_frame: dict[int, float] = {}
+    for instance, pts in contours.items():
+        x, y = pts[:, 0], pts[:, 1]
+        area = 0.5 * abs(float(np.dot(x, np.roll(y, 1)) - np.dot(y, np.roll(x, 1))))
+        per_frame[where[instance]] = per_frame.get(where[instance], 0.0) + area * sy * sx * sz / 1000.0
+    edv, esv = max(per_frame.values()), min(per_frame.values())
+    return edv, esv, 100.0 * (edv - esv) / edv
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    s = a.sum() + b.sum()
+    return float(2.0 * (a & b).sum() / s) if s else 1.0
+
+
+def real(data: Path) -> None:
+    """Sunnybrook: experts' contours vs our segmentation."""
+    print("Sunnybrook (i-contours at ED and ES)")
+    for folder, original in PATIENTS:
+        dicoms = data / "dicoms" / folder
+        layout = dicom_series_layout(dicoms)
+        arr, spacing, _, _ = read_dicom_series(dicoms)
+        assert spacing is not None
+        mask, contours = expert_contour_mask(dicoms, data / "contours" / original / "i-contours")
+        expert = ejection_fraction_from_mask(mask, spacing)  # type: ignore[arg-type]
+        edv_p, esv_p, ef_p = _shoelace_ef(contours, layout)
+        t0 = time.perf_counter()
+        seg = segment_lv(arr, spacing)  # type: ignore[arg-type]
+        dt = time.perf_counter() - t0
+        ours = ejection_fraction_from_mask(seg.mask, spacing)  # type: ignore[arg-type]
+        print(f"  {original}: cine {arr.shape}, spacing {tuple(round(s, 3) for s in spacing)} mm")
+        print(
+            f"    experts, rasterised: EDV {expert.edv_ml:.1f} mL, ESV {expert.esv_ml:.1f} mL, "
+            f"EF {expert.lvef_percent:.2f}% (ED frame {expert.ed_frame}, ES frame {expert.es_frame})"
+        )
+        print(f"    experts, polygons:   EDV {edv_p:.1f} mL, ESV {esv_p:.1f} mL, EF {ef_p:.2f}%")
+        print(
+            f"    ours:                EDV {ours.edv_ml:.1f} mL, ESV {ours.esv_ml:.1f} mL, "
+            f"EF {ours.lvef_percent:.2f}% (ED frame {ours.ed_frame}, ES frame {ours.es_frame}); "
+            f"EF diff {ours.lvef_percent - expert.lvef_percent:+.2f} points; slices {seg.slices}; {dt:.1f} s"
+        )
+        for name, t in (("ED", expert.ed_frame), ("ES", expert.es_frame)):
+            contoured = [z for z in range(mask.shape[1]) if mask[t, z].any()]
+            dices = [_dice(seg.mask[t, z], mask[t, z]) for z in contoured]
+            print(f"    Dice at expert {name} frame {t}, per contoured slice: {np.round(dices, 2).tolist()}")
+
+
+def phantoms(n: int) -> None:
+    """Seeded phantoms: EF and EDV errors."""
+    ef_err, edv_err = [], []
+    t0 = time.perf_counter()
+    for seed in range(n):
+        ph = cine_phantom(seed)
+        seg = segment_lv(ph.cine, ph.spacing_mm)
+        out = ejection_fraction_from_mask(seg.mask, ph.spacing_mm)
+        ef_err.append(out.lvef_percent - ph.lvef_percent)
+        edv_err.append(100.0 * (out.edv_ml - ph.edv_ml) / ph.edv_ml)
+        print(
+            f"  seed {seed:2d}: EF true {ph.lvef_percent:5.1f} ours {out.lvef_percent:5.1f}; "
+            f"EDV true {ph.edv_ml:6.1f} ours {out.edv_ml:6.1f} mL; ESV true {ph.esv_ml:6.1f} ours {out.esv_ml:6.1f}"
+        )
+    ef, edv = np.abs(ef_err), np.abs(edv_err)
+    print(
+        f"phantoms (n={n}, {time.perf_counter() - t0:.0f} s): EF error mean {np.mean(ef_err):+.2f}, "
+        f"MAE {ef.mean():.2f}, max {ef.max():.2f} points, within 5: {(ef <= 5).mean():.0%}; "
+        f"EDV error mean {np.mean(edv_err):+.1f}%, MAE {edv.mean():.1f}%, max {edv.max():.1f}%, "
+        f"within 10%: {(edv <= 10).mean():.0%}"
+    )
+
+
+def main() -> None:
+    """Run the benchmark."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument(
+        "--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared/data/cine_sunnybrook"
+    )
+    ap.add_argument("--phantoms", type=int, default=20)
+    args = ap.parse_args()
+    if (args.data / "link.csv").exists():
+        real(args.data)
+    else:
+        print(f"Sunnybrook set not found at {args.data}; skipping real data")
+    if args.phantoms:
+        phantoms(args.phantoms)
+
+
+if __name__ == "__main__":
+    main()
