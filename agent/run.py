@@ -34,8 +34,9 @@ from dxgraph.traces._events import CriteriaRef, RunFinished, RunHeader, RunStart
 from dxgraph.traces._recorder import TraceRecorder
 from dxgraph.traces._store import TraceStore
 
-PREFERRED_TOOLS: tuple[str, ...] = ()
-"""Tools the planner picks first where several could measure the same thing."""
+PREFERRED_TOOLS: tuple[str, ...] = ("segment_heart_lungs_classical",)
+"""Tools the planner picks first where several could measure the same thing: the classical CXR segmenter
+generalises to unseen radiographs (and to phantoms) where the small UNet, trained on 121 images, may not."""
 LIBRARIES = (
     "numpy",
     "opencv-python-headless",
@@ -190,7 +191,7 @@ def diagnose(
     """Diagnose one case and store its trace; return the diagnosis with its run id.
 
     ``criteria_dirs`` add criteria documents to the packaged ones; ``prefer_tools`` names tools the
-    planner picks first where several fit (default: ``PREFERRED_TOOLS``); ``device`` is ``auto``
+    planner picks first where several fit (before ``PREFERRED_TOOLS``); ``device`` is ``auto``
     (CUDA when present), ``cpu`` or ``cuda``. ``aggregator`` is ``rules`` (default, offline), ``openai``
     (a server at ``base_url``, model ``model``) or ``transformers`` (a checkpoint at ``model_path``);
     ``planner="llm"`` lets that model draft the plan. ``language_model`` passes a ready backend instead.
@@ -210,7 +211,7 @@ def diagnose(
     else:
         check_names(aggregator, planner, language_model)
     library = criteria_library(tuple(criteria_dirs))
-    prefer = tuple(PREFERRED_TOOLS if prefer_tools is None else prefer_tools)
+    prefer = tuple(dict.fromkeys([*(prefer_tools or ()), *PREFERRED_TOOLS]))  # the caller's first
     unknown = [t for t in prefer if t not in registry]
     if unknown:
         raise UserError(f"unknown tool {', '.join(unknown)}; see dxgraph tools list")

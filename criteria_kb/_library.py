@@ -104,7 +104,7 @@ def get_criteria(criteria_id: str) -> LoadedCriteria:
     raise CriteriaError(f"no criteria document {criteria_id!r}; known: {known}")
 
 
-EMBEDDING_THRESHOLD = 0.41
+EMBEDDING_THRESHOLD = 0.365
 """Least cosine similarity at which the embedding model alone accepts a document (calibrated in the tests)."""
 EMBEDDING_MARGIN = 0.1
 """An embedding-only hit must also lie within this similarity of the best document of the call."""

@@ -1,4 +1,4 @@
-"""Chest X-ray tools: learned heart and lung segmentation, and the cardiothoracic ratio from the masks.
+"""Chest X-ray tools: heart and lung segmentation (classical, or a learned UNet), and the CTR from the masks.
 
 Side convention (radiological, as on a PA film read facing the patient): the patient's RIGHT lung
 lies on the LEFT of the image (small column indices) and the patient's LEFT lung on the right of the
@@ -9,13 +9,14 @@ image. The Wingspan masks named ``right_lung`` indeed sit on the image's left (m
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import cv2
 import numpy as np
 from pydantic import Field
 
 from dxgraph.errors import ToolError
+from dxgraph.tools import _cxr_classical
 from dxgraph.tools._context import as_rgb8, current_context, load_artifact, load_image, save_artifact
 from dxgraph.tools._mask_geometry import largest_component_filled
 from dxgraph.tools._registry import tool
@@ -124,8 +125,10 @@ class HeartLungMasks(ToolModel):
     """Left lung mask area in pixels."""
     quality_flags: list[str]
     """Machine-readable quality warnings."""
-    weights_sha256: str
-    """sha256 of the weights that produced the masks."""
+    weights_sha256: str | None = None
+    """sha256 of the weights that produced the masks; None for the classical segmenter (no weights)."""
+    method: Literal["unet", "classical"] = "unet"
+    """Which segmenter produced the masks."""
 
 
 def _segment_batch(inputs: list[SegmentHeartLungsInput]) -> list[HeartLungMasks]:
@@ -143,6 +146,19 @@ def _segment_batch(inputs: list[SegmentHeartLungsInput]) -> list[HeartLungMasks]
 
 def _masks_output(prob: np.ndarray, shape: tuple[int, int], sha: str, colour: bool) -> HeartLungMasks:
     masks, flags = masks_from_probabilities(prob, shape)
+    return _checked_masks(masks, flags, shape, colour, weights_sha256=sha, method="unet")
+
+
+def _checked_masks(
+    masks: list[np.ndarray],
+    flags: list[str],
+    shape: tuple[int, int],
+    colour: bool,
+    *,
+    weights_sha256: str | None,
+    method: Literal["unet", "classical"],
+) -> HeartLungMasks:
+    """The output model of (heart, right lung, left lung) masks, after the checks every segmenter shares."""
     min_area = MIN_AREA_FRACTION * shape[0] * shape[1]
     missing = [name for name, m in zip(STRUCTURES, masks, strict=True) if m.sum() < min_area]
     if missing:
@@ -166,7 +182,8 @@ def _masks_output(prob: np.ndarray, shape: tuple[int, int], sha: str, colour: bo
         right_lung_area_px=int(right.sum()),
         left_lung_area_px=int(left.sum()),
         quality_flags=flags,
-        weights_sha256=sha,
+        weights_sha256=weights_sha256,
+        method=method,
     )
 
 
@@ -188,6 +205,36 @@ def segment_heart_lungs(inp: SegmentHeartLungsInput) -> HeartLungMasks:
     Fails with a ToolError (``heart_not_found``, ``right_lung_not_found``...) when a structure is absent.
     """
     return _segment_batch([inp])[0]
+
+
+# ---------------------------------------------------------------- segment_heart_lungs_classical
+
+
+@tool(
+    name="segment_heart_lungs_classical",
+    version="0.1.0",
+    modalities=("cxr",),
+    dims=("2d",),
+    device="cpu",
+)
+def segment_heart_lungs_classical(inp: SegmentHeartLungsInput) -> HeartLungMasks:
+    """Segment the heart and both lungs in a frontal chest radiograph classically (no learned weights).
+
+    Lungs are the large dark fields inside the body (CLAHE, Otsu threshold, erosion to cut them from
+    the background, the largest component each side of the midline); their outer edges snap to the
+    chest wall's intensity step. The heart is the mediastinal soft tissue between the lungs' medial
+    edges, from below the hilum down to each lung's cardiophrenic angle. Fails with a ToolError
+    (``lungs_not_found``, ``heart_not_found``) when no lung pair or heart border is found.
+    """
+    pixels = load_image(inp.image)
+    shape = pixels.shape[:2]
+    try:
+        seg = _cxr_classical.segment(to_grey(pixels))
+    except _cxr_classical.SegmentationFailed as e:
+        raise ToolError(f"classical heart/lung segmentation failed: {e}", flags=(e.flag,)) from None
+    masks = [seg.heart, seg.right_lung, seg.left_lung]
+    flags = list(seg.flags)
+    return _checked_masks(masks, flags, shape, pixels.ndim == 3, weights_sha256=None, method="classical")
 
 
 # ---------------------------------------------------------------- measure_cardiothoracic_ratio
@@ -246,7 +293,9 @@ def measure_cardiothoracic_ratio(inp: CardiothoracicInput) -> CardiothoracicMeas
 
     CTR = maximal horizontal width of the heart / maximal horizontal width of the thorax, the latter
     taken at the outer edges of the two lungs (their joint leftmost to rightmost column). Pure
-    geometry on the masks; widths are also given in mm when the image has a pixel spacing.
+    geometry on the masks; widths are also given in mm when the image has a pixel spacing. On an AP
+    film (``image.view == "AP"``) the heart is magnified and the CTR overestimated: flagged
+    ``ap_view_ctr_overestimates``.
     """
     heart = load_artifact(inp.heart_mask).astype(bool)
     right = load_artifact(inp.right_lung_mask).astype(bool)
@@ -267,6 +316,8 @@ def measure_cardiothoracic_ratio(inp: CardiothoracicInput) -> CardiothoracicMeas
         flags.append("heart_wider_than_lungs")
     if column_range(right)[0] > column_range(left)[0]:
         flags.append("lung_sides_swapped")
+    if (inp.image.view or "").upper() == "AP":
+        flags.append("ap_view_ctr_overestimates")  # magnified heart on an AP film: CTR > 0.5 is not reliable
     spacing = inp.image.spacing_mm
     col_mm = float(spacing[1]) if spacing else None  # (row, col) spacing of a 2D image
     return CardiothoracicMeasurements(

@@ -5,6 +5,8 @@ import json
 
 import pytest
 
+from dxgraph.agent.run import PREFERRED_TOOLS
+
 pytest.importorskip("torch")
 
 from dxgraph.agent.run import diagnose, diagnose_many
@@ -41,7 +43,7 @@ def test_default_plan_uses_the_classical_segmenter_and_a_preference_switches_it(
     events, calls = tool_calls(db, learned.run_id)
     assert UNET in calls and "segment_optic_disc_cup" not in calls
     header = events[0]["header"]
-    assert header["preferred_tools"] == [UNET]
+    assert header["preferred_tools"] == [UNET, *PREFERRED_TOOLS]
     shipped = read_lock(PACKAGED_LOCK).entries["fundus_disc_cup_unet.pt"].sha256
     assert calls[UNET]["outputs"]["weights_sha256"] == shipped
     assert header["models"]["dxgraph/tools/weights/fundus_disc_cup_unet.pt"] == shipped

@@ -25,21 +25,22 @@ def box(shape, rows, cols):
     return m
 
 
-def image_ref(pixels, spacing=None, image_id="img0"):
+def image_ref(pixels, spacing=None, image_id="img0", view=None):
     return ImageRef(
         image_id=image_id,
         pixels=save_artifact(pixels, "image"),
         modality="cxr",
         dims="2d",
         spacing_mm=spacing,
+        view=view,
     )
 
 
-def measure(heart, right, left, spacing=None):
+def measure(heart, right, left, spacing=None, view=None):
     with tool_context(ToolContext(artifacts=MemoryArtifacts())):
         return measure_cardiothoracic_ratio(
             CardiothoracicInput(
-                image=image_ref(np.zeros(heart.shape, np.uint8), spacing),
+                image=image_ref(np.zeros(heart.shape, np.uint8), spacing, view=view),
                 heart_mask=save_artifact(heart, "mask"),
                 right_lung_mask=save_artifact(right, "mask"),
                 left_lung_mask=save_artifact(left, "mask"),
@@ -74,6 +75,29 @@ def test_widths_in_mm_use_the_column_spacing():
     )
     assert m.ctr == pytest.approx(90 / 240, abs=1e-12)
     assert m.heart_width_mm == pytest.approx(18.0) and m.thorax_width_mm == pytest.approx(48.0)
+
+
+def test_an_ap_film_is_flagged():
+    """AP films magnify the heart: the CTR is measured the same but flagged; PA and unknown views are not."""
+    shape = (200, 300)
+    masks = (
+        box(shape, (100, 170), (110, 200)),
+        box(shape, (20, 180), (30, 130)),
+        box(shape, (20, 180), (170, 270)),
+    )
+    ap, pa, unknown = measure(*masks, view="AP"), measure(*masks, view="PA"), measure(*masks)
+    assert "ap_view_ctr_overestimates" in ap.quality_flags
+    assert pa.quality_flags == [] and unknown.quality_flags == []
+    assert ap.ctr == pa.ctr == pytest.approx(90 / 240)
+
+
+def test_both_segmenters_are_registered_with_the_same_outputs():
+    classical = default_registry.get("segment_heart_lungs_classical")
+    learned = default_registry.get("segment_heart_lungs")
+    assert classical.output_model is learned.output_model
+    fields = classical.output_model.model_fields
+    assert {"heart_mask", "right_lung_mask", "left_lung_mask"} <= set(fields)
+    assert not fields["weights_sha256"].is_required()
 
 
 def test_swapped_lungs_and_empty_heart():
