@@ -6,12 +6,14 @@ Measures, and prints:
   experts' endocardial contours (rasterised onto the DICOM grid at their instances, measured by
   ``measure_ejection_fraction``, and independently from the polygons' shoelace areas), and from our own
   segmentation (``segment_lv_cavity``); the EF difference, per-slice Dice at ED and ES, run time;
-* synthetic phantoms (testing/cine_phantom.py): N seeded phantoms, EF error (EF points) and EDV error
-  (%), the share within 5 EF points and 10% EDV.
+* synthetic phantoms (testing/cine_phantom.py): seeds 0..N-1 with the phantom's random EF (20-65 %),
+  and seeds 100..100+M-1 with the EF fixed at 20, 28, 35, 45, 62 % in turn (low EF, and the demo's
+  designs: seed 101 at 28 %); EF error (EF points) and EDV error (%), the share within 5 EF points and
+  10% EDV, per set and pooled.
 
 Usage (from the project root)::
 
-    .venv/bin/python bench/sunnybrook_ef_eval.py [--data DIR] [--phantoms N]
+    .venv/bin/python bench/sunnybrook_ef_eval.py [--data DIR] [--phantoms N] [--fixed-ef M]
 """
 
 from __future__ import annotations
@@ -80,27 +82,48 @@ def real(data: Path) -> None:
             print(f"    Dice at expert {name} frame {t}, per contoured slice: {np.round(dices, 2).tolist()}")
 
 
-def phantoms(n: int) -> None:
-    """Seeded phantoms: EF and EDV errors."""
-    ef_err, edv_err = [], []
-    t0 = time.perf_counter()
-    for seed in range(n):
-        ph = cine_phantom(seed)
-        seg = segment_lv(ph.cine, ph.spacing_mm)
-        out = ejection_fraction_from_mask(seg.mask, ph.spacing_mm)
-        ef_err.append(out.lvef_percent - ph.lvef_percent)
-        edv_err.append(100.0 * (out.edv_ml - ph.edv_ml) / ph.edv_ml)
-        print(
-            f"  seed {seed:2d}: EF true {ph.lvef_percent:5.1f} ours {out.lvef_percent:5.1f}; "
-            f"EDV true {ph.edv_ml:6.1f} ours {out.edv_ml:6.1f} mL; ESV true {ph.esv_ml:6.1f} ours {out.esv_ml:6.1f}"
-        )
+FIXED_EFS = (20.0, 28.0, 35.0, 45.0, 62.0)
+"""EFs (%) of the fixed-EF phantom set, in turn over seeds 100, 101, ..."""
+
+
+def _summary(name: str, ef_err: list[float], edv_err: list[float]) -> None:
     ef, edv = np.abs(ef_err), np.abs(edv_err)
     print(
-        f"phantoms (n={n}, {time.perf_counter() - t0:.0f} s): EF error mean {np.mean(ef_err):+.2f}, "
-        f"MAE {ef.mean():.2f}, max {ef.max():.2f} points, within 5: {(ef <= 5).mean():.0%}; "
-        f"EDV error mean {np.mean(edv_err):+.1f}%, MAE {edv.mean():.1f}%, max {edv.max():.1f}%, "
-        f"within 10%: {(edv <= 10).mean():.0%}"
+        f"{name} (n={len(ef_err)}): EF error mean {np.mean(ef_err):+.2f}, MAE {ef.mean():.2f}, "
+        f"max {ef.max():.2f} points, within 5: {(ef <= 5).mean():.0%}; EDV error mean {np.mean(edv_err):+.1f}%, "
+        f"MAE {edv.mean():.1f}%, max {edv.max():.1f}%, within 10%: {(edv <= 10).mean():.0%}"
     )
+
+
+def phantoms(n: int, n_fixed: int = 0) -> None:
+    """Seeded phantoms, random EF and fixed EF: EF and EDV errors."""
+    sets = {
+        f"phantoms, random EF, seeds 0-{n - 1}": [(seed, None) for seed in range(n)],
+        f"phantoms, fixed EF, seeds 100-{99 + n_fixed}": [
+            (100 + i, FIXED_EFS[i % len(FIXED_EFS)]) for i in range(n_fixed)
+        ],
+    }
+    pooled: tuple[list[float], list[float]] = ([], [])
+    t0 = time.perf_counter()
+    for name, cases in sets.items():
+        ef_err, edv_err = [], []
+        for seed, ef_design in cases:
+            ph = cine_phantom(seed, ef_percent=ef_design)
+            seg = segment_lv(ph.cine, ph.spacing_mm)
+            out = ejection_fraction_from_mask(seg.mask, ph.spacing_mm)
+            ef_err.append(out.lvef_percent - ph.lvef_percent)
+            edv_err.append(100.0 * (out.edv_ml - ph.edv_ml) / ph.edv_ml)
+            print(
+                f"  seed {seed:3d}: EF true {ph.lvef_percent:5.1f} ours {out.lvef_percent:5.1f}; "
+                f"EDV true {ph.edv_ml:6.1f} ours {out.edv_ml:6.1f} mL; "
+                f"ESV true {ph.esv_ml:6.1f} ours {out.esv_ml:6.1f}; slices {seg.slices}"
+            )
+        if cases:
+            _summary(name, ef_err, edv_err)
+            pooled[0].extend(ef_err)
+            pooled[1].extend(edv_err)
+    if pooled[0]:
+        _summary(f"phantoms pooled ({time.perf_counter() - t0:.0f} s)", *pooled)
 
 
 def main() -> None:
@@ -109,14 +132,15 @@ def main() -> None:
     ap.add_argument(
         "--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared/data/cine_sunnybrook"
     )
-    ap.add_argument("--phantoms", type=int, default=20)
+    ap.add_argument("--phantoms", type=int, default=20, help="random-EF phantoms, seeds 0..N-1")
+    ap.add_argument("--fixed-ef", type=int, default=20, help="fixed-EF phantoms, seeds 100..100+M-1")
     args = ap.parse_args()
     if (args.data / "link.csv").exists():
         real(args.data)
     else:
         print(f"Sunnybrook set not found at {args.data}; skipping real data")
-    if args.phantoms:
-        phantoms(args.phantoms)
+    if args.phantoms or args.fixed_ef:
+        phantoms(args.phantoms, args.fixed_ef)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,10 @@ Method, all in physical units so that it does not depend on the pixel size:
 1. **Locate the LV.** On each slice's time-mean image, bright blobs (Otsu within the central field of
    view) are scored by roundness, by how much they change over the cardiac cycle (the LV cavity beats),
    by how completely a dark ring (the myocardium) surrounds them, and by closeness to the image centre.
-   The slices in the middle of the stack vote for one LV centre.
+   Tracking starts from the best-scoring slice whose candidate the slices on both sides confirm (a
+   candidate within reach): the base slice, where LV and atrium blur into one larger, still round and
+   beating blob, is not confirmed from above. A start whose track is shorter than three slices is
+   replaced by the next start (at most three are tried), and the longest track is kept.
 2. **Track through the stack.** From the best slice outwards, each slice's seed is the previous slice's
    cavity centroid; a slice is kept while its cavity is round, enclosed by myocardium on most of its
    circumference, its centroid stays within reach of the neighbour's, and its cavity area over the cycle
@@ -16,9 +19,12 @@ Method, all in physical units so that it does not depend on the pixel size:
    disc around the seed, the bright component holding the seed (after a small opening that cuts thin
    bridges into the right ventricle), holes filled and the convex hull taken: papillary muscles and
    trabeculae are counted as cavity, as in the Sunnybrook contours. If the component is not compact
-   (solidity < 0.88 or elongated: a leak into the RV or atrium) the opening is enlarged until it is.
-   Frames whose area jumps away from its temporal neighbours (or where nothing was found) are redone
-   inside the slice's other cavities, dilated by 4 mm.
+   (solidity < 0.88 or elongated: a leak into the RV or atrium), or reaches out of the 45 mm disc (a
+   threshold between lung and soft tissue on a small apical or end-systolic cavity gives one blob of the
+   whole heart), the opening is enlarged until it is compact. Frames whose area jumps away from its
+   temporal neighbours (the median over the neighbours where a cavity was found), or where nothing was
+   found, are redone inside the slice's other cavities, dilated by 4 mm, at the median threshold of the
+   frames that worked.
 
 The result is a boolean (t, z, y, x) mask; slices outside the LV are empty.
 """
@@ -47,6 +53,10 @@ _MAX_STEP_MM = 15.0
 """Largest in-plane shift of the cavity centroid between neighbouring slices."""
 _MIN_SOLIDITY = 0.88
 """Cavity area over its convex hull below which a component is taken for a leak."""
+_MAX_STARTS = 3
+"""Start slices tried at most."""
+_MIN_TRACK_SLICES = 3
+"""A track from the start slice shorter than this is retried from the next start."""
 _MIN_AREA_CORRELATION = -0.2
 """A slice's cavity area must rise and fall with the start slice's over the cycle (correlation at least
 this): the atria, above the base, fill while the ventricle empties (negative correlation)."""
@@ -133,7 +143,7 @@ def _cavity_in_crop(
     thr = float(threshold_otsu(img[roi]))
     comp = None
     for _ in range(2):  # refine the threshold on a disc just larger than the cavity (blood vs myocardium)
-        comp = _bright_component(img, thr, seed_yx, px_mm)
+        comp = _bright_component(img, thr, seed_yx, px_mm, roi)
         if comp is None:
             return None, thr
         r_eq_mm = np.sqrt(comp.sum() / np.pi) * px_mm
@@ -141,16 +151,17 @@ def _cavity_in_crop(
         if local.sum() < 20:
             break
         thr = float(threshold_otsu(img[local]))
-    comp = _bright_component(img, thr, seed_yx, px_mm)
+    comp = _bright_component(img, thr, seed_yx, px_mm, roi)
     if comp is None:
         return None, thr
     return convex_hull_image(ndi.binary_fill_holes(comp)), thr
 
 
 def _bright_component(
-    img: np.ndarray, thr: float, seed_yx: tuple[float, float], px_mm: float
+    img: np.ndarray, thr: float, seed_yx: tuple[float, float], px_mm: float, roi: np.ndarray
 ) -> np.ndarray | None:
-    """Bright component at the seed, opened more and more until it is compact (no leak)."""
+    """Bright component at the seed, opened more and more until it is compact (no leak) and inside the
+    disc around the seed (a threshold between lung and soft tissue gives a blob of the whole heart)."""
     binary = img > thr
     for open_mm in (2.0, 3.5, 5.0, 7.0):
         r = max(1, round(open_mm / px_mm))
@@ -159,6 +170,8 @@ def _bright_component(
         if comp is None:
             continue
         comp = ndi.binary_fill_holes(comp)
+        if (comp & ~roi).any():
+            continue
         props = regionprops(comp.astype(np.uint8))[0]
         if props.solidity >= _MIN_SOLIDITY and props.axis_major_length <= 2.0 * props.axis_minor_length:
             return comp
@@ -197,7 +210,6 @@ def segment_lv(cine: np.ndarray, spacing_mm: tuple[float, float, float]) -> LVSe
     cine = np.asarray(cine, dtype=np.float32)
     n_t, n_z, _h, _w = cine.shape
     px_mm = float(np.sqrt(spacing_mm[1] * spacing_mm[2]))
-    result = LVSegmentation(mask=np.zeros(cine.shape, dtype=bool))
     smooth = np.stack([[ndi.gaussian_filter(cine[t, z], 0.6) for z in range(n_z)] for t in range(n_t)])
     mean_imgs = smooth.mean(axis=0)
     std_imgs = smooth.std(axis=0)
@@ -207,26 +219,52 @@ def segment_lv(cine: np.ndarray, spacing_mm: tuple[float, float, float]) -> LVSe
         cands = _candidates(mean_imgs[z], std_imgs[z], px_mm)
         if cands:
             best[z] = max(cands, key=lambda c: c[0])
-    if not best:
+    # 2. + 3. track outwards from a start slice and segment every frame of each kept slice; a start that
+    # gives a short track (the base slice, where atrium and LV blur together) is replaced by the next one
+    result = LVSegmentation(mask=np.zeros(cine.shape, dtype=bool))
+    for start in _start_slices(best, px_mm)[:_MAX_STARTS]:
+        if start in result.slices:
+            continue
+        trial = _track(smooth, start, best[start][1][:2], px_mm)
+        if len(trial.slices) > len(result.slices):
+            result = trial
+        if len(result.slices) >= _MIN_TRACK_SLICES:
+            break
+    if not result.slices:
         result.flags.append("lv_not_found")
-        return result
-    start = max(best, key=lambda z: best[z][0] * np.sqrt(best[z][1][2]))  # round, beating and large
-    seed = best[start][1][:2]
-    # 2. + 3. track outwards from the start slice and segment every frame of each kept slice
+    elif 0 in result.slices or n_z - 1 in result.slices:
+        result.flags.append("lv_touches_stack_end")
+    return result
+
+
+def _start_slices(best: dict[int, tuple[float, tuple]], px_mm: float) -> list[int]:
+    """Slices to start tracking from, best first: round, beating and large candidates that the slices on
+    both sides confirm (a candidate within reach); the slice at the base, where the atrium adds to the
+    cavity, has a larger but unconfirmed blob."""
+
+    def confirmed(z: int) -> bool:
+        cy, cx = best[z][1][:2]
+        return all(
+            n in best and np.hypot(best[n][1][0] - cy, best[n][1][1] - cx) * px_mm <= _MAX_STEP_MM
+            for n in (z - 1, z + 1)
+        )
+
+    return sorted(best, key=lambda z: (confirmed(z), best[z][0] * np.sqrt(best[z][1][2])), reverse=True)
+
+
+def _track(smooth: np.ndarray, start: int, seed: tuple[float, float], px_mm: float) -> LVSegmentation:
+    """Segment the start slice, then its neighbours outwards while they are LV."""
+    result = LVSegmentation(mask=np.zeros(smooth.shape, dtype=bool))
     for direction in (+1, -1):
         prev = seed
         z = start if direction == +1 else start - 1
-        while 0 <= z < n_z:
+        while 0 <= z < smooth.shape[1]:
             kept = _segment_slice(smooth[:, z], prev, px_mm, result, z)
             if kept is None:
                 break
             prev = kept
             z += direction
     result.slices.sort()
-    if not result.slices:
-        result.flags.append("lv_not_found")
-    elif 0 in result.slices or n_z - 1 in result.slices:
-        result.flags.append("lv_touches_stack_end")
     return result
 
 
@@ -243,18 +281,28 @@ def _segment_slice(
     raw = np.array([0.0 if m is None else float(m.sum()) for m in masks])
     # frames whose area jumps away from its neighbours in time (a leak, or nothing found) are redone
     # inside the other frames' cavities (dilated by 4 mm), with the slice's median threshold
-    smooth = ndi.median_filter(raw, size=5, mode="wrap")
+    # (the temporal median is taken over the frames where a cavity was found, so that a few good frames
+    # among failed ones are not taken for outliers themselves)
+    n_t = len(raw)
+    smooth = np.array(
+        [
+            np.median([raw[(t + k) % n_t] for k in range(-2, 3) if raw[(t + k) % n_t] > 0] or [0.0])
+            for t in range(n_t)
+        ]
+    )
     outlier = (raw == 0) | (np.abs(raw - smooth) > 0.2 * np.maximum(smooth, 1.0))
     good = [m for m, bad in zip(masks, outlier, strict=True) if m is not None and not bad]
     if not good:
         return None
     allowed = ndi.binary_dilation(np.any(good, axis=0), structure=disk(max(1, round(4.0 / px_mm))))
     centre = ndi.center_of_mass(np.any(good, axis=0))
-    thr_med = float(np.median(thrs))
+    # the threshold of the frames that worked: a failed frame's threshold may split lung from myocardium
+    thr_med = float(np.median([thr for thr, bad in zip(thrs, outlier, strict=True) if not bad]))
     for t in np.nonzero(outlier)[0].tolist():
         binary = ndi.binary_opening(frames[t] > thr_med, structure=disk(max(1, round(2.0 / px_mm))))
         m = _component_at(binary & allowed, centre, reach_px=8.0 / px_mm)
         masks[t] = None if m is None else convex_hull_image(ndi.binary_fill_holes(m))
+        thrs[t] = thr_med
     areas = np.array([0.0 if m is None else m.sum() * px_mm**2 for m in masks])
     ed = int(np.argmax(areas))
     if areas[ed] < _MIN_CAVITY_MM2 or areas[ed] > _MAX_CAVITY_MM2:
