@@ -211,10 +211,11 @@ def diagnose(
     else:
         check_names(aggregator, planner, language_model)
     library = criteria_library(tuple(criteria_dirs))
-    prefer = tuple(dict.fromkeys([*(prefer_tools or ()), *PREFERRED_TOOLS]))  # the caller's first
-    unknown = [t for t in prefer if t not in registry]
+    unknown = [t for t in prefer_tools or () if t not in registry]
     if unknown:
         raise UserError(f"unknown tool {', '.join(unknown)}; see dxgraph tools list")
+    defaults = [t for t in PREFERRED_TOOLS if t in registry]  # a custom registry may lack them
+    prefer = tuple(dict.fromkeys([*(prefer_tools or ()), *defaults]))  # the caller's first
     device = pick_device(device)
     paths = [images] if isinstance(images, (str, Path, ImageSpec)) else list(images)
     rec = TraceRecorder()

@@ -49,6 +49,7 @@ UNIT_SUFFIXES = (
     "_hu",
     "_bpm",
     "_pct",
+    "_percent",
     "_ratio",
     "_fraction",
     "_probability",

@@ -13,6 +13,7 @@ from dxgraph.tools import cxr as _cxr  # noqa: F401
 from dxgraph.tools import fundus as _fundus  # noqa: F401
 from dxgraph.tools import fundus_unet as _fundus_unet  # noqa: F401
 from dxgraph.tools import geometry as _geometry  # noqa: F401
+from dxgraph.tools import recist as _recist  # noqa: F401
 from dxgraph.tools._context import (
     ToolContext,
     current_context,

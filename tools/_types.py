@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
+from pydantic.config import JsonDict
 
 from dxgraph.agent.images import Dims
 from dxgraph.traces._artifacts import ArtifactRef
@@ -43,13 +44,13 @@ SELECT_TIMEPOINT = "image_timepoint"
 """Key, in an image input field's ``json_schema_extra``, of the study timepoint the field wants."""
 
 
-def select_image(*, sequence: str | None = None, timepoint: str = "current") -> dict[str, str]:
+def select_image(*, sequence: str | None = None, timepoint: str = "current") -> JsonDict:
     """``json_schema_extra`` for an image input field that wants one sequence and/or timepoint.
 
     ``Field(json_schema_extra=select_image(sequence="flair"))`` makes the planner bind the field to the
     case's FLAIR image; ``select_image(timepoint="prior")`` to the image of the earlier study.
     """
-    out = {SELECT_TIMEPOINT: timepoint}
+    out: JsonDict = {SELECT_TIMEPOINT: timepoint}
     if sequence is not None:
         out[SELECT_SEQUENCE] = sequence
     return out

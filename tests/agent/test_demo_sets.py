@@ -12,7 +12,7 @@ TOLERANCE = {
     "ctr": 0.03,
     "diameter_mm": 1.5,
     "lvef_percent": 7.0,
-    "sum_diameters_followup_mm": 4.0,
+    "sum_change_percent": 5.0,
     "enhancing_volume_ml": 2.0,
 }
 """Largest error allowed on a demo phantom, by quantity: the end-to-end wiring, not the tools' accuracy."""
