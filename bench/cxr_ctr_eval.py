@@ -6,6 +6,8 @@ Wingspan (cxr_wingspan): CTR MAE against the reference CTR and cardiomegaly accu
 the 99 radiographs that have a reference; the UNet was trained on all 121 of these images, so its
 figures here are TRAINING-SET figures (its cross-validated MAE is in the weights lock file). Also the
 real PA film RG1_UNCR from pydicom's test data, when installed. Goals: MAE <= 0.03, accuracy >= 0.9.
+The classical figures are also given for the two halves split by odd/even data row of cases.csv
+(a parameter change of the classical method is kept only if it helps both halves).
 """
 
 from __future__ import annotations
@@ -54,12 +56,17 @@ def main() -> None:
     """Print the figures of both segmenters."""
     data = Path(sys.argv[1] if len(sys.argv) > 1 else "../shared/data") / "cxr_wingspan"
     with (data / "cases.csv").open() as f:
-        rows = [r for r in csv.DictReader(f) if r["ctr_reference"].strip()]
+        numbered = [(i, r) for i, r in enumerate(csv.DictReader(f)) if r["ctr_reference"].strip()]
+    rows = [r for _, r in numbered]
+    odd = np.array([i % 2 == 1 for i, _ in numbered])
     ref = np.array([float(r["ctr_reference"]) for r in rows])
     for name, fn in (("classical", classical_ctr), ("unet (training set)", unet_ctr)):
         t0 = time.perf_counter()
         got = np.array([fn(read_image(data / r["image"]).array) for r in rows])
         print(f"wingspan n={len(rows)}  {name:<20} {figures(got, ref)}  [{time.perf_counter() - t0:.1f} s]")
+        if name == "classical":
+            for half, sel in (("odd rows", odd), ("even rows", ~odd)):
+                print(f"  {half:<9} n={sel.sum():<3} {figures(got[sel], ref[sel])}")
     from dxgraph.tools._weights import verify_weights
 
     cv = verify_weights(cxr.WEIGHTS_PATH).metrics

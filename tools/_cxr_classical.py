@@ -9,13 +9,18 @@ Pure numpy/OpenCV/SciPy; no tool machinery. The image is worked on at ``WORK_SIZ
    border is each lung's core.
 2. Edges: on each core row the lateral (chest wall) lung edge is moved to the strongest dark-to-bright
    step of a vertically smoothed image (ribs blur away, the near-vertical wall stays) within a window
-   around the core's edge; the medial (mediastinal) edge is the core's. Both tracks are median filtered.
+   around the core's edge, then ``LATERAL_OFFSET_PX`` outwards (the step's middle lies just inside
+   the lung's outer border); the medial (mediastinal) edge is the core's. Both tracks are median filtered.
 3. Heart: the mediastinal soft tissue between the two lungs' medial edges, above the diaphragm. Each
    lung's cardiophrenic angle is the inferomedial corner of its medial edge (the point furthest down
    and towards the midline, weighted by ``CORNER_WEIGHT``, searched below the hilum); the heart's
    widest rows lie within ``HEART_HEIGHT_FRACTION`` of the lungs' height above the angles. On those
    rows each heart border is snapped to the strongest lung-to-heart step within
-   ``HEART_SEARCH_FRACTION`` of the medial edge, and the heart mask spans, row by row, the two borders.
+   ``HEART_SEARCH_FRACTION`` of the medial edge (tracks median filtered over ``BORDER_MEDIAN_ROWS``
+   only, so that the widest point of a convex border is kept), and the left (ventricular) border is
+   moved ``LEFT_HEART_OFFSET_PX`` outwards (its faint step is met short of the silhouette's edge).
+   The top ``HEART_TOP_CLAMP_FRACTION`` of the heart rows (great vessels and hila) may not reach
+   further out than the rows below them. The heart mask spans, row by row, the two borders.
 
 Side convention as in ``dxgraph.tools.cxr``: the patient's right lung is on the image's left.
 """
@@ -40,10 +45,18 @@ EDGE_SIGMA_X_PX = 1.5
 """Horizontal smoothing of that image."""
 LATERAL_SEARCH_FRACTION = (0.10, 0.02)
 """Lateral edge search window: this fraction of the width outside, and inside, the core's edge."""
+LATERAL_OFFSET_PX = 1
+"""The lateral edge is moved this many working pixels outwards from the chest-wall step."""
 LATERAL_MEDIAN_ROWS = 15
 """Rows of the median filter of the lateral edge track (removes jumps to the collimator or scapula)."""
 HEART_SEARCH_FRACTION = (0.03, 0.03)
 """Heart border search window: this fraction of the width into the lung, and into the heart."""
+BORDER_MEDIAN_ROWS = 3
+"""Rows of the median filter of each snapped heart border track."""
+LEFT_HEART_OFFSET_PX = 1
+"""The left heart border is moved this many working pixels outwards from its step."""
+HEART_TOP_CLAMP_FRACTION = 0.3
+"""The top fraction of the heart rows whose borders may not reach beyond the rows below."""
 HEART_HEIGHT_FRACTION = 0.3
 """The heart's widest rows lie at most this fraction of the lungs' height above the cardiophrenic angle."""
 CORNER_BELOW_FRACTION = 0.55
@@ -185,6 +198,7 @@ def refine_edges(core: np.ndarray, grad: np.ndarray, side: str) -> LungEdges:
             lateral.append(_best_in(g, b - lat_in, b + lat_out, +1))
             medial.append(a)
     lateral_a = ndi.median_filter(np.array(lateral, float), size=LATERAL_MEDIAN_ROWS, mode="nearest")
+    lateral_a += LATERAL_OFFSET_PX if side == "left" else -LATERAL_OFFSET_PX
     medial_a = ndi.median_filter(np.array(medial, float), size=7, mode="nearest")
     return LungEdges(rows, lateral_a, medial_a)
 
@@ -204,7 +218,10 @@ def heart_span(
     r_border, l_border = _extend(right, ys, r_last), _extend(left, ys, l_last)
     if grad is not None and any(HEART_SEARCH_FRACTION):
         r_border = _snap_border(r_border, ys, grad, +1)
-        l_border = _snap_border(l_border, ys, grad, -1)
+        l_border = _snap_border(l_border, ys, grad, -1) + LEFT_HEART_OFFSET_PX
+    below = ys >= first + HEART_TOP_CLAMP_FRACTION * (last - first)
+    r_border = np.maximum(r_border, r_border[below].min())  # top rows: not further out than below
+    l_border = np.minimum(l_border, l_border[below].max())
     return first, last, r_border, l_border
 
 
@@ -216,7 +233,7 @@ def _snap_border(border: np.ndarray, ys: np.ndarray, grad: np.ndarray, medial: i
     for y, x in zip(ys, border, strict=True):
         lo, hi = (x - into_lung, x + into_heart) if medial > 0 else (x - into_heart, x + into_lung)
         out.append(_best_in(grad[y], lo, hi, medial))
-    return ndi.median_filter(np.array(out, float), size=7, mode="nearest")
+    return ndi.median_filter(np.array(out, float), size=BORDER_MEDIAN_ROWS, mode="nearest")
 
 
 def _cardiophrenic_row(edges: LungEdges, outward: int) -> int:

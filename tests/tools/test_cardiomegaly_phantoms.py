@@ -110,7 +110,7 @@ def test_ctr_within_tolerance_on_95_percent(results):
     assert len(results) >= 20
     assert within.mean() >= 0.95, np.round(errors, 3)
     assert (np.abs(errors) <= TIGHT_TOLERANCE).mean() >= 0.85, np.round(errors, 3)
-    assert np.abs(errors).mean() <= 0.012
+    assert np.abs(errors).mean() <= 0.01  # measured 0.0087
     assert abs(errors.mean()) <= 0.01  # no large bias
     truths = [float(r.truth["ctr"]) for r in results]
     assert min(truths) < 0.4 and max(truths) > 0.6  # the set spans normal and enlarged hearts

@@ -22,10 +22,11 @@ needs_wingspan = pytest.mark.skipif(
     not (WINGSPAN / "cases.csv").exists(), reason=f"real CXR set absent ({WINGSPAN})"
 )
 
-# Measured on the 99 Wingspan radiographs with a reference CTR (development half of the split).
-WINGSPAN_MAE = 0.0343
+# Measured on the 99 Wingspan radiographs with a reference CTR (odd cases.csv rows: MAE 0.0323, accuracy
+# 0.875; even rows: MAE 0.0299, accuracy 0.941; every parameter was kept only if it helped both halves).
+WINGSPAN_MAE = 0.0311
 """CTR mean absolute error of the classical segmenter against the reference."""
-WINGSPAN_ACCURACY = 0.919
+WINGSPAN_ACCURACY = 0.909
 """Its cardiomegaly (CTR > 0.5) accuracy against the reference CTR > 0.5."""
 GOAL_MAE, GOAL_ACCURACY = 0.03, 0.9
 """The issue's goals."""
@@ -91,6 +92,7 @@ def test_wingspan_ctr_against_the_reference():
     assert accuracy == pytest.approx(WINGSPAN_ACCURACY, abs=0.011)
     assert accuracy >= GOAL_ACCURACY
     assert np.corrcoef(got, ref)[0, 1] > 0.75
+    assert np.abs(got - ref).max() < 0.18  # measured 0.168
 
 
 @needs_wingspan
