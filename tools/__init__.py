@@ -4,6 +4,7 @@ Importing this package registers the built-in tools into ``default_registry``.
 """
 
 # built-in tools register themselves on import
+from dxgraph.tools import brain_tumour as _brain_tumour  # noqa: F401
 from dxgraph.tools import cardiac_cine as _cardiac_cine  # noqa: F401
 from dxgraph.tools import clinical_risk as _clinical_risk  # noqa: F401
 from dxgraph.tools import crop as _crop  # noqa: F401
