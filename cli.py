@@ -232,12 +232,11 @@ def demo(
         _print_json([r.to_json() for r in rows])
         return
     table = Table(
-        Column("set", no_wrap=True),
         Column("case", no_wrap=True),
         Column("true → measured", min_width=16),
         Column("label", no_wrap=True),
         Column("conf.", justify="right", min_width=5),
-        Column("as expected", no_wrap=True),
+        Column("expected?", no_wrap=True),
         box=box.SIMPLE_HEAD,
     )
     for r in rows:
@@ -247,7 +246,6 @@ def demo(
             for k in shown
         )
         table.add_row(
-            r.demo_set,
             r.name,
             values or "—",
             r.label,

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
 DEMO_SETS: dict[str, str] = {
     "glaucoma": "dxgraph.agent.demo:glaucoma_demo_cases",
-    "cardiomegaly": "dxgraph.testing.cxr_phantom:cardiomegaly_demo_cases",
+    "cardiomegaly": "dxgraph.agent.demo:cardiomegaly_demo_cases",
     "pulmonary_nodule": "dxgraph.testing.ct_nodule_phantom:nodule_demo_cases",
     "lvef": "dxgraph.testing.cine_phantom:lvef_demo_cases",
     "recist": "dxgraph.testing.recist_phantom:recist_demo_cases",
@@ -71,10 +71,10 @@ def glaucoma_demo_cases(folder: Path) -> list[PhantomCase]:
     from dxgraph.testing.phantoms import fundus_phantom
 
     designs: list[tuple[str, float, int, Literal["OD", "OS"], Literal["disc_centred", "macula_centred"]]] = [
-        ("phantom-normal", 0.35, 11, "OD", "disc_centred"),
-        ("phantom-large-cup", 0.55, 12, "OS", "macula_centred"),
-        ("phantom-borderline", 0.65, 13, "OD", "disc_centred"),
-        ("phantom-glaucomatous", 0.82, 14, "OS", "disc_centred"),
+        ("glaucoma-normal", 0.35, 11, "OD", "disc_centred"),
+        ("glaucoma-large-cup", 0.55, 12, "OS", "macula_centred"),
+        ("glaucoma-borderline", 0.65, 13, "OD", "disc_centred"),
+        ("glaucoma-glaucomatous", 0.82, 14, "OS", "disc_centred"),
     ]
     cases = []
     for name, vcdr, seed, eye, field in designs:
@@ -87,9 +87,26 @@ def glaucoma_demo_cases(folder: Path) -> list[PhantomCase]:
     path = folder / "real-retina.png"
     cv2.imwrite(str(path), cv2.cvtColor(data.retina(), cv2.COLOR_RGB2BGR))
     real = PhantomCase(
-        "glaucoma", (PhantomImage(path, "fundus"),), {}, None, "scikit-image data.retina() (CC0)"
+        "glaucoma",
+        (PhantomImage(path, "fundus"),),
+        {},
+        None,
+        "scikit-image data.retina() (CC0)",
+        "glaucoma-real-retina",
     )
-    return [*cases, PhantomCase(**{**real.__dict__, "name": "real-retina"})]
+    return [*cases, real]
+
+
+def cardiomegaly_demo_cases(folder: Path) -> list[PhantomCase]:
+    """The chest radiograph phantoms, and the real PA radiograph RG1_UNCR that pydicom-data ships."""
+    from pydicom.data import get_testdata_file
+
+    from dxgraph.testing.cxr_phantom import cardiomegaly_demo_cases as phantoms
+
+    real = Path(str(get_testdata_file("RG1_UNCR.dcm", download=False)))
+    desc = "real PA chest radiograph RG1_UNCR.dcm (pydicom-data; MONOCHROME1, uncalibrated pixel spacing)"
+    rg1 = PhantomCase("cardiomegaly", (PhantomImage(real, "cxr"),), {}, None, desc, "cardiomegaly-real-rg1")
+    return [*phantoms(folder), rg1]
 
 
 def phantom_truth(ph: FundusPhantom) -> dict[str, Any]:

@@ -10,11 +10,11 @@ from dxgraph.traces._store import TraceStore
 def test_demo_runs_every_case_and_writes_reports(tmp_path, db):
     rows = run_demo(tmp_path / "demo", db=db, progress=False, sets=["glaucoma"])
     assert [r.name for r in rows] == [
-        "phantom-normal",
-        "phantom-large-cup",
-        "phantom-borderline",
-        "phantom-glaucomatous",
-        "real-retina",
+        "glaucoma-normal",
+        "glaucoma-large-cup",
+        "glaucoma-borderline",
+        "glaucoma-glaucomatous",
+        "glaucoma-real-retina",
     ]
     errors = []
     for r in rows:
@@ -27,7 +27,7 @@ def test_demo_runs_every_case_and_writes_reports(tmp_path, db):
     # the ±0.05-on-19-of-20 accuracy criterion is tested on 20 phantoms elsewhere; this checks the wiring
     assert sum(errors) / len(errors) <= 0.05 and max(errors) <= 0.07, errors
     labels = {r.name: r.label for r in rows}
-    assert labels["phantom-normal"] == "no_glaucoma_signs"
-    assert labels["phantom-glaucomatous"] == "glaucoma_suspect"
-    assert labels["real-retina"] in ("glaucoma_suspect", "no_glaucoma_signs")
+    assert labels["glaucoma-normal"] == "no_glaucoma_signs"
+    assert labels["glaucoma-glaucomatous"] == "glaucoma_suspect"
+    assert labels["glaucoma-real-retina"] in ("glaucoma_suspect", "no_glaucoma_signs")
     assert (tmp_path / "demo" / "images" / "glaucoma" / "real-retina.png").exists()
