@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from dxgraph.testing.phantom_cases import PhantomCase, PhantomImage
+from dxgraph.testing.volume_files import write_dicom_slice, write_nifti
 
 __all__ = ["CinePhantom", "cine_phantom", "lvef_demo_cases", "write_dicom_cine", "write_lvef_case"]
 
@@ -192,26 +193,18 @@ def cine_phantom(
 
 
 def _write_nifti(path: Path, ph: CinePhantom) -> None:
-    import nibabel as nib
-
-    data = np.round(ph.cine * 1000.0).astype(np.int16).transpose(3, 2, 1, 0)  # (x, y, z, t)
-    sz, sy, sx = ph.spacing_mm
-    img = nib.Nifti1Image(data, np.diag([sx, sy, sz, 1.0]))
-    img.header.set_zooms((sx, sy, sz, 40.0))
-    img.header.set_xyzt_units("mm", "msec")
-    nib.save(img, str(path))
+    write_nifti(path, np.round(ph.cine * 1000.0).astype(np.int16), ph.spacing_mm, frame_ms=40.0)
 
 
 def write_dicom_cine(
     folder: Path, cine: np.ndarray, spacing_mm: tuple[float, float, float], seed: int = 0
 ) -> None:
     """Write a (t, z, y, x) cine as single-frame MR DICOM files (one per frame and slice), oblique geometry."""
-    from pydicom.dataset import FileDataset, FileMetaDataset
-    from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
+    from pydicom.uid import generate_uid
 
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)
-    n_t, n_z, h, w = cine.shape
+    n_t, n_z = cine.shape[:2]
     a = rng.uniform(0.2, 0.6)  # an oblique short-axis orientation
     row = np.array([math.cos(a), math.sin(a), 0.0])
     col = np.array([0.0, 0.0, -1.0])
@@ -221,30 +214,18 @@ def write_dicom_cine(
     pixels = np.clip(np.round(cine * 1000.0), 0, 65535).astype(np.uint16)
     order = rng.permutation(n_t * n_z)  # file names unrelated to the order
     for k, (t, z) in enumerate((t, z) for z in range(n_z) for t in range(n_t)):
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = UID("1.2.840.10008.5.1.4.1.1.4")  # MR image storage
-        meta.MediaStorageSOPInstanceUID = generate_uid()
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        path = folder / f"IM{order[k]:05d}.dcm"
-        ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
-        ds.SOPClassUID = meta.MediaStorageSOPClassUID
-        ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-        ds.Modality = "MR"
-        ds.SeriesInstanceUID = series_uid
-        ds.InstanceNumber = k + 1
-        ds.ImageOrientationPatient = [f"{v:.6f}" for v in (*row, *col)]
-        ds.ImagePositionPatient = [f"{v:.4f}" for v in origin + z * spacing_mm[0] * normal]
-        ds.PixelSpacing = [f"{spacing_mm[1]:.6f}", f"{spacing_mm[2]:.6f}"]
-        ds.SliceThickness = f"{spacing_mm[0]:.4f}"
-        ds.TriggerTime = f"{t * 40.0:.1f}"
-        ds.Rows, ds.Columns = h, w
-        ds.SamplesPerPixel = 1
-        ds.PhotometricInterpretation = "MONOCHROME2"
-        ds.BitsAllocated = ds.BitsStored = 16
-        ds.HighBit = 15
-        ds.PixelRepresentation = 0
-        ds.PixelData = pixels[t, z].tobytes()
-        ds.save_as(path, enforce_file_format=True)
+        write_dicom_slice(
+            folder / f"IM{order[k]:05d}.dcm",
+            pixels[t, z],
+            modality="MR",
+            series_uid=series_uid,
+            instance_number=k + 1,
+            orientation=(*row, *col),
+            position_mm=tuple(origin + z * spacing_mm[0] * normal),
+            pixel_spacing_mm=(spacing_mm[1], spacing_mm[2]),
+            slice_thickness_mm=spacing_mm[0],
+            TriggerTime=f"{t * 40.0:.1f}",
+        )
 
 
 def write_lvef_case(

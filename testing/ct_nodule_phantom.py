@@ -25,6 +25,7 @@ from typing import Literal
 import numpy as np
 
 from dxgraph.testing.phantom_cases import PhantomCase, PhantomImage
+from dxgraph.testing.volume_files import write_dicom_slice, write_nifti
 from dxgraph.tools._nodule_segmentation import average_diameter_mm
 
 __all__ = ["NodulePhantom", "nodule_demo_cases", "nodule_phantom", "write_nodule_case"]
@@ -240,62 +241,33 @@ def nodule_phantom(
     )
 
 
-def write_nifti(path: Path, hu: np.ndarray, spacing_mm: tuple[float, float, float]) -> None:
-    """Write a (z, y, x) HU volume as NIfTI (stored x, y, z) with its spacing."""
-    import nibabel as nib
-
-    sz, sy, sx = spacing_mm
-    img = nib.Nifti1Image(np.ascontiguousarray(hu.transpose(2, 1, 0)), np.diag([sx, sy, sz, 1.0]))
-    img.header.set_zooms((sx, sy, sz))
-    img.header.set_xyzt_units("mm")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    nib.save(img, str(path))
-
-
 def write_dicom_series(
     folder: Path, hu: np.ndarray, spacing_mm: tuple[float, float, float], seed: int = 0
 ) -> None:
     """Write a (z, y, x) HU volume as single-slice CT DICOM files with shuffled names (axial geometry)."""
-    from pydicom.dataset import FileDataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+    from pydicom.uid import generate_uid
 
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)
-    n_z, h, w = hu.shape
+    n_z = hu.shape[0]
     origin = rng.uniform(-150, -50, 3)
     series_uid = generate_uid()
     stored = np.clip(hu.astype(np.int32) + 1024, 0, 65535).astype(np.uint16)
     names = rng.permutation(n_z)
     for z in range(n_z):
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"  # CT Image Storage
-        meta.MediaStorageSOPInstanceUID = generate_uid()
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        path = folder / f"CT{names[z]:05d}.dcm"
-        ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
-        ds.SOPClassUID = meta.MediaStorageSOPClassUID
-        ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-        ds.Modality = "CT"
-        ds.SeriesInstanceUID = series_uid
-        ds.InstanceNumber = z + 1
-        ds.ImageOrientationPatient = ["1", "0", "0", "0", "1", "0"]
-        ds.ImagePositionPatient = [
-            f"{origin[0]:.4f}",
-            f"{origin[1]:.4f}",
-            f"{origin[2] + z * spacing_mm[0]:.4f}",
-        ]
-        ds.PixelSpacing = [f"{spacing_mm[1]:.6f}", f"{spacing_mm[2]:.6f}"]
-        ds.SliceThickness = f"{spacing_mm[0]:.4f}"
-        ds.RescaleSlope = "1"
-        ds.RescaleIntercept = "-1024"
-        ds.Rows, ds.Columns = h, w
-        ds.SamplesPerPixel = 1
-        ds.PhotometricInterpretation = "MONOCHROME2"
-        ds.BitsAllocated = ds.BitsStored = 16
-        ds.HighBit = 15
-        ds.PixelRepresentation = 0
-        ds.PixelData = stored[z].tobytes()
-        ds.save_as(path, enforce_file_format=True)
+        write_dicom_slice(
+            folder / f"CT{names[z]:05d}.dcm",
+            stored[z],
+            modality="CT",
+            series_uid=series_uid,
+            instance_number=z + 1,
+            orientation=(1, 0, 0, 0, 1, 0),
+            position_mm=(origin[0], origin[1], origin[2] + z * spacing_mm[0]),
+            pixel_spacing_mm=(spacing_mm[1], spacing_mm[2]),
+            slice_thickness_mm=spacing_mm[0],
+            RescaleSlope="1",
+            RescaleIntercept="-1024",
+        )
 
 
 def write_nodule_case(

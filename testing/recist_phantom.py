@@ -26,6 +26,7 @@ from typing import Literal
 import numpy as np
 
 from dxgraph.testing.phantom_cases import PhantomCase, PhantomImage
+from dxgraph.testing.volume_files import write_nifti
 from dxgraph.tools import _lesion_geometry as lg
 from dxgraph.tools._mask_geometry import centroid_mm, recist_diameters, volume_ml
 
@@ -34,7 +35,6 @@ __all__ = [
     "RecistPair",
     "recist_demo_cases",
     "recist_pair",
-    "write_nifti",
     "write_recist_case",
 ]
 
@@ -670,19 +670,6 @@ def _union(masks: list, shape: tuple[int, ...]) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 # files
 # --------------------------------------------------------------------------------------------
-
-
-def write_nifti(path: Path, hu: np.ndarray, spacing_mm: tuple[float, float, float]) -> Path:
-    """Write a (z, y, x) HU volume as NIfTI (x, y, z) with its voxel size, so ``read_image`` reads it back."""
-    import nibabel as nib
-
-    sz, sy, sx = spacing_mm
-    img = nib.Nifti1Image(np.ascontiguousarray(hu.transpose(2, 1, 0)), np.diag([sx, sy, sz, 1.0]))
-    img.header.set_zooms((sx, sy, sz))
-    img.header.set_xyzt_units("mm")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    nib.save(img, str(path))
-    return path
 
 
 def write_recist_case(

@@ -53,6 +53,22 @@ def load_image(ref: ImageRef) -> np.ndarray:
     return load_array(current_context().artifacts, ref.pixels)
 
 
+def load_volume(ref: ImageRef, what: str) -> tuple[np.ndarray, tuple[float, float, float]]:
+    """A 3D (z, y, x) image as float32 with its voxel spacing in mm; ToolError (``not_3d_image``,
+    ``no_spacing``) naming ``what`` when it is not a volume or has no usable spacing."""
+    arr = load_image(ref)
+    if arr.ndim != 3:
+        raise ToolError(
+            f"{what} must be a 3D (z, y, x) volume, got shape {arr.shape}", flags=("not_3d_image",)
+        )
+    sp = ref.spacing_mm
+    if sp is None or len(sp) != 3 or min(sp) <= 0:
+        raise ToolError(
+            f"{what} has no usable voxel spacing; measuring in mm needs it", flags=("no_spacing",)
+        )
+    return arr.astype(np.float32, copy=False), (float(sp[0]), float(sp[1]), float(sp[2]))
+
+
 def load_artifact(ref: ArtifactRef) -> np.ndarray:
     """The array behind an artifact reference (masks come back as bool)."""
     return load_array(current_context().artifacts, ref)

@@ -14,7 +14,7 @@ from pydantic import Field
 
 from dxgraph.errors import ToolError
 from dxgraph.tools import _brain_segmentation as seg
-from dxgraph.tools._context import load_image, save_artifact
+from dxgraph.tools._context import load_volume, save_artifact
 from dxgraph.tools._registry import tool
 from dxgraph.tools._types import ImageRef, ToolModel, select_image
 from dxgraph.traces._artifacts import ArtifactRef
@@ -77,19 +77,12 @@ class PeritumouralOedema(ToolModel):
 
 
 def _volume(ref: ImageRef, name: str) -> tuple[np.ndarray, tuple[float, float, float]]:
-    arr = load_image(ref)
-    if arr.ndim != 3:
-        raise ToolError(
-            f"{name} must be a 3D (z, y, x) volume, got shape {arr.shape}", flags=("not_3d_image",)
-        )
-    sp = ref.spacing_mm
-    if sp is None or len(sp) != 3 or min(sp) <= 0:
-        raise ToolError(f"{name} has no 3D voxel spacing; volumes need it", flags=("no_spacing",))
+    arr, spacing = load_volume(ref, name)
     if min(arr.shape) < 8:
         raise ToolError(
             f"{name} of shape {arr.shape} is too small to be a brain MRI", flags=("image_too_small",)
         )
-    return arr.astype(np.float32), (float(sp[0]), float(sp[1]), float(sp[2]))
+    return arr, spacing
 
 
 def _same_grid(

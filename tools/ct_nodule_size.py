@@ -8,7 +8,7 @@ import numpy as np
 from pydantic import Field
 
 from dxgraph.errors import ToolError
-from dxgraph.tools._context import load_image, save_artifact
+from dxgraph.tools._context import load_volume, save_artifact
 from dxgraph.tools._registry import tool
 from dxgraph.tools._types import ImageRef, ToolModel
 from dxgraph.traces._artifacts import ArtifactRef
@@ -69,14 +69,7 @@ def segment_lung_nodules(inp: LungNoduleInput) -> LungNodules:
     """
     from dxgraph.tools._nodule_segmentation import nodule_count, segment_nodules
 
-    hu = np.asarray(load_image(inp.image), dtype=np.float32)
-    if hu.ndim != 3:
-        raise ToolError(
-            f"segment_lung_nodules needs a 3D CT volume, got shape {hu.shape}", flags=("not_3d_image",)
-        )
-    spacing = inp.image.spacing_mm
-    if spacing is None or len(spacing) != 3 or min(spacing) <= 0:
-        raise ToolError("segment_lung_nodules needs the voxel spacing in mm", flags=("no_spacing",))
+    hu, spacing = load_volume(inp.image, "the CT image of segment_lung_nodules")
     flags: list[str] = []
     if float(np.percentile(hu, 5)) > NOT_HU_P5:
         raise ToolError(

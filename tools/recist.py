@@ -15,7 +15,7 @@ from pydantic import Field
 
 from dxgraph.errors import ToolError
 from dxgraph.tools import _lesion_geometry as lg
-from dxgraph.tools._context import load_image, save_artifact
+from dxgraph.tools._context import load_volume, save_artifact
 from dxgraph.tools._registry import tool
 from dxgraph.tools._types import ImageRef, ToolModel, select_image
 from dxgraph.traces._artifacts import ArtifactRef
@@ -157,15 +157,7 @@ class RecistAssessment(ToolModel):
 
 
 def _ct_volume(ref: ImageRef, what: str) -> tuple[np.ndarray, tuple[float, float, float]]:
-    hu = load_image(ref)
-    if hu.ndim != 3:
-        raise ToolError(
-            f"{what} must be a 3D CT volume, got an array of shape {hu.shape}", flags=("not_3d_image",)
-        )
-    sp = ref.spacing_mm
-    if sp is None or len(sp) != 3 or min(sp) <= 0:
-        raise ToolError(f"{what} has no usable voxel spacing; RECIST measures in mm", flags=("no_spacing",))
-    return hu, (float(sp[0]), float(sp[1]), float(sp[2]))
+    return load_volume(ref, what)
 
 
 def _record(g: lg.LesionGeometry, thickness_mm: float) -> RecistLesion:

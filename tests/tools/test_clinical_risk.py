@@ -68,7 +68,7 @@ def _case(tmp_path, clinical_text):
     import numpy as np
 
     from dxgraph.agent.case import ImageSpec, load_case
-    from dxgraph.testing.ct_nodule_phantom import write_nifti
+    from dxgraph.testing.volume_files import write_nifti
 
     path = tmp_path / "ct.nii.gz"
     write_nifti(path, np.full((8, 40, 40), -850, np.int16), (2.0, 0.7, 0.7))
