@@ -109,3 +109,44 @@ def drawn_disc_cup_registry(cup_radius_px: float = 25.0, fail_with: str | None =
         )
 
     return reg
+
+
+CHROMIUM_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+)
+"""Headless chromium with nothing reaching out to the network."""
+
+
+def chromium_or_skip() -> str:
+    """The chromium binary; skip without one (fail under CI=true: .ci/chromium.sh installs it)."""
+    import os
+    import shutil
+
+    import pytest
+
+    exe = shutil.which("chromium")
+    if exe is None:
+        reason = "chromium is not installed (run .ci/chromium.sh)"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    return exe
+
+
+def run_chromium(exe: str, tmp_path: Path, *args: str):  # type: ignore[no-untyped-def]
+    """Run headless chromium with a new empty profile; fail on a non-zero exit."""
+    import subprocess
+
+    profile = tmp_path / f"profile-{len(list(tmp_path.glob('profile-*')))}"
+    profile.mkdir()
+    cmd = [exe, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--virtual-time-budget=5000", *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=90, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc

@@ -4,10 +4,7 @@ in a real headless Chromium (images decode, key sections exist, the page is not 
 from __future__ import annotations
 
 import base64
-import os
 import re
-import shutil
-import subprocess
 from html import unescape
 from html.parser import HTMLParser
 from pathlib import Path
@@ -21,18 +18,8 @@ from dxgraph.traces._events import PlanMade, RunStarted
 from dxgraph.traces._report import plan_dag, render_report
 from dxgraph.traces._store import TraceStore
 
-from _helpers import write_rgb
+from _helpers import chromium_or_skip, run_chromium, write_rgb
 
-CHROMIUM_FLAGS = (
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-)
 WINDOW = (1280, 2400)
 
 
@@ -77,24 +64,8 @@ def _parse(html: str) -> _Elements:
 
 @pytest.fixture(scope="module")
 def chromium() -> str:
-    """The chromium binary; skip without one (fail under CI=true: .ci/chromium.sh installs it)."""
-    exe = shutil.which("chromium")
-    if exe is None:
-        reason = "chromium is not installed (run .ci/chromium.sh)"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(reason)
-        pytest.skip(reason)
-    return exe
-
-
-def _run_chromium(exe: str, tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    """Run headless chromium with a new empty profile; fail on a non-zero exit."""
-    profile = tmp_path / f"profile-{len(list(tmp_path.glob('profile-*')))}"
-    profile.mkdir()
-    cmd = [exe, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--virtual-time-budget=5000", *args]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=90, check=False)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    return proc
+    """The chromium binary (see chromium_or_skip)."""
+    return chromium_or_skip()
 
 
 # -- the report's content, without a browser ------------------------------------------------------
@@ -211,7 +182,7 @@ def test_report_is_self_contained(phantom_report):
 
 def test_report_renders_in_chromium_with_all_images_and_key_sections(chromium, phantom_report, tmp_path):
     path, store, run_id = phantom_report
-    dom = _run_chromium(chromium, tmp_path, "--dump-dom", path.as_uri()).stdout
+    dom = run_chromium(chromium, tmp_path, "--dump-dom", path.as_uri()).stdout
     m = re.search(r'<body[^>]*data-images-ok="(\d+)/(\d+)"', dom)
     assert m, "the report's load script did not run"
     n_ok, n_images = int(m.group(1)), int(m.group(2))
@@ -228,7 +199,7 @@ def test_report_renders_in_chromium_with_all_images_and_key_sections(chromium, p
 
 def test_report_screenshot_is_a_full_non_blank_page(chromium, phantom_report, tmp_path):
     shot = tmp_path / "report.png"
-    _run_chromium(
+    run_chromium(
         chromium,
         tmp_path,
         f"--screenshot={shot}",

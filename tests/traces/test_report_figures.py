@@ -4,10 +4,7 @@ construction), which image each mask is drawn on, captions, and that every embed
 from __future__ import annotations
 
 import base64
-import os
 import re
-import shutil
-import subprocess
 from dataclasses import dataclass, field
 from html import unescape
 from html.parser import HTMLParser
@@ -16,7 +13,6 @@ from typing import Any
 
 import cv2
 import numpy as np
-import pytest
 from pydantic import Field
 
 from dxgraph.agent.case import Case, CaseImage
@@ -29,16 +25,8 @@ from dxgraph.traces._report import render_report
 from dxgraph.traces._report_figures import ed_es_frames
 from dxgraph.traces._store import TraceStore
 
-CHROMIUM_FLAGS = (
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-)
+from _helpers import chromium_or_skip, run_chromium
+
 HEADER = RunHeader(
     dxgraph_version="test",
     python_version="3",
@@ -361,19 +349,10 @@ def test_prior_and_current_sit_side_by_side_prior_left_with_their_own_masks(tmp_
 
 
 def test_the_prior_row_renders_side_by_side_in_chromium_with_every_image(tmp_path):
-    exe = shutil.which("chromium")
-    if exe is None:
-        reason = "chromium is not installed (run .ci/chromium.sh)"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(reason)
-        pytest.skip(reason)
+    exe = chromium_or_skip()
     page = tmp_path / "report.html"
     page.write_text(_priors_report(tmp_path), encoding="utf-8")
-    (profile := tmp_path / "profile").mkdir()
-    cmd = [exe, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--virtual-time-budget=5000"]
-    cmd += ["--window-size=1280,1600", "--dump-dom", page.as_uri()]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=90, check=False)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    proc = run_chromium(exe, tmp_path, "--window-size=1280,1600", "--dump-dom", page.as_uri())
     body = re.search(r"<body[^>]*>", proc.stdout)
     assert body is not None
     assert 'data-images-ok="3/3"' in body.group(0)
