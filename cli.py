@@ -601,13 +601,24 @@ def criteria_show(
         out.print(f"[{s.id}] {s.citation}" + (f" doi:{s.doi}" if s.doi else ""))
 
 
-TRAINING_SETS = {"fundus": "fundus_drishti", "cxr": "cxr_wingspan", "nodules": "ct_lidc_nodules"}
+TRAINING_SETS = {
+    "fundus": "fundus_drishti",
+    "cxr": "cxr_wingspan",
+    "nodules": "ct_lidc_nodules",
+    "nodule_segmentation": "ct_lidc_nodules",
+}
 """Training task -> folder of the shared real data it trains on."""
 
 
 @app.command()
 def train(
-    task: Annotated[str, typer.Argument(help="fundus (disc/cup UNet), cxr (heart/lung UNet) or nodules.")],
+    task: Annotated[
+        str,
+        typer.Argument(
+            help="fundus (disc/cup UNet), cxr (heart/lung UNet), nodules (malignancy CNN) or nodule_segmentation"
+            " (3D nodule UNet)."
+        ),
+    ],
     data: Annotated[
         Path | None, typer.Option(help="Data folder (default: $DXGRAPH_SHARED_DATA or ../shared/data).")
     ] = None,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -131,7 +132,7 @@ def _content_sha256(images: tuple[CaseImage, ...] | list[CaseImage]) -> str:
 
 def load_case(
     question: str,
-    image_paths: list[str | Path | ImageSpec],
+    image_paths: Sequence[str | Path | ImageSpec],
     artifacts: ArtifactStore,
     *,
     modality: str | None = None,

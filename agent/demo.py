@@ -118,7 +118,7 @@ def phantom_truth(ph: FundusPhantom) -> dict[str, Any]:
 
 def _provider(demo_set: str) -> Callable[[Path], list[PhantomCase]]:
     module, _, function = DEMO_SETS[demo_set].partition(":")
-    return getattr(importlib.import_module(module), function)  # type: ignore[no-any-return]
+    return getattr(importlib.import_module(module), function)
 
 
 def expected_label(question: str, truth: dict[str, Any], measured: dict[str, Any]) -> str | None:
@@ -138,7 +138,7 @@ def _specs(case: PhantomCase) -> list[Any]:
     from dxgraph.agent.case import ImageSpec
 
     return [
-        ImageSpec(path=im.path, modality=im.modality, sequence=im.sequence, timepoint=im.timepoint)  # type: ignore[arg-type]
+        ImageSpec(path=im.path, modality=im.modality, sequence=im.sequence, timepoint=im.timepoint)
         for im in case.images
     ]
 

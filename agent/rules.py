@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 
 from dxgraph.agent.aggregate import EvidenceBundle
@@ -58,7 +60,7 @@ def _readings(verdicts: list[IndicatorVerdict]) -> dict[str, Reading | None]:
     }
 
 
-def decide(doc: CriteriaDocument, readings: dict[str, Reading | None]) -> tuple[str, bool | None]:
+def decide(doc: CriteriaDocument, readings: Mapping[str, Reading | None]) -> tuple[str, bool | None]:
     """The decision rule's label and whether it is a positive one (None: not assessable).
 
     Abstains when a required indicator is not assessable; with grades, the first grade whose condition
@@ -86,16 +88,13 @@ def label_for(
     doc: CriteriaDocument, findings: dict[str, Reading | Finding | None]
 ) -> tuple[str, bool | None]:
     """The label for given readings (or bare findings, whose category is the finding)."""
-    readings = {
-        k: v if v is None or isinstance(v, Reading) else Reading(v, v)  # type: ignore[arg-type]
-        for k, v in findings.items()
-    }
+    readings = {k: v if v is None or isinstance(v, Reading) else Reading(v, v) for k, v in findings.items()}
     return decide(doc, readings)
 
 
 def label_of(doc: CriteriaDocument, values: dict[str, float | bool | str | None]) -> str:
     """The label the document gives for known indicator values (by indicator id; None = not assessable)."""
-    readings = {ind.id: None for ind in doc.indicators}
+    readings: dict[str, Reading | None] = {ind.id: None for ind in doc.indicators}
     for ind_id, value in values.items():
         readings[ind_id] = None if value is None else doc.indicator(ind_id).rule.read(value)
     return decide(doc, readings)[0]
@@ -158,7 +157,7 @@ def _decisive(doc: CriteriaDocument, verdicts: list[IndicatorVerdict], label: st
     return [v.indicator for v in verdicts if v.finding != "not_assessable"]
 
 
-def _fmt(v: float | bool | None) -> str:
+def _fmt(v: float | bool | str | None) -> str:
     if isinstance(v, bool):
         return "yes" if v else "no"
     return f"{v:.2f}" if isinstance(v, float) else str(v)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import platform
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -34,9 +35,13 @@ from dxgraph.traces._events import CriteriaRef, RunFinished, RunHeader, RunStart
 from dxgraph.traces._recorder import TraceRecorder
 from dxgraph.traces._store import TraceStore
 
-PREFERRED_TOOLS: tuple[str, ...] = ("segment_heart_lungs_classical",)
-"""Tools the planner picks first where several could measure the same thing: the classical CXR segmenter
-generalises to unseen radiographs (and to phantoms) where the small UNet, trained on 121 images, may not."""
+PREFERRED_TOOLS: tuple[str, ...] = ("segment_heart_lungs_classical", "segment_lung_nodules")
+"""Tools the planner picks first where several could measure the same thing. The classical CXR segmenter
+generalises to unseen radiographs (and to phantoms) where the small UNet, trained on 121 images, does not.
+The classical nodule segmenter stays the default although the 3D nodule UNet is better on held-out LIDC
+patients (78 % vs 60 % of diameters within 1.5 mm): the UNet cuts the ground-glass part off part-solid
+nodules (a 12.4 mm part-solid phantom measures 8.2 mm and reads as solid), which changes the Fleischner row.
+``--prefer-tool segment_lung_nodules_unet`` chooses it."""
 LIBRARIES = (
     "numpy",
     "opencv-python-headless",
@@ -167,7 +172,7 @@ def make_aggregator(name: str, seed: int, chat: TracedChat | None = None) -> Agg
 
 def diagnose(
     question: str,
-    images: list[str | Path | ImageSpec] | str | Path | ImageSpec,
+    images: Sequence[str | Path | ImageSpec] | str | Path | ImageSpec,
     *,
     db: str | None = None,
     store: TraceStore | None = None,
@@ -271,7 +276,7 @@ def diagnose(
 
 def diagnose_many(
     question: str,
-    cases: list[list[str | Path]] | list[str | Path],
+    cases: Sequence[Sequence[str | Path | ImageSpec] | str | Path | ImageSpec],
     *,
     workers: int = 4,
     max_batch: int = 8,
@@ -292,7 +297,7 @@ def diagnose_many(
         raise UserError("workers must be at least 1")
     batcher = batcher if batcher is not None else BatchingDispatcher(max_batch=max_batch)
 
-    def one(images: list[str | Path] | str | Path) -> RunResult | DxgraphError:
+    def one(images: Sequence[str | Path | ImageSpec] | str | Path | ImageSpec) -> RunResult | DxgraphError:
         try:
             return diagnose(question, images, db=db, batcher=batcher, **options)
         except DxgraphError as e:

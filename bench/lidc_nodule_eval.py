@@ -15,6 +15,7 @@ import csv
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -67,9 +68,10 @@ def load_case(
     """(HU volume (z, y, x), reference mask, spacing (sz, sy, sx)) of one crop."""
     import nibabel as nib
 
-    img = nib.load(str(data_dir / row["image"]))
+    img: Any = nib.load(str(data_dir / row["image"]))
     hu = np.asarray(img.dataobj).transpose(2, 1, 0).astype(np.float32)
-    mask = np.asarray(nib.load(str(data_dir / row["mask"])).dataobj).transpose(2, 1, 0) > 0
+    mask_img: Any = nib.load(str(data_dir / row["mask"]))
+    mask = np.asarray(mask_img.dataobj).transpose(2, 1, 0) > 0
     z = img.header.get_zooms()
     return hu, mask, (float(z[2]), float(z[1]), float(z[0]))
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Mapping
 from typing import Annotated, Literal, NamedTuple, Union
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -439,7 +440,7 @@ def _check_categories(ind: Indicator, categories: tuple[str, ...], where: str) -
         )
 
 
-def evaluate(cond: Condition, findings: dict[str, Reading | Finding | None]) -> bool | None:
+def evaluate(cond: Condition, findings: Mapping[str, Reading | Finding | None]) -> bool | None:
     """Kleene three-valued evaluation; an indicator whose reading is None is unknown.
 
     Values are Readings (finding and category) or bare findings (whose category is the finding).

@@ -66,7 +66,7 @@ def _smooth_field(shape: tuple[int, int], sigma_px: float, rng: np.random.Genera
     h, w = shape
     f = max(1, int(sigma_px / 4))
     small = rng.standard_normal((max(2, h // f), max(2, w // f))).astype(np.float32)
-    small = cv2.GaussianBlur(small, (0, 0), max(0.5, sigma_px / f))
+    small = np.asarray(cv2.GaussianBlur(small, (0, 0), max(0.5, sigma_px / f)), dtype=np.float32)
     field = cv2.resize(small, (w, h), interpolation=cv2.INTER_CUBIC)
     return (field - field.mean()) / (field.std() + 1e-6)
 
@@ -170,7 +170,7 @@ def cxr_phantom(seed: int, ctr: float = 0.45, *, spacing_mm: float | None = None
     img += 0.1 * np.minimum(ribs, 1.0) * body
 
     # partial volume (blur), uneven exposure (bias field) and detector noise
-    img = cv2.GaussianBlur(img, (0, 0), rng.uniform(0.8, 1.6) / s)
+    img = np.asarray(cv2.GaussianBlur(img, (0, 0), rng.uniform(0.8, 1.6) / s), dtype=np.float32)
     bias = 1 + 0.08 * _smooth_field((h, w), 80 / s, rng) + rng.uniform(-0.1, 0.1) * (x_mm / FIELD_MM[1] - 0.5)
     img = img * bias.astype(np.float32) + rng.uniform(0.008, 0.02) * rng.standard_normal((h, w)).astype(
         np.float32
@@ -196,14 +196,14 @@ def write_cxr_dicom(
     """Write a radiograph (bright = dense) as a 12-bit DX DICOM file with PixelSpacing and ViewPosition."""
     import pydicom
     from pydicom.dataset import FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+    from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
     lo, hi = np.percentile(image, (0.1, 99.9))
     pixels = np.clip((image - lo) / max(hi - lo, 1e-6), 0, 1) * 4095
     if monochrome1:
         pixels = 4095 - pixels  # stored inverted: high values are dark
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray Image, for presentation
+    meta.MediaStorageSOPClassUID = UID("1.2.840.10008.5.1.4.1.1.1.1")  # Digital X-Ray Image, for presentation
     meta.MediaStorageSOPInstanceUID = generate_uid()
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds = pydicom.Dataset()

@@ -106,7 +106,11 @@ def test_verify_exits_1_on_a_tampered_run(capsys, db, fundus_png, drawn_tools):
         ),
         (
             lambda p: ["--task", "fracture", "--image", str(_good_png(p))],
-            "no criteria answer the question 'fracture'; known tasks: glaucoma",
+            "no criteria answer the question 'fracture'; known tasks: brain_tumour, cardiomegaly, glaucoma",
+        ),
+        (
+            lambda p: ["--task", "brain tumour", "--image", f"dwi={_good_png(p)}"],
+            "before '=' give a sequence",
         ),
         (
             lambda p: ["--task", "glaucoma", "--image", str(_good_png(p)), "--laterality", "left"],

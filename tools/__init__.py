@@ -10,6 +10,7 @@ from dxgraph.tools import clinical_risk as _clinical_risk  # noqa: F401
 from dxgraph.tools import crop as _crop  # noqa: F401
 from dxgraph.tools import ct_nodule as _ct_nodule  # noqa: F401
 from dxgraph.tools import ct_nodule_size as _ct_nodule_size  # noqa: F401
+from dxgraph.tools import ct_nodule_unet as _ct_nodule_unet  # noqa: F401
 from dxgraph.tools import cxr as _cxr  # noqa: F401
 from dxgraph.tools import fundus as _fundus  # noqa: F401
 from dxgraph.tools import fundus_unet as _fundus_unet  # noqa: F401

@@ -182,7 +182,8 @@ def refine_edges(core: np.ndarray, grad: np.ndarray, side: str) -> LungEdges:
     rows = np.flatnonzero(core.any(axis=1))
     rows = np.arange(rows[0], rows[-1] + 1)
     lat_out, lat_in = (f * w for f in LATERAL_SEARCH_FRACTION)
-    lateral, medial = [], []
+    lateral: list[int] = []
+    medial: list[int] = []
     for y in rows:
         cols = np.flatnonzero(core[y])
         if cols.size == 0:

@@ -233,7 +233,7 @@ def classify_texture(
     depth = np.zeros(mask.shape, np.float64)
     for z in np.flatnonzero(mask.any(axis=(1, 2))):
         depth[z] = ndi.distance_transform_edt(mask[z], sampling=spacing[1:])
-    rim = min(PARTIAL_VOLUME_RIM_MM, 0.5 * float(depth.max()))
+    rim = min(PARTIAL_VOLUME_RIM_MM, 0.5 * float(np.max(depth)))
     core = depth > rim
     slices = np.flatnonzero(core.any(axis=(1, 2)))
     if len(slices) >= 3:  # the end slices are partial-volumed through their thickness
@@ -241,7 +241,7 @@ def classify_texture(
     if not core.any():
         core = mask
     solid = (hu >= SOLID_HU) & mask
-    solid_ratio = float(np.count_nonzero(solid & core) / max(1, np.count_nonzero(core)))
+    solid_ratio = int(np.count_nonzero(solid & core)) / max(1, int(np.count_nonzero(core)))
     labels, n = ndi.label(solid)
     if n:
         sizes = ndi.sum(solid, labels, range(1, n + 1))
@@ -262,7 +262,8 @@ def measure_nodule(
     smoothed_hu: np.ndarray | None = None,
 ) -> NoduleMeasurement:
     """Fleischner measurements and texture of one nodule mask on its CT volume."""
-    sp = check_spacing(spacing, 3)
+    sz, sy, sx = check_spacing(spacing, 3)
+    sp = (sz, sy, sx)
     avg, long_axis, short_axis = average_diameter_mm(mask, sp)
     kind, solid_ratio, solid = classify_texture(hu if smoothed_hu is None else smoothed_hu, mask, sp)
     if kind == "solid":

@@ -212,6 +212,7 @@ def measure_peritumoural_oedema(inp: PeritumouralOedemaInput) -> PeritumouralOed
     oedema = result.abnormal if core is None else result.abnormal & ~core
     oedema_fraction = result.fraction
     if core is not None:  # partial-volume rim voxels just outside the core are FLAIR-bright too
+        assert enhancing_fraction is not None  # computed with the core
         oedema_fraction = np.where(core, 0, result.fraction * (1 - enhancing_fraction))
     vml = seg.voxel_ml(fl[1])
     return PeritumouralOedema(
