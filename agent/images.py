@@ -94,8 +94,7 @@ def read_image(path: str | Path) -> DecodedImage:
         if fmt in ("png", "jpeg"):
             arr, spacing, modality, dims = _read_raster(data, fmt)
         elif fmt == "dicom":
-            arr, spacing, modality, dims = _read_dicom(p)
-            view = _dicom_view(p)
+            arr, spacing, modality, dims, view = _read_dicom(p)
         else:
             arr, spacing, modality, dims = _read_nifti(p)
     except CaseError as e:
@@ -104,13 +103,6 @@ def read_image(path: str | Path) -> DecodedImage:
         raise CaseError(f"{p}: cannot decode {fmt.upper()} data ({type(e).__name__}: {e})") from None
     _check_pixels(p, arr, dims)
     return DecodedImage(arr, fmt, dims, spacing, modality, sha256_bytes(data), view)
-
-
-def _dicom_view(path: Path) -> str | None:
-    import pydicom
-
-    view = str(pydicom.dcmread(path, stop_before_pixels=True, force=True).get("ViewPosition", "")).strip()
-    return view.upper() or None
 
 
 def _read_series_folder(folder: Path) -> DecodedImage:
@@ -152,7 +144,7 @@ def _read_raster(data: bytes, fmt: ImageFormat) -> tuple[np.ndarray, None, None,
     return np.ascontiguousarray(arr), None, None, "2d"
 
 
-def _read_dicom(path: Path) -> tuple[np.ndarray, tuple[float, ...] | None, str | None, Dims]:
+def _read_dicom(path: Path) -> tuple[np.ndarray, tuple[float, ...] | None, str | None, Dims, str | None]:
     import pydicom
 
     ds = pydicom.dcmread(path, force=True)
@@ -188,7 +180,8 @@ def _read_dicom(path: Path) -> tuple[np.ndarray, tuple[float, ...] | None, str |
         z_mm = float(ds.get("SpacingBetweenSlices", 0) or ds.get("SliceThickness", 0) or 0)
         spacing = (z_mm, *spacing) if z_mm > 0 else None
     modality = _DICOM_MODALITIES.get(str(ds.get("Modality", "")).upper())
-    return np.ascontiguousarray(arr), spacing, modality, dims
+    view = str(ds.get("ViewPosition", "") or "").strip().upper() or None
+    return np.ascontiguousarray(arr), spacing, modality, dims, view
 
 
 def _read_nifti(path: Path) -> tuple[np.ndarray, tuple[float, ...] | None, None, Dims]:

@@ -150,3 +150,35 @@ def run_chromium(exe: str, tmp_path: Path, *args: str):  # type: ignore[no-untyp
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=90, check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return proc
+
+
+def cxr_image_ref(decoded, image_id: str = "img0"):  # type: ignore[no-untyped-def]
+    """A decoded chest radiograph stored in the current tool context, as the tools receive it."""
+    from dxgraph.tools import ImageRef, save_artifact
+
+    return ImageRef(
+        image_id=image_id,
+        pixels=save_artifact(decoded.array, "image"),
+        modality="cxr",
+        dims="2d",
+        spacing_mm=decoded.spacing_mm,
+        view=decoded.view,
+    )
+
+
+def classical_ctr(ref):  # type: ignore[no-untyped-def]
+    """The registered classical heart/lung segmentation, then the CTR measurement: (masks, measurements)."""
+    from dxgraph.tools import default_registry
+
+    seg = default_registry.get("segment_heart_lungs_classical")
+    meas = default_registry.get("measure_cardiothoracic_ratio")
+    masks = seg.fn(seg.input_model(image=ref))
+    m = meas.fn(
+        meas.input_model(
+            image=ref,
+            heart_mask=masks.heart_mask,
+            right_lung_mask=masks.right_lung_mask,
+            left_lung_mask=masks.left_lung_mask,
+        )
+    )
+    return masks, m

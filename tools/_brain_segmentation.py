@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage as ndi
 
+from dxgraph.tools._mask_geometry import otsu_threshold
+
 WORK_SPACING_MM = 4.0
 """Grid spacing on which the bias field is estimated (it is smooth; coarser is faster)."""
 BIAS_DEGREE = 3
@@ -86,18 +88,6 @@ def voxel_ml(spacing_mm: tuple[float, ...]) -> float:
     return float(np.prod(spacing_mm)) / 1000.0
 
 
-def _otsu(values: np.ndarray) -> float:
-    hist, edges = np.histogram(values, bins=256)
-    centres = (edges[:-1] + edges[1:]) / 2
-    w0 = np.cumsum(hist)
-    w1 = w0[-1] - w0
-    m0 = np.cumsum(hist * centres)
-    mu0 = m0 / np.maximum(w0, 1)
-    mu1 = (m0[-1] - m0) / np.maximum(w1, 1)
-    between = w0 * w1 * (mu0 - mu1) ** 2
-    return float(centres[int(np.argmax(between))])
-
-
 def _ball(radius_mm: float, spacing_mm: tuple[float, ...]) -> np.ndarray:
     half = [max(0, int(radius_mm / s)) for s in spacing_mm]
     grid = np.indices([2 * h + 1 for h in half], dtype=np.float32)
@@ -125,7 +115,7 @@ def brain_mask(volumes: list[np.ndarray], spacing_mm: tuple[float, ...]) -> np.n
         pos = sm[sm > 0.02 * top]
         if pos.size == 0:
             continue
-        fg |= sm > 0.5 * _otsu(pos)
+        fg |= sm > 0.5 * otsu_threshold(pos)
     opened = ndi.binary_opening(fg, _ball(3.0, spacing_mm))
     mask = _largest_component(opened if opened.any() else fg)
     mask = ndi.binary_fill_holes(mask)

@@ -31,7 +31,7 @@ from typing import Literal
 
 import numpy as np
 
-from dxgraph.tools._mask_geometry import centroid_mm, recist_diameters, volume_ml
+from dxgraph.tools._mask_geometry import centroid_mm, otsu_threshold, recist_diameters, volume_ml
 
 SMOOTH_SIGMA_MM = 0.8
 """In-plane Gaussian smoothing before thresholding, mm."""
@@ -247,18 +247,6 @@ def _morph_xy(mask: np.ndarray, spacing, radius_mm: float, op: str) -> np.ndarra
     return np.stack([cv2.morphologyEx(s, code, kernel) for s in mask.astype(np.uint8)]) > 0
 
 
-def _otsu(values: np.ndarray) -> float:
-    hist, edges = np.histogram(values, bins=256)
-    centres = (edges[:-1] + edges[1:]) / 2
-    w0 = np.cumsum(hist)
-    w1 = w0[-1] - w0
-    m = np.cumsum(hist * centres)
-    mu0 = m / np.maximum(w0, 1)
-    mu1 = (m[-1] - m) / np.maximum(w1, 1)
-    between = w0 * w1 * (mu0 - mu1) ** 2
-    return float(centres[int(np.argmax(between[:-1]))])
-
-
 def _fill_slices(mask: np.ndarray) -> np.ndarray:
     """Holes filled on every axial slice (which also fills every hole enclosed in 3D)."""
     import cv2
@@ -308,7 +296,7 @@ def _organs(
     if vals.size < 1000:
         flags.append("no_soft_tissue")
         return np.zeros(sm.shape, bool), np.zeros(sm.shape, np.int32), 0
-    t = _otsu(vals)
+    t = otsu_threshold(vals)
     hi, lo = vals[vals >= t], vals[vals < t]
     if hi.size == 0 or lo.size == 0 or float(np.median(hi) - np.median(lo)) < MIN_PARENCHYMA_CONTRAST_HU:
         flags.append("no_enhancing_parenchyma_contrast")

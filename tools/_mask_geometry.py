@@ -49,6 +49,19 @@ def check_spacing(spacing: tuple[float, ...] | list[float] | None, ndim: int) ->
     return out
 
 
+def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
+    """Otsu's threshold of a set of values: the bin centre that maximises the between-class variance."""
+    hist, edges = np.histogram(values, bins=bins)
+    centres = (edges[:-1] + edges[1:]) / 2
+    w0 = np.cumsum(hist)
+    w1 = w0[-1] - w0
+    m = np.cumsum(hist * centres)
+    mu0 = m / np.maximum(w0, 1)
+    mu1 = (m[-1] - m) / np.maximum(w1, 1)
+    between = w0 * w1 * (mu0 - mu1) ** 2
+    return float(centres[int(np.argmax(between[:-1]))])
+
+
 def voxel_count(mask: np.ndarray) -> int:
     """Number of True pixels or voxels."""
     return int(np.count_nonzero(mask))

@@ -92,7 +92,10 @@ def test_retrieval_by_task_and_by_synonyms():
 
 
 def test_unknown_question_names_the_known_tasks():
-    with pytest.raises(CriteriaError, match="known tasks: brain_tumour, cardiomegaly, glaucoma, heart_failure_ef, pulmonary_nodule, tumour_response"):
+    with pytest.raises(
+        CriteriaError,
+        match="known tasks: brain_tumour, cardiomegaly, glaucoma, heart_failure_ef, pulmonary_nodule, tumour_response",
+    ):
         retrieve("broken leg")
 
 

@@ -180,7 +180,9 @@ def test_without_the_model_retrieval_is_lexical_and_paraphrases_fail(library, mo
     assert (hit.criteria.document.id, hit.score) == ("glaucoma.onh-structure", 1.5)
     assert _top("Is the LVEF reduced?", library) == "lvef.heart_failure_2021"
     for question, _ in PARAPHRASES:
-        with pytest.raises(CriteriaError, match="known tasks: brain_tumour, cardiomegaly, diabetic retinopathy, glaucoma"):
+        with pytest.raises(
+            CriteriaError, match="known tasks: brain_tumour, cardiomegaly, diabetic retinopathy, glaucoma"
+        ):
             retrieve(question, library=library)
 
 
@@ -236,7 +238,9 @@ def test_paraphrases_retrieve_their_document_first(library, model_on):
 
 @pytest.mark.parametrize("question", OFF_TOPIC)
 def test_off_topic_questions_retrieve_nothing(library, model_on, question):
-    with pytest.raises(CriteriaError, match=r"no criteria answer the question .*; known tasks: brain_tumour, cardiomegaly"):
+    with pytest.raises(
+        CriteriaError, match=r"no criteria answer the question .*; known tasks: brain_tumour, cardiomegaly"
+    ):
         retrieve(question, library=library)
 
 

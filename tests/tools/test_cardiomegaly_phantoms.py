@@ -17,10 +17,12 @@ from dxgraph.agent.images import read_image
 from dxgraph.agent.rules import label_of
 from dxgraph.criteria_kb._library import get_criteria
 from dxgraph.testing.cxr_phantom import cardiomegaly_demo_cases, cxr_phantom, write_cardiomegaly_case
-from dxgraph.tools import ImageRef, ToolContext, default_registry, save_artifact, tool_context
+from dxgraph.tools import ToolContext, tool_context
 from dxgraph.tools import _cxr_classical as classical
 from dxgraph.tools.cxr import cardiothoracic_ratio, column_range, to_grey
 from dxgraph.traces import MemoryArtifacts
+
+from _helpers import classical_ctr, cxr_image_ref
 
 N_PHANTOMS = 20
 """Seeded phantoms in the accuracy test."""
@@ -53,26 +55,8 @@ class Result:
 def measure_file(path) -> Result:
     """Through the registered tools: classical segmentation, then the CTR measurement."""
     decoded = read_image(path)
-    seg = default_registry.get("segment_heart_lungs_classical")
-    meas = default_registry.get("measure_cardiothoracic_ratio")
     with tool_context(ToolContext(artifacts=MemoryArtifacts())):
-        ref = ImageRef(
-            image_id="cxr",
-            pixels=save_artifact(decoded.array, "image"),
-            modality="cxr",
-            dims="2d",
-            spacing_mm=decoded.spacing_mm,
-            view=decoded.view,
-        )
-        masks = seg.fn(seg.input_model(image=ref))
-        m = meas.fn(
-            meas.input_model(
-                image=ref,
-                heart_mask=masks.heart_mask,
-                right_lung_mask=masks.right_lung_mask,
-                left_lung_mask=masks.left_lung_mask,
-            )
-        )
+        _, m = classical_ctr(cxr_image_ref(decoded, "cxr"))
     return Result({}, m.ctr, m.heart_width_mm, m.thorax_width_mm, m.quality_flags)
 
 

@@ -15,7 +15,7 @@ from dxgraph.tools import _cxr_classical as classical
 from dxgraph.tools.cxr import cardiothoracic_ratio, to_grey
 from dxgraph.traces import MemoryArtifacts
 
-from _helpers import SHARED_DATA
+from _helpers import SHARED_DATA, classical_ctr, cxr_image_ref
 
 WINGSPAN = SHARED_DATA / "cxr_wingspan"
 needs_wingspan = pytest.mark.skipif(
@@ -42,32 +42,6 @@ def rg1_uncr_path():
 
 
 needs_rg1 = pytest.mark.skipif(rg1_uncr_path() is None, reason="pydicom test file RG1_UNCR.dcm absent")
-
-
-def image_ref(decoded, image_id="img0"):
-    return ImageRef(
-        image_id=image_id,
-        pixels=save_artifact(decoded.array, "image"),
-        modality="cxr",
-        dims="2d",
-        spacing_mm=decoded.spacing_mm,
-        view=getattr(decoded, "view", None),
-    )
-
-
-def classical_then_measure(ref):
-    seg = default_registry.get("segment_heart_lungs_classical")
-    meas = default_registry.get("measure_cardiothoracic_ratio")
-    masks = seg.fn(seg.input_model(image=ref))
-    m = meas.fn(
-        meas.input_model(
-            image=ref,
-            heart_mask=masks.heart_mask,
-            right_lung_mask=masks.right_lung_mask,
-            left_lung_mask=masks.left_lung_mask,
-        )
-    )
-    return masks, m
 
 
 def wingspan_rows():
@@ -109,7 +83,7 @@ def test_tool_matches_the_module_on_real_images():
     with tool_context(ToolContext(artifacts=MemoryArtifacts())):
         for i, row in enumerate(wingspan_rows()[:3]):
             decoded = read_image(WINGSPAN / row["image"])
-            masks, m = classical_then_measure(image_ref(decoded, f"case{i}"))
+            masks, m = classical_ctr(cxr_image_ref(decoded, f"case{i}"))
             assert masks.method == "classical" and masks.weights_sha256 is None
             right, left = load_artifact(masks.right_lung_mask), load_artifact(masks.left_lung_mask)
             assert right.shape == decoded.array.shape[:2]
@@ -127,8 +101,8 @@ def test_real_pa_dicom_rg1_uncr():
     # PixelSpacing is recorded as [0, 0], i.e. unknown: widths stay in pixels
     assert decoded.spacing_mm is None
     with tool_context(ToolContext(artifacts=MemoryArtifacts())):
-        ref = image_ref(decoded)
-        masks, m = classical_then_measure(ref)
+        ref = cxr_image_ref(decoded)
+        masks, m = classical_ctr(ref)
         heart = load_artifact(masks.heart_mask)
         lungs = load_artifact(masks.right_lung_mask) | load_artifact(masks.left_lung_mask)
     assert 0.35 <= m.ctr <= 0.6

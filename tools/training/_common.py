@@ -6,6 +6,7 @@ import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -169,3 +170,26 @@ def predict(net: torch.nn.Module, x: np.ndarray, batch_size: int = 16) -> np.nda
             xb = torch.from_numpy(np.ascontiguousarray(x[start : start + batch_size])).to(device)
             outs.append(net(xb).float().cpu().numpy())
     return np.concatenate(outs, axis=0)
+
+
+def training_main(
+    train: Callable[..., Any],
+    argv: list[str] | None,
+    *,
+    description: str,
+    data: Path,
+    out: Path,
+    epochs: int,
+) -> None:
+    """The ``python -m dxgraph.tools.training.<task>`` command line shared by the training modules:
+    ``--data``, ``--out``, ``--folds``, ``--epochs``, ``--seed``, then ``train(data, out, ...)``."""
+    import argparse
+
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--data", type=Path, default=data, help="the training data folder")
+    p.add_argument("--out", type=Path, default=out, help="weights file to write")
+    p.add_argument("--folds", type=int, default=5)
+    p.add_argument("--epochs", type=int, default=epochs)
+    p.add_argument("--seed", type=int, default=0)
+    a = p.parse_args(argv)
+    train(a.data, a.out, folds=a.folds, seed=a.seed, epochs=a.epochs)

@@ -12,7 +12,6 @@ comparison, each held-out photograph is also measured by the classical segmenter
 
 from __future__ import annotations
 
-import argparse
 import csv
 import time
 from dataclasses import dataclass
@@ -23,7 +22,15 @@ import numpy as np
 
 from dxgraph.tools import _cup_disc_geometry as geo
 from dxgraph.tools import fundus_unet as fu
-from dxgraph.tools.training._common import LoopConfig, Progress, dice, fit_batches, kfold, seed_everything
+from dxgraph.tools.training._common import (
+    LoopConfig,
+    Progress,
+    dice,
+    fit_batches,
+    kfold,
+    seed_everything,
+    training_main,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -341,15 +348,15 @@ def new_network_arch() -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> None:
     """Command line: python -m dxgraph.tools.training.fundus [--data D] [--out F] [--folds K] ..."""
-    here = Path(__file__).resolve().parents[2]
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=here.parent / "shared" / "data" / "fundus_drishti")
-    parser.add_argument("--out", type=Path, default=fu.WEIGHTS_PATH)
-    parser.add_argument("--folds", type=int, default=5)
-    parser.add_argument("--epochs", type=int, default=EPOCHS)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    train(args.data, args.out, folds=args.folds, seed=args.seed, epochs=args.epochs)
+    data = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "fundus_drishti"
+    training_main(
+        train,
+        argv,
+        description=(__doc__ or "").splitlines()[0],
+        data=data,
+        out=fu.WEIGHTS_PATH,
+        epochs=EPOCHS,
+    )
 
 
 if __name__ == "__main__":

@@ -10,7 +10,6 @@ error), the Fleischner size category (< 5.5, 5.5-8.5, >= 8.5 mm) and the Dice on
 
 from __future__ import annotations
 
-import argparse
 import csv
 import time
 from dataclasses import dataclass
@@ -29,7 +28,15 @@ from dxgraph.tools.ct_nodule_unet import (
     target_window,
     window_probability,
 )
-from dxgraph.tools.training._common import LoopConfig, Progress, dice, kfold, seed_everything, train_segmenter
+from dxgraph.tools.training._common import (
+    LoopConfig,
+    Progress,
+    dice,
+    kfold,
+    seed_everything,
+    train_segmenter,
+    training_main,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -259,14 +266,9 @@ def train(
 
 def main(argv: list[str] | None = None) -> None:
     """Command line: ``python -m dxgraph.tools.training.nodule_segmentation``."""
-    p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="the ct_lidc_nodules folder")
-    p.add_argument("--out", type=Path, default=WEIGHTS_PATH, help="weights file to write")
-    p.add_argument("--folds", type=int, default=5)
-    p.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS)
-    p.add_argument("--seed", type=int, default=0)
-    a = p.parse_args(argv)
-    train(a.data, a.out, folds=a.folds, seed=a.seed, epochs=a.epochs)
+    training_main(
+        train, argv, description=__doc__ or "", data=DEFAULT_DATA, out=WEIGHTS_PATH, epochs=DEFAULT_EPOCHS
+    )
 
 
 if __name__ == "__main__":

@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import argparse
 import csv
 import time
 from dataclasses import dataclass
@@ -16,7 +15,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from dxgraph.tools.ct_nodule import GRID_SIZE, GRID_SPACING_MM, WEIGHTS_PATH, preprocess_nodule
-from dxgraph.tools.training._common import LoopConfig, Progress, fit_batches, kfold, seed_everything
+from dxgraph.tools.training._common import (
+    LoopConfig,
+    Progress,
+    fit_batches,
+    kfold,
+    seed_everything,
+    training_main,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -319,14 +325,7 @@ def train(
 
 def main(argv: list[str] | None = None) -> None:
     """Command line: ``python -m dxgraph.tools.training.nodules``."""
-    p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="the ct_lidc_nodules folder")
-    p.add_argument("--out", type=Path, default=WEIGHTS_PATH, help="weights file to write")
-    p.add_argument("--folds", type=int, default=5)
-    p.add_argument("--epochs", type=int, default=40)
-    p.add_argument("--seed", type=int, default=0)
-    a = p.parse_args(argv)
-    train(a.data, a.out, folds=a.folds, seed=a.seed, epochs=a.epochs)
+    training_main(train, argv, description=__doc__ or "", data=DEFAULT_DATA, out=WEIGHTS_PATH, epochs=40)
 
 
 if __name__ == "__main__":
