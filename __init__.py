@@ -18,7 +18,8 @@ from dxgraph._version import __version__
 from dxgraph.errors import DxgraphError, ToolError, UserError
 
 if TYPE_CHECKING:
-    from dxgraph.agent.case import Case, load_case
+    from dxgraph.agent.case import Case, ImageSpec, load_case
+    from dxgraph.agent.cohort.runner import CohortResult, run_cohort
     from dxgraph.agent.diagnosis import Diagnosis
     from dxgraph.agent.evidence import Evidence
     from dxgraph.agent.run import RunResult, diagnose
@@ -27,6 +28,9 @@ if TYPE_CHECKING:
 
 _LAZY = {
     "Case": "dxgraph.agent.case",
+    "ImageSpec": "dxgraph.agent.case",
+    "CohortResult": "dxgraph.agent.cohort.runner",
+    "run_cohort": "dxgraph.agent.cohort.runner",
     "load_case": "dxgraph.agent.case",
     "Diagnosis": "dxgraph.agent.diagnosis",
     "Evidence": "dxgraph.agent.evidence",
@@ -38,9 +42,11 @@ _LAZY = {
 
 __all__ = [
     "Case",
+    "CohortResult",
     "Diagnosis",
     "DxgraphError",
     "Evidence",
+    "ImageSpec",
     "RunResult",
     "ToolError",
     "TraceStore",
@@ -48,6 +54,7 @@ __all__ = [
     "__version__",
     "diagnose",
     "load_case",
+    "run_cohort",
     "tool",
 ]
 

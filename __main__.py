@@ -2,4 +2,5 @@
 
 from dxgraph.cli import main
 
-main()
+if __name__ == "__main__":  # not when a cohort's worker process re-imports the main module
+    main()

@@ -649,6 +649,11 @@ def train(
     _print_json(result)
 
 
+from dxgraph.agent.cohort.cli import cohort_app  # noqa: E402 -- it uses the options defined above
+
+app.add_typer(cohort_app, name="cohort")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; a UserError prints one line and exits with code 2."""
     try:

@@ -117,13 +117,39 @@ def label_confidence(
             and not isinstance(v.value, bool)
         ):
             draws = rng.normal(float(v.value), rule.uncertainty or 1e-12, CONFIDENCE_DRAWS)
-            sampled[v.indicator] = [rule.read(float(x)) for x in draws]
+            sampled[v.indicator] = _read_many(rule, draws)
         else:
             sampled[v.indicator] = [fixed[v.indicator]] * CONFIDENCE_DRAWS
-    same = sum(
-        decide(doc, {k: vals[i] for k, vals in sampled.items()})[0] == label for i in range(CONFIDENCE_DRAWS)
-    )
+    names = list(sampled)
+    decided: dict[tuple[Reading | None, ...], bool] = {}  # few distinct combinations: decide each once
+    same = 0
+    for combo in zip(*(sampled[k] for k in names), strict=True):
+        if combo not in decided:
+            decided[combo] = decide(doc, dict(zip(names, combo, strict=True)))[0] == label
+        same += decided[combo]
     return same / CONFIDENCE_DRAWS
+
+
+def _read_many(rule: BandsRule, draws: np.ndarray) -> list[Reading | None]:
+    """``rule.read`` of every draw, reading only at the band edges: bands are contiguous and ordered, so
+    along the sorted draws the reading changes at most once per edge (found by bisection)."""
+    order = np.argsort(draws, kind="stable")
+    xs = draws[order]
+    out: list[Reading | None] = [None] * len(xs)
+    i = 0
+    while i < len(xs):
+        reading = rule.read(float(xs[i]))
+        lo, hi = i, len(xs) - 1
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if rule.read(float(xs[mid])) == reading:
+                lo = mid
+            else:
+                hi = mid - 1
+        for k in order[i : lo + 1]:
+            out[k] = reading
+        i = lo + 1
+    return out
 
 
 def recommendation_for(doc: CriteriaDocument, verdicts: list[IndicatorVerdict]) -> str | None:

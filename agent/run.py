@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import functools
 import platform
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Literal
+
+from sqlmodel import SQLModel
 
 from dxgraph._version import __version__
 from dxgraph.agent._chat import ChatBackend
@@ -92,6 +95,7 @@ class RunResult:
         }
 
 
+@functools.cache
 def _library_versions() -> dict[str, str]:
     out = {}
     for name in LIBRARIES:
@@ -192,6 +196,7 @@ def diagnose(
     base_url: str | None = None,
     model: str | None = None,
     model_path: str | Path | None = None,
+    record_with: Callable[[TraceRecorder, Diagnosis | None, str | None], Sequence[SQLModel]] | None = None,
 ) -> RunResult:
     """Diagnose one case and store its trace; return the diagnosis with its run id.
 
@@ -200,6 +205,8 @@ def diagnose(
     (CUDA when present), ``cpu`` or ``cuda``. ``aggregator`` is ``rules`` (default, offline), ``openai``
     (a server at ``base_url``, model ``model``) or ``transformers`` (a checkpoint at ``model_path``);
     ``planner="llm"`` lets that model draft the plan. ``language_model`` passes a ready backend instead.
+    ``record_with(recorder, diagnosis or None, error or None)`` gives rows to store in the run's own
+    transaction (a cohort's record of the case).
     Bad input raises UserError before anything is stored.
     A run that a bug interrupts is stored with status ``error`` and the bug re-raised.
     """
@@ -265,12 +272,17 @@ def diagnose(
     except UserError:
         raise  # bad input found mid-run: nothing is stored
     except BaseException as e:
-        rec.emit(RunFinished, status="error", duration_ms=_ms(t0), error=f"{type(e).__name__}: {e}")
-        store.save(rec, task=case.question, case_id=case.case_id, status="error", label=None)
+        error = f"{type(e).__name__}: {e}"
+        rec.emit(RunFinished, status="error", duration_ms=_ms(t0), error=error)
+        also = record_with(rec, None, error) if record_with is not None else ()
+        store.save(rec, task=case.question, case_id=case.case_id, status="error", label=None, also=also)
         raise
     diagnosis: Diagnosis = state["diagnosis"]
     rec.emit(RunFinished, status="completed", label=diagnosis.label, duration_ms=_ms(t0))
-    store.save(rec, task=case.question, case_id=case.case_id, status="completed", label=diagnosis.label)
+    also = record_with(rec, diagnosis, None) if record_with is not None else ()
+    store.save(
+        rec, task=case.question, case_id=case.case_id, status="completed", label=diagnosis.label, also=also
+    )
     return RunResult(rec.run_id, case, state["plan"], tuple(state["evidence"]), diagnosis, store.url)
 
 

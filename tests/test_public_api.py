@@ -10,9 +10,11 @@ def test_public_names_are_exactly_these():
     assert sorted(dxgraph.__all__) == sorted(
         [
             "Case",
+            "CohortResult",
             "Diagnosis",
             "DxgraphError",
             "Evidence",
+            "ImageSpec",
             "RunResult",
             "ToolError",
             "TraceStore",
@@ -20,6 +22,7 @@ def test_public_names_are_exactly_these():
             "__version__",
             "diagnose",
             "load_case",
+            "run_cohort",
             "tool",
         ]
     )

@@ -51,7 +51,38 @@ def _m002_lookup_indexes(conn: sa.Connection) -> None:
     conn.execute(sa.text("CREATE INDEX IF NOT EXISTS ix_events_event ON events (event)"))
 
 
-MIGRATIONS: dict[int, Callable[[sa.Connection], None]] = {1: _m001_initial, 2: _m002_lookup_indexes}
+def _m003_cohorts(conn: sa.Connection) -> None:
+    """Cohort bookkeeping: one row per cohort, one per attempt at each of its cases (insert-only)."""
+    md = sa.MetaData()
+    sa.Table(
+        "cohorts",
+        md,
+        sa.Column("cohort_id", sa.String, primary_key=True),
+        sa.Column("created_at", sa.DateTime, nullable=False),
+        sa.Column("task", sa.String, nullable=False),
+        sa.Column("info", sa.Text, nullable=False),
+    )
+    sa.Table(
+        "cohort_cases",
+        md,
+        sa.Column("cohort_id", sa.String, sa.ForeignKey("cohorts.cohort_id"), primary_key=True),
+        sa.Column("case_id", sa.String, primary_key=True),
+        sa.Column("attempt", sa.Integer, primary_key=True),
+        sa.Column("line", sa.Integer, nullable=False),
+        sa.Column("status", sa.String, nullable=False),
+        sa.Column("run_id", sa.String, nullable=True, index=True),
+        sa.Column("label", sa.String, nullable=True),
+        sa.Column("finished_at", sa.DateTime, nullable=False),
+        sa.Column("outcome", sa.Text, nullable=False),
+    )
+    md.create_all(conn)
+
+
+MIGRATIONS: dict[int, Callable[[sa.Connection], None]] = {
+    1: _m001_initial,
+    2: _m002_lookup_indexes,
+    3: _m003_cohorts,
+}
 """Schema version -> the migration that brings the previous version to it."""
 SCHEMA_VERSION = max(MIGRATIONS)
 """The schema version this code reads and writes."""

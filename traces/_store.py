@@ -11,7 +11,7 @@ import json
 import os
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -36,6 +36,10 @@ DB_ENV = "DXGRAPH_DB"
 """Environment variable naming the store (a path or a SQLAlchemy URL)."""
 SAVE_ATTEMPTS = 8
 """Tries to save a run or migrate while another writer holds the database (SQLite lock, PostgreSQL deadlock)."""
+
+
+class DuplicateRecord(StoreError):
+    """A row that must be written once is already in the store (another writer got there first)."""
 
 
 class RunRow(SQLModel, table=True):
@@ -161,20 +165,66 @@ class TraceStore:
 
     # -- writing -------------------------------------------------------------------------------
 
-    def save(self, rec: TraceRecorder, *, task: str, case_id: str, status: str, label: str | None) -> None:
+    def save(
+        self,
+        rec: TraceRecorder,
+        *,
+        task: str,
+        case_id: str,
+        status: str,
+        label: str | None,
+        also: Sequence[SQLModel] = (),
+    ) -> None:
         """Persist a recorded run, its events and its artifacts in one transaction.
 
-        Retries, with a growing random pause, while other writers hold the database.
+        ``also`` are rows written in the same transaction (a cohort's record of the case): when one of
+        them is already stored, nothing is written and DuplicateRecord is raised. Retries, with a
+        growing random pause, while other writers hold the database.
         """
         if not rec.events or not isinstance(rec.events[0], RunStarted):
             raise ValueError("a run must start with RunStarted")
         _with_retries(
             f"cannot save run {rec.run_id}",
-            lambda: self._save_once(rec, task=task, case_id=case_id, status=status, label=label),
+            lambda: self._save_once(rec, task=task, case_id=case_id, status=status, label=label, also=also),
         )
 
+    def insert(self, rows: Sequence[SQLModel]) -> None:
+        """Write rows in one transaction (insert only); DuplicateRecord when one is already stored."""
+        _with_retries("cannot write to the trace store", lambda: self._insert_once(rows))
+
+    def _insert_once(self, rows: Sequence[SQLModel]) -> None:
+        try:
+            with Session(self._writer) as s, s.begin():
+                s.add_all([type(r)(**r.model_dump()) for r in rows])  # fresh: a retry may reuse them
+        except sa.exc.IntegrityError as e:
+            raise DuplicateRecord(f"already stored: {e.orig}") from None
+
     def _save_once(
-        self, rec: TraceRecorder, *, task: str, case_id: str, status: str, label: str | None
+        self,
+        rec: TraceRecorder,
+        *,
+        task: str,
+        case_id: str,
+        status: str,
+        label: str | None,
+        also: Sequence[SQLModel] = (),
+    ) -> None:
+        try:
+            self._save_transaction(rec, task=task, case_id=case_id, status=status, label=label, also=also)
+        except sa.exc.IntegrityError as e:
+            raise DuplicateRecord(
+                f"run {rec.run_id} not saved: its record is already stored ({e.orig})"
+            ) from None
+
+    def _save_transaction(
+        self,
+        rec: TraceRecorder,
+        *,
+        task: str,
+        case_id: str,
+        status: str,
+        label: str | None,
+        also: Sequence[SQLModel],
     ) -> None:
         header = rec.events[0].header  # type: ignore[union-attr]
         with Session(self._writer) as s, s.begin():
@@ -195,6 +245,8 @@ class TraceStore:
             s.flush()
             for ev, body in zip(rec.events, rec.bodies, strict=True):
                 s.add(EventRow(run_id=rec.run_id, seq=ev.seq, event=ev.event, sha256=ev.sha256, body=body))
+            s.flush()
+            s.add_all([type(r)(**r.model_dump()) for r in also])
 
     def _insert_artifacts(self, s: Session, rec: TraceRecorder) -> None:
         blobs = rec.artifacts.blobs

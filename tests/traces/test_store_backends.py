@@ -335,10 +335,11 @@ def test_a_version_1_store_is_migrated_and_its_runs_still_verify(url, tmp_path):
         assert "ix_runs_case_id" not in {i["name"] for i in sa.inspect(conn).get_indexes("runs")}
     engine.dispose()
 
-    store = TraceStore(url)  # migrates 1 -> 2
+    store = TraceStore(url)  # migrates 1 -> 3
     with store.engine.connect() as conn:
-        assert current_version(conn) == SCHEMA_VERSION == 2
+        assert current_version(conn) == SCHEMA_VERSION == 3
         insp = sa.inspect(conn)
+        assert {"cohorts", "cohort_cases"} <= set(insp.get_table_names())
         assert "ix_runs_case_id" in {i["name"] for i in insp.get_indexes("runs")}
         assert "ix_events_event" in {i["name"] for i in insp.get_indexes("events")}
     check = store.verify(run_id)
@@ -357,7 +358,7 @@ def _sqlalchemy_url(url: str) -> str:
 
 def test_migrating_past_the_known_versions_is_refused(db):
     engine = sa.create_engine(f"sqlite:///{db}")
-    with engine.begin() as conn, pytest.raises(ValueError, match="no schema version 3"):
+    with engine.begin() as conn, pytest.raises(ValueError, match=f"no schema version {SCHEMA_VERSION + 1}"):
         apply_migrations(conn, upto=SCHEMA_VERSION + 1)
     engine.dispose()
 
@@ -378,3 +379,37 @@ def test_export_import_and_replay_work_on_either_backend(url: str, tmp_path: Pat
     ]
     result = replay(store, run_id, "recorded", registry=drawn_disc_cup_registry(cup_radius_px=38.0))
     assert result.same and result.diagnosis is not None and result.diagnosis.label == "glaucoma_suspect"
+
+
+def test_two_workers_racing_for_one_cohort_case_record_it_once(url: str, tmp_path: Path) -> None:
+    """The cohort record commits with its run: the loser of a race stores neither and reads the winner's."""
+    from datetime import UTC, datetime
+
+    import numpy as np
+
+    from _helpers import write_rgb
+    from dxgraph.agent.cohort.manifest import CohortCase, task_labels
+    from dxgraph.agent.cohort.outcome import CohortInfo
+    from dxgraph.agent.cohort.store import CohortStore
+    from dxgraph.agent.cohort.worker import CaseJob, CaseWorker, CohortSettings
+    from dxgraph.agent.case import ImageSpec
+    from dxgraph.criteria_kb import get_criteria
+
+    labels = task_labels(get_criteria("glaucoma.onh-structure").document)
+    store = TraceStore(url)
+    info = CohortInfo(
+        cohort_id="race", task="glaucoma", created_at=datetime.now(UTC), manifest="-", manifest_sha256="0" * 64,
+        n_rows=1, labels=labels,
+    )  # fmt: skip
+    assert CohortStore(store).start(info) == info and CohortStore(store).start(info).cohort_id == "race"
+    image = write_rgb(tmp_path / "f.png", np.full((200, 200, 3), 90, np.uint8))
+    case = CohortCase(case_id="c1", line=2, images=(ImageSpec(path=image),), modality="fundus")
+    options = {"registry": drawn_disc_cup_registry(cup_radius_px=35.0), "device": "cpu"}
+    settings = CohortSettings(cohort_id="race", task="glaucoma", db_url=store.url, labels=labels, options=options)
+    first = CaseWorker(settings).run(CaseJob(case))
+    second = CaseWorker(settings).run(CaseJob(case))  # the same attempt again: loses, stores nothing
+    assert first.status == "completed" and first.label == "glaucoma_suspect"
+    assert second == first
+    assert [r.run_id for r in store.list_runs(limit=None)] == [first.run_id]
+    assert CohortStore(store).attempts("race") == {"c1": (1, "completed")}
+    assert first.measured["vcdr"] == pytest.approx(0.7, abs=0.02) and first.cost.tool_calls >= 2

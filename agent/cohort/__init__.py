@@ -1,0 +1,1 @@
+"""Cohort runs: many cases from a manifest, concurrently, resumable, with metrics and a report."""

@@ -1,0 +1,58 @@
+"""A labelled phantom cohort on disk: fundus phantoms of known vCDR and a manifest with the truth."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+
+from dxgraph.testing.phantoms import fundus_phantom
+
+GLAUCOMA_COLUMNS = ("case_id", "image", "laterality", "label", "truth.vcdr", "truth.rim_to_disc_ratio")
+"""Columns of the glaucoma phantom manifest."""
+
+
+def write_glaucoma_cohort(
+    folder: str | Path, n: int = 50, *, seed: int = 0, size_px: tuple[int, int] = (384, 512)
+) -> Path:
+    """Write ``n`` fundus phantoms (vCDR 0.25-0.85, both eyes) and ``manifest.csv``; return the manifest.
+
+    Each row's label is what the glaucoma criteria give for the phantom's true indicator values, and
+    ``truth.vcdr`` / ``truth.rim_to_disc_ratio`` are its true values.
+    """
+    import cv2
+
+    from dxgraph.agent.demo import phantom_truth
+    from dxgraph.agent.rules import label_of
+    from dxgraph.criteria_kb import get_criteria
+
+    doc = get_criteria("glaucoma.onh-structure").document
+    folder = Path(folder)
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        vcdr = float(np.round(rng.uniform(0.25, 0.85), 3))
+        eye = "OD" if i % 2 == 0 else "OS"
+        ph = fundus_phantom(vcdr, seed=seed * 1000 + i, laterality=eye, size_px=size_px)
+        name = f"images/phantom_{i:03d}.png"
+        cv2.imwrite(str(folder / name), cv2.cvtColor(ph.rgb, cv2.COLOR_RGB2BGR))
+        truth = phantom_truth(ph)
+        values = {ind.id: truth.get(ind.quantity) for ind in doc.indicators}
+        rows.append(
+            {
+                "case_id": f"phantom-{i:03d}",
+                "image": name,
+                "laterality": eye,
+                "label": label_of(doc, values),
+                "truth.vcdr": f"{truth['vcdr']:.4f}",
+                "truth.rim_to_disc_ratio": f"{truth['rim_to_disc_ratio']:.4f}",
+            }
+        )
+    manifest = folder / "manifest.csv"
+    with manifest.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=GLAUCOMA_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    return manifest
