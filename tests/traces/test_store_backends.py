@@ -387,13 +387,14 @@ def test_two_workers_racing_for_one_cohort_case_record_it_once(url: str, tmp_pat
 
     import numpy as np
 
-    from _helpers import write_rgb
+    from dxgraph.agent.case import ImageSpec
     from dxgraph.agent.cohort.manifest import CohortCase, task_labels
     from dxgraph.agent.cohort.outcome import CohortInfo
     from dxgraph.agent.cohort.store import CohortStore
     from dxgraph.agent.cohort.worker import CaseJob, CaseWorker, CohortSettings
-    from dxgraph.agent.case import ImageSpec
     from dxgraph.criteria_kb import get_criteria
+
+    from _helpers import write_rgb
 
     labels = task_labels(get_criteria("glaucoma.onh-structure").document)
     store = TraceStore(url)
@@ -405,7 +406,9 @@ def test_two_workers_racing_for_one_cohort_case_record_it_once(url: str, tmp_pat
     image = write_rgb(tmp_path / "f.png", np.full((200, 200, 3), 90, np.uint8))
     case = CohortCase(case_id="c1", line=2, images=(ImageSpec(path=image),), modality="fundus")
     options = {"registry": drawn_disc_cup_registry(cup_radius_px=35.0), "device": "cpu"}
-    settings = CohortSettings(cohort_id="race", task="glaucoma", db_url=store.url, labels=labels, options=options)
+    settings = CohortSettings(
+        cohort_id="race", task="glaucoma", db_url=store.url, labels=labels, options=options
+    )
     first = CaseWorker(settings).run(CaseJob(case))
     second = CaseWorker(settings).run(CaseJob(case))  # the same attempt again: loses, stores nothing
     assert first.status == "completed" and first.label == "glaucoma_suspect"

@@ -231,7 +231,11 @@ def test_progress_counts_done_and_failed_and_draws_only_when_asked(capsys) -> No
 
     def outcome(status: str) -> CaseOutcome:
         return CaseOutcome(
-            cohort_id="c", case_id="x", line=2, status=status, finished_at=datetime.now(UTC)  # type: ignore[arg-type]
+            cohort_id="c",
+            case_id="x",
+            line=2,
+            status=status,
+            finished_at=datetime.now(UTC),  # type: ignore[arg-type]
         )
 
     with CohortProgress(3, enabled=True) as bar:
