@@ -41,6 +41,60 @@ DbOpt = Annotated[
     ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+AggregatorOpt = Annotated[
+    str, typer.Option(help="Deciding backend: rules (offline, default), openai or transformers.")
+]
+PlannerOpt = Annotated[
+    str, typer.Option(help="deterministic (default), or llm: the language model drafts the plan.")
+]
+BaseUrlOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--base-url",
+        help="OpenAI-compatible server, such as http://127.0.0.1:8080/v1 (default: $DXGRAPH_BASE_URL)."
+        " The key, if any, comes from $DXGRAPH_API_KEY or $OPENAI_API_KEY.",
+    ),
+]
+ModelOpt = Annotated[
+    str | None, typer.Option("--model", help="Model name on the server (default: the first it lists).")
+]
+ModelPathOpt = Annotated[
+    Path | None, typer.Option("--model-path", help="Local transformers checkpoint folder, or a .gguf file.")
+]
+SeedOpt = Annotated[int, typer.Option(help="Seed for tools and confidence estimates.")]
+CriteriaDirOpt = Annotated[
+    list[Path] | None,
+    typer.Option("--criteria-dir", help="Folder of extra criteria YAML documents; repeatable."),
+]
+PreferToolOpt = Annotated[
+    list[str] | None,
+    typer.Option("--prefer-tool", help="Tool the planner picks first where several fit; repeatable."),
+]
+DeviceOpt = Annotated[str, typer.Option(help="auto (CUDA when present), cpu or cuda.")]
+
+
+def run_options(
+    *,
+    aggregator: str,
+    planner: str,
+    base_url: str | None,
+    model: str | None,
+    model_path: Path | None,
+    seed: int,
+    criteria_dir: list[Path] | None,
+    prefer_tool: list[str] | None,
+) -> dict[str, Any]:
+    """The ``diagnose`` keyword options the run commands share."""
+    return {
+        "aggregator": aggregator,
+        "planner": planner,
+        "base_url": base_url,
+        "model": model,
+        "model_path": model_path,
+        "seed": seed,
+        "criteria_dirs": tuple(criteria_dir or ()),
+        "prefer_tools": tuple(prefer_tool) if prefer_tool else None,
+    }
 
 
 def _print_json(data: Any) -> None:
@@ -82,40 +136,18 @@ def diagnose(
     case_id: Annotated[
         str | None, typer.Option("--case-id", help="Pseudonymous case id (default: from image hashes).")
     ] = None,
-    aggregator: Annotated[
-        str, typer.Option(help="Deciding backend: rules (offline, default), openai or transformers.")
-    ] = "rules",
-    planner: Annotated[
-        str, typer.Option(help="deterministic (default), or llm: the language model drafts the plan.")
-    ] = "deterministic",
-    base_url: Annotated[
-        str | None,
-        typer.Option(
-            "--base-url",
-            help="OpenAI-compatible server, such as http://127.0.0.1:8080/v1 (default: $DXGRAPH_BASE_URL)."
-            " The key, if any, comes from $DXGRAPH_API_KEY or $OPENAI_API_KEY.",
-        ),
-    ] = None,
-    model: Annotated[
-        str | None, typer.Option("--model", help="Model name on the server (default: the first it lists).")
-    ] = None,
-    model_path: Annotated[
-        Path | None,
-        typer.Option("--model-path", help="Local transformers checkpoint folder, or a .gguf file."),
-    ] = None,
-    seed: Annotated[int, typer.Option(help="Seed for tools and confidence estimates.")] = 0,
+    aggregator: AggregatorOpt = "rules",
+    planner: PlannerOpt = "deterministic",
+    base_url: BaseUrlOpt = None,
+    model: ModelOpt = None,
+    model_path: ModelPathOpt = None,
+    seed: SeedOpt = 0,
     report: Annotated[
         Path | None, typer.Option("--report", "-o", help="Also write the HTML report here.")
     ] = None,
-    criteria_dir: Annotated[
-        list[Path] | None,
-        typer.Option("--criteria-dir", help="Folder of extra criteria YAML documents; repeatable."),
-    ] = None,
-    prefer_tool: Annotated[
-        list[str] | None,
-        typer.Option("--prefer-tool", help="Tool the planner picks first where several fit; repeatable."),
-    ] = None,
-    device: Annotated[str, typer.Option(help="auto (CUDA when present), cpu or cuda.")] = "auto",
+    criteria_dir: CriteriaDirOpt = None,
+    prefer_tool: PreferToolOpt = None,
+    device: DeviceOpt = "auto",
     db: DbOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -140,15 +172,17 @@ def diagnose(
         clinical_text=clinical_text,
         laterality=laterality,  # type: ignore[arg-type]
         case_id=case_id,
-        aggregator=aggregator,
-        planner=planner,
-        base_url=base_url,
-        model=model,
-        model_path=model_path,
-        seed=seed,
-        criteria_dirs=tuple(criteria_dir or ()),
-        prefer_tools=tuple(prefer_tool) if prefer_tool else None,
         device=device,
+        **run_options(
+            aggregator=aggregator,
+            planner=planner,
+            base_url=base_url,
+            model=model,
+            model_path=model_path,
+            seed=seed,
+            criteria_dir=criteria_dir,
+            prefer_tool=prefer_tool,
+        ),
     )
     if report is not None:
         _write_report(result.store_url, result.run_id, report)

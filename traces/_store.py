@@ -183,70 +183,39 @@ class TraceStore:
         """
         if not rec.events or not isinstance(rec.events[0], RunStarted):
             raise ValueError("a run must start with RunStarted")
-        _with_retries(
-            f"cannot save run {rec.run_id}",
-            lambda: self._save_once(rec, task=task, case_id=case_id, status=status, label=label, also=also),
+        run = RunRow(
+            run_id=rec.run_id,
+            started_at=rec.events[0].ts,
+            task=task,
+            case_id=case_id,
+            status=status,
+            label=label,
+            n_events=len(rec.events),
+            head_sha256=rec.head_sha256,
+            dxgraph_version=rec.events[0].header.dxgraph_version,
         )
+        events = [
+            EventRow(run_id=rec.run_id, seq=ev.seq, event=ev.event, sha256=ev.sha256, body=body)
+            for ev, body in zip(rec.events, rec.bodies, strict=True)
+        ]
+        _with_retries(f"cannot save run {rec.run_id}", lambda: self._write(rec, [run], events, also))
 
     def insert(self, rows: Sequence[SQLModel]) -> None:
         """Write rows in one transaction (insert only); DuplicateRecord when one is already stored."""
-        _with_retries("cannot write to the trace store", lambda: self._insert_once(rows))
+        _with_retries("cannot write to the trace store", lambda: self._write(None, rows))
 
-    def _insert_once(self, rows: Sequence[SQLModel]) -> None:
+    def _write(self, rec: TraceRecorder | None, *groups: Sequence[SQLModel]) -> None:
+        """One transaction: the recorder's artifacts, then each group of rows (flushed in turn, so foreign
+        keys see their targets); DuplicateRecord, with nothing written, when a row is already stored."""
         try:
             with Session(self._writer) as s, s.begin():
-                s.add_all([type(r)(**r.model_dump()) for r in rows])  # fresh: a retry may reuse them
+                if rec is not None:
+                    self._insert_artifacts(s, rec)
+                for rows in groups:
+                    s.add_all([type(r)(**r.model_dump()) for r in rows])  # fresh: a retry reuses them
+                    s.flush()
         except sa.exc.IntegrityError as e:
-            raise DuplicateRecord(f"already stored: {e.orig}") from None
-
-    def _save_once(
-        self,
-        rec: TraceRecorder,
-        *,
-        task: str,
-        case_id: str,
-        status: str,
-        label: str | None,
-        also: Sequence[SQLModel] = (),
-    ) -> None:
-        try:
-            self._save_transaction(rec, task=task, case_id=case_id, status=status, label=label, also=also)
-        except sa.exc.IntegrityError as e:
-            raise DuplicateRecord(
-                f"run {rec.run_id} not saved: its record is already stored ({e.orig})"
-            ) from None
-
-    def _save_transaction(
-        self,
-        rec: TraceRecorder,
-        *,
-        task: str,
-        case_id: str,
-        status: str,
-        label: str | None,
-        also: Sequence[SQLModel],
-    ) -> None:
-        header = rec.events[0].header  # type: ignore[union-attr]
-        with Session(self._writer) as s, s.begin():
-            self._insert_artifacts(s, rec)
-            s.add(
-                RunRow(
-                    run_id=rec.run_id,
-                    started_at=rec.events[0].ts,
-                    task=task,
-                    case_id=case_id,
-                    status=status,
-                    label=label,
-                    n_events=len(rec.events),
-                    head_sha256=rec.head_sha256,
-                    dxgraph_version=header.dxgraph_version,
-                )
-            )
-            s.flush()
-            for ev, body in zip(rec.events, rec.bodies, strict=True):
-                s.add(EventRow(run_id=rec.run_id, seq=ev.seq, event=ev.event, sha256=ev.sha256, body=body))
-            s.flush()
-            s.add_all([type(r)(**r.model_dump()) for r in also])
+            raise DuplicateRecord(f"already stored, nothing written: {e.orig}") from None
 
     def _insert_artifacts(self, s: Session, rec: TraceRecorder) -> None:
         blobs = rec.artifacts.blobs

@@ -11,7 +11,23 @@ import typer
 from rich import box
 from rich.table import Table
 
-from dxgraph.cli import DbOpt, JsonOpt, _print_json, out, progress_out
+from dxgraph.cli import (
+    AggregatorOpt,
+    BaseUrlOpt,
+    CriteriaDirOpt,
+    DbOpt,
+    DeviceOpt,
+    JsonOpt,
+    ModelOpt,
+    ModelPathOpt,
+    PlannerOpt,
+    PreferToolOpt,
+    SeedOpt,
+    _print_json,
+    out,
+    progress_out,
+    run_options,
+)
 from dxgraph.errors import UserError
 
 if TYPE_CHECKING:
@@ -54,28 +70,31 @@ def cohort_run(
     retry_failed: Annotated[
         bool, typer.Option("--retry-failed", help="Run the cases that failed before again.")
     ] = False,
-    aggregator: Annotated[str, typer.Option(help="rules (offline), openai or transformers.")] = "rules",
-    seed: Annotated[int, typer.Option(help="Seed for tools and confidence estimates.")] = 0,
-    prefer_tool: Annotated[
-        list[str] | None,
-        typer.Option("--prefer-tool", help="Tool the planner picks first where several fit; repeatable."),
-    ] = None,
-    criteria_dir: Annotated[
-        list[Path] | None,
-        typer.Option("--criteria-dir", help="Folder of extra criteria YAML documents; repeatable."),
-    ] = None,
-    device: Annotated[str, typer.Option(help="auto (CUDA when present), cpu or cuda.")] = "auto",
+    aggregator: AggregatorOpt = "rules",
+    planner: PlannerOpt = "deterministic",
+    base_url: BaseUrlOpt = None,
+    model: ModelOpt = None,
+    model_path: ModelPathOpt = None,
+    seed: SeedOpt = 0,
+    criteria_dir: CriteriaDirOpt = None,
+    prefer_tool: PreferToolOpt = None,
+    device: DeviceOpt = "auto",
     db: DbOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Diagnose every case of a manifest; rerun the same command to resume after a crash."""
     from dxgraph.agent.cohort.runner import run_cohort
 
-    options: dict[str, Any] = {"aggregator": aggregator, "seed": seed}
-    if prefer_tool:
-        options["prefer_tools"] = tuple(prefer_tool)
-    if criteria_dir:
-        options["criteria_dirs"] = tuple(str(d) for d in criteria_dir)
+    options = run_options(
+        aggregator=aggregator,
+        planner=planner,
+        base_url=base_url,
+        model=model,
+        model_path=model_path,
+        seed=seed,
+        criteria_dir=criteria_dir,
+        prefer_tool=prefer_tool,
+    )
     result = run_cohort(
         manifest,
         task=task,

@@ -39,7 +39,9 @@ RESULT_OPTIONS = (
     "model",
     "model_path",
 )
-"""``diagnose`` options that can change a case's result: part of the cohort id."""
+"""``diagnose`` options that can change a case's result: part of the cohort id (unless at their default)."""
+OPTION_DEFAULTS: dict[str, Any] = {"aggregator": "rules", "planner": "deterministic", "seed": 0}
+"""``diagnose``'s defaults of the result options, so that giving a default names the same cohort."""
 
 
 @dataclass(frozen=True)
@@ -184,7 +186,11 @@ def _cohort_id(manifest: Manifest, task: str, options: Mapping[str, Any]) -> str
         "manifest": manifest.sha256 if manifest.path.name == "<python>" else str(manifest.path),
         "root": str(manifest.root),
         "task": task,
-        "options": {k: options[k] for k in RESULT_OPTIONS if options.get(k) not in (None, (), [])},
+        "options": {
+            k: options[k]
+            for k in RESULT_OPTIONS
+            if options.get(k) not in (None, (), []) and options.get(k) != OPTION_DEFAULTS.get(k)
+        },
     }
     digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:8]
     stem = manifest.path.stem if manifest.path.name != "<python>" else "cohort"
