@@ -29,7 +29,7 @@ from dxgraph.errors import DxgraphError, UserError
 from dxgraph.planners._graph import RunDeps, build_graph
 from dxgraph.planners._plan import Plan
 from dxgraph.tools import default_registry
-from dxgraph.tools._batching import BatchingDispatcher
+from dxgraph.tools._batching import BatchingDispatcher, ToolCaller
 from dxgraph.tools._context import ToolContext
 from dxgraph.tools._registry import ToolRegistry
 from dxgraph.tools._torch_runtime import pick_device
@@ -190,7 +190,7 @@ def diagnose(
     criteria_dirs: tuple[str | Path, ...] | list[str | Path] = (),
     prefer_tools: tuple[str, ...] | list[str] | None = None,
     device: str = "auto",
-    batcher: BatchingDispatcher | None = None,
+    batcher: ToolCaller | None = None,
     planner: str = "deterministic",
     language_model: ChatBackend | None = None,
     base_url: str | None = None,

@@ -13,7 +13,7 @@ from dxgraph.agent.evidence import Evidence
 from dxgraph.criteria_kb import LoadedCriteria
 from dxgraph.errors import ToolError
 from dxgraph.planners._plan import CaseField, FixedValue, ImageInput, Plan, StepOutput
-from dxgraph.tools._batching import BatchingDispatcher
+from dxgraph.tools._batching import ToolCaller
 from dxgraph.tools._context import ToolContext, tool_context
 from dxgraph.tools._registry import ToolRegistry
 from dxgraph.tools._types import ImageRef
@@ -86,7 +86,7 @@ def dispatch(
     registry: ToolRegistry,
     ctx: ToolContext,
     recorder: TraceRecorder,
-    batcher: BatchingDispatcher | None = None,
+    batcher: ToolCaller | None = None,
 ) -> dict[str, StepResult]:
     """Run the plan's steps in order; a ToolError fails its step and skips the steps that need it.
 

@@ -19,7 +19,7 @@ from dxgraph.planners._deterministic import VIEW_TOOL, plan_from_criteria
 from dxgraph.planners._dispatch import StepResult, collect_evidence, dispatch, failure_reason
 from dxgraph.planners._llm import draft_plan
 from dxgraph.planners._plan import Plan, validate_plan
-from dxgraph.tools._batching import BatchingDispatcher
+from dxgraph.tools._batching import ToolCaller
 from dxgraph.tools._context import ToolContext
 from dxgraph.tools._registry import ToolRegistry
 from dxgraph.traces._events import CriteriaRetrieved, DiagnosisMade, PlanMade, RetrievedRef
@@ -62,7 +62,7 @@ class RunDeps:
     """The criteria documents retrieval searches."""
     prefer: tuple[str, ...] = ()
     """Tools the planner picks first where several fit."""
-    batcher: BatchingDispatcher | None = None
+    batcher: ToolCaller | None = None
     """Shared by concurrent runs so batchable tools get batches."""
     planner_chat: TracedChat | None = None
     """When set, a language model drafts the plan (``--planner llm``); the deterministic plan backs it."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from pydantic import BaseModel
 
@@ -19,6 +20,14 @@ from dxgraph.errors import ToolError
 from dxgraph.tools._context import ToolContext, tool_context
 from dxgraph.tools._registry import ToolSpec
 from dxgraph.traces._artifacts import ArtifactStore, MemoryArtifacts, artifact_refs_in
+
+
+class ToolCaller(Protocol):
+    """What runs a plan's tool calls for a run: a batching dispatcher, or a remote tool server's client."""
+
+    def call(self, spec: ToolSpec, inp: BaseModel, ctx: ToolContext) -> BaseModel:
+        """Run one call of ``spec`` on ``inp`` in the run's context; ToolError when it cannot."""
+        ...
 
 
 class _UnionArtifacts:

@@ -21,7 +21,7 @@ from dxgraph.agent.cohort.outcome import CaseCost, CaseOutcome, FailureKind, Tas
 from dxgraph.agent.cohort.store import case_row
 from dxgraph.agent.diagnosis import Diagnosis
 from dxgraph.errors import UserError
-from dxgraph.tools._batching import BatchingDispatcher
+from dxgraph.tools._batching import BatchingDispatcher, ToolCaller
 from dxgraph.traces._events import ModelCalled, RunFinished, ToolCalled
 from dxgraph.traces._recorder import TraceRecorder
 from dxgraph.traces._store import DuplicateRecord, TraceStore
@@ -58,15 +58,18 @@ class CaseJob:
 class CaseWorker:
     """Runs cohort cases in one process: one store connection, one batcher, models loaded once."""
 
-    def __init__(self, settings: CohortSettings, *, cpu_threads: int | None = None) -> None:
+    def __init__(
+        self, settings: CohortSettings, *, cpu_threads: int | None = None, tools: ToolCaller | None = None
+    ) -> None:
         if cpu_threads is not None:
             limit_cpu_threads(cpu_threads)
         self.settings = settings
         """The cohort's settings."""
         self.store = TraceStore(settings.db_url)
         """The trace store."""
-        self.batcher = BatchingDispatcher(max_batch=settings.max_batch)
-        """Batches concurrent calls of batchable tools (GPU models) across this worker's cases."""
+        self.batcher: ToolCaller = tools or BatchingDispatcher(max_batch=settings.max_batch)
+        """Runs the tool calls: batches concurrent calls of batchable tools (GPU models) across this
+        worker's cases, or sends them to a tool server."""
         self.name = f"{socket.gethostname()}:{os.getpid()}"
         """Host and process id, recorded with each case."""
 

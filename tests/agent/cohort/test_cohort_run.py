@@ -18,7 +18,7 @@ import pytest
 
 from dxgraph.agent.cohort.executors import LocalExecutor
 from dxgraph.agent.cohort.runner import run_cohort
-from dxgraph.traces._events import DiagnosisMade
+from dxgraph.traces._events import DiagnosisMade, ToolCalled
 from dxgraph.traces._store import TraceStore, verify_all
 
 from _helpers import require_modules, run_cli
@@ -170,9 +170,17 @@ def test_sigkill_mid_cohort_then_rerun_finishes_every_case_exactly_once(
     assert all(c.ok for c in verify_all(TraceStore(str(db))))
 
 
+def _same_diagnoses(a: list, b: list) -> list:  # type: ignore[type-arg]
+    return [(o.case_id, o.label, o.confidence, o.measured) for o in a] == [
+        (o.case_id, o.label, o.confidence, o.measured) for o in b
+    ]
+
+
 @pytest.mark.slow
 def test_ray_executor_gives_the_same_diagnoses_as_local(phantom_cohort: Path, tmp_path: Path) -> None:
     require_modules("ray", install="-e '.[ray]'")
+    from dxgraph.agent.cohort.ray_executor import RayExecutor
+
     manifest = head_manifest(phantom_cohort, 6, "first6.csv")
     db = str(tmp_path / "t.db")
     local = run_cohort(
@@ -180,11 +188,27 @@ def test_ray_executor_gives_the_same_diagnoses_as_local(phantom_cohort: Path, tm
     )
     ray = run_cohort(manifest, task="glaucoma", db=db, cohort_id="ray", executor="ray", workers=2)
     assert ray.ran == 6 and all(o.status == "completed" for o in ray.outcomes)
-    assert [(o.case_id, o.label, o.confidence, o.measured) for o in ray.outcomes] == [
-        (o.case_id, o.label, o.confidence, o.measured) for o in local.outcomes
-    ]
+    assert _same_diagnoses(list(ray.outcomes), list(local.outcomes))
     assert len({o.worker for o in ray.outcomes}) == 2  # two actors shared the cases
     assert ray.metrics.accuracy == local.metrics.accuracy
+
+    # the network segmenter through the tool-server actor (the GPU's place; on the CPU here)
+    unet = {"prefer_tools": ("segment_optic_disc_cup_unet",)}
+    local_unet = run_cohort(
+        manifest, task="glaucoma", db=db, cohort_id="local-unet", executor=LocalExecutor(2, "threads"), **unet
+    )
+    served = RayExecutor(2, tool_server=True)
+    ray_unet = run_cohort(manifest, task="glaucoma", db=db, cohort_id="ray-unet", executor=served, **unet)
+    assert _same_diagnoses(list(ray_unet.outcomes), list(local_unet.outcomes))
+    assert not _same_diagnoses(list(ray_unet.outcomes), list(ray.outcomes))  # it did use the network
+    assert served.server_stats["calls"] == 6 and served.server_stats["batches"] >= 1
+    store = TraceStore(db)
+    assert all(c.ok for c in verify_all(store))
+    (tools,) = {
+        tuple(e.tool for e in store.events(o.run_id or "") if isinstance(e, ToolCalled))
+        for o in ray_unet.outcomes
+    }
+    assert tools[0] == "segment_optic_disc_cup_unet"
 
 
 def test_cohort_cli_run_status_report_and_bad_rows(capsys, phantom_cohort: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
