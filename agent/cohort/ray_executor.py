@@ -24,7 +24,12 @@ class RayExecutor:
     name = "ray"
 
     def __init__(
-        self, workers: int, *, address: str | None = None, device: str = "cpu", tool_server: bool | None = None
+        self,
+        workers: int,
+        *,
+        address: str | None = None,
+        device: str = "cpu",
+        tool_server: bool | None = None,
     ) -> None:
         self.workers = workers
         """Actors, and so cases run at the same time."""
