@@ -21,6 +21,7 @@ from dxgraph.agent.cohort.outcome import CaseOutcome, CohortInfo, ManifestProble
 from dxgraph.agent.cohort.progress import CohortProgress
 from dxgraph.agent.cohort.store import CohortStore
 from dxgraph.agent.cohort.worker import CaseJob, CohortSettings
+from dxgraph.agent.diagnosis import Diagnosis
 from dxgraph.criteria_kb import CriteriaDocument, criteria_library, retrieve
 from dxgraph.errors import UserError
 from dxgraph.tools._torch_runtime import pick_device
@@ -67,6 +68,19 @@ class CohortResult:
     def problems(self) -> tuple[ManifestProblem, ...]:
         """Manifest rows that could not run."""
         return self.info.problems
+
+    def diagnosis(self, case_id: str) -> Diagnosis | None:
+        """The full Diagnosis of a case, as its stored run recorded it; None when the case has no diagnosis."""
+        from dxgraph.traces._events import DiagnosisMade
+
+        outcome = next((o for o in self.outcomes if o.case_id == case_id), None)
+        if outcome is None:
+            raise UserError(f"cohort {self.cohort_id} has no finished case {case_id!r}")
+        if outcome.run_id is None:
+            return None
+        events = TraceStore(self.store_url, create=False).events(outcome.run_id)
+        made = [e for e in events if isinstance(e, DiagnosisMade)]
+        return made[-1].diagnosis if made else None
 
 
 def run_cohort(
@@ -123,6 +137,11 @@ def run_cohort(
     )
     if info.task != task:
         raise UserError(f"cohort {ident} asks {info.task!r}, not {task!r}: give another --cohort-id")
+    if info.manifest_sha256 != manifest.sha256:
+        raise UserError(
+            f"{manifest.path} changed since cohort {ident} started (sha256 {info.manifest_sha256[:12]}, now"
+            f" {manifest.sha256[:12]}): restore it to resume, or give --cohort-id to start a new cohort"
+        )
     attempts = cohorts.attempts(ident)
     jobs = []
     for case in manifest.cases:

@@ -18,6 +18,7 @@ import pytest
 
 from dxgraph.agent.cohort.executors import LocalExecutor
 from dxgraph.agent.cohort.runner import run_cohort
+from dxgraph.errors import UserError
 from dxgraph.traces._events import DiagnosisMade, ToolCalled
 from dxgraph.traces._store import TraceStore, verify_all
 
@@ -100,6 +101,10 @@ def test_failed_cases_are_recorded_with_their_reason_and_retried_on_request(
     (bad,) = [o for o in first.outcomes if o.status == "failed"]
     assert (bad.case_id, bad.line, bad.failure, bad.run_id) == ("broken", 4, "input", None)
     assert "corrupt.png" in (bad.error or "")
+    good = next(o for o in first.outcomes if o.status == "completed")
+    full = first.diagnosis(good.case_id)
+    assert full is not None and (full.label, full.confidence) == (good.label, good.confidence)
+    assert first.diagnosis("broken") is None
     again = run_cohort(manifest, task="glaucoma", db=db, executor=threads)
     assert (again.ran, again.skipped, again.cohort_id) == (0, 3, first.cohort_id)
     retried = run_cohort(manifest, task="glaucoma", db=db, executor=threads, retry_failed=True)
@@ -107,6 +112,11 @@ def test_failed_cases_are_recorded_with_their_reason_and_retried_on_request(
     with sqlite3.connect(tmp_path / "t.db") as conn:
         attempts = conn.execute("SELECT attempt FROM cohort_cases WHERE case_id = 'broken' ORDER BY attempt")
         assert [a for (a,) in attempts] == [1, 2]
+    manifest.write_text(manifest.read_text() + "more,images/phantom_003.png,OS,,,\n")
+    with pytest.raises(UserError, match="changed since cohort .* started"):
+        run_cohort(manifest, task="glaucoma", db=db, executor=threads)
+    with pytest.raises(UserError, match="asks 'glaucoma', not 'cardiomegaly'"):
+        run_cohort(manifest, task="cardiomegaly", db=db, executor=threads, cohort_id=first.cohort_id)
 
 
 def _children(pid: int) -> list[int]:
