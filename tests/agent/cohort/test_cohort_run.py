@@ -113,7 +113,7 @@ def test_failed_cases_are_recorded_with_their_reason_and_retried_on_request(
         attempts = conn.execute("SELECT attempt FROM cohort_cases WHERE case_id = 'broken' ORDER BY attempt")
         assert [a for (a,) in attempts] == [1, 2]
     manifest.write_text(manifest.read_text() + "more,images/phantom_003.png,OS,,,\n")
-    with pytest.raises(UserError, match="changed since cohort .* started"):
+    with pytest.raises(UserError, match=r"changed since cohort .* started"):
         run_cohort(manifest, task="glaucoma", db=db, executor=threads)
     with pytest.raises(UserError, match="asks 'glaucoma', not 'cardiomegaly'"):
         run_cohort(manifest, task="cardiomegaly", db=db, executor=threads, cohort_id=first.cohort_id)
