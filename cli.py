@@ -698,6 +698,7 @@ def main(argv: list[str] | None = None) -> None:
     except typer.Exit as e:
         sys.exit(e.exit_code)
     except typer.Abort:
+        Console(stderr=True).print("dxgraph: interrupted (a cohort resumes when the same command runs again)")
         sys.exit(130)
     except Exception as e:  # click's usage errors
         import click

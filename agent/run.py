@@ -206,7 +206,7 @@ def diagnose(
     (a server at ``base_url``, model ``model``) or ``transformers`` (a checkpoint at ``model_path``);
     ``planner="llm"`` lets that model draft the plan. ``language_model`` passes a ready backend instead.
     ``record_with(recorder, diagnosis or None, error or None)`` gives rows to store in the run's own
-    transaction (a cohort's record of the case).
+    transaction (a cohort's record of the case); a run stopped by an interrupt stores none.
     Bad input raises UserError before anything is stored.
     A run that a bug interrupts is stored with status ``error`` and the bug re-raised.
     """
@@ -274,7 +274,8 @@ def diagnose(
     except BaseException as e:
         error = f"{type(e).__name__}: {e}"
         rec.emit(RunFinished, status="error", duration_ms=_ms(t0), error=error)
-        also = record_with(rec, None, error) if record_with is not None else ()
+        bug = isinstance(e, Exception)  # an interrupt (Ctrl-C, exit) is no result: the case stays unfinished
+        also = record_with(rec, None, error) if record_with is not None and bug else ()
         store.save(rec, task=case.question, case_id=case.case_id, status="error", label=None, also=also)
         raise
     diagnosis: Diagnosis = state["diagnosis"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -72,6 +73,7 @@ PARENT_CHECK_S = 1.0
 
 def _init_process(settings: CohortSettings, cpu_threads: int, parent_pid: int) -> None:
     global _WORKER
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C: the parent stops handing out cases, these finish
     threading.Thread(target=_exit_with_parent, args=(parent_pid,), daemon=True).start()
     _WORKER = CaseWorker(settings, cpu_threads=cpu_threads)
 
@@ -111,7 +113,11 @@ class LocalExecutor:
         if self.mode == "threads":
             worker = CaseWorker(settings)
             with ThreadPoolExecutor(max_workers=n, thread_name_prefix="dxgraph-case") as pool:
-                yield from _as_finished(pool.submit, worker.run, jobs, window=4 * n)
+                try:
+                    yield from _as_finished(pool.submit, worker.run, jobs, window=4 * n)
+                except BaseException:  # Ctrl-C, or a consumer that stops: finish the cases in flight only
+                    pool.shutdown(wait=True, cancel_futures=True)
+                    raise
             return
         cpu_threads = max(1, default_workers() // n)
         with ProcessPoolExecutor(
@@ -127,6 +133,9 @@ class LocalExecutor:
                     "a cohort worker process died (killed, or out of memory; from a Python script, call"
                     " run_cohort under `if __name__ == '__main__':`); run the same command again to resume"
                 ) from None
+            except BaseException:  # Ctrl-C, or a consumer that stops: finish the cases in flight only
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise
 
 
 def _as_finished(

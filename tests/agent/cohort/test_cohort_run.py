@@ -180,6 +180,41 @@ def test_sigkill_mid_cohort_then_rerun_finishes_every_case_exactly_once(
     assert all(c.ok for c in verify_all(TraceStore(str(db))))
 
 
+@pytest.mark.slow
+def test_ctrl_c_finishes_the_cases_in_flight_records_no_failure_and_the_rerun_completes(
+    phantom_cohort: Path, tmp_path: Path
+) -> None:
+    manifest = head_manifest(phantom_cohort, 10, "first10.csv")
+    db = tmp_path / "t.db"
+    cmd = [sys.executable, "-m", "dxgraph", "cohort", "run", str(manifest), "-t", "glaucoma", "-w", "2"]
+    cmd += ["--db", str(db), "--json"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    deadline = time.monotonic() + 240
+    done = 0
+    while time.monotonic() < deadline and proc.poll() is None and done < 2:
+        time.sleep(0.3)
+        try:
+            with sqlite3.connect(db, timeout=5) as conn:
+                done = conn.execute("SELECT COUNT(*) FROM cohort_cases").fetchone()[0]
+        except sqlite3.OperationalError:
+            continue
+    assert proc.poll() is None, "the cohort ended before it could be interrupted"
+    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the whole process group
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err.decode()[-2000:]
+    with sqlite3.connect(db) as conn:
+        statuses = [s for (s,) in conn.execute("SELECT status FROM cohort_cases")]
+    assert statuses and set(statuses) == {"completed"}  # the cases in flight finished; none became a failure
+    rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    summary = json.loads(rerun.stdout)
+    assert (
+        summary["ran"] == 10 - len(statuses)
+        and summary["finished"] == 10
+        and summary["metrics"]["n_failed"] == 0
+    )
+
+
 def _same_diagnoses(a: list, b: list) -> list:  # type: ignore[type-arg]
     return [(o.case_id, o.label, o.confidence, o.measured) for o in a] == [
         (o.case_id, o.label, o.confidence, o.measured) for o in b
