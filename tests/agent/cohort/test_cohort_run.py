@@ -133,6 +133,24 @@ def _children(pid: int) -> list[int]:
     return out
 
 
+def _start_until_recorded(cmd: list[str], db: Path, n: int, **popen) -> tuple[subprocess.Popen, int]:  # type: ignore[no-untyped-def, type-arg]
+    """Start a cohort command and return it, still running, once the store holds ``n`` finished cases."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **popen)
+    done = 0
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None and done < n:
+        time.sleep(0.3)
+        if not db.exists():
+            continue
+        try:
+            with sqlite3.connect(db, timeout=5) as conn:
+                done = conn.execute("SELECT COUNT(*) FROM cohort_cases").fetchone()[0]
+        except sqlite3.OperationalError:
+            continue  # no store or no tables yet
+    assert proc.poll() is None, f"the cohort ended before it could be stopped: {proc.stderr.read()[-2000:]!r}"  # type: ignore[union-attr]
+    return proc, done
+
+
 @pytest.mark.slow
 def test_sigkill_mid_cohort_then_rerun_finishes_every_case_exactly_once(
     phantom_cohort: Path, tmp_path: Path
@@ -141,22 +159,7 @@ def test_sigkill_mid_cohort_then_rerun_finishes_every_case_exactly_once(
     db = tmp_path / "t.db"
     cmd = [sys.executable, "-m", "dxgraph", "cohort", "run", str(manifest), "-t", "glaucoma", "-w", "2"]
     cmd += ["--db", str(db), "--json"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    done_before = 0
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.3)
-        if db.exists():
-            try:
-                with sqlite3.connect(db, timeout=5) as conn:
-                    done_before = conn.execute("SELECT COUNT(*) FROM cohort_cases").fetchone()[0]
-            except sqlite3.OperationalError:
-                continue  # tables not created yet
-        if done_before >= 4:
-            break
-    assert proc.poll() is None, (
-        f"the cohort ended before it could be killed: {proc.stderr.read().decode()[-2000:]}"
-    )
+    proc, done_before = _start_until_recorded(cmd, db, 4)
     workers = _children(proc.pid)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
@@ -188,17 +191,7 @@ def test_ctrl_c_finishes_the_cases_in_flight_records_no_failure_and_the_rerun_co
     db = tmp_path / "t.db"
     cmd = [sys.executable, "-m", "dxgraph", "cohort", "run", str(manifest), "-t", "glaucoma", "-w", "2"]
     cmd += ["--db", str(db), "--json"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
-    deadline = time.monotonic() + 240
-    done = 0
-    while time.monotonic() < deadline and proc.poll() is None and done < 2:
-        time.sleep(0.3)
-        try:
-            with sqlite3.connect(db, timeout=5) as conn:
-                done = conn.execute("SELECT COUNT(*) FROM cohort_cases").fetchone()[0]
-        except sqlite3.OperationalError:
-            continue
-    assert proc.poll() is None, "the cohort ended before it could be interrupted"
+    proc, _ = _start_until_recorded(cmd, db, 2, start_new_session=True)
     os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the whole process group
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err.decode()[-2000:]
