@@ -28,6 +28,8 @@ def test_csv_rows_run_or_are_reported_with_their_line(tmp_path: Path) -> None:
     cohort = tmp_path / "cohort"
     _images(cohort, "a.png", "sub/b.png", "c.png", "d.png", "e.png")
     _images(tmp_path, "outside.png")
+    (cohort / "link.png").symlink_to(tmp_path / "outside.png")  # a link out of the folder
+    (cohort / "inner.png").symlink_to(cohort / "a.png")  # a link that stays inside
     (cohort / "manifest.csv").write_text(
         "case_id,image,label,truth.vcdr,lable\n"
         "a,a.png,glaucoma,0.71,\n"  # 2: runs (a positive word)
@@ -40,10 +42,12 @@ def test_csv_rows_run_or_are_reported_with_their_line(tmp_path: Path) -> None:
         "g,e.png,no_glaucoma_signs,high,\n"  # 9: truth not a number
         "h,e.png\n"  # 10: too few cells
         "i,c.png,NO_GLAUCOMA_SIGNS,0.4,\n"  # 11: runs (the criteria's own label, any case)
+        "j,link.png,normal,,\n"  # 12: a symlink leaving the folder
+        "k,inner.png,normal,,\n"  # 13: runs (a symlink inside it)
     )
     m = read_manifest(cohort / "manifest.csv", GLAUCOMA)
-    assert [c.case_id for c in m.cases] == ["a", "b", "i"]
-    a, b, i = m.cases
+    assert [c.case_id for c in m.cases] == ["a", "b", "i", "k"]
+    a, b, i, _ = m.cases
     assert (a.line, a.truth_label, a.truth_positive, a.truth) == (2, "glaucoma_suspect", True, {"vcdr": 0.71})
     assert (b.truth_label, b.truth_positive, b.images[0].path) == (
         "no_glaucoma_signs",
@@ -52,7 +56,8 @@ def test_csv_rows_run_or_are_reported_with_their_line(tmp_path: Path) -> None:
     )
     assert (i.line, i.truth_label) == (11, "no_glaucoma_signs")
     problems = {p.line: p.message for p in m.problems}
-    assert sorted(problems) == [1, 4, 5, 6, 7, 8, 9, 10]
+    assert sorted(problems) == [1, 4, 5, 6, 7, 8, 9, 10, 12]
+    assert "link.png' leaves the image root" in problems[12]
     assert "unknown column 'lable'" in problems[1]
     assert "image not found: missing.png" in problems[4]
     assert "leaves the image root" in problems[5]
