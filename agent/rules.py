@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 import numpy as np
@@ -33,6 +34,10 @@ def indicator_verdicts(doc: CriteriaDocument, bundle: EvidenceBundle) -> list[In
         common = dict(indicator=ind.id, name=ind.name, unit=ind.unit, rule=ind.rule.describe())
         if ev is None:
             reason = bundle.missing.get((doc.id, ind.id), "no evidence was produced")
+            out.append(IndicatorVerdict(finding="not_assessable", reason=reason, **common))
+            continue
+        if isinstance(ev.value, float) and not math.isfinite(ev.value):
+            reason = f"{ev.tool} returned a non-finite value ({ev.value}) for {ind.name}"
             out.append(IndicatorVerdict(finding="not_assessable", reason=reason, **common))
             continue
         try:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -15,7 +17,7 @@ from dxgraph.errors import ToolError
 from dxgraph.planners._plan import CaseField, FixedValue, ImageInput, Plan, StepOutput
 from dxgraph.tools._batching import ToolCaller
 from dxgraph.tools._context import ToolContext, tool_context
-from dxgraph.tools._registry import ToolRegistry
+from dxgraph.tools._registry import ToolRegistry, ToolSpec, default_timeout_s
 from dxgraph.tools._types import ImageRef
 from dxgraph.traces._artifacts import artifact_refs_in
 from dxgraph.traces._events import ToolCalled, artifact_hashes
@@ -101,28 +103,30 @@ def dispatch(
         inputs_json: dict[str, Any] = {}
         flags: tuple[str, ...] = ()
         t0 = time.perf_counter()
+        validated = False
         if failed_up:
             status, error = "skipped", f"upstream step {', '.join(failed_up)} produced no output"
         else:
             try:
                 inp = spec.input_model.model_validate(_resolve_inputs(step.inputs, case, results))
                 inputs_json = inp.model_dump(mode="json")
-                if batcher is not None:
-                    output = batcher.call(spec, inp, ctx)
-                else:
-                    with tool_context(ctx):
-                        output = spec.fn(inp)
-                if not isinstance(output, spec.output_model):
-                    raise TypeError(
-                        f"tool {spec.name} returned {type(output).__name__}, not {spec.output_model.__name__}"
-                    )
+                validated = True
+                output = call_tool(spec, inp, ctx, batcher)
                 status, error, flags = "ok", None, _flags_of(output)
             except ToolError as e:
                 status, error, flags = "failed", str(e), tuple(e.flags)
             except ValidationError as e:
                 first = e.errors()[0]
                 where = ".".join(str(p) for p in first["loc"])
-                status, error, flags = "failed", f"invalid input {where}: {first['msg']}", ("invalid_input",)
+                if not validated:
+                    status, error, flags = (
+                        "failed",
+                        f"invalid input {where}: {first['msg']}",
+                        ("invalid_input",),
+                    )
+                else:  # the tool built an output its own model rejects (a value out of range...)
+                    msg = f"{spec.name} produced an invalid output {e.title}.{where}: {first['msg']}"
+                    status, error, flags = "failed", msg, ("invalid_output",)
         duration_ms = (time.perf_counter() - t0) * 1000
         results[step.step_id] = StepResult(
             step.step_id, spec.name, spec.version, status, output, error, inputs_json, flags
@@ -141,6 +145,49 @@ def dispatch(
             duration_ms=duration_ms,
         )
     return results
+
+
+def call_tool(spec: ToolSpec, inp: BaseModel, ctx: ToolContext, batcher: ToolCaller | None) -> BaseModel:
+    """One tool call, given up after the tool's timeout (ToolError ``tool_timeout``).
+
+    The call runs in a helper thread; one that does not return in time is abandoned (Python cannot stop
+    a thread), its result discarded. An output of the wrong type, one that breaks its model's constraints
+    (a ratio above 1...) or holds NaN or infinity fails the call (``invalid_output``).
+    """
+    timeout_s = spec.timeout_s or default_timeout_s()
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            if batcher is not None:
+                box["output"] = batcher.call(spec, inp, ctx)
+            else:
+                with tool_context(ctx):
+                    box["output"] = spec.fn(inp)
+        except BaseException as e:  # noqa: BLE001 -- handed to the calling thread
+            box["error"] = e
+
+    worker = threading.Thread(target=run, name=f"dxgraph-tool-{spec.name}", daemon=True)
+    worker.start()
+    worker.join(timeout_s)
+    if worker.is_alive():
+        raise ToolError(f"{spec.name} did not finish within {timeout_s:g} s", flags=("tool_timeout",))
+    if "error" in box:
+        raise box["error"]
+    output = box["output"]
+    if not isinstance(output, spec.output_model):
+        raise ToolError(
+            f"{spec.name} returned {type(output).__name__}, not {spec.output_model.__name__}",
+            flags=("invalid_output",),
+        )
+    checked = spec.output_model.model_validate(output.model_dump())  # constraints, even if it skipped them
+    try:
+        json.dumps(checked.model_dump(mode="json"), allow_nan=False)
+    except ValueError:
+        raise ToolError(
+            f"{spec.name} returned a non-finite number (NaN or infinity)", flags=("invalid_output",)
+        )
+    return output
 
 
 def failure_reason(plan: Plan, results: dict[str, StepResult], step_id: str) -> str | None:

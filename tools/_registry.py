@@ -51,6 +51,8 @@ class ToolSpec:
     """Whether its image inputs must carry physical spacing (it measures in mm)."""
     batch_fn: Callable[[list[Any]], list[BaseModel]] | None = field(default=None, repr=False)
     """For batchable tools: ``batch_fn(inputs) -> outputs``, one forward pass for several inputs."""
+    timeout_s: float | None = None
+    """Longest a call may take before it fails with ``tool_timeout``; None: ``default_timeout_s()``."""
 
     @property
     def origin(self) -> str:
@@ -141,6 +143,30 @@ default_registry = ToolRegistry()
 """The process-wide registry that ``@tool`` registers into."""
 
 
+DEFAULT_TOOL_TIMEOUT_S = 300.0
+"""How long a tool call may take unless its tool or $DXGRAPH_TOOL_TIMEOUT_S says otherwise."""
+TIMEOUT_ENV = "DXGRAPH_TOOL_TIMEOUT_S"
+"""Environment variable overriding the default tool timeout, in seconds."""
+
+
+def default_timeout_s() -> float:
+    """The tool timeout for tools that set none: $DXGRAPH_TOOL_TIMEOUT_S, else DEFAULT_TOOL_TIMEOUT_S."""
+    import os
+
+    from dxgraph.errors import UserError
+
+    raw = os.environ.get(TIMEOUT_ENV)
+    if raw is None:
+        return DEFAULT_TOOL_TIMEOUT_S
+    try:
+        value = float(raw)
+    except ValueError:
+        raise UserError(f"${TIMEOUT_ENV} must be a number of seconds, not {raw!r}") from None
+    if not value > 0:
+        raise UserError(f"${TIMEOUT_ENV} must be positive, not {raw!r}")
+    return value
+
+
 def make_spec(
     fn: Callable[[Any], BaseModel],
     *,
@@ -152,6 +178,7 @@ def make_spec(
     batchable: bool = False,
     requires_spacing: bool = False,
     batch_fn: Callable[[list[Any]], list[BaseModel]] | None = None,
+    timeout_s: float | None = None,
 ) -> ToolSpec:
     """Check a function's signature and declarations and build its ToolSpec."""
     where = f"tool {name!r} ({getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', '?')})"
@@ -168,6 +195,8 @@ def make_spec(
         raise RegistrationError(f"{where}: dims must be a non-empty subset of {DIMS}")
     if device not in ("cpu", "gpu", "any"):
         raise RegistrationError(f"{where}: device must be cpu, gpu or any")
+    if timeout_s is not None and not timeout_s > 0:
+        raise RegistrationError(f"{where}: timeout_s must be a positive number of seconds")
     if batchable and batch_fn is None:
         raise RegistrationError(f"{where}: batchable tools must give batch_fn, taking a list of inputs")
     if batch_fn is not None and not batchable:
@@ -213,6 +242,7 @@ def make_spec(
         batchable=batchable,
         requires_spacing=requires_spacing,
         batch_fn=guarded_batch,
+        timeout_s=timeout_s,
     )
 
 
@@ -256,6 +286,7 @@ def tool(
     requires_spacing: bool = False,
     batch_fn: Callable[[list[Any]], list[Any]] | None = None,
     registry: ToolRegistry | None = None,
+    timeout_s: float | None = None,
 ) -> Callable[[Callable[[In], Out]], Callable[[In], Out]]:
     """Register a function ``fn(Input) -> Output`` as a tool; it is returned wrapped in its guard.
 
@@ -264,7 +295,8 @@ def tool(
 
     ``batchable`` tools also give ``batch_fn(list[Input]) -> list[Output]``, which must return what
     calling ``fn`` on each input would. ``requires_spacing`` tools are never planned on images
-    without physical spacing.
+    without physical spacing. A call that runs past ``timeout_s`` (default: ``default_timeout_s()``)
+    fails its step with the flag ``tool_timeout``.
     """
 
     def decorate(fn: Callable[[In], Out]) -> Callable[[In], Out]:
@@ -278,6 +310,7 @@ def tool(
             batchable=batchable,
             requires_spacing=requires_spacing,
             batch_fn=batch_fn,
+            timeout_s=timeout_s,
         )
         (registry if registry is not None else default_registry).register(spec)
         spec.fn.__dxgraph_tool__ = spec  # type: ignore[attr-defined]
