@@ -468,8 +468,8 @@ def _with_retries(what: str, write: Callable[[], None]) -> None:
             write()
             return
         except sa.exc.OperationalError as e:
-            if not _is_transient(e):
-                raise
+            if not _is_transient(e):  # disk full, read-only file, a damaged store: nothing was written
+                raise StoreError(f"{what}: {e.orig} (nothing of it was written)") from None
             if attempt == SAVE_ATTEMPTS:
                 raise StoreError(
                     f"{what}: the trace store stayed busy after {attempt} tries: {e.orig}"

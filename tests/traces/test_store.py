@@ -140,3 +140,30 @@ def test_extra_criteria_travel_with_the_run_into_its_report_and_are_verified(tmp
     assert store.verify(r.run_id).problems == (
         f"criteria document {doc['sha256'][:12]} does not match its sha256 (edited)",
     )
+
+
+def test_a_full_disk_fails_the_save_cleanly_and_leaves_earlier_runs_intact(tmp_path, db, monkeypatch):
+    """SQLite's max_page_count stands in for a full disk: the save is refused whole, with the reason."""
+    import sqlalchemy as sa
+
+    from dxgraph.errors import StoreError
+
+    from _helpers import drawn_run
+
+    first = drawn_run(tmp_path, db)
+    with TraceStore(db).engine.connect() as conn:
+        pages = conn.exec_driver_sql("PRAGMA page_count").scalar()
+    opened = TraceStore.__init__
+
+    def full_disk_store(self, *a, **kw):  # type: ignore[no-untyped-def]
+        opened(self, *a, **kw)
+        self.engine.dispose()
+        sa.event.listen(self.engine, "connect", lambda c, _: c.execute(f"PRAGMA max_page_count = {pages}"))
+
+    monkeypatch.setattr(TraceStore, "__init__", full_disk_store)
+    with pytest.raises(StoreError, match="database or disk is full") as e:
+        drawn_run(tmp_path, db, cup_radius_px=38.0)
+    monkeypatch.undo()
+    assert "nothing of it was written" in str(e.value)
+    store = TraceStore(db)
+    assert [r.run_id for r in store.list_runs()] == [first.run_id] and store.verify(first.run_id).ok
