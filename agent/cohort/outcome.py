@@ -126,7 +126,7 @@ class CohortInfo(BaseModel):
     created_at: datetime
     """When the cohort was first started (UTC)."""
     manifest: str
-    """Absolute path of the manifest."""
+    """File name of the manifest (not its folders, which may name a patient)."""
     manifest_sha256: str
     """sha256 of the manifest file when the cohort was last started."""
     n_rows: int = Field(ge=0)

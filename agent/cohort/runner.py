@@ -127,7 +127,7 @@ def run_cohort(
             cohort_id=ident,
             task=task,
             created_at=datetime.now(UTC),
-            manifest=str(manifest.path),
+            manifest=manifest.path.name,  # not its folders, which may name a patient
             manifest_sha256=manifest.sha256,
             n_rows=len(manifest.cases),
             problems=manifest.problems,

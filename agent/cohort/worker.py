@@ -103,7 +103,7 @@ class CaseWorker:
         except DuplicateRecord:
             return self._stored(case.case_id, job.attempt)
         except UserError as e:  # bad input: nothing was stored, so record the failure alone
-            outcome = self._failed(case, "input", str(e), t0)
+            outcome = self._failed(case, "input", _without_folders(str(e), case), t0)
             try:
                 self.store.insert([case_row(outcome, job.attempt)])
             except DuplicateRecord:
@@ -180,6 +180,13 @@ class CaseWorker:
             units=units,
             **base,
         )
+
+
+def _without_folders(message: str, case: CohortCase) -> str:
+    """A message with the case's image paths cut to their base names (folders may name a patient)."""
+    for spec in sorted(case.images, key=lambda s: -len(str(s.path))):
+        message = message.replace(str(spec.path), spec.path.name)
+    return message
 
 
 def run_cost(rec: TraceRecorder) -> CaseCost:
