@@ -96,6 +96,9 @@ class CaseImage(BaseModel):
     """Physical pixel/voxel spacing in mm per spatial axis, when known."""
     pixels: ArtifactRef
     """The decoded pixel array, stored content-addressed."""
+    implausible: dict[str, str] = {}
+    """Modalities the pixels do not look like (cheap image statistics), each with the reason: the
+    planner measures nothing of those modalities on this image."""
 
 
 class Case(BaseModel):

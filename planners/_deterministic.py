@@ -65,11 +65,18 @@ class _Builder:
             and (sequence is None or im.sequence == sequence)
         ]
         fitting = [im for im in usable if im.modality == modality]
-        if fitting:
-            return fitting[0], None
         undeclared = [im for im in usable if im.modality is None]
-        if undeclared:
-            return undeclared[0], modality
+        plausible = [im for im in fitting if modality not in im.implausible]
+        if plausible:
+            return plausible[0], None
+        plausible_undeclared = [im for im in undeclared if modality not in im.implausible]
+        if plausible_undeclared:
+            return plausible_undeclared[0], modality
+        if fitting or undeclared:  # there is an image, but its pixels do not look like this modality
+            im = (fitting or undeclared)[0]
+            raise _Unplannable(
+                f"image {im.image_id} does not look like a {modality} image: {im.implausible[modality]}"
+            )
         have = ", ".join(_describe_image(im) for im in self.case.images)
         spacing = " with pixel spacing" if spec.requires_spacing else ""
         which = " ".join(w for w in ("prior" if timepoint == "prior" else "", sequence or "") if w)
