@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -179,6 +179,7 @@ def load_case(
                 shape=tuple(int(s) for s in decoded.array.shape),
                 spacing_mm=decoded.spacing_mm,
                 pixels=save_array(artifacts, decoded.array, "image"),
+                implausible=implausible_modalities(decoded.array, decoded.dims, mod),
             )
         )
     return Case(
@@ -188,6 +189,23 @@ def load_case(
         clinical_text=clinical_text,
         laterality=laterality,
     )
+
+
+MODALITIES_BY_DIMS: dict[str, tuple[str, ...]] = {
+    "2d": ("fundus", "cxr"),
+    "3d": ("ct", "mr"),
+    "3d+t": ("mr",),
+}
+"""The modalities an image of each dimensionality could be taken for, when nobody says which it is."""
+
+
+def implausible_modalities(pixels: Any, dims: str, modality: str | None) -> dict[str, str]:
+    """The modalities the pixels do not look like, with reasons: the declared one, or each candidate."""
+    from dxgraph.agent.modality_check import content_mismatch
+
+    candidates = (modality,) if modality is not None else MODALITIES_BY_DIMS.get(dims, ())
+    reasons = {m: content_mismatch(pixels, dims, m) for m in candidates}
+    return {m: r for m, r in reasons.items() if r is not None}
 
 
 def _check_specs(specs: list[ImageSpec]) -> None:

@@ -186,7 +186,7 @@ def call_tool(spec: ToolSpec, inp: BaseModel, ctx: ToolContext, batcher: ToolCal
     except ValueError:
         raise ToolError(
             f"{spec.name} returned a non-finite number (NaN or infinity)", flags=("invalid_output",)
-        )
+        ) from None
     return output
 
 

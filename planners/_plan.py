@@ -214,16 +214,16 @@ def _check_image(where: str, spec: ToolSpec, binding: ImageInput, images: dict[s
         raise PlanError(
             f"{where}: {tool} accepts {', '.join(modalities)} images; image {im.image_id} is {modality}"
         )
-    if modality in im.implausible:
-        raise PlanError(
-            f"{where}: image {im.image_id} does not look like a {modality} image: {im.implausible[modality]}"
-        )
     if im.dims not in dims:
         raise PlanError(f"{where}: {tool} accepts {', '.join(dims)} images; image {im.image_id} is {im.dims}")
     if spec.requires_spacing and im.spacing_mm is None:
         raise PlanError(
             f"{where}: {tool} measures in physical units and needs pixel spacing; image {im.image_id}"
             " has none (give a DICOM or NIfTI file, or declare the spacing)"
+        )
+    if modality in im.implausible:
+        raise PlanError(
+            f"{where}: image {im.image_id} does not look like a {modality} image: {im.implausible[modality]}"
         )
 
 

@@ -35,7 +35,7 @@ def drawn_run(tmp_path: Path, db: str, cup_radius_px: float = 25.0, fail_with: s
     """A fast real glaucoma run on a grey image with the drawn-disc registry (vCDR = cup radius / 50 px)."""
     import dxgraph
 
-    path = write_rgb(tmp_path / f"f{cup_radius_px:g}.png", np.full((200, 200, 3), 90, np.uint8))
+    path = write_rgb(tmp_path / f"f{cup_radius_px:g}.png", fundus_like())
     registry = drawn_disc_cup_registry(cup_radius_px=cup_radius_px, fail_with=fail_with)
     return dxgraph.diagnose("glaucoma", path, db=db, modality="fundus", registry=registry, **options)
 
@@ -70,6 +70,14 @@ def run_cli(capsys, *argv):  # type: ignore[no-untyped-def]
         main(list(argv))
     captured = capsys.readouterr()
     return e.value.code, captured.out, captured.err
+
+
+def fundus_like(size_px: int = 200) -> np.ndarray:
+    """A plain synthetic image that passes the fundus content check: an orange-red round field on black."""
+    rgb = np.zeros((size_px, size_px, 3), np.uint8)
+    c = size_px // 2
+    cv2.circle(rgb, (c, c), int(size_px * 0.45), (200, 90, 40), -1)
+    return rgb
 
 
 def write_rgb(path: Path, rgb: np.ndarray) -> Path:

@@ -9,7 +9,6 @@ import os
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 
 import dxgraph
@@ -19,7 +18,7 @@ from dxgraph.tools._weights import sha256_of_path
 from dxgraph.traces._events import DiagnosisMade, ModelCalled, PlanMade, RunStarted
 from dxgraph.traces._store import TraceStore
 
-from _helpers import drawn_disc_cup_registry, drawn_run, write_rgb
+from _helpers import drawn_disc_cup_registry, drawn_run, fundus_like, write_rgb
 from _llm_servers import ScriptedServer, Step, chat_body
 from _tiny_models import build_tiny_vlm
 
@@ -34,7 +33,7 @@ def _fresh_backends():
 
 
 def _image(tmp_path):
-    return write_rgb(tmp_path / "f.png", np.full((200, 200, 3), 90, np.uint8))
+    return write_rgb(tmp_path / "f.png", fundus_like())
 
 
 def _events(db, run_id):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 
 import dxgraph
@@ -14,7 +13,7 @@ from dxgraph.tools import default_registry
 from dxgraph.traces._events import ModelCalled, PlanMade, RunStarted
 from dxgraph.traces._store import TraceStore
 
-from _helpers import drawn_disc_cup_registry, write_rgb
+from _helpers import drawn_disc_cup_registry, fundus_like, write_rgb
 
 
 def _draft(steps: list[dict], indicators: list[dict], not_assessable: list[dict] | None = None) -> str:
@@ -54,7 +53,7 @@ GOOD = _draft([SEGMENT, MEASURE], INDICATORS)
 
 def _run(tmp_path, db, script, registry=None):
     chat = ScriptedChat(script)
-    path = write_rgb(tmp_path / "f.png", np.full((200, 200, 3), 90, np.uint8))
+    path = write_rgb(tmp_path / "f.png", fundus_like())
     r = dxgraph.diagnose(
         "glaucoma",
         path,

@@ -1,6 +1,5 @@
 """The deterministic planner builds a typed DAG from criteria; the validator rejects bad plans."""
 
-import numpy as np
 import pytest
 from pydantic import BaseModel
 
@@ -12,12 +11,12 @@ from dxgraph.planners._deterministic import plan_from_criteria
 from dxgraph.tools import ImageRef, ToolRegistry, default_registry, tool
 from dxgraph.traces import MemoryArtifacts
 
-from _helpers import write_rgb
+from _helpers import fundus_like, write_rgb
 
 
 @pytest.fixture
 def fundus_case(tmp_path):
-    path = write_rgb(tmp_path / "f.png", np.zeros((64, 64, 3), np.uint8))
+    path = write_rgb(tmp_path / "f.png", fundus_like(64))
     return load_case("glaucoma", [path], MemoryArtifacts(), modality="fundus", laterality="OD")
 
 
@@ -45,14 +44,14 @@ def test_glaucoma_plan_is_segment_then_measure_then_crop(fundus_case):
 
 
 def test_an_image_without_modality_is_assumed_and_the_assumption_recorded(tmp_path):
-    path = write_rgb(tmp_path / "f.png", np.zeros((64, 64, 3), np.uint8))
+    path = write_rgb(tmp_path / "f.png", fundus_like(64))
     case = load_case("glaucoma", [path], MemoryArtifacts())
     plan = plan_from_criteria(glaucoma_criteria(), case, default_registry)
     assert plan.steps[0].inputs["image"] == ImageInput(image_id="img0", assumed_modality="fundus")
 
 
 def test_a_case_without_a_fundus_image_makes_every_indicator_not_assessable(tmp_path):
-    path = write_rgb(tmp_path / "x.png", np.zeros((64, 64, 3), np.uint8))
+    path = write_rgb(tmp_path / "x.png", fundus_like(64))
     case = load_case("glaucoma", [path], MemoryArtifacts(), modality="cxr")
     plan = plan_from_criteria(glaucoma_criteria(), case, default_registry)
     assert plan.indicators == () and plan.steps == ()
@@ -122,7 +121,7 @@ def test_validator_rejects_type_mismatches(fundus_case):
 
 
 def test_validator_rejects_a_modality_the_tool_does_not_take(tmp_path):
-    path = write_rgb(tmp_path / "x.png", np.zeros((64, 64, 3), np.uint8))
+    path = write_rgb(tmp_path / "x.png", fundus_like(64))
     case = load_case("glaucoma", [path], MemoryArtifacts(), modality="ct")
     step = ToolCall(
         step_id="s1",

@@ -1,12 +1,10 @@
 """The LangGraph run: node order, events, tool failures recorded and the run going on."""
 
-import numpy as np
-
 import dxgraph
 from dxgraph.planners._graph import NODES, RunDeps, build_graph
 from dxgraph.traces._store import TraceStore
 
-from _helpers import drawn_disc_cup_registry, write_rgb
+from _helpers import drawn_disc_cup_registry, fundus_like, write_rgb
 
 
 def test_graph_has_the_five_nodes_in_order():
@@ -25,7 +23,7 @@ def test_graph_has_the_five_nodes_in_order():
 
 
 def test_a_run_leaves_the_full_event_sequence_with_an_intact_chain(tmp_path, db):
-    path = write_rgb(tmp_path / "f.png", np.full((200, 200, 3), 90, np.uint8))
+    path = write_rgb(tmp_path / "f.png", fundus_like())
     r = dxgraph.diagnose(
         "glaucoma", path, db=db, modality="fundus", registry=drawn_disc_cup_registry(cup_radius_px=38)
     )
@@ -50,7 +48,7 @@ def test_a_run_leaves_the_full_event_sequence_with_an_intact_chain(tmp_path, db)
 
 
 def test_a_failing_tool_is_recorded_and_the_run_abstains(tmp_path, db):
-    path = write_rgb(tmp_path / "f.png", np.full((200, 200, 3), 90, np.uint8))
+    path = write_rgb(tmp_path / "f.png", fundus_like())
     reg = drawn_disc_cup_registry(fail_with="no optic disc candidate in the field of view")
     r = dxgraph.diagnose("glaucoma", path, db=db, modality="fundus", registry=reg)
     assert r.diagnosis.label == "not_assessable" and r.diagnosis.abstained
@@ -84,7 +82,7 @@ def test_a_bug_in_a_tool_surfaces_and_the_run_is_stored_as_error(tmp_path, db):
         """Has a bug."""
         return 1 / 0  # type: ignore[return-value]
 
-    path = write_rgb(tmp_path / "f.png", np.full((200, 200, 3), 90, np.uint8))
+    path = write_rgb(tmp_path / "f.png", fundus_like())
     with pytest.raises(ZeroDivisionError):
         dxgraph.diagnose("glaucoma", path, db=db, modality="fundus", registry=reg)
     store = TraceStore(db)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 import dxgraph
@@ -20,7 +19,7 @@ from dxgraph.tools.fundus import CupDiscMeasurements, MeasureCupDiscInput
 from dxgraph.traces._events import ToolCalled
 from dxgraph.traces._store import TraceStore, verify_all
 
-from _helpers import drawn_disc_cup_registry, write_rgb
+from _helpers import drawn_disc_cup_registry, fundus_like, write_rgb
 
 
 def _registry(mode: str, timeout_s: float | None = None) -> ToolRegistry:
@@ -51,7 +50,7 @@ def _registry(mode: str, timeout_s: float | None = None) -> ToolRegistry:
 
 
 def _run(tmp_path: Path, db: str, mode: str, **kw):  # type: ignore[no-untyped-def]
-    image = write_rgb(tmp_path / "f.png", np.full((200, 200, 3), 90, np.uint8))
+    image = write_rgb(tmp_path / "f.png", fundus_like())
     return dxgraph.diagnose("glaucoma", image, db=db, modality="fundus", registry=_registry(mode, **kw))
 
 

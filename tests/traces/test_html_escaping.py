@@ -12,7 +12,6 @@ from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 import yaml
 
@@ -24,6 +23,7 @@ from _helpers import (
     REPO,
     chromium_or_skip,
     drawn_disc_cup_registry,
+    fundus_like,
     reply_evidence_ids,
     run_chromium,
     write_rgb,
@@ -143,7 +143,7 @@ def hostile_reports(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]
 
     folder = tmp_path_factory.mktemp("hostile")
     criteria = _hostile_criteria(folder / "criteria")
-    image = write_rgb(folder / 'x"><img src=x onerror=alert(1)>.png', np.full((200, 200, 3), 90, np.uint8))
+    image = write_rgb(folder / 'x"><img src=x onerror=alert(1)>.png', fundus_like())
     db = str(folder / "traces.db")
     common: dict[str, Any] = {
         "db": db,

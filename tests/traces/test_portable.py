@@ -8,7 +8,6 @@ import zipfile
 from datetime import UTC, datetime
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 import dxgraph
@@ -18,7 +17,7 @@ from dxgraph.traces._events import GENESIS_SHA256, ModelCalled, canonical_json, 
 from dxgraph.traces._portable import FORMAT_VERSION, export_run, import_run
 from dxgraph.traces._store import TraceStore
 
-from _helpers import diagnosis_reply, drawn_disc_cup_registry, reply_evidence_ids, write_rgb
+from _helpers import diagnosis_reply, drawn_disc_cup_registry, fundus_like, reply_evidence_ids, write_rgb
 
 WHEN = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 
@@ -30,7 +29,7 @@ def _reply(request) -> str:  # type: ignore[no-untyped-def]
 @pytest.fixture
 def source(tmp_path: Path, db: str) -> tuple[TraceStore, str]:
     """A store with one real run: image, disc and cup masks, a crop and the criteria document."""
-    path = write_rgb(tmp_path / "f.png", np.full((200, 200, 3), 90, np.uint8))
+    path = write_rgb(tmp_path / "f.png", fundus_like())
     r = dxgraph.diagnose(
         "glaucoma", path, db=db, modality="fundus", registry=drawn_disc_cup_registry(cup_radius_px=38)
     )
@@ -84,7 +83,7 @@ def test_export_is_byte_for_byte_deterministic(source, tmp_path):
 
 
 def test_model_images_travel_with_the_run(tmp_path, db):
-    path = write_rgb(tmp_path / "f.png", np.full((200, 200, 3), 90, np.uint8))
+    path = write_rgb(tmp_path / "f.png", fundus_like())
     chat = ScriptedChat([_reply])
     r = dxgraph.diagnose(
         "glaucoma",
@@ -210,7 +209,7 @@ def test_a_run_id_clash_with_different_content_is_refused(source, tmp_path):
     out = export_run(store, run_id, tmp_path / "run.dxtrace")
     # another real run, renamed to the first run's id and re-chained, so it is valid on its own
     other = TraceStore(str(tmp_path / "other.db"))
-    path = write_rgb(tmp_path / "g.png", np.full((200, 200, 3), 90, np.uint8))
+    path = write_rgb(tmp_path / "g.png", fundus_like())
     r2 = dxgraph.diagnose(
         "glaucoma", path, db=str(tmp_path / "other.db"), modality="fundus", registry=drawn_disc_cup_registry()
     )

@@ -3,7 +3,6 @@
 import itertools
 import json
 
-import numpy as np
 import pytest
 import sqlalchemy as sa
 
@@ -13,12 +12,12 @@ from dxgraph.traces._events import GENESIS_SHA256, canonical_json, event_sha256
 from dxgraph.traces._migrations import SCHEMA_VERSION
 from dxgraph.traces._store import TraceStore
 
-from _helpers import drawn_disc_cup_registry, write_rgb
+from _helpers import drawn_disc_cup_registry, fundus_like, write_rgb
 
 
 @pytest.fixture
 def stored_run(tmp_path, db):
-    path = write_rgb(tmp_path / "f.png", np.full((200, 200, 3), 90, np.uint8))
+    path = write_rgb(tmp_path / "f.png", fundus_like())
     r = dxgraph.diagnose("glaucoma", path, db=db, modality="fundus", registry=drawn_disc_cup_registry())
     return TraceStore(db), r.run_id
 
@@ -120,7 +119,7 @@ def test_extra_criteria_travel_with_the_run_into_its_report_and_are_verified(tmp
     crit = tmp_path / "criteria"
     crit.mkdir()
     (crit / "local.yaml").write_text(text)
-    path = write_rgb(tmp_path / "f.png", np.full((200, 200, 3), 90, np.uint8))
+    path = write_rgb(tmp_path / "f.png", fundus_like())
     r = dxgraph.diagnose(
         "glaucoma_local",
         path,

@@ -385,8 +385,6 @@ def test_two_workers_racing_for_one_cohort_case_record_it_once(url: str, tmp_pat
     """The cohort record commits with its run: the loser of a race stores neither and reads the winner's."""
     from datetime import UTC, datetime
 
-    import numpy as np
-
     from dxgraph.agent.case import ImageSpec
     from dxgraph.agent.cohort.manifest import CohortCase, task_labels
     from dxgraph.agent.cohort.outcome import CohortInfo
@@ -394,7 +392,7 @@ def test_two_workers_racing_for_one_cohort_case_record_it_once(url: str, tmp_pat
     from dxgraph.agent.cohort.worker import CaseJob, CaseWorker, CohortSettings
     from dxgraph.criteria_kb import get_criteria
 
-    from _helpers import write_rgb
+    from _helpers import fundus_like, write_rgb
 
     labels = task_labels(get_criteria("glaucoma.onh-structure").document)
     store = TraceStore(url)
@@ -403,7 +401,7 @@ def test_two_workers_racing_for_one_cohort_case_record_it_once(url: str, tmp_pat
         n_rows=1, labels=labels,
     )  # fmt: skip
     assert CohortStore(store).start(info) == info and CohortStore(store).start(info).cohort_id == "race"
-    image = write_rgb(tmp_path / "f.png", np.full((200, 200, 3), 90, np.uint8))
+    image = write_rgb(tmp_path / "f.png", fundus_like())
     case = CohortCase(case_id="c1", line=2, images=(ImageSpec(path=image),), modality="fundus")
     options = {"registry": drawn_disc_cup_registry(cup_radius_px=35.0), "device": "cpu"}
     settings = CohortSettings(

@@ -1,0 +1,78 @@
+"""The modality guard end to end: an image whose pixels do not fit the declared (or assumed) modality gets
+no measurement of that modality; its indicators are not assessable and say why (issue 8, part 2)."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+from skimage import data
+
+import dxgraph
+from dxgraph.agent.run import PREFERRED_TOOLS
+from dxgraph.criteria_kb import retrieve
+from dxgraph.errors import PlanError
+from dxgraph.planners._deterministic import plan_from_criteria
+from dxgraph.planners._plan import validate_plan
+from dxgraph.tools import default_registry
+
+from _helpers import SHARED_DATA, write_rgb
+
+
+def _not_assessable_reasons(r: dxgraph.RunResult) -> list[str]:
+    return [
+        v.reason or "" for c in r.diagnosis.criteria for v in c.indicators if v.finding == "not_assessable"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("question", "modality", "picture", "said"),
+    [
+        (
+            "glaucoma",
+            "fundus",
+            "astronaut",
+            "does not look like a fundus image",
+        ),  # a natural photo as a fundus
+        ("cardiomegaly", "cxr", "retina", "does not look like a cxr image"),  # a fundus as a chest radiograph
+        ("glaucoma", None, "camera", "does not look like a fundus image"),  # undeclared grey photo
+    ],
+)
+def test_a_mismatched_image_is_measured_as_nothing(
+    tmp_path: Path, db: str, question: str, modality: str | None, picture: str, said: str
+) -> None:
+    rgb = getattr(data, picture)()
+    rgb = np.stack([rgb] * 3, axis=-1) if rgb.ndim == 2 else rgb
+    path = write_rgb(tmp_path / f"{picture}.png", rgb)
+    r = dxgraph.diagnose(question, path, db=db, modality=modality)
+    assert r.diagnosis.abstained and r.diagnosis.label == "not_assessable"
+    assert r.evidence == () and r.plan.steps == ()
+    reasons = _not_assessable_reasons(r)
+    assert reasons and all(said in x for x in reasons), reasons
+    (image,) = r.case.images
+    assert image.implausible and all(image.implausible.values())
+    # a plan drafted as if the image were fine (an LLM planner's, say) is refused for this case
+    trusting = r.case.model_copy(update={"images": (image.model_copy(update={"implausible": {}}),)})
+    criteria = [retrieve(question)[0].criteria]
+    plan = plan_from_criteria(criteria, trusting, default_registry, PREFERRED_TOOLS)
+    assert plan.steps
+    with pytest.raises(PlanError, match="does not look like"):
+        validate_plan(plan, default_registry, r.case)
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "fundus_drishti").exists(), reason="shared data not at ../shared/data")
+def test_real_images_of_the_right_modality_raise_no_alarm(tmp_path: Path, db: str) -> None:
+    fundus = sorted((SHARED_DATA / "fundus_drishti" / "images").glob("*.jpg"))[0]
+    cxr = (
+        SHARED_DATA
+        / "cxr_wingspan"
+        / next(csv.DictReader((SHARED_DATA / "cxr_wingspan" / "cases.csv").open()))["image"]
+    )
+    for question, path, modality in (("glaucoma", fundus, "fundus"), ("cardiomegaly", cxr, "cxr")):
+        r = dxgraph.diagnose(question, path, db=db, modality=modality)
+        assert r.case.images[0].implausible == {} and not r.diagnosis.abstained, (
+            path,
+            _not_assessable_reasons(r),
+        )
