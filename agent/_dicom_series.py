@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from dxgraph.agent.images import _DICOM_MODALITIES, MAX_PIXELS, Dims
+from dxgraph.agent.images import _DICOM_MODALITIES, MAX_PIXELS, Dims, decoder_reason
 from dxgraph.errors import CaseError
 
 __all__ = ["DicomSeriesLayout", "dicom_series_layout", "read_dicom_series"]
@@ -298,7 +298,7 @@ def read_dicom_series(folder: Path) -> tuple[np.ndarray, tuple[float, ...] | Non
             except Exception as e:  # pixel decoders raise anything on corrupt data
                 if isinstance(e, CaseError):
                     raise
-                raise CaseError(f"{path.name}: cannot decode pixel data ({type(e).__name__}: {e})") from None
+                raise CaseError(f"{path.name}: cannot decode pixel data ({decoder_reason(e)})") from None
             if arr.shape != (layout.rows, layout.cols):
                 raise CaseError(f"{path.name}: pixel data is {arr.shape}, the header says rows x columns")
             planes.append(arr)

@@ -7,6 +7,8 @@ interpretation, rescale) are read. Patient identifiers never leave this module.
 from __future__ import annotations
 
 import hashlib
+import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -22,6 +24,9 @@ MIN_SIDE_PX = 16
 """Images smaller than this on any in-plane side are rejected as unreadable."""
 MAX_PIXELS = 200_000_000
 """Images declaring more pixels than this are rejected before decoding (decompression bombs)."""
+MAX_RASTER_PIXELS = 50_000_000
+"""PNG/JPEG limit: a few kB of deflated zeros decode to this many pixels (about 7,000 x 7,000), and every
+tool then runs on them; real photographs and radiographs have under 30 million."""
 
 # DICOM Modality tag -> dxgraph modality name
 _DICOM_MODALITIES = {
@@ -58,6 +63,14 @@ class DecodedImage:
 def sha256_bytes(data: bytes) -> str:
     """Hex sha256 of a byte string."""
     return hashlib.sha256(data).hexdigest()
+
+
+def decoder_reason(error: BaseException, limit: int = 200) -> str:
+    """A decoder's exception as one short line for a message: no line breaks, no Python object reprs."""
+    text = re.sub(r"<[^<>]*? at 0x[0-9a-fA-F]+>", "", str(error))
+    text = re.sub(r"<class '([^']+)'>", r"\1", text)
+    text = " ".join(f"{type(error).__name__}: {text}".split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def detect_format(path: Path, head: bytes) -> ImageFormat:
@@ -100,9 +113,9 @@ def read_image(path: str | Path) -> DecodedImage:
     except CaseError as e:
         raise CaseError(f"{p}: {e}") from None
     except Exception as e:  # noqa: BLE001 -- decoders raise anything on corrupt files
-        raise CaseError(f"{p}: cannot decode {fmt.upper()} data ({type(e).__name__}: {e})") from None
+        raise CaseError(f"{p}: cannot decode {fmt.upper()} data ({decoder_reason(e)})") from None
     _check_pixels(p, arr, dims)
-    return DecodedImage(arr, fmt, dims, spacing, modality, sha256_bytes(data), view)
+    return DecodedImage(arr, fmt, dims, usable_spacing(spacing), modality, sha256_bytes(data), view)
 
 
 def _read_series_folder(folder: Path) -> DecodedImage:
@@ -115,10 +128,17 @@ def _read_series_folder(folder: Path) -> DecodedImage:
     try:
         arr, spacing, modality, dims = read_dicom_series(folder)
     except CaseError as e:
-        raise CaseError(f"{folder}: {e}") from None
+        raise CaseError(str(e) if str(e).startswith(str(folder)) else f"{folder}: {e}") from None
     _check_pixels(folder, arr, dims)
     digest = sha256_bytes("".join(sorted(sha256_bytes(f.read_bytes()) for f in files)).encode())
-    return DecodedImage(arr, "dicom", dims, spacing, modality, digest)
+    return DecodedImage(arr, "dicom", dims, usable_spacing(spacing), modality, digest)
+
+
+def usable_spacing(spacing: tuple[float, ...] | None) -> tuple[float, ...] | None:
+    """The spacing when every value is a finite, positive number of mm; None (unknown) otherwise."""
+    if spacing is None or not all(math.isfinite(v) and v > 0 for v in spacing):
+        return None
+    return tuple(float(v) for v in spacing)
 
 
 def _read_raster(data: bytes, fmt: ImageFormat) -> tuple[np.ndarray, None, None, Dims]:
@@ -129,8 +149,8 @@ def _read_raster(data: bytes, fmt: ImageFormat) -> tuple[np.ndarray, None, None,
 
     with Image.open(io.BytesIO(data)) as im:  # reads the header only
         w, h = im.size
-    if w * h > MAX_PIXELS:
-        raise CaseError(f"declares {w}x{h} pixels, more than the {MAX_PIXELS:,} allowed")
+    if w * h > MAX_RASTER_PIXELS:
+        raise CaseError(f"declares {w}x{h} pixels, more than the {MAX_RASTER_PIXELS:,} allowed")
     arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if arr is None:
         raise CaseError(f"corrupt or truncated {fmt.upper()} data")

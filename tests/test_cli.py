@@ -4,12 +4,11 @@ import json
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 
 from dxgraph.traces._store import TraceStore
 
-from _helpers import drawn_disc_cup_registry, run_cli, write_rgb
+from _helpers import drawn_disc_cup_registry, fundus_like, run_cli, write_rgb
 
 
 @pytest.fixture
@@ -20,7 +19,7 @@ def drawn_tools(monkeypatch):
 
 @pytest.fixture
 def fundus_png(tmp_path):
-    return write_rgb(tmp_path / "fundus.png", np.full((240, 240, 3), 120, np.uint8))
+    return write_rgb(tmp_path / "fundus.png", fundus_like(240))
 
 
 def test_diagnose_json_then_show_report_verify(capsys, tmp_path, db, fundus_png, drawn_tools):
@@ -156,7 +155,7 @@ def _zero_png(p):
 
 
 def _good_png(p):
-    return write_rgb(p / "ok.png", np.full((64, 64, 3), 100, np.uint8))
+    return write_rgb(p / "ok.png", fundus_like(64))
 
 
 def test_unknown_run_is_exit_2(capsys, db):

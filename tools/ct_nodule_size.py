@@ -15,6 +15,9 @@ from dxgraph.traces._artifacts import ArtifactRef
 
 NOT_HU_P5 = -400.0
 """A CT volume whose 5th percentile is above this holds no aerated lung (or is not in HU)."""
+CT_SPACING_RANGE_MM = (0.1, 20.0)
+"""Voxel sizes a CT scanner produces. Outside them the segmenter's filters, sized in mm, would span no
+voxel or millions of them (a header claiming 1e-6 mm voxels made a 20-million-pixel kernel)."""
 
 
 class LungNoduleInput(ToolModel):
@@ -70,6 +73,13 @@ def segment_lung_nodules(inp: LungNoduleInput) -> LungNodules:
     from dxgraph.tools._nodule_segmentation import nodule_count, segment_nodules
 
     hu, spacing = load_volume(inp.image, "the CT image of segment_lung_nodules")
+    lo, hi = CT_SPACING_RANGE_MM
+    if not all(lo <= s <= hi for s in spacing):
+        raise ToolError(
+            f"voxel spacing {'x'.join(f'{s:g}' for s in spacing)} mm is outside the {lo:g}-{hi:g} mm a CT"
+            " scanner produces; the header's spacing is wrong",
+            flags=("implausible_spacing",),
+        )
     flags: list[str] = []
     if float(np.percentile(hu, 5)) > NOT_HU_P5:
         raise ToolError(

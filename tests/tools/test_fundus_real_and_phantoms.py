@@ -23,7 +23,7 @@ from dxgraph.tools.fundus import (
 )
 from dxgraph.traces import MemoryArtifacts
 
-from _helpers import write_rgb
+from _helpers import fundus_like, write_rgb
 
 THRESHOLDS = (0.6, 0.7)
 
@@ -129,7 +129,7 @@ def test_real_retina_disc_is_found_where_it_is(tmp_path, db):
 
 
 def test_a_uniform_image_is_not_given_a_disc(tmp_path, db):
-    path = write_rgb(tmp_path / "flat.png", np.full((400, 400, 3), (180, 60, 30), np.uint8))
+    path = write_rgb(tmp_path / "flat.png", fundus_like(400))  # a round orange field with nothing in it
     r = dxgraph.diagnose("glaucoma", path, db=db, modality="fundus")
     assert r.diagnosis.label == "not_assessable"
     assert "segment_optic_disc_cup failed" in r.diagnosis.criteria[0].indicators[0].reason
