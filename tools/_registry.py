@@ -143,6 +143,9 @@ default_registry = ToolRegistry()
 """The process-wide registry that ``@tool`` registers into."""
 
 
+PLAUSIBLE_SPACING_MM = (0.01, 50.0)
+"""Pixel or voxel sizes a medical imaging device produces; tools that measure in mm refuse others (a header
+claiming 1e-6 mm voxels makes filters sized in mm span millions of voxels)."""
 DEFAULT_TOOL_TIMEOUT_S = 300.0
 """How long a tool call may take unless its tool or $DXGRAPH_TOOL_TIMEOUT_S says otherwise."""
 TIMEOUT_ENV = "DXGRAPH_TOOL_TIMEOUT_S"
@@ -270,6 +273,14 @@ def _image_guard(
             if requires_spacing and value.spacing_mm is None:
                 raise ToolError(
                     f"{where} has no pixel spacing; the tool measures in mm", flags=("no_spacing",)
+                )
+            lo, hi = PLAUSIBLE_SPACING_MM
+            if requires_spacing and not all(lo <= s <= hi for s in value.spacing_mm or ()):
+                shown = " x ".join(f"{s:g}" for s in value.spacing_mm or ())
+                raise ToolError(
+                    f"{where} claims {shown} mm per pixel, outside the {lo:g}-{hi:g} mm imaging devices"
+                    " produce; its header's spacing is wrong",
+                    flags=("implausible_spacing",),
                 )
 
     return check

@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import dxgraph
@@ -117,3 +118,24 @@ def test_a_crashing_tool_is_a_bug_stored_as_an_error_run(tmp_path: Path, db: str
     assert row.status == "error" and TraceStore(db).verify(row.run_id).ok
     finished = TraceStore(db).events(row.run_id)[-1]
     assert "ZeroDivisionError: division by zero in the rim profile" in (finished.error or "")  # type: ignore[union-attr]
+
+
+def test_every_tool_that_measures_in_mm_refuses_an_implausible_spacing() -> None:
+    """A header's 1e-6 mm (or 1e6 mm) pixels end in ToolError before any tool allocates for them."""
+    from dxgraph.errors import ToolError
+    from dxgraph.tools import ImageRef, ToolContext, save_artifact, tool_context
+    from dxgraph.traces import MemoryArtifacts
+
+    measuring = [s for s in default_registry if s.requires_spacing]
+    assert len(measuring) >= 6
+    with tool_context(ToolContext(artifacts=MemoryArtifacts(), seed=0, device="cpu")):
+        pixels = save_artifact(np.zeros((4, 4, 4), np.float32), "image")
+        for spec in measuring:
+            image_fields = [n for n, f in spec.input_model.model_fields.items() if f.annotation is ImageRef]
+            for spacing in ((1e-6,) * 3, (1e6, 1.0, 1.0)):
+                ref = ImageRef(image_id="img0", pixels=pixels, modality=spec.modalities[0], dims=spec.dims[0],
+                               spacing_mm=spacing[: 2 if spec.dims[0] == "2d" else 3])  # fmt: skip
+                inp = spec.input_model.model_construct(**dict.fromkeys(image_fields, ref))
+                with pytest.raises(ToolError) as e:
+                    spec.fn(inp)
+                assert e.value.flags == ("implausible_spacing",), (spec.name, str(e.value))
