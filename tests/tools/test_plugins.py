@@ -15,7 +15,7 @@ import pytest
 from dxgraph.errors import RegistrationError
 from dxgraph.tools import ToolRegistry, default_registry, make_spec, tool
 
-from _helpers import REPO, write_rgb
+from _helpers import REPO, fundus_like, write_rgb
 
 EXAMPLE = REPO / "examples" / "dxgraph-plugin-example"
 
@@ -109,7 +109,8 @@ def test_installed_plugin_is_listed_and_dispatched_in_a_real_run(plugin_site, tm
     crit.mkdir()
     (crit / "sharpness.yaml").write_text(CRITERIA)
     rng = np.random.default_rng(0)
-    sharp = (rng.random((256, 256, 3)) * 255).astype(np.uint8)
+    texture = 0.4 + 0.6 * rng.random((256, 256, 1))  # fine detail inside a fundus-like round field
+    sharp = (fundus_like(256) * texture).astype(np.uint8)
     blurred = cv2.GaussianBlur(sharp, (0, 0), 6)
     labels = {}
     for name, img in (("sharp", sharp), ("blurred", blurred)):
