@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from dxgraph.agent.evidence import Evidence
+from dxgraph.agent.image_quality import QualityGrade
 
 IndicatorStatus = Literal["normal", "borderline", "abnormal", "not_assessable"]
 
@@ -34,6 +35,10 @@ class IndicatorVerdict(BaseModel):
     """Evidence the finding rests on."""
     reason: str | None = None
     """Why the indicator is not assessable, when it is not."""
+    quality_grade: QualityGrade | None = None
+    """Worst image-quality grade flagged on the evidence, when one is."""
+    uncertainty_factor: float = Field(default=1.0, ge=1.0)
+    """How much the flagged image quality widened the value's uncertainty in the confidence."""
 
 
 class CriterionVerdict(BaseModel):

@@ -252,13 +252,17 @@ class LLMAggregator:
         """The final Diagnosis: the model's judgement where the rules allow it, the rules' label where not.
 
         The rules' label stands when they determine it, and when they abstain because an indicator the
-        criteria require is not assessable (no model may guess a measurement that was not made).
+        criteria require is not assessable (no model may guess a measurement that was not made). Where
+        flagged image quality widened the measurements' uncertainty, the model may not claim more
+        confidence than the rules' simulation gives.
         """
         determined = rules_dx.criteria[0].satisfied is not None or required_missing
         if reply.label == rules_dx.label:
+            degraded = any(v.uncertainty_factor > 1 for v in rules_dx.criteria[0].indicators)
+            confidence = min(reply.confidence, rules_dx.confidence) if degraded else reply.confidence
             return rules_dx.model_copy(
                 update=dict(
-                    confidence=round(reply.confidence, 4),
+                    confidence=round(confidence, 4),
                     rationale=reply.rationale,
                     cited_evidence=tuple(dict.fromkeys(reply.cited_evidence)),
                     aggregator=self.name,

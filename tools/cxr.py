@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 from pydantic import Field
 
+from dxgraph.agent.image_quality import assess_image_quality
 from dxgraph.errors import ToolError
 from dxgraph.tools import _cxr_classical
 from dxgraph.tools._context import as_rgb8, current_context, load_artifact, load_image, save_artifact
@@ -138,33 +139,32 @@ def _segment_batch(inputs: list[SegmentHeartLungsInput]) -> list[HeartLungMasks]
     batch = np.stack([preprocess(p) for p in images])
     device = current_context().device
     prob, sha = predict_probabilities(batch, device if device in ("cpu", "cuda") else "cpu")
-    return [
-        _masks_output(p, pixels.shape[:2], sha, pixels.ndim == 3)
-        for p, pixels in zip(prob, images, strict=True)
-    ]
+    return [_masks_output(p, pixels, sha) for p, pixels in zip(prob, images, strict=True)]
 
 
-def _masks_output(prob: np.ndarray, shape: tuple[int, int], sha: str, colour: bool) -> HeartLungMasks:
-    masks, flags = masks_from_probabilities(prob, shape)
-    return _checked_masks(masks, flags, shape, colour, weights_sha256=sha, method="unet")
+def _masks_output(prob: np.ndarray, pixels: np.ndarray, sha: str) -> HeartLungMasks:
+    masks, flags = masks_from_probabilities(prob, pixels.shape[:2])
+    return _checked_masks(masks, flags, pixels, weights_sha256=sha, method="unet")
 
 
 def _checked_masks(
     masks: list[np.ndarray],
     flags: list[str],
-    shape: tuple[int, int],
-    colour: bool,
+    pixels: np.ndarray,
     *,
     weights_sha256: str | None,
     method: Literal["unet", "classical"],
 ) -> HeartLungMasks:
-    """The output model of (heart, right lung, left lung) masks, after the checks every segmenter shares."""
+    """The output model of (heart, right lung, left lung) masks of ``pixels``, after the checks every
+    segmenter shares, with the image's quality flags."""
+    shape = pixels.shape[:2]
+    image_flags = assess_image_quality(pixels).flags
     min_area = MIN_AREA_FRACTION * shape[0] * shape[1]
     missing = [name for name, m in zip(STRUCTURES, masks, strict=True) if m.sum() < min_area]
     if missing:
         raise ToolError(
             f"no {', '.join(n.replace('_', ' ') for n in missing)} found in the radiograph",
-            flags=tuple(f"{n}_not_found" for n in missing),
+            flags=(*(f"{n}_not_found" for n in missing), *image_flags),
         )
     heart, right, left = masks
     cols = np.arange(shape[1])
@@ -172,8 +172,9 @@ def _checked_masks(
         flags.append("lung_sides_swapped")
     if (heart & (right | left)).sum() > 0.05 * heart.sum():
         flags.append("heart_overlaps_lungs")
-    if colour:
+    if pixels.ndim == 3:
         flags.append("colour_input")
+    flags.extend(image_flags)
     return HeartLungMasks(
         heart_mask=save_artifact(heart, "mask"),
         right_lung_mask=save_artifact(right, "mask"),
@@ -227,14 +228,13 @@ def segment_heart_lungs_classical(inp: SegmentHeartLungsInput) -> HeartLungMasks
     (``lungs_not_found``, ``heart_not_found``) when no lung pair or heart border is found.
     """
     pixels = load_image(inp.image)
-    shape = pixels.shape[:2]
     try:
         seg = _cxr_classical.segment(to_grey(pixels))
     except _cxr_classical.SegmentationFailed as e:
-        raise ToolError(f"classical heart/lung segmentation failed: {e}", flags=(e.flag,)) from None
+        flags = (e.flag, *assess_image_quality(pixels).flags)
+        raise ToolError(f"classical heart/lung segmentation failed: {e}", flags=flags) from None
     masks = [seg.heart, seg.right_lung, seg.left_lung]
-    flags = list(seg.flags)
-    return _checked_masks(masks, flags, shape, pixels.ndim == 3, weights_sha256=None, method="classical")
+    return _checked_masks(masks, list(seg.flags), pixels, weights_sha256=None, method="classical")
 
 
 # ---------------------------------------------------------------- measure_cardiothoracic_ratio

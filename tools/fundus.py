@@ -6,6 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
+from dxgraph.agent.image_quality import assess_image_quality
 from dxgraph.errors import ToolError
 from dxgraph.tools import _cup_disc_geometry as geo
 from dxgraph.tools._context import as_rgb8, load_artifact, load_image, save_artifact
@@ -54,11 +55,12 @@ def segment_optic_disc_cup(inp: SegmentDiscCupInput) -> DiscCupMasks:
 
     pixels = load_image(inp.image)
     rgb = as_rgb8(pixels)
+    image_quality = assess_image_quality(rgb)
     try:
         seg = segment_disc_cup(rgb)
     except SegmentationError as e:
-        raise ToolError(str(e), flags=tuple(e.flags)) from None
-    flags = list(seg.flags)
+        raise ToolError(str(e), flags=(*e.flags, *image_quality.flags)) from None
+    flags = list(seg.flags) + image_quality.flags
     if pixels.ndim == 2:
         flags.append("greyscale_input")
     return DiscCupMasks(
@@ -67,7 +69,7 @@ def segment_optic_disc_cup(inp: SegmentDiscCupInput) -> DiscCupMasks:
         roi=RegionOfInterest(label="optic_disc", center_xy=seg.disc_center_xy, radius_px=seg.disc_radius_px),
         disc_area_px=int(seg.disc_mask.sum()),
         localisation_confidence=float(seg.quality.get("localisation_confidence", 0.0)),
-        quality={k: float(v) for k, v in seg.quality.items()},
+        quality={**{k: float(v) for k, v in seg.quality.items()}, **image_quality.measures},
         quality_flags=flags,
     )
 

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from dxgraph.agent.image_quality import assess_image_quality
 from dxgraph.errors import ToolError
 from dxgraph.tools._context import as_rgb8, current_context, load_image, save_artifact
 from dxgraph.tools._mask_geometry import largest_component_filled
@@ -224,16 +225,17 @@ def _load() -> tuple[Any, dict[str, Any], str]:
     return net, meta, entry.sha256
 
 
-def _to_output(seg: Segmentation, greyscale: bool, weights_sha256: str) -> DiscCupMasks:
-    """The tool's output for one segmentation; ToolError when no disc was found."""
+def _to_output(seg: Segmentation, rgb: np.ndarray, greyscale: bool, weights_sha256: str) -> DiscCupMasks:
+    """The tool's output for one segmentation of ``rgb``; ToolError when no disc was found."""
     from dxgraph.tools import _cup_disc_geometry as geo
 
+    image_quality = assess_image_quality(rgb)
     if not seg.disc.any():
         raise ToolError(
             "the disc/cup network found no optic disc in the window around the brightest region",
-            flags=("disc_not_found",),
+            flags=("disc_not_found", *image_quality.flags),
         )
-    flags = list(seg.flags) + (["greyscale_input"] if greyscale else [])
+    flags = list(seg.flags) + (["greyscale_input"] if greyscale else []) + image_quality.flags
     area = int(seg.disc.sum())
     return DiscCupMasks(
         disc_mask=save_artifact(seg.disc, "mask"),
@@ -247,6 +249,7 @@ def _to_output(seg: Segmentation, greyscale: bool, weights_sha256: str) -> DiscC
             "mean_disc_probability": seg.mean_disc_probability,
             "mean_cup_probability": seg.mean_cup_probability,
             "locator_confidence": seg.locator_confidence,
+            **image_quality.measures,
         },
         quality_flags=flags,
         weights_sha256=weights_sha256,
@@ -259,8 +262,9 @@ def segment_optic_disc_cup_unet_batch(inputs: list[SegmentDiscCupInput]) -> list
         return []
     net, meta, sha = _load()
     pixels = [load_image(inp.image) for inp in inputs]
-    segs = segment_batch([as_rgb8(p) for p in pixels], net, meta)
-    return [_to_output(s, p.ndim == 2, sha) for s, p in zip(segs, pixels, strict=True)]
+    rgbs = [as_rgb8(p) for p in pixels]
+    segs = segment_batch(rgbs, net, meta)
+    return [_to_output(s, rgb, p.ndim == 2, sha) for s, rgb, p in zip(segs, rgbs, pixels, strict=True)]
 
 
 @tool(
