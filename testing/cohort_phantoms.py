@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import csv
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
+from dxgraph.testing.degradations import DegradationKind, degrade
 from dxgraph.testing.phantoms import fundus_phantom
 
 GLAUCOMA_COLUMNS = ("case_id", "image", "laterality", "label", "truth.vcdr", "truth.rim_to_disc_ratio")
@@ -14,12 +16,19 @@ GLAUCOMA_COLUMNS = ("case_id", "image", "laterality", "label", "truth.vcdr", "tr
 
 
 def write_glaucoma_cohort(
-    folder: str | Path, n: int = 50, *, seed: int = 0, size_px: tuple[int, int] = (384, 512)
+    folder: str | Path,
+    n: int = 50,
+    *,
+    seed: int = 0,
+    size_px: tuple[int, int] = (384, 512),
+    conditions: Sequence[tuple[DegradationKind | None, int]] = (),
 ) -> Path:
     """Write ``n`` fundus phantoms (vCDR 0.25-0.85, both eyes) and ``manifest.csv``; return the manifest.
 
     Each row's label is what the glaucoma criteria give for the phantom's true indicator values, and
-    ``truth.vcdr`` / ``truth.rim_to_disc_ratio`` are its true values.
+    ``truth.vcdr`` / ``truth.rim_to_disc_ratio`` are its true values. With ``conditions`` (kind,
+    severity) pairs, every phantom is written once per condition, degraded, as case
+    ``<kind>-<severity>-NNN`` (``clean-0-NNN`` for severity 0), instead of once as ``phantom-NNN``.
     """
     import cv2
 
@@ -36,20 +45,23 @@ def write_glaucoma_cohort(
         vcdr = float(np.round(rng.uniform(0.25, 0.85), 3))
         eye = "OD" if i % 2 == 0 else "OS"
         ph = fundus_phantom(vcdr, seed=seed * 1000 + i, laterality=eye, size_px=size_px)
-        name = f"images/phantom_{i:03d}.png"
-        cv2.imwrite(str(folder / name), cv2.cvtColor(ph.rgb, cv2.COLOR_RGB2BGR))
         truth = phantom_truth(ph)
         values = {ind.id: truth.get(ind.quantity) for ind in doc.indicators}
-        rows.append(
-            {
-                "case_id": f"phantom-{i:03d}",
-                "image": name,
-                "laterality": eye,
-                "label": label_of(doc, values),
-                "truth.vcdr": f"{truth['vcdr']:.4f}",
-                "truth.rim_to_disc_ratio": f"{truth['rim_to_disc_ratio']:.4f}",
-            }
-        )
+        for kind, severity in conditions or [(None, 0)]:
+            stem = f"{kind if severity else 'clean'}-{severity}-{i:03d}" if kind else f"phantom-{i:03d}"
+            name = f"images/{stem.replace('-', '_')}.png"
+            rgb = degrade(ph.rgb, kind, severity, seed=seed * 1000 + i) if kind else ph.rgb
+            cv2.imwrite(str(folder / name), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+            rows.append(
+                {
+                    "case_id": stem,
+                    "image": name,
+                    "laterality": eye,
+                    "label": label_of(doc, values),
+                    "truth.vcdr": f"{truth['vcdr']:.4f}",
+                    "truth.rim_to_disc_ratio": f"{truth['rim_to_disc_ratio']:.4f}",
+                }
+            )
     manifest = folder / "manifest.csv"
     with manifest.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=GLAUCOMA_COLUMNS)

@@ -190,3 +190,47 @@ def classical_ctr(ref):  # type: ignore[no-untyped-def]
         )
     )
     return masks, m
+
+
+def glaucoma_evidence(indicator, value, quantity=None, flags=()):
+    """Evidence of one glaucoma indicator as measure_cup_disc (step s2) would give it."""
+    from dxgraph.agent.evidence import Evidence
+    from dxgraph.criteria_kb import get_criteria
+
+    DOC = get_criteria("glaucoma.onh-structure")
+    ind = DOC.document.indicator(indicator)
+    return Evidence(
+        evidence_id=f"s2:{quantity or ind.quantity}",
+        indicator=indicator,
+        name=ind.name,
+        criteria_id=DOC.document.id,
+        value=value,
+        unit=ind.unit,
+        tool="measure_cup_disc",
+        tool_version="0.1.0",
+        step_id="s2",
+        quality_flags=tuple(flags),
+    )
+
+
+def rules_decide(vcdr=None, rdr=0.3, isnt=False, missing=None, flags=()):
+    """The rules diagnosis of glaucoma evidence (an indicator left None is missing), citations checked."""
+    from dxgraph.agent.aggregate import EvidenceBundle
+    from dxgraph.agent.diagnosis import check_citations
+    from dxgraph.agent.rules import RulesAggregator
+    from dxgraph.criteria_kb import get_criteria
+
+    DOC = get_criteria("glaucoma.onh-structure")
+    evidence = [
+        e
+        for e in (
+            glaucoma_evidence("vcdr", vcdr, flags=flags) if vcdr is not None else None,
+            glaucoma_evidence("rim_to_disc_ratio", rdr, flags=flags) if rdr is not None else None,
+            glaucoma_evidence("isnt_rule", isnt, flags=flags) if isnt is not None else None,
+        )
+        if e is not None
+    ]
+    bundle = EvidenceBundle(criteria=(DOC,), evidence=tuple(evidence), missing=missing or {})
+    d = RulesAggregator().aggregate(bundle)
+    check_citations(d, evidence)
+    return d

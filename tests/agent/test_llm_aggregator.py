@@ -182,3 +182,21 @@ def test_report_and_trace_show_the_exchange_and_the_overruled_label(tmp_path, db
     lines = [summarize(e) for e in TraceStore(db).events(r.run_id)]
     assert any(line.startswith("aggregate by scripted:scripted ok in ") for line in lines)
     assert any("flags: contradicts_rules; model proposed glaucoma_suspect" in line for line in lines)
+
+
+def test_model_cannot_claim_more_confidence_than_degraded_measurements_support():
+    from types import SimpleNamespace
+
+    from dxgraph.agent.llm_aggregator import DiagnosisReply, LLMAggregator
+
+    from _helpers import rules_decide as decide
+
+    reply = DiagnosisReply(
+        label="no_glaucoma_signs", confidence=0.97, rationale="looks fine", cited_evidence=[], abstained=False
+    )
+    model = SimpleNamespace(name="scripted")
+    clean = LLMAggregator.combine(model, decide(0.66, 0.2), reply)
+    assert clean.confidence == 0.97  # no quality flag: the model's own confidence
+    rules = decide(0.66, 0.2, flags=["jpeg_artefacts_moderate"])
+    degraded = LLMAggregator.combine(model, rules, reply)
+    assert degraded.label == "no_glaucoma_signs" and degraded.confidence == rules.confidence < 0.97

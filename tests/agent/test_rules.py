@@ -2,44 +2,9 @@
 
 import pytest
 
-from dxgraph.agent.aggregate import EvidenceBundle
 from dxgraph.agent.diagnosis import check_citations
-from dxgraph.agent.evidence import Evidence
-from dxgraph.agent.rules import RulesAggregator
-from dxgraph.criteria_kb import get_criteria
 
-DOC = get_criteria("glaucoma.onh-structure")
-
-
-def ev(indicator, value, quantity=None):
-    ind = DOC.document.indicator(indicator)
-    return Evidence(
-        evidence_id=f"s2:{quantity or ind.quantity}",
-        indicator=indicator,
-        name=ind.name,
-        criteria_id=DOC.document.id,
-        value=value,
-        unit=ind.unit,
-        tool="measure_cup_disc",
-        tool_version="0.1.0",
-        step_id="s2",
-    )
-
-
-def decide(vcdr=None, rdr=0.3, isnt=False, missing=None):
-    evidence = [
-        e
-        for e in (
-            ev("vcdr", vcdr) if vcdr is not None else None,
-            ev("rim_to_disc_ratio", rdr) if rdr is not None else None,
-            ev("isnt_rule", isnt) if isnt is not None else None,
-        )
-        if e is not None
-    ]
-    bundle = EvidenceBundle(criteria=(DOC,), evidence=tuple(evidence), missing=missing or {})
-    d = RulesAggregator().aggregate(bundle)
-    check_citations(d, evidence)
-    return d
+from _helpers import rules_decide as decide
 
 
 @pytest.mark.parametrize(
@@ -72,7 +37,7 @@ def test_confidence_grows_with_the_distance_from_the_threshold():
 
 
 def test_missing_primary_evidence_abstains_with_the_reason():
-    missing = {(DOC.document.id, "vcdr"): "segment_optic_disc_cup failed: no disc"}
+    missing = {("glaucoma.onh-structure", "vcdr"): "segment_optic_disc_cup failed: no disc"}
     d = decide(None, 0.3, False, missing=missing)
     assert (d.label, d.abstained, d.confidence) == ("not_assessable", True, 0.0)
     assert d.criteria[0].indicators[0].reason == "segment_optic_disc_cup failed: no disc"
@@ -87,3 +52,35 @@ def test_citing_unknown_evidence_is_an_error():
     d = decide(0.8)
     with pytest.raises(ValueError, match="s2:vcdr"):
         check_citations(d, [])
+
+
+def test_flagged_image_quality_widens_the_uncertainty_and_lowers_the_confidence():
+    clean = decide(0.66, 0.2)
+    confidences = [clean.confidence]
+    for flags in (["noise_mild"], ["noise_moderate"], ["jpeg_artefacts_moderate", "noise_mild"]):
+        d = decide(0.66, 0.2, flags=["greyscale_input", *flags])
+        assert d.label == clean.label and not d.abstained
+        confidences.append(d.confidence)
+    assert confidences == sorted(confidences, reverse=True) and len(set(confidences)) == 4
+    vcdr = decide(0.66, 0.2, flags=["jpeg_artefacts_moderate", "noise_mild"]).criteria[0].indicators[0]
+    assert (vcdr.quality_grade, vcdr.uncertainty_factor) == ("moderate", 3.0)  # the larger factor
+    assert (
+        "moderately degraded, uncertainty x3"
+        in decide(0.66, 0.2, flags=["jpeg_artefacts_moderate"]).rationale
+    )
+    # far from every threshold, a wider uncertainty changes nothing
+    assert decide(0.3, 0.35, flags=["noise_mild"]).confidence == decide(0.3, 0.35).confidence == 1.0
+
+
+@pytest.mark.parametrize(
+    "flag", ["noise_severe", "low_contrast_severe", "jpeg_artefacts_severe", "blur_moderate"]
+)
+def test_an_unreliable_image_makes_every_indicator_not_assessable_and_abstains(flag):
+    d = decide(0.8, 0.05, True, flags=["no_cup_found", flag])
+    assert d.abstained and d.label == "not_assessable" and d.confidence == 0.0
+    problem = flag.rpartition("_")[0].replace("_", " ")
+    for v in d.criteria[0].indicators:
+        assert v.finding == "not_assessable" and v.value is None
+        assert f"too degraded ({flag.rpartition('_')[2]} {problem})" in v.reason
+        assert "measure_cup_disc" in v.reason
+    assert d.missing_indicators == ("vcdr", "rim_to_disc_ratio", "isnt_rule")

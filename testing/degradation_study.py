@@ -1,0 +1,168 @@
+"""Degradation study: the glaucoma phantom cohort under noise, blur, low contrast and JPEG at three
+severities, run through ``run_cohort``, scored per condition and per severity.
+
+For each condition it reports how often the image-quality assessment flags the applied problem, the
+mean Diagnosis confidence (abstentions count as 0), the abstention rate, accuracy and ECE of the
+decided cases, and the vCDR error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict
+
+from dxgraph.agent.cohort.metrics import compute_metrics
+from dxgraph.agent.cohort.outcome import CaseOutcome, TaskLabels
+from dxgraph.agent.image_quality import GRADES, QualityProblem, assess_image_quality
+from dxgraph.agent.images import read_image
+from dxgraph.testing.cohort_phantoms import write_glaucoma_cohort
+from dxgraph.testing.degradations import DEGRADATION_KINDS, SEVERITIES, DegradationKind
+
+STUDY_CONDITIONS: tuple[tuple[DegradationKind, int], ...] = (
+    ("noise", 0),
+    *((k, s) for k in DEGRADATION_KINDS for s in SEVERITIES),
+)
+"""The clean phantoms once (severity 0), then every kind at every severity."""
+
+PROBLEM_OF: dict[DegradationKind, QualityProblem] = {
+    "noise": "noise",
+    "blur": "blur",
+    "low_contrast": "low_contrast",
+    "jpeg": "jpeg_artefacts",
+}
+"""The quality problem that should be flagged for each kind of degradation."""
+
+
+class ConditionResult(BaseModel):
+    """One condition (a kind at a severity, or every kind pooled at a severity)."""
+
+    model_config = ConfigDict(frozen=True, use_attribute_docstrings=True)
+
+    kind: str
+    """Degradation kind; ``clean`` at severity 0, ``all`` for kinds pooled."""
+    severity: int
+    """0 clean, 1 mild, 2 moderate, 3 severe."""
+    n_cases: int
+    """Cases completed."""
+    n_flagged: int
+    """Images whose quality assessment flags the applied problem (any problem, for clean images)."""
+    n_graded_at_severity: int
+    """Images flagged with the grade matching the severity (mild = 1...)."""
+    n_abstained: int
+    """Cases whose diagnosis abstained."""
+    mean_confidence: float
+    """Mean Diagnosis confidence, abstentions counted as 0."""
+    accuracy: float | None
+    """Accuracy of the decided cases against the phantoms' true labels."""
+    ece: float | None
+    """Expected calibration error of the decided cases (10 bins)."""
+    vcdr_mae: float | None
+    """Mean absolute vCDR error of the decided cases."""
+
+
+class DegradationStudy(BaseModel):
+    """Per-condition and per-severity results of a degradation study."""
+
+    model_config = ConfigDict(frozen=True, use_attribute_docstrings=True)
+
+    n_phantoms: int
+    """Phantoms per condition."""
+    conditions: tuple[ConditionResult, ...]
+    """Each kind at each severity (and the clean set)."""
+    by_severity: tuple[ConditionResult, ...]
+    """Every kind pooled at each severity (severity 0: the clean set)."""
+
+    def condition(self, kind: str, severity: int) -> ConditionResult:
+        """The result of one kind at one severity (``all`` for the pooled rows)."""
+        rows = self.by_severity if kind == "all" else self.conditions
+        return next(r for r in rows if r.severity == severity and (kind == "all" or r.kind == kind))
+
+
+def _score(
+    kind: str, severity: int, outcomes: list[CaseOutcome], flags: list[tuple[bool, bool]], labels: TaskLabels
+) -> ConditionResult:
+    m = compute_metrics(outcomes, labels)
+    vcdr = m.agreement.get("vcdr")
+    return ConditionResult(
+        kind=kind,
+        severity=severity,
+        n_cases=m.n_completed,
+        n_flagged=sum(f for f, _ in flags),
+        n_graded_at_severity=sum(g for _, g in flags),
+        n_abstained=m.n_abstained,
+        mean_confidence=sum(o.confidence or 0.0 for o in outcomes) / max(len(outcomes), 1),
+        accuracy=m.accuracy,
+        ece=m.ece,
+        vcdr_mae=vcdr.mean_absolute_error if vcdr else None,
+    )
+
+
+def _flagged(image: Path, kind: DegradationKind, severity: int) -> tuple[bool, bool]:
+    """Whether the image's quality assessment flags the applied problem, and at the matching grade."""
+    grades = assess_image_quality(read_image(image).array).grades
+    if severity == 0:
+        return bool(grades), not grades
+    grade = grades.get(PROBLEM_OF[kind])
+    return grade is not None, grade == GRADES[severity - 1]
+
+
+def run_degradation_study(
+    folder: str | Path,
+    n: int = 12,
+    *,
+    seed: int = 0,
+    conditions: Sequence[tuple[DegradationKind, int]] = STUDY_CONDITIONS,
+    workers: int | None = None,
+    db: str | None = None,
+    progress: bool | None = False,
+) -> DegradationStudy:
+    """Write ``n`` phantoms under every condition to ``folder``, diagnose them as one cohort, score."""
+    from dxgraph.agent.cohort.runner import run_cohort
+
+    folder = Path(folder)
+    manifest = write_glaucoma_cohort(folder, n, seed=seed, conditions=conditions)
+    result = run_cohort(
+        manifest,
+        task="glaucoma",
+        workers=workers,
+        db=db or f"sqlite:///{folder / 'runs.db'}",
+        progress=progress,
+    )
+    labels = result.info.labels
+    by_case = {o.case_id: o for o in result.outcomes}
+    rows, pooled = [], []
+    for severity in sorted({s for _, s in conditions}):
+        pool_outcomes: list[CaseOutcome] = []
+        pool_flags: list[tuple[bool, bool]] = []
+        for kind in dict.fromkeys(k for k, s in conditions if s == severity):
+            name = kind if severity else "clean"
+            cases = [f"{name}-{severity}-{i:03d}" for i in range(n)]
+            outcomes = [by_case[c] for c in cases if c in by_case]
+            flags = [
+                _flagged(folder / "images" / f"{c.replace('-', '_')}.png", kind, severity) for c in cases
+            ]
+            rows.append(_score(name, severity, outcomes, flags, labels))
+            pool_outcomes += outcomes
+            pool_flags += flags
+        pooled.append(_score("all", severity, pool_outcomes, pool_flags, labels))
+    return DegradationStudy(n_phantoms=n, conditions=tuple(rows), by_severity=tuple(pooled))
+
+
+def format_study(study: DegradationStudy) -> str:
+    """The study as a plain-text table, one row per condition, then the pooled rows."""
+
+    def f(v: float | None, p: int = 3) -> str:
+        return "-" if v is None else f"{v:.{p}f}"
+
+    head = f"{'kind':<13}{'sev':>4}{'n':>5}{'flagged':>9}{'graded':>8}{'abstain':>9}{'conf':>7}{'acc':>7}{'ECE':>7}{'vCDR MAE':>10}"
+    lines = [head, "-" * len(head)]
+    for r in (*study.conditions, *study.by_severity):
+        if r.kind == "all" and r.severity == 1:
+            lines.append("-" * len(head))
+        lines.append(
+            f"{r.kind:<13}{r.severity:>4}{r.n_cases:>5}{r.n_flagged:>9}{r.n_graded_at_severity:>8}"
+            f"{r.n_abstained:>9}{f(r.mean_confidence):>7}{f(r.accuracy):>7}{f(r.ece):>7}{f(r.vcdr_mae):>10}"
+        )
+    return "\n".join(lines)
