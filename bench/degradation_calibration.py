@@ -1,6 +1,6 @@
 """Degradation and calibration: confidence, abstention and ECE of the glaucoma diagnosis per severity.
 
-usage: python bench/degradation_calibration.py [--phantoms N=20] [--workers W=2] [--data DATA=../shared/data]
+usage: python bench/degradation_calibration.py [--phantoms N=20] [--workers W=2] [--seed S=0] [--data DATA=../shared/data]
                                                [--out FOLDER] [--plot confidence.png]
 
 1. Writes N fundus phantoms (known vCDR) clean and under noise, blur, low contrast and JPEG at three
@@ -79,6 +79,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--phantoms", type=int, default=20)
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0, help="phantom seed (0 set the policy; try others)")
     ap.add_argument(
         "--data", type=Path, default=Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
     )
@@ -87,7 +88,7 @@ def main() -> None:
     args = ap.parse_args()
     out = args.out or Path(tempfile.mkdtemp(prefix="dxgraph-degradation-"))
     t0 = time.perf_counter()
-    study = run_degradation_study(out, args.phantoms, workers=args.workers, progress=None)
+    study = run_degradation_study(out, args.phantoms, seed=args.seed, workers=args.workers, progress=None)
     print(f"{args.phantoms} phantoms x 13 conditions in {time.perf_counter() - t0:.0f} s (runs in {out})\n")
     print(format_study(study))
     print("\nquality assessment on clean real images:")

@@ -197,6 +197,6 @@ def test_model_cannot_claim_more_confidence_than_degraded_measurements_support()
     model = SimpleNamespace(name="scripted")
     clean = LLMAggregator.combine(model, decide(0.66, 0.2), reply)
     assert clean.confidence == 0.97  # no quality flag: the model's own confidence
-    rules = decide(0.66, 0.2, flags=["jpeg_artefacts_moderate"])
+    rules = decide(0.66, 0.2, flags=["blur_mild"])
     degraded = LLMAggregator.combine(model, rules, reply)
     assert degraded.label == "no_glaucoma_signs" and degraded.confidence == rules.confidence < 0.97

@@ -57,23 +57,27 @@ def test_citing_unknown_evidence_is_an_error():
 def test_flagged_image_quality_widens_the_uncertainty_and_lowers_the_confidence():
     clean = decide(0.66, 0.2)
     confidences = [clean.confidence]
-    for flags in (["noise_mild"], ["noise_moderate"], ["jpeg_artefacts_moderate", "noise_mild"]):
+    for flags in (["noise_mild"], ["noise_moderate"], ["blur_mild", "noise_mild"]):
         d = decide(0.66, 0.2, flags=["greyscale_input", *flags])
         assert d.label == clean.label and not d.abstained
         confidences.append(d.confidence)
     assert confidences == sorted(confidences, reverse=True) and len(set(confidences)) == 4
-    vcdr = decide(0.66, 0.2, flags=["jpeg_artefacts_moderate", "noise_mild"]).criteria[0].indicators[0]
-    assert (vcdr.quality_grade, vcdr.uncertainty_factor) == ("moderate", 3.0)  # the larger factor
-    assert (
-        "moderately degraded, uncertainty x3"
-        in decide(0.66, 0.2, flags=["jpeg_artefacts_moderate"]).rationale
-    )
+    vcdr = decide(0.66, 0.2, flags=["jpeg_artefacts_mild", "noise_moderate"]).criteria[0].indicators[0]
+    assert (vcdr.quality_grade, vcdr.uncertainty_factor) == ("moderate", 2.0)  # the larger factor
+    assert "mildly degraded, uncertainty x3" in decide(0.66, 0.2, flags=["blur_mild"]).rationale
     # far from every threshold, a wider uncertainty changes nothing
     assert decide(0.3, 0.35, flags=["noise_mild"]).confidence == decide(0.3, 0.35).confidence == 1.0
 
 
 @pytest.mark.parametrize(
-    "flag", ["noise_severe", "low_contrast_severe", "jpeg_artefacts_severe", "blur_moderate"]
+    "flag",
+    [
+        "noise_severe",
+        "low_contrast_severe",
+        "jpeg_artefacts_severe",
+        "jpeg_artefacts_moderate",
+        "blur_moderate",
+    ],
 )
 def test_an_unreliable_image_makes_every_indicator_not_assessable_and_abstains(flag):
     d = decide(0.8, 0.05, True, flags=["no_cup_found", flag])
