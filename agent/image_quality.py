@@ -10,6 +10,7 @@ uncertainty for mild and moderate flags and finds it not assessable for a severe
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Literal, cast, get_args
 
 import cv2
@@ -38,6 +39,9 @@ camera's black border), left out of the contrast measure."""
 BLOCKINESS_AT = (2.0, 4.0, 9.0)
 """8x8 block-edge to in-block gradient ratio from which JPEG artefacts are mild, moderate, severe."""
 
+TOLERATED_SUFFIX = "_tolerated"
+"""Ends the flag of a problem the reporting tool's measurement tolerates at that grade."""
+
 ANALYSIS_SHORT_SIDE_PX = 512
 """Images are shrunk to this short side before noise and blur are estimated."""
 _REBLUR_SIGMA_PX = 2.0
@@ -63,7 +67,18 @@ class ImageQuality(BaseModel):
     @property
     def flags(self) -> list[str]:
         """The problems as quality flags, such as ``blur_moderate``."""
-        return [f"{problem}_{grade}" for problem, grade in self.grades.items()]
+        return self.flags_for({})
+
+    def flags_for(self, tolerates: Mapping[QualityProblem, QualityGrade]) -> list[str]:
+        """The problems as quality flags of a tool that ``tolerates`` each problem up to a grade (its
+        measurement was shown unchanged there): those end in ``_tolerated`` (``blur_moderate_tolerated``),
+        which reports the image's state without widening any uncertainty."""
+        out = []
+        for problem, grade in self.grades.items():
+            limit = tolerates.get(problem)
+            tolerated = limit is not None and GRADES.index(grade) <= GRADES.index(limit)
+            out.append(f"{problem}_{grade}{TOLERATED_SUFFIX if tolerated else ''}")
+        return out
 
     @property
     def measures(self) -> dict[str, float]:
@@ -186,7 +201,8 @@ def assess_image_quality(pixels: np.ndarray) -> ImageQuality:
 
 
 def flagged_quality(flags: tuple[str, ...] | list[str]) -> dict[QualityProblem, QualityGrade]:
-    """The image-quality problems among quality flags, each with its worst grade (other flags ignored)."""
+    """The image-quality problems among quality flags, each with its worst grade (other flags and those a
+    tool tolerates ignored)."""
     found: dict[QualityProblem, QualityGrade] = {}
     for flag in flags:
         name, _, level = flag.rpartition("_")

@@ -1,13 +1,13 @@
-"""Degradation and calibration: confidence, abstention and ECE of the glaucoma diagnosis per severity.
+"""Degradation and calibration: confidence, abstention and ECE of a phantom diagnosis per severity.
 
-usage: python bench/degradation_calibration.py [--phantoms N=20] [--workers W=2] [--seed S=0] [--data DATA=../shared/data]
-                                               [--out FOLDER] [--plot confidence.png]
+usage: python bench/degradation_calibration.py [--task glaucoma|cardiomegaly] [--phantoms N=20] [--workers W=2]
+                                               [--seed S=0] [--data DATA=../shared/data] [--out FOLDER] [--plot confidence.png]
 
-1. Writes N fundus phantoms (known vCDR) clean and under noise, blur, low contrast and JPEG at three
-   severities (``dxgraph.testing.degradations``), runs them as one cohort through ``run_cohort`` and
+1. Writes N phantoms of the task (fundus photographs of known vCDR, or chest radiographs of known CTR)
+   clean and under noise, blur, low contrast and JPEG at three severities (``dxgraph.testing.degradations``), runs them as one cohort through ``run_cohort`` and
    prints per condition and per severity: images whose quality assessment flags the applied problem,
    those graded at the matching severity, abstentions, mean confidence (abstentions count 0),
-   accuracy, ECE and vCDR MAE of the decided cases.
+   accuracy, ECE and the indicator's MAE over the decided cases.
 2. False alarms of the quality assessment on the clean real sets (Drishti-GS1, Wingspan), when DATA
    has them.
 3. With ``--plot``, a picture of mean confidence and ECE against severity, one line per kind.
@@ -23,7 +23,12 @@ from pathlib import Path
 
 from dxgraph.agent.image_quality import assess_image_quality
 from dxgraph.agent.images import read_image
-from dxgraph.testing.degradation_study import DegradationStudy, format_study, run_degradation_study
+from dxgraph.testing.degradation_study import (
+    STUDY_TASKS,
+    DegradationStudy,
+    format_study,
+    run_degradation_study,
+)
 
 REAL_SETS = {"fundus_drishti": "Drishti-GS1 fundus", "cxr_wingspan": "Wingspan chest radiographs"}
 """Clean real sets the false-alarm check reads, by folder."""
@@ -69,7 +74,7 @@ def plot(study: DegradationStudy, path: Path) -> None:
         ax.set_ylim(0, 1)
         ax.grid(alpha=0.3)
     axes[0].legend()
-    fig.suptitle(f"glaucoma phantoms under degradation (n = {study.n_phantoms} per condition)")
+    fig.suptitle(f"{study.task} phantoms under degradation (n = {study.n_phantoms} per condition)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
@@ -80,6 +85,7 @@ def main() -> None:
     ap.add_argument("--phantoms", type=int, default=20)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0, help="phantom seed (0 set the policy; try others)")
+    ap.add_argument("--task", choices=sorted(STUDY_TASKS), default="glaucoma")
     ap.add_argument(
         "--data", type=Path, default=Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
     )
@@ -88,7 +94,9 @@ def main() -> None:
     args = ap.parse_args()
     out = args.out or Path(tempfile.mkdtemp(prefix="dxgraph-degradation-"))
     t0 = time.perf_counter()
-    study = run_degradation_study(out, args.phantoms, seed=args.seed, workers=args.workers, progress=None)
+    study = run_degradation_study(
+        out, args.phantoms, task=args.task, seed=args.seed, workers=args.workers, progress=None
+    )
     print(f"{args.phantoms} phantoms x 13 conditions in {time.perf_counter() - t0:.0f} s (runs in {out})\n")
     print(format_study(study))
     print("\nquality assessment on clean real images:")

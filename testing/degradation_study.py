@@ -1,9 +1,10 @@
-"""Degradation study: the glaucoma phantom cohort under noise, blur, low contrast and JPEG at three
-severities, run through ``run_cohort``, scored per condition and per severity.
+"""Degradation study: a phantom cohort (glaucoma fundus photographs or cardiomegaly radiographs) under
+noise, blur, low contrast and JPEG at three severities, run through ``run_cohort``, scored per
+condition and per severity.
 
 For each condition it reports how often the image-quality assessment flags the applied problem, the
 mean Diagnosis confidence (abstentions count as 0), the abstention rate, accuracy and ECE of the
-decided cases, and the vCDR error.
+decided cases, and the error of the task's main indicator (vCDR, CTR).
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from dxgraph.agent.cohort.metrics import compute_metrics
 from dxgraph.agent.cohort.outcome import CaseOutcome, TaskLabels
 from dxgraph.agent.image_quality import GRADES, QualityProblem, assess_image_quality
 from dxgraph.agent.images import read_image
-from dxgraph.testing.cohort_phantoms import write_glaucoma_cohort
+from dxgraph.errors import UserError
+from dxgraph.testing.cohort_phantoms import write_cardiomegaly_cohort, write_glaucoma_cohort
 from dxgraph.testing.degradations import DEGRADATION_KINDS, SEVERITIES, DegradationKind
 
 STUDY_CONDITIONS: tuple[tuple[DegradationKind, int], ...] = (
@@ -33,6 +35,12 @@ PROBLEM_OF: dict[DegradationKind, QualityProblem] = {
     "jpeg": "jpeg_artefacts",
 }
 """The quality problem that should be flagged for each kind of degradation."""
+
+STUDY_TASKS = {
+    "glaucoma": (write_glaucoma_cohort, "vcdr"),
+    "cardiomegaly": (write_cardiomegaly_cohort, "ctr"),
+}
+"""Tasks a study can run: the phantom cohort writer and the indicator whose error is reported."""
 
 
 class ConditionResult(BaseModel):
@@ -58,8 +66,8 @@ class ConditionResult(BaseModel):
     """Accuracy of the decided cases against the phantoms' true labels."""
     ece: float | None
     """Expected calibration error of the decided cases (10 bins)."""
-    vcdr_mae: float | None
-    """Mean absolute vCDR error of the decided cases."""
+    indicator_mae: float | None
+    """Mean absolute error of the study's indicator (vCDR, CTR) over the decided cases."""
 
 
 class DegradationStudy(BaseModel):
@@ -67,6 +75,10 @@ class DegradationStudy(BaseModel):
 
     model_config = ConfigDict(frozen=True, use_attribute_docstrings=True)
 
+    task: str
+    """The task the phantoms were diagnosed for."""
+    indicator: str
+    """The indicator whose error is reported."""
     n_phantoms: int
     """Phantoms per condition."""
     conditions: tuple[ConditionResult, ...]
@@ -81,10 +93,15 @@ class DegradationStudy(BaseModel):
 
 
 def _score(
-    kind: str, severity: int, outcomes: list[CaseOutcome], flags: list[tuple[bool, bool]], labels: TaskLabels
+    kind: str,
+    severity: int,
+    outcomes: list[CaseOutcome],
+    flags: list[tuple[bool, bool]],
+    labels: TaskLabels,
+    indicator: str,
 ) -> ConditionResult:
     m = compute_metrics(outcomes, labels)
-    vcdr = m.agreement.get("vcdr")
+    agreement = m.agreement.get(indicator)
     return ConditionResult(
         kind=kind,
         severity=severity,
@@ -95,7 +112,7 @@ def _score(
         mean_confidence=sum(o.confidence or 0.0 for o in outcomes) / max(len(outcomes), 1),
         accuracy=m.accuracy,
         ece=m.ece,
-        vcdr_mae=vcdr.mean_absolute_error if vcdr else None,
+        indicator_mae=agreement.mean_absolute_error if agreement else None,
     )
 
 
@@ -112,20 +129,25 @@ def run_degradation_study(
     folder: str | Path,
     n: int = 12,
     *,
+    task: str = "glaucoma",
     seed: int = 0,
     conditions: Sequence[tuple[DegradationKind, int]] = STUDY_CONDITIONS,
     workers: int | None = None,
     db: str | None = None,
     progress: bool | None = False,
 ) -> DegradationStudy:
-    """Write ``n`` phantoms under every condition to ``folder``, diagnose them as one cohort, score."""
+    """Write ``n`` phantoms of ``task`` (``STUDY_TASKS``) under every condition to ``folder``, diagnose
+    them as one cohort, score."""
     from dxgraph.agent.cohort.runner import run_cohort
 
+    if task not in STUDY_TASKS:
+        raise UserError(f"no degradation study for {task!r}; choose one of {', '.join(STUDY_TASKS)}")
+    write, indicator = STUDY_TASKS[task]
     folder = Path(folder)
-    manifest = write_glaucoma_cohort(folder, n, seed=seed, conditions=conditions)
+    manifest = write(folder, n, seed=seed, conditions=conditions)
     result = run_cohort(
         manifest,
-        task="glaucoma",
+        task=task,
         workers=workers,
         db=db or f"sqlite:///{folder / 'runs.db'}",
         progress=progress,
@@ -143,11 +165,13 @@ def run_degradation_study(
             flags = [
                 _flagged(folder / "images" / f"{c.replace('-', '_')}.png", kind, severity) for c in cases
             ]
-            rows.append(_score(name, severity, outcomes, flags, labels))
+            rows.append(_score(name, severity, outcomes, flags, labels, indicator))
             pool_outcomes += outcomes
             pool_flags += flags
-        pooled.append(_score("all", severity, pool_outcomes, pool_flags, labels))
-    return DegradationStudy(n_phantoms=n, conditions=tuple(rows), by_severity=tuple(pooled))
+        pooled.append(_score("all", severity, pool_outcomes, pool_flags, labels, indicator))
+    return DegradationStudy(
+        task=task, indicator=indicator, n_phantoms=n, conditions=tuple(rows), by_severity=tuple(pooled)
+    )
 
 
 def format_study(study: DegradationStudy) -> str:
@@ -156,13 +180,13 @@ def format_study(study: DegradationStudy) -> str:
     def f(v: float | None, p: int = 3) -> str:
         return "-" if v is None else f"{v:.{p}f}"
 
-    head = f"{'kind':<13}{'sev':>4}{'n':>5}{'flagged':>9}{'graded':>8}{'abstain':>9}{'conf':>7}{'acc':>7}{'ECE':>7}{'vCDR MAE':>10}"
+    head = f"{'kind':<13}{'sev':>4}{'n':>5}{'flagged':>9}{'graded':>8}{'abstain':>9}{'conf':>7}{'acc':>7}{'ECE':>7}{study.indicator + ' MAE':>10}"
     lines = [head, "-" * len(head)]
     for r in (*study.conditions, *study.by_severity):
         if r.kind == "all" and r.severity == 1:
             lines.append("-" * len(head))
         lines.append(
             f"{r.kind:<13}{r.severity:>4}{r.n_cases:>5}{r.n_flagged:>9}{r.n_graded_at_severity:>8}"
-            f"{r.n_abstained:>9}{f(r.mean_confidence):>7}{f(r.accuracy):>7}{f(r.ece):>7}{f(r.vcdr_mae):>10}"
+            f"{r.n_abstained:>9}{f(r.mean_confidence):>7}{f(r.accuracy):>7}{f(r.ece):>7}{f(r.indicator_mae):>10}"
         )
     return "\n".join(lines)

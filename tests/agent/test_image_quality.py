@@ -117,3 +117,32 @@ def test_no_clean_real_image_is_flagged(folder):
         if (g := assess_image_quality(read_image(DATA / folder / r["image"]).array).grades)
     }
     assert len(rows) >= 50 and flagged == {}
+
+
+def test_a_tool_reports_what_it_tolerates_without_widening_anything(fundus):
+    q = assess_image_quality(degrade(fundus[0], "blur", 2))
+    assert q.flags == ["blur_moderate"]
+    assert q.flags_for({"blur": "moderate"}) == ["blur_moderate_tolerated"]
+    assert q.flags_for({"blur": "mild"}) == ["blur_moderate"]  # beyond what the tool withstands
+    assert flagged_quality(q.flags_for({"blur": "severe"})) == {}
+
+
+def _run_tool(name: str, pixels: np.ndarray, modality: str):
+    from dxgraph.tools import ImageRef, ToolContext, default_registry, save_artifact, tool_context
+    from dxgraph.traces._artifacts import MemoryArtifacts
+
+    spec = default_registry.get(name)
+    with tool_context(ToolContext(artifacts=MemoryArtifacts())):
+        ref = ImageRef(image_id="x", pixels=save_artifact(pixels, "image"), modality=modality, dims="2d")
+        return spec.fn(spec.input_model(image=ref))
+
+
+def test_segmenters_report_the_image_quality_with_their_masks(fundus):
+    out = _run_tool("segment_optic_disc_cup", degrade(fundus[1], "jpeg", 2), "fundus")
+    assert "jpeg_artefacts_moderate" in out.quality_flags
+    assert out.quality["image_blockiness_ratio"] >= 4.0 and "image_noise_sigma_8bit" in out.quality
+    radiograph = cxr_phantom(seed=4).image
+    lo, hi = np.percentile(radiograph, (0.1, 99.9))
+    grey = np.round(np.clip((radiograph - lo) / (hi - lo), 0, 1) * 255).astype(np.uint8)
+    masks = _run_tool("segment_heart_lungs_classical", degrade(grey, "blur", 2), "cxr")
+    assert "blur_moderate_tolerated" in masks.quality_flags  # the CTR withstands it (bench)

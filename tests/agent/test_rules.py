@@ -65,6 +65,9 @@ def test_flagged_image_quality_widens_the_uncertainty_and_lowers_the_confidence(
     vcdr = decide(0.66, 0.2, flags=["jpeg_artefacts_mild", "noise_moderate"]).criteria[0].indicators[0]
     assert (vcdr.quality_grade, vcdr.uncertainty_factor) == ("moderate", 2.0)  # the larger factor
     assert "mildly degraded, uncertainty x3" in decide(0.66, 0.2, flags=["blur_mild"]).rationale
+    # a problem the measuring tool tolerates is reported but widens nothing
+    tolerated = decide(0.66, 0.2, flags=["blur_severe_tolerated"])
+    assert tolerated.confidence == clean.confidence and not tolerated.abstained
     # far from every threshold, a wider uncertainty changes nothing
     assert decide(0.3, 0.35, flags=["noise_mild"]).confidence == decide(0.3, 0.35).confidence == 1.0
 

@@ -44,4 +44,4 @@ def test_confidence_falls_with_severity_and_severe_abstains(study):
         r = study.condition("all", severity)
         assert r.ece is not None and r.ece < 0.3, format_study(study)
         assert r.accuracy is not None and r.accuracy >= 0.75
-    assert study.condition("clean", 0).vcdr_mae < 0.06
+    assert study.condition("clean", 0).indicator_mae < 0.06
