@@ -1,7 +1,8 @@
 """Degradation and calibration: confidence, abstention and ECE of a phantom diagnosis per severity.
 
 usage: python bench/degradation_calibration.py [--task glaucoma|cardiomegaly] [--phantoms N=20] [--workers W=2]
-                                               [--seed S=0] [--data DATA=../shared/data] [--out FOLDER] [--plot confidence.png]
+                                               [--seed S=0] [--prefer-tool TOOL] [--data DATA=../shared/data]
+                                               [--out FOLDER] [--plot confidence.png]
 
 1. Writes N phantoms of the task (fundus photographs of known vCDR, or chest radiographs of known CTR)
    clean and under noise, blur, low contrast and JPEG at three severities (``dxgraph.testing.degradations``), runs them as one cohort through ``run_cohort`` and
@@ -86,6 +87,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0, help="phantom seed (0 set the policy; try others)")
     ap.add_argument("--task", choices=sorted(STUDY_TASKS), default="glaucoma")
+    ap.add_argument("--prefer-tool", action="append", default=[], help="tool the planner picks first")
     ap.add_argument(
         "--data", type=Path, default=Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
     )
@@ -95,7 +97,13 @@ def main() -> None:
     out = args.out or Path(tempfile.mkdtemp(prefix="dxgraph-degradation-"))
     t0 = time.perf_counter()
     study = run_degradation_study(
-        out, args.phantoms, task=args.task, seed=args.seed, workers=args.workers, progress=None
+        out,
+        args.phantoms,
+        task=args.task,
+        seed=args.seed,
+        workers=args.workers,
+        progress=None,
+        prefer_tools=args.prefer_tool,
     )
     print(f"{args.phantoms} phantoms x 13 conditions in {time.perf_counter() - t0:.0f} s (runs in {out})\n")
     print(format_study(study))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
@@ -135,14 +136,16 @@ def run_degradation_study(
     workers: int | None = None,
     db: str | None = None,
     progress: bool | None = False,
+    prefer_tools: Sequence[str] = (),
 ) -> DegradationStudy:
     """Write ``n`` phantoms of ``task`` (``STUDY_TASKS``) under every condition to ``folder``, diagnose
-    them as one cohort, score."""
+    them as one cohort (``prefer_tools`` as for ``diagnose``), score."""
     from dxgraph.agent.cohort.runner import run_cohort
 
     if task not in STUDY_TASKS:
         raise UserError(f"no degradation study for {task!r}; choose one of {', '.join(STUDY_TASKS)}")
     write, indicator = STUDY_TASKS[task]
+    options: dict[str, Any] = {"prefer_tools": tuple(prefer_tools)} if prefer_tools else {}
     folder = Path(folder)
     manifest = write(folder, n, seed=seed, conditions=conditions)
     result = run_cohort(
@@ -151,6 +154,7 @@ def run_degradation_study(
         workers=workers,
         db=db or f"sqlite:///{folder / 'runs.db'}",
         progress=progress,
+        **options,
     )
     labels = result.info.labels
     by_case = {o.case_id: o for o in result.outcomes}

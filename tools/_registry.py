@@ -23,6 +23,11 @@ In = TypeVar("In", bound=BaseModel)
 Out = TypeVar("Out", bound=BaseModel)
 
 
+PLAUSIBLE_SPACING_MM = (0.01, 50.0)
+"""Pixel or voxel sizes a medical imaging device produces; tools that measure in mm refuse others (a header
+claiming 1e-6 mm voxels makes filters sized in mm span millions of voxels)."""
+
+
 @dataclass(frozen=True)
 class ToolSpec:
     """Everything the planner and dispatcher know about one registered tool."""
@@ -49,6 +54,8 @@ class ToolSpec:
     """Whether it accepts several cases' inputs in one call (then ``batch_fn`` is set)."""
     requires_spacing: bool = False
     """Whether its image inputs must carry physical spacing (it measures in mm)."""
+    spacing_range_mm: tuple[float, float] = PLAUSIBLE_SPACING_MM
+    """Pixel/voxel sizes a ``requires_spacing`` tool accepts; others fail with ``implausible_spacing``."""
     batch_fn: Callable[[list[Any]], list[BaseModel]] | None = field(default=None, repr=False)
     """For batchable tools: ``batch_fn(inputs) -> outputs``, one forward pass for several inputs."""
     timeout_s: float | None = None
@@ -143,9 +150,6 @@ default_registry = ToolRegistry()
 """The process-wide registry that ``@tool`` registers into."""
 
 
-PLAUSIBLE_SPACING_MM = (0.01, 50.0)
-"""Pixel or voxel sizes a medical imaging device produces; tools that measure in mm refuse others (a header
-claiming 1e-6 mm voxels makes filters sized in mm span millions of voxels)."""
 DEFAULT_TOOL_TIMEOUT_S = 300.0
 """How long a tool call may take unless its tool or $DXGRAPH_TOOL_TIMEOUT_S says otherwise."""
 TIMEOUT_ENV = "DXGRAPH_TOOL_TIMEOUT_S"
@@ -182,6 +186,7 @@ def make_spec(
     requires_spacing: bool = False,
     batch_fn: Callable[[list[Any]], list[BaseModel]] | None = None,
     timeout_s: float | None = None,
+    spacing_range_mm: tuple[float, float] = PLAUSIBLE_SPACING_MM,
 ) -> ToolSpec:
     """Check a function's signature and declarations and build its ToolSpec."""
     where = f"tool {name!r} ({getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', '?')})"
@@ -200,6 +205,8 @@ def make_spec(
         raise RegistrationError(f"{where}: device must be cpu, gpu or any")
     if timeout_s is not None and not timeout_s > 0:
         raise RegistrationError(f"{where}: timeout_s must be a positive number of seconds")
+    if len(spacing_range_mm) != 2 or not 0 < spacing_range_mm[0] < spacing_range_mm[1]:
+        raise RegistrationError(f"{where}: spacing_range_mm must be (low, high) mm with 0 < low < high")
     if batchable and batch_fn is None:
         raise RegistrationError(f"{where}: batchable tools must give batch_fn, taking a list of inputs")
     if batch_fn is not None and not batchable:
@@ -216,7 +223,13 @@ def make_spec(
         raise RegistrationError(f"{where}: its parameter must be annotated with a pydantic model")
     if not (isinstance(out_t, type) and issubclass(out_t, BaseModel)):
         raise RegistrationError(f"{where}: its return must be annotated with a pydantic model")
-    guard = _image_guard(name, tuple(modalities), tuple(dims), requires_spacing)
+    guard = _image_guard(
+        name,
+        tuple(modalities),
+        tuple(dims),
+        requires_spacing,
+        (float(spacing_range_mm[0]), float(spacing_range_mm[1])),
+    )
 
     @functools.wraps(fn)
     def guarded(inp: Any) -> BaseModel:
@@ -244,13 +257,18 @@ def make_spec(
         device=device,
         batchable=batchable,
         requires_spacing=requires_spacing,
+        spacing_range_mm=(float(spacing_range_mm[0]), float(spacing_range_mm[1])),
         batch_fn=guarded_batch,
         timeout_s=timeout_s,
     )
 
 
 def _image_guard(
-    name: str, modalities: tuple[str, ...], dims: tuple[str, ...], requires_spacing: bool
+    name: str,
+    modalities: tuple[str, ...],
+    dims: tuple[str, ...],
+    requires_spacing: bool,
+    spacing_range_mm: tuple[float, float],
 ) -> Callable[[Any], None]:
     """A check run before every call: each image input fits the tool's declarations, or ToolError."""
     from dxgraph.errors import ToolError
@@ -274,12 +292,12 @@ def _image_guard(
                 raise ToolError(
                     f"{where} has no pixel spacing; the tool measures in mm", flags=("no_spacing",)
                 )
-            lo, hi = PLAUSIBLE_SPACING_MM
+            lo, hi = spacing_range_mm
             if requires_spacing and not all(lo <= s <= hi for s in value.spacing_mm or ()):
                 shown = " x ".join(f"{s:g}" for s in value.spacing_mm or ())
                 raise ToolError(
-                    f"{where} claims {shown} mm per pixel, outside the {lo:g}-{hi:g} mm imaging devices"
-                    " produce; its header's spacing is wrong",
+                    f"{where} claims {shown} mm per pixel, outside the {lo:g}-{hi:g} mm the tool accepts"
+                    " from imaging devices; its header's spacing is wrong",
                     flags=("implausible_spacing",),
                 )
 
@@ -298,11 +316,13 @@ def tool(
     batch_fn: Callable[[list[Any]], list[Any]] | None = None,
     registry: ToolRegistry | None = None,
     timeout_s: float | None = None,
+    spacing_range_mm: tuple[float, float] = PLAUSIBLE_SPACING_MM,
 ) -> Callable[[Callable[[In], Out]], Callable[[In], Out]]:
     """Register a function ``fn(Input) -> Output`` as a tool; it is returned wrapped in its guard.
 
     The guard refuses, with ToolError, image inputs of a modality or dimensionality the tool does
-    not declare, or without spacing when it ``requires_spacing``: direct calls are as safe as planned ones.
+    not declare, or without spacing (or with one outside ``spacing_range_mm``) when it
+    ``requires_spacing``: direct calls are as safe as planned ones.
 
     ``batchable`` tools also give ``batch_fn(list[Input]) -> list[Output]``, which must return what
     calling ``fn`` on each input would. ``requires_spacing`` tools are never planned on images
@@ -322,6 +342,7 @@ def tool(
             requires_spacing=requires_spacing,
             batch_fn=batch_fn,
             timeout_s=timeout_s,
+            spacing_range_mm=spacing_range_mm,
         )
         (registry if registry is not None else default_registry).register(spec)
         spec.fn.__dxgraph_tool__ = spec  # type: ignore[attr-defined]

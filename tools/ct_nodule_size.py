@@ -58,6 +58,7 @@ class LungNodules(ToolModel):
     dims=("3d",),
     device="cpu",
     requires_spacing=True,
+    spacing_range_mm=CT_SPACING_RANGE_MM,
 )
 def segment_lung_nodules(inp: LungNoduleInput) -> LungNodules:
     """Find and segment lung nodules on a 3D chest CT in HU and measure the dominant one (Fleischner 2017).
@@ -73,13 +74,6 @@ def segment_lung_nodules(inp: LungNoduleInput) -> LungNodules:
     from dxgraph.tools._nodule_segmentation import nodule_count, segment_nodules
 
     hu, spacing = load_volume(inp.image, "the CT image of segment_lung_nodules")
-    lo, hi = CT_SPACING_RANGE_MM
-    if not all(lo <= s <= hi for s in spacing):
-        raise ToolError(
-            f"voxel spacing {'x'.join(f'{s:g}' for s in spacing)} mm is outside the {lo:g}-{hi:g} mm a CT"
-            " scanner produces; the header's spacing is wrong",
-            flags=("implausible_spacing",),
-        )
     flags: list[str] = []
     if float(np.percentile(hu, 5)) > NOT_HU_P5:
         raise ToolError(

@@ -139,3 +139,35 @@ def test_every_tool_that_measures_in_mm_refuses_an_implausible_spacing() -> None
                 with pytest.raises(ToolError) as e:
                     spec.fn(inp)
                 assert e.value.flags == ("implausible_spacing",), (spec.name, str(e.value))
+
+
+def test_a_tool_declares_its_own_spacing_range_and_the_one_guard_applies_it() -> None:
+    from dxgraph.errors import ToolError
+    from dxgraph.tools import ImageRef, ToolContext, save_artifact, tool_context
+    from dxgraph.tools._registry import PLAUSIBLE_SPACING_MM
+    from dxgraph.tools.ct_nodule_size import CT_SPACING_RANGE_MM
+    from dxgraph.traces import MemoryArtifacts
+
+    nodules = default_registry.get("segment_lung_nodules")
+    assert nodules.spacing_range_mm == CT_SPACING_RANGE_MM
+    assert default_registry.get("measure_cup_disc").spacing_range_mm == PLAUSIBLE_SPACING_MM
+    with tool_context(ToolContext(artifacts=MemoryArtifacts(), seed=0, device="cpu")):
+        pixels = save_artifact(np.zeros((4, 4, 4), np.float32), "image")
+        ref = ImageRef(image_id="img0", pixels=pixels, modality="ct", dims="3d", spacing_mm=(0.05, 0.7, 0.7))
+        with pytest.raises(ToolError, match=r"0\.1-20 mm the tool accepts") as e:
+            nodules.fn(nodules.input_model(image=ref))
+        assert e.value.flags == ("implausible_spacing",)
+
+    def probe(inp: MeasureCupDiscInput) -> CupDiscMeasurements:
+        """Probe."""
+        raise AssertionError("never called")
+
+    for bad in ((5.0, 1.0), (0.0, 1.0)):
+        with pytest.raises(RegistrationError, match="spacing_range_mm"):
+            tool(
+                name="probe",
+                version="0.1.0",
+                modalities=("fundus",),
+                registry=ToolRegistry(),
+                spacing_range_mm=bad,
+            )(probe)
