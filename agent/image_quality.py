@@ -89,8 +89,10 @@ class ImageQuality(BaseModel):
 def _grey(pixels: np.ndarray) -> np.ndarray:
     """8-bit-scaled float grey image of a grey or RGB array of any dtype."""
     a = np.asarray(pixels)
-    if a.ndim == 3:
+    if a.ndim == 3 and a.shape[-1] >= 3:
         a = a[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+    elif a.ndim == 3:
+        a = a.astype(np.float32).mean(axis=-1)
     a = a.astype(np.float32)
     if np.asarray(pixels).dtype != np.uint8:
         finite = np.isfinite(a)
