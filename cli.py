@@ -201,10 +201,15 @@ def diagnose(
             value = _format_value(v.value)
             if v.category and v.category not in (v.finding, "true", "false"):
                 value += f" ({v.category})"
+            finding = v.finding if not v.reason else f"{v.finding}: {v.reason}"
+            if v.quality_grade and v.finding != "not_assessable":
+                finding += f" (image {v.quality_grade}ly degraded" + (
+                    f", uncertainty ×{v.uncertainty_factor:g})" if v.uncertainty_factor > 1 else ")"
+                )
             table.add_row(
                 v.name,
                 value,
-                v.finding if not v.reason else f"{v.finding}: {v.reason}",
+                finding,
                 v.rule,
                 ", ".join(v.evidence_ids),
             )

@@ -92,11 +92,16 @@ def indicator_verdicts(doc: CriteriaDocument, bundle: EvidenceBundle) -> list[In
                 value=ev.value,
                 evidence_ids=(ev.evidence_id,),
                 quality_grade=grade,
-                uncertainty_factor=factor,
+                uncertainty_factor=factor if _numeric(ev.value) else 1.0,
                 **common,
             )
         )
     return out
+
+
+def _numeric(value: object) -> bool:
+    """Whether a measured value is a number (its uncertainty can widen), not a yes/no or a category."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _tolerated(quality: dict[QualityProblem, QualityGrade]) -> set[str]:
@@ -296,11 +301,9 @@ def _rationale(doc: CriteriaDocument, verdict: CriterionVerdict, decisive: list[
             parts.append(f"{v.name}: not assessable ({v.reason})")
         else:
             cite = f" [{', '.join(v.evidence_ids)}]" if v.evidence_ids else ""
-            quality = (
-                f"; image {v.quality_grade}ly degraded, uncertainty x{v.uncertainty_factor:g}"
-                if v.quality_grade
-                else ""
-            )
+            quality = f"; image {v.quality_grade}ly degraded" if v.quality_grade else ""
+            if v.uncertainty_factor > 1:
+                quality += f", uncertainty x{v.uncertainty_factor:g}"
             parts.append(f"{v.name} {_fmt(v.value)}{cite} is {v.finding} ({v.rule}{quality})")
     required = [i for i in doc.decision.requires if i in decisive]
     if verdict.satisfied is None and required:

@@ -195,3 +195,24 @@ def test_console_script_exit_code_is_2_for_user_errors(tmp_path):
     )
     assert p.returncode == 2
     assert p.stderr.strip() == f"dxgraph: error: {tmp_path / 'x.png'}: no such file"
+
+
+def test_diagnose_shows_the_image_quality_beside_each_finding(capsys, tmp_path, db):
+    from dxgraph.testing.degradations import degrade
+    from dxgraph.testing.phantoms import fundus_phantom
+
+    rgb = fundus_phantom(0.62, seed=11, size_px=(384, 512)).rgb
+    blurred = write_rgb(tmp_path / "blur1.png", degrade(rgb, "blur", 1))
+    code, out, _ = run_cli(capsys, "diagnose", "-t", "glaucoma", "-i", str(blurred), "--db", db)
+    assert code == 0 and "mildly" in out and "×3)" in out
+    code, out, _ = run_cli(capsys, "diagnose", "-t", "glaucoma", "-i", str(blurred), "--db", db, "--json")
+    verdicts = json.loads(out)["diagnosis"]["criteria"][0]["indicators"]
+    assert [(v["quality_grade"], v["uncertainty_factor"]) for v in verdicts] == [
+        ("mild", 3.0),
+        ("mild", 3.0),
+        ("mild", 1.0),  # a yes/no finding has no uncertainty to widen
+    ]
+    worse = write_rgb(tmp_path / "blur2.png", degrade(rgb, "blur", 2))
+    code, out, _ = run_cli(capsys, "diagnose", "-t", "glaucoma", "-i", str(worse), "--db", db, "--json")
+    d = json.loads(out)["diagnosis"]
+    assert d["abstained"] and "too degraded (moderate blur)" in d["criteria"][0]["indicators"][0]["reason"]
