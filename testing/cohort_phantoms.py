@@ -5,11 +5,15 @@ from __future__ import annotations
 import csv
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from dxgraph.testing.degradations import DegradationKind, degrade
 from dxgraph.testing.phantoms import fundus_phantom
+
+if TYPE_CHECKING:
+    from dxgraph.criteria_kb import CriteriaDocument
 
 GLAUCOMA_COLUMNS = ("case_id", "image", "laterality", "label", "truth.vcdr", "truth.rim_to_disc_ratio")
 """Columns of the glaucoma phantom manifest."""
@@ -34,12 +38,8 @@ def write_glaucoma_cohort(
     """
     from dxgraph.agent.demo import phantom_truth
     from dxgraph.agent.rules import label_of
-    from dxgraph.criteria_kb import get_criteria
 
-    doc = get_criteria("glaucoma.onh-structure").document
-    folder = Path(folder)
-    (folder / "images").mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
+    doc, folder, rng = _start(folder, "glaucoma.onh-structure", seed)
     rows = []
     for i in range(n):
         vcdr = float(np.round(rng.uniform(0.25, 0.85), 3))
@@ -68,13 +68,9 @@ def write_cardiomegaly_cohort(
     the manifest. Labels are the cardiomegaly criteria's for the true CTR; ``conditions`` as in
     ``write_glaucoma_cohort``."""
     from dxgraph.agent.rules import label_of
-    from dxgraph.criteria_kb import get_criteria
     from dxgraph.testing.cxr_phantom import cxr_phantom
 
-    doc = get_criteria("cardiomegaly.ctr").document
-    folder = Path(folder)
-    (folder / "images").mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
+    doc, folder, rng = _start(folder, "cardiomegaly.ctr", seed)
     rows = []
     for i in range(n):
         ph = cxr_phantom(seed * 1000 + i, float(np.round(rng.uniform(0.38, 0.62), 3)))
@@ -83,6 +79,17 @@ def write_cardiomegaly_cohort(
         row = {"modality": "cxr", "label": label_of(doc, {"ctr": ph.ctr}), "truth.ctr": f"{ph.ctr:.4f}"}
         rows += _write_conditions(folder, grey, i, row, conditions, seed=seed * 1000 + i)
     return _write_manifest(folder, CARDIOMEGALY_COLUMNS, rows)
+
+
+def _start(
+    folder: str | Path, criteria_id: str, seed: int
+) -> tuple[CriteriaDocument, Path, np.random.Generator]:
+    """The task's criteria document, the cohort folder with its ``images/`` made, and the seeded generator."""
+    from dxgraph.criteria_kb import get_criteria
+
+    folder = Path(folder)
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    return get_criteria(criteria_id).document, folder, np.random.default_rng(seed)
 
 
 def _write_conditions(
