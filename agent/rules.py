@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from typing import TypeGuard
 
 import numpy as np
 
@@ -70,7 +71,9 @@ def indicator_verdicts(doc: CriteriaDocument, bundle: EvidenceBundle) -> list[In
         factor = quality_penalty(quality)
         if factor is None:
             unreliable = [
-                f"{g} {p.replace('_', ' ')}" for p, g in quality.items() if p not in _tolerated(quality)
+                f"{g} {p.replace('_', ' ')}"
+                for p, g in quality.items()
+                if g not in QUALITY_UNCERTAINTY_FACTOR[p]
             ]
             reason = (
                 f"the image is too degraded ({', '.join(unreliable)}) for {ev.tool}'s {ind.name} of "
@@ -100,14 +103,9 @@ def indicator_verdicts(doc: CriteriaDocument, bundle: EvidenceBundle) -> list[In
     return out
 
 
-def _numeric(value: object) -> bool:
+def _numeric(value: object) -> TypeGuard[float]:
     """Whether a measured value is a number (its uncertainty can widen), not a yes/no or a category."""
     return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _tolerated(quality: dict[QualityProblem, QualityGrade]) -> set[str]:
-    """The flagged problems whose grade only widens the uncertainty."""
-    return {p for p, g in quality.items() if g in QUALITY_UNCERTAINTY_FACTOR[p]}
 
 
 def _readings(verdicts: list[IndicatorVerdict]) -> dict[str, Reading | None]:
@@ -169,11 +167,7 @@ def label_confidence(
     sampled: dict[str, list[Reading | None]] = {}
     for v in verdicts:
         rule = doc.indicator(v.indicator).rule
-        if (
-            isinstance(rule, BandsRule)
-            and isinstance(v.value, (int, float))
-            and not isinstance(v.value, bool)
-        ):
+        if isinstance(rule, BandsRule) and _numeric(v.value):
             sd = (rule.uncertainty or 1e-12) * v.uncertainty_factor
             draws = rng.normal(float(v.value), sd, CONFIDENCE_DRAWS)
             sampled[v.indicator] = _read_many(rule, draws)
