@@ -15,8 +15,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from dxgraph.agent._chat import ChatBackend, ChatMessage, ChatReply, ChatRequest, ModelError, extract_json
-from dxgraph.traces._events import LanguageModelRef, ModelCalled
-from dxgraph.traces._recorder import TraceRecorder
+from dxgraph.traces import LanguageModelRef, ModelCalled, TraceRecorder
 
 T = TypeVar("T")
 M = TypeVar("M", bound=BaseModel)

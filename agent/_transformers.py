@@ -20,8 +20,7 @@ from typing import Any
 
 from dxgraph.agent._chat import ChatImage, ChatMessage, ChatReply, ChatRequest, ModelError
 from dxgraph.errors import UserError
-from dxgraph.tools._torch_runtime import cached_model, pick_device
-from dxgraph.tools._weights import sha256_of_path
+from dxgraph.tools import cached_model, pick_device, sha256_of_path
 
 
 @dataclass(frozen=True)

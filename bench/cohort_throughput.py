@@ -24,18 +24,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from dxgraph.agent.case import ImageSpec, load_case
-from dxgraph.agent.cohort.executors import LocalExecutor
-from dxgraph.agent.cohort.manifest import read_manifest
-from dxgraph.agent.cohort.outcome import CaseOutcome
-from dxgraph.agent.cohort.runner import run_cohort
-from dxgraph.agent.run import diagnose
+from dxgraph.agent import RunOptions, diagnose
+from dxgraph.agent.cohort import CaseOutcome, LocalExecutor, read_manifest, run_cohort
+from dxgraph.core import ImageSpec, MemoryArtifacts
 from dxgraph.criteria_kb import get_criteria
+from dxgraph.imaging import load_case
 from dxgraph.testing.cohort_phantoms import write_glaucoma_cohort
-from dxgraph.tools import ToolContext, default_registry, tool_context
-from dxgraph.traces import MemoryArtifacts
-from dxgraph.traces._events import ToolCalled
-from dxgraph.traces._store import TraceStore
+from dxgraph.tools import ToolContext, default_tools, tool_context
+from dxgraph.traces import ToolCalled, TraceStore
 
 
 def cohort_rate(
@@ -81,7 +77,7 @@ def bare_loop_case(image: Path, laterality: str, calls: list[tuple[str, dict]]) 
     load_case("glaucoma", [ImageSpec(path=image)], artifacts, laterality=laterality)  # type: ignore[arg-type]
     with tool_context(ToolContext(artifacts=artifacts, seed=0, device="cpu")):
         for name, inputs in calls:
-            spec = default_registry.get(name)
+            spec = default_tools().get(name)
             spec.fn(spec.input_model.model_validate(inputs))
 
 
@@ -109,14 +105,24 @@ def main() -> None:
         cases = cases[: args.overhead_cases]
         store = TraceStore(str(Path(tmp) / "overhead.db"))
         warm = diagnose(
-            "glaucoma", list(cases[0].images), store=store, laterality=cases[0].laterality, device="cpu"
+            "glaucoma",
+            list(cases[0].images),
+            store=store,
+            laterality=cases[0].laterality,
+            options=RunOptions(device="cpu"),
         )  # type: ignore[arg-type]
         calls = tool_calls_of(store, warm.run_id)
         print(f"  one case calls: {', '.join(n for n, _ in calls)}")
         orchestrated, bare = [], []
         for case in cases:
             t = time.perf_counter()
-            r = diagnose("glaucoma", list(case.images), store=store, laterality=case.laterality, device="cpu")  # type: ignore[arg-type]
+            r = diagnose(
+                "glaucoma",
+                list(case.images),
+                store=store,
+                laterality=case.laterality,
+                options=RunOptions(device="cpu"),
+            )  # type: ignore[arg-type]
             orchestrated.append(time.perf_counter() - t)
             own_calls = tool_calls_of(store, r.run_id)
             t = time.perf_counter()
@@ -151,9 +157,8 @@ def _gpu_rate(manifest: Path, db: str, max_batch: int) -> tuple[float, float]:
         db=db,
         executor=LocalExecutor(8, mode="threads"),
         cohort_id=f"gpu-{max_batch}",
-        device="cuda",
         max_batch=max_batch,
-        prefer_tools=("segment_optic_disc_cup_unet",),
+        options=RunOptions(device="cuda", prefer_tools=("segment_optic_disc_cup_unet",)),
     )
     total = time.perf_counter() - t0
     return len(result.outcomes) / total, float("nan")

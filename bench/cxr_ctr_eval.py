@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dxgraph.agent.images import read_image
+from dxgraph.imaging import read_image
 from dxgraph.tools import _cxr_classical as classical
 from dxgraph.tools import cxr
 
@@ -67,7 +67,7 @@ def main() -> None:
         if name == "classical":
             for half, sel in (("odd rows", odd), ("even rows", ~odd)):
                 print(f"  {half:<9} n={sel.sum():<3} {figures(got[sel], ref[sel])}")
-    from dxgraph.tools._weights import verify_weights
+    from dxgraph.tools import verify_weights
 
     cv = verify_weights(cxr.WEIGHTS_PATH).metrics
     print(

@@ -22,8 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from dxgraph.agent.image_quality import assess_image_quality
-from dxgraph.agent.images import read_image
+from dxgraph.imaging import assess_image_quality, read_image
 from dxgraph.testing.degradation_study import (
     STUDY_TASKS,
     DegradationStudy,

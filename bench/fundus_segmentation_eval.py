@@ -27,9 +27,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from dxgraph.testing import phantoms
+from dxgraph.phantoms import _fundus as phantoms
 from dxgraph.tools import _fundus_segmentation as seg
-from dxgraph.tools._cup_disc_geometry import bbox_height_px
+from dxgraph.tools import bbox_height_px
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "fundus_drishti"

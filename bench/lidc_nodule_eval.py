@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from dxgraph.tools._nodule_segmentation import average_diameter_mm, segment_nodules
+from dxgraph.tools import average_diameter_mm, segment_nodules, size_category
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ct_lidc_nodules"
 """Where the LIDC crops are, beside the project."""
@@ -53,13 +53,6 @@ class CaseResult:
     """Type from our segmentation (``none`` when nothing was found)."""
     nodule_count: int
     """Nodules found in the crop."""
-
-
-def size_category(diameter_mm: float) -> str:
-    """Fleischner size category of an unrounded average diameter (rounded to the nearest mm first)."""
-    if diameter_mm < 5.5:
-        return "lt6"
-    return "6to8" if diameter_mm < 8.5 else "gt8"
 
 
 def load_case(

@@ -34,9 +34,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 import dxgraph
-from dxgraph.testing.phantoms import fundus_phantom
-from dxgraph.traces._events import ModelCalled, PlanMade
-from dxgraph.traces._store import TraceStore
+from dxgraph.agent import RunOptions
+from dxgraph.phantoms import fundus_phantom
+from dxgraph.traces import ModelCalled, PlanMade, TraceStore
 
 
 def cases(n: int, folder: Path) -> list[tuple[str, Path]]:
@@ -116,9 +116,7 @@ def main() -> None:
                 items[0][1],
                 db=db,
                 modality="fundus",
-                aggregator="transformers",
-                model_path=gguf,
-                device="cpu",
+                options=RunOptions(aggregator="transformers", model_path=gguf, device="cpu"),
             )
             results["transformers"] = run(
                 "transformers", items, db, aggregator="transformers", model_path=gguf, device="cpu"

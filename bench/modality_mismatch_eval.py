@@ -22,8 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dxgraph.agent.images import read_image
-from dxgraph.agent.modality_check import content_mismatch
+from dxgraph.imaging import content_mismatch, read_image
 
 Sample = tuple[str, np.ndarray, str]
 """(image id, pixels as read_image gives them, dims)."""
@@ -133,7 +132,7 @@ def _skimage(names: tuple[str, ...]) -> Iterator[Sample]:
 
 def _fundus_phantoms() -> Iterator[Sample]:
     """Fundus phantoms: three seeds, disc- and macula-centred."""
-    from dxgraph.testing.phantoms import fundus_phantom
+    from dxgraph.phantoms import fundus_phantom
 
     for seed in range(3):
         for fld in ("disc_centred", "macula_centred"):
@@ -142,7 +141,7 @@ def _fundus_phantoms() -> Iterator[Sample]:
 
 def _cxr_phantoms() -> Iterator[Sample]:
     """Chest radiograph phantoms (float, bright = dense)."""
-    from dxgraph.testing.cxr_phantom import cxr_phantom
+    from dxgraph.phantoms import cxr_phantom
 
     for seed in range(3):
         yield f"cxr{seed}", cxr_phantom(seed, ctr=0.4 + 0.1 * seed).image, "2d"
@@ -150,15 +149,14 @@ def _cxr_phantoms() -> Iterator[Sample]:
 
 def _ct_phantoms() -> list[np.ndarray]:
     """Chest CT nodule phantom slabs (HU)."""
-    from dxgraph.testing.ct_nodule_phantom import nodule_phantom
+    from dxgraph.phantoms import nodule_phantom
 
     return [nodule_phantom(seed).hu for seed in range(4)]
 
 
 def _mr_phantoms() -> Iterator[Sample]:
     """Brain MR phantoms (four sequences each) and cine MR phantoms."""
-    from dxgraph.testing.brain_phantom import brain_phantom
-    from dxgraph.testing.cine_phantom import cine_phantom
+    from dxgraph.phantoms import brain_phantom, cine_phantom
 
     for seed in range(2):
         ph = brain_phantom(seed, enhancing_ml=8.0 * seed, oedema_ml=25.0 * seed, slice_factor=2)

@@ -27,24 +27,29 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from dxgraph.agent.case import load_case
-from dxgraph.planners._dispatch import dispatch
-from dxgraph.planners._plan import FixedValue, ImageInput, Plan, ToolCall
-from dxgraph.testing.phantoms import fundus_phantom
-from dxgraph.tools import (
+from dxgraph.agent import dispatch
+from dxgraph.core import (
+    FixedValue,
+    ImageInput,
     ImageRef,
+    MemoryArtifacts,
+    Plan,
     RegionOfInterest,
-    ToolContext,
+    ToolCall,
     ToolModel,
+)
+from dxgraph.imaging import load_case
+from dxgraph.phantoms import fundus_phantom
+from dxgraph.tools import (
+    BatchingDispatcher,
+    ToolContext,
     ToolRegistry,
-    default_registry,
+    default_tools,
     save_artifact,
     tool,
     tool_context,
 )
-from dxgraph.tools._batching import BatchingDispatcher
-from dxgraph.traces import MemoryArtifacts
-from dxgraph.traces._recorder import TraceRecorder
+from dxgraph.traces import TraceRecorder
 
 
 class MeanIn(ToolModel):
@@ -79,7 +84,7 @@ def dispatch_overhead(repeats: int) -> None:
         """Pixel count, read from the reference: a tool that does almost nothing."""
         return AreaOut(image_area_px=int(np.prod(inp.image.pixels.shape[:2])))
 
-    reg.register(default_registry.get("crop_zoom"))
+    reg.register(default_tools().get("crop_zoom"))
     rgb = fundus_phantom(vcdr=0.5, seed=1).rgb
     rec = TraceRecorder()
     ctx = ToolContext(artifacts=rec.artifacts)
@@ -90,7 +95,7 @@ def dispatch_overhead(repeats: int) -> None:
     pixels = case.images[0].pixels
     ref = ImageRef(image_id="img0", pixels=pixels, modality="fundus", dims="2d")
     roi = RegionOfInterest(label="optic_disc", center_xy=(rgb.shape[1] / 2, rgb.shape[0] / 2), radius_px=60)
-    crop_in = default_registry.get("crop_zoom").input_model.model_validate({"image": ref, "roi": roi})
+    crop_in = default_tools().get("crop_zoom").input_model.model_validate({"image": ref, "roi": roi})
     plans = {
         "image_area": (
             Plan(
@@ -143,13 +148,13 @@ def unet_throughput(n: int, repeats: int, device: str) -> None:
     import dxgraph.tools  # noqa: F401 -- registers the shipped tools
 
     names = [
-        s.name for s in default_registry if s.batch_fn is not None and s.modalities[0] in ("fundus", "cxr")
+        s.name for s in default_tools() if s.batch_fn is not None and s.modalities[0] in ("fundus", "cxr")
     ]
     if not names:
         print("  no shipped batchable 2D tool")
         return
     for name in names:
-        spec = default_registry.get(name)
+        spec = default_tools().get(name)
         modality = spec.modalities[0]
         store = MemoryArtifacts()
         ctxs, inputs = [], []
@@ -170,7 +175,7 @@ def _sample_images(modality: str, n: int) -> list[np.ndarray]:
     folder = SHARED_DATA / ("fundus_drishti/images" if modality == "fundus" else "cxr_wingspan/png")
     files = sorted(folder.glob("*.jpg" if modality == "fundus" else "*.png"))[:n]
     if len(files) == n:
-        from dxgraph.agent.images import read_image
+        from dxgraph.imaging import read_image
 
         return [read_image(f).array for f in files]
     print(f"  ({folder} not found: synthetic {modality} images)")

@@ -24,8 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from dxgraph.agent._dicom_series import dicom_series_layout, read_dicom_series
-from dxgraph.testing.cine_phantom import cine_phantom, expert_contour_mask
+from dxgraph.imaging import dicom_series_layout, read_dicom_series
+from dxgraph.phantoms import cine_phantom, expert_contour_mask
 from dxgraph.tools._lv_segmentation import segment_lv
 from dxgraph.tools.cardiac_cine import ejection_fraction_from_mask
 

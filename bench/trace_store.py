@@ -24,13 +24,11 @@ from pathlib import Path
 import cv2
 
 import dxgraph
-from dxgraph.agent.case import load_case
-from dxgraph.agent.run import run_header
-from dxgraph.testing.phantoms import fundus_phantom
-from dxgraph.tools import default_registry
-from dxgraph.traces._events import RunFinished, RunStarted, ToolCalled
-from dxgraph.traces._recorder import TraceRecorder
-from dxgraph.traces._store import TraceStore
+from dxgraph.agent import run_header
+from dxgraph.imaging import load_case
+from dxgraph.phantoms import fundus_phantom
+from dxgraph.tools import default_tools
+from dxgraph.traces import RunFinished, RunStarted, ToolCalled, TraceRecorder, TraceStore
 
 
 def long_run(folder: Path, n_events: int) -> tuple[TraceRecorder, float]:
@@ -39,7 +37,7 @@ def long_run(folder: Path, n_events: int) -> tuple[TraceRecorder, float]:
     cv2.imwrite(str(path), fundus_phantom(0.5, seed=1).rgb[..., ::-1])
     rec = TraceRecorder()
     case = load_case("glaucoma", [path], rec.artifacts, modality="fundus")
-    header = run_header(default_registry, seed=0, device="cpu", aggregator="rules")
+    header = run_header(default_tools(), seed=0, device="cpu", aggregator="rules")
     t0 = time.perf_counter()
     rec.emit(RunStarted, header=header, case=case)
     for i in range(n_events - 2):
@@ -85,7 +83,7 @@ def main() -> None:
         )
 
         try:
-            from dxgraph.traces._replay import replay
+            from dxgraph.agent import replay
         except ImportError:
             print("replay is not available in this checkout")
             return

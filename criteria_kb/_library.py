@@ -149,6 +149,24 @@ def _similarities(
     return sims
 
 
+def _lexically_decisive(
+    lexical: dict[str, tuple[float, tuple[str, ...]]], q: str, docs: tuple[LoadedCriteria, ...]
+) -> bool:
+    """Whether the lexical rule alone settles a question: one document has the best lexical score, and
+    the question itself (not only the clinical text) names it by disease, id or a term."""
+    scores = sorted((score for score, _ in lexical.values()), reverse=True)
+    if not scores or scores[0] < 1.0 or (len(scores) > 1 and scores[1] == scores[0]):
+        return False
+    best = next(c for c in docs if lexical[c.document.id][0] == scores[0])
+    return _named(best.document, q, lexical[best.document.id])
+
+
+def _named(doc: CriteriaDocument, q: str, match: tuple[float, tuple[str, ...]]) -> bool:
+    """Whether the question (normalised) names the document: its disease, its id or one of its terms."""
+    score, matched = match
+    return score >= 10.0 or any(_normalise(t) in q for t in matched)
+
+
 def retrieve(
     question: str, clinical_text: str | None = None, library: tuple[LoadedCriteria, ...] | None = None
 ) -> list[RetrievedCriteria]:
@@ -157,10 +175,12 @@ def retrieve(
     Lexical rule: a document scores 10 when the question names its disease or id, plus 1 per term
     found in the question and 0.5 per term found only in the clinical text; 1 or more matches.
 
-    Without the embedding model (packages absent, or ``DXGRAPH_NO_EMBEDDINGS=1``) only the lexical
-    rule runs: method ``lexical``, score = the lexical score.
+    When the lexical rule is decisive (one document scores best and the
+    question itself names it), or the embedding model is unavailable (packages absent, or
+    ``DXGRAPH_NO_EMBEDDINGS=1``), only the lexical rule runs: method ``lexical``, score = the lexical
+    score. The model is loaded only when the lexical rule finds nothing or cannot choose.
 
-    With the model every document gets a similarity: the cosine of the question's embedding to the
+    Then every document gets a similarity: the cosine of the question's embedding to the
     document's (see ``_embeddings.document_text``), raised -- never lowered -- by
     ``CLINICAL_TEXT_WEIGHT`` times how much more similar the clinical text is. A document is
     accepted when the lexical rule matches (method ``lexical+embedding``) or when its similarity
@@ -173,14 +193,14 @@ def retrieve(
     q, text = _normalise(question), _normalise(clinical_text or "")
     lexical = {c.document.id: _lexical_match(c.document, q, text) for c in docs}
     hits = []
-    if embedding_model_available():
+    if not _lexically_decisive(lexical, q, docs) and embedding_model_available():
         sims = _similarities(question, clinical_text, docs)
         best = max(sims.values(), default=0.0)
         for c in docs:
             lex_score, matched = lexical[c.document.id]
             sim = sims[c.document.id]
             if lex_score >= 1.0:
-                named = lex_score >= 10.0 or any(_normalise(t) in q for t in matched)
+                named = _named(c.document, q, (lex_score, matched))
                 score = round(sim + NAMED_BONUS, 6) if named else sim
                 hits.append(RetrievedCriteria(c, score, matched, "lexical+embedding"))
             elif sim >= EMBEDDING_THRESHOLD and sim >= best - EMBEDDING_MARGIN:

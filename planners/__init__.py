@@ -1,9 +1,13 @@
-"""Planning: the typed plan DAG, its validation, the deterministic planner and the run graph.
+"""Planning, and nothing else: criteria, registry specs and a case in; a validated ``Plan`` out.
 
-The graph itself lives in ``dxgraph.planners._graph`` and is imported by whoever runs it.
+Pure functions: no events, no tool calls, no model calls. ``plan_from_criteria`` builds the plan
+deterministically; ``validate_plan`` refuses unknown tools, type-mismatched or cyclic bindings and images
+a tool cannot take. For the LLM planner this package holds what the model is shown (``case_prompt``,
+``draft_schema``) and how its ``PlanDraft`` becomes a Plan (``plan_from_draft``); the agent makes the
+call. The plan types themselves live in ``dxgraph.core`` and are re-exported here.
 """
 
-from dxgraph.planners._plan import (
+from dxgraph.core import (
     Binding,
     CaseField,
     FixedValue,
@@ -13,18 +17,53 @@ from dxgraph.planners._plan import (
     PlannedIndicator,
     StepOutput,
     ToolCall,
-    validate_plan,
 )
+from dxgraph.planners._deterministic import (
+    CASE_FIELDS,
+    VIEW_TOOL,
+    plan_from_criteria,
+    primary_image_field,
+    primary_selection,
+    with_views,
+)
+from dxgraph.planners._draft import (
+    PLANNER_NAME,
+    SYSTEM_PROMPT,
+    DraftStep,
+    PlanDraft,
+    case_modalities,
+    case_prompt,
+    describe_tools,
+    draft_schema,
+    plan_from_draft,
+)
+from dxgraph.planners._validate import annotations_compatible, validate_plan
 
 __all__ = [
+    "CASE_FIELDS",
+    "PLANNER_NAME",
+    "SYSTEM_PROMPT",
+    "VIEW_TOOL",
     "Binding",
     "CaseField",
+    "DraftStep",
     "FixedValue",
     "ImageInput",
     "NotAssessable",
     "Plan",
+    "PlanDraft",
     "PlannedIndicator",
     "StepOutput",
     "ToolCall",
+    "annotations_compatible",
+    "case_modalities",
+    "case_prompt",
+    "describe_tools",
+    "draft_schema",
+    "plan_from_criteria",
+    "plan_from_draft",
+    "primary_image_field",
+    "primary_selection",
     "validate_plan",
+    "with_views",
 ]

@@ -4,22 +4,25 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from dxgraph.agent.case import Case, CaseImage
-from dxgraph.criteria_kb import Indicator, LoadedCriteria
-from dxgraph.planners._plan import (
+from dxgraph.core import (
     Binding,
+    Case,
     CaseField,
+    CaseImage,
     FixedValue,
     ImageInput,
+    ImageRef,
     NotAssessable,
     Plan,
     PlannedIndicator,
+    RegionOfInterest,
     StepOutput,
     ToolCall,
-    annotations_compatible,
+    image_selection,
 )
-from dxgraph.tools._registry import ToolRegistry, ToolSpec
-from dxgraph.tools._types import ImageRef, RegionOfInterest, image_selection
+from dxgraph.criteria_kb import Indicator, LoadedCriteria
+from dxgraph.planners._validate import annotations_compatible
+from dxgraph.tools import ToolRegistry, ToolSpec
 
 VIEW_TOOL = "crop_zoom"
 """Tool planned on every region of interest the plan finds, to give the report and MLLM a view."""

@@ -9,8 +9,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from dxgraph.agent import label_of
+from dxgraph.criteria_kb import get_criteria
+from dxgraph.phantoms import cxr_phantom, fundus_phantom
+from dxgraph.phantoms import fundus_phantom_truth as phantom_truth
 from dxgraph.testing.degradations import DegradationKind, degrade
-from dxgraph.testing.phantoms import fundus_phantom
 
 if TYPE_CHECKING:
     from dxgraph.criteria_kb import CriteriaDocument
@@ -36,8 +39,6 @@ def write_glaucoma_cohort(
     severity) pairs, every phantom is written once per condition, degraded, as case
     ``<kind>-<severity>-NNN`` (``clean-0-NNN`` for severity 0), instead of once as ``phantom-NNN``.
     """
-    from dxgraph.agent.demo import phantom_truth
-    from dxgraph.agent.rules import label_of
 
     doc, folder, rng = _start(folder, "glaucoma.onh-structure", seed)
     rows = []
@@ -67,8 +68,6 @@ def write_cardiomegaly_cohort(
     """Write ``n`` chest radiograph phantoms (CTR 0.38-0.62) as 8-bit PNG and ``manifest.csv``; return
     the manifest. Labels are the cardiomegaly criteria's for the true CTR; ``conditions`` as in
     ``write_glaucoma_cohort``."""
-    from dxgraph.agent.rules import label_of
-    from dxgraph.testing.cxr_phantom import cxr_phantom
 
     doc, folder, rng = _start(folder, "cardiomegaly.ctr", seed)
     rows = []
@@ -85,8 +84,6 @@ def _start(
     folder: str | Path, criteria_id: str, seed: int
 ) -> tuple[CriteriaDocument, Path, np.random.Generator]:
     """The task's criteria document, the cohort folder with its ``images/`` made, and the seeded generator."""
-    from dxgraph.criteria_kb import get_criteria
-
     folder = Path(folder)
     (folder / "images").mkdir(parents=True, exist_ok=True)
     return get_criteria(criteria_id).document, folder, np.random.default_rng(seed)

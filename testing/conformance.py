@@ -27,12 +27,9 @@ from typing import Any, Union
 import numpy as np
 from pydantic import BaseModel
 
-from dxgraph.agent.case import KNOWN_MODALITIES
+from dxgraph.core import KNOWN_MODALITIES, ImageRef, MemoryArtifacts, save_array
 from dxgraph.errors import ToolError
-from dxgraph.tools._context import ToolContext, tool_context
-from dxgraph.tools._registry import ToolSpec
-from dxgraph.tools._types import ImageRef
-from dxgraph.traces._artifacts import MemoryArtifacts, save_array
+from dxgraph.tools import ToolContext, ToolSpec, current_context, tool_context
 
 UNIT_SUFFIXES = (
     "_mm",
@@ -115,8 +112,6 @@ def _swap_images(inp: BaseModel, change: Callable[[ImageRef], ImageRef]) -> Base
 
 
 def _other_dims_image(ref: ImageRef) -> ImageRef:
-    from dxgraph.tools._context import current_context
-
     spacing: tuple[float, ...]
     if ref.dims == "2d":
         arr, dims, spacing = np.zeros((8, 32, 32), np.float32), "3d", (2.5, 0.7, 0.7)

@@ -15,11 +15,10 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from dxgraph.agent.cohort.metrics import compute_metrics
-from dxgraph.agent.cohort.outcome import CaseOutcome, TaskLabels
-from dxgraph.agent.image_quality import GRADES, QualityProblem, assess_image_quality
-from dxgraph.agent.images import read_image
+from dxgraph.agent.cohort import CaseOutcome, TaskLabels, compute_metrics, run_cohort
+from dxgraph.core import GRADES, QualityProblem
 from dxgraph.errors import UserError
+from dxgraph.imaging import assess_image_quality, read_image
 from dxgraph.testing.cohort_phantoms import write_cardiomegaly_cohort, write_glaucoma_cohort
 from dxgraph.testing.degradations import DEGRADATION_KINDS, SEVERITIES, DegradationKind
 
@@ -140,8 +139,6 @@ def run_degradation_study(
 ) -> DegradationStudy:
     """Write ``n`` phantoms of ``task`` (``STUDY_TASKS``) under every condition to ``folder``, diagnose
     them as one cohort (``prefer_tools`` as for ``diagnose``), score."""
-    from dxgraph.agent.cohort.runner import run_cohort
-
     if task not in STUDY_TASKS:
         raise UserError(f"no degradation study for {task!r}; choose one of {', '.join(STUDY_TASKS)}")
     write, indicator = STUDY_TASKS[task]

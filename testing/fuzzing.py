@@ -29,6 +29,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from dxgraph.phantoms import fundus_phantom, nodule_phantom
+
 __all__ = [
     "DICOM_OPS",
     "DICOM_SEED_FILES",
@@ -163,8 +165,6 @@ def encode_raster(pixels: np.ndarray, ext: str) -> bytes:
 def raster_seeds() -> tuple[Seed, ...]:
     """PNG and JPEG seeds: two fundus phantoms and skimage's retina, astronaut and camera, ≤ 256 px."""
     import skimage.data
-
-    from dxgraph.testing.phantoms import fundus_phantom
 
     pictures = {
         "phantom_a": fundus_phantom(0.5, seed=3, size_px=(144, 192)).rgb,
@@ -328,8 +328,6 @@ def nifti_seeds(names: tuple[str, ...] = NIFTI_SEED_FILES) -> tuple[Seed, ...]:
 
 def _ct_phantom_seed() -> Seed:
     """A small chest CT slab in HU with one nodule (``nodule_phantom``), so mutants reach the nodule tools."""
-    from dxgraph.testing.ct_nodule_phantom import nodule_phantom
-
     ph = nodule_phantom(seed=1)
     sz, sy, sx = ph.spacing_mm
     raw = _nifti_bytes(np.ascontiguousarray(ph.hu.transpose(2, 1, 0)), (sx, sy, sz))

@@ -6,7 +6,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from dxgraph.agent._chat import ChatReply, ChatRequest, ModelError
+from dxgraph.agent import ChatReply, ChatRequest, ModelError
 
 ScriptStep = str | ModelError | Callable[[ChatRequest], str]
 """A reply text, an error to raise, or a function of the request giving the reply text."""

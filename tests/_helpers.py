@@ -8,8 +8,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from dxgraph.core import RegionOfInterest
 from dxgraph.errors import ToolError
-from dxgraph.tools import RegionOfInterest, ToolRegistry, default_registry, load_image, save_artifact, tool
+from dxgraph.tools import ToolRegistry, default_tools, load_image, save_artifact, tool
 from dxgraph.tools.fundus import DiscCupMasks, SegmentDiscCupInput
 
 REPO = Path(__file__).resolve().parent.parent
@@ -32,12 +33,17 @@ def require_modules(*modules: str, install: str) -> None:
 
 
 def drawn_run(tmp_path: Path, db: str, cup_radius_px: float = 25.0, fail_with: str | None = None, **options):  # type: ignore[no-untyped-def]
-    """A fast real glaucoma run on a grey image with the drawn-disc registry (vCDR = cup radius / 50 px)."""
+    """A fast real glaucoma run on a grey image with the drawn-disc registry (vCDR = cup radius / 50 px).
+
+    ``options`` are RunOptions fields (aggregator, planner, seed...) or other ``diagnose`` keywords."""
     import dxgraph
 
     path = write_rgb(tmp_path / f"f{cup_radius_px:g}.png", fundus_like())
     registry = drawn_disc_cup_registry(cup_radius_px=cup_radius_px, fail_with=fail_with)
-    return dxgraph.diagnose("glaucoma", path, db=db, modality="fundus", registry=registry, **options)
+    fields = {k: options.pop(k) for k in list(options) if k in dxgraph.RunOptions.model_fields}
+    return dxgraph.diagnose(
+        "glaucoma", path, dxgraph.RunOptions(**fields), db=db, modality="fundus", registry=registry, **options
+    )
 
 
 def diagnosis_reply(label: str, cited: list[str], confidence: float = 0.9, abstained: bool = False) -> str:
@@ -95,7 +101,7 @@ def drawn_disc_cup_registry(cup_radius_px: float = 25.0, fail_with: str | None =
     """
     reg = ToolRegistry()
     for name in ("measure_cup_disc", "crop_zoom"):
-        reg.register(default_registry.get(name))
+        reg.register(default_tools().get(name))
 
     @tool(name="segment_optic_disc_cup", version="9.9.9", modalities=("fundus",), registry=reg)
     def drawn(inp: SegmentDiscCupInput) -> DiscCupMasks:
@@ -162,7 +168,8 @@ def run_chromium(exe: str, tmp_path: Path, *args: str):  # type: ignore[no-untyp
 
 def cxr_image_ref(decoded, image_id: str = "img0"):  # type: ignore[no-untyped-def]
     """A decoded chest radiograph stored in the current tool context, as the tools receive it."""
-    from dxgraph.tools import ImageRef, save_artifact
+    from dxgraph.core import ImageRef
+    from dxgraph.tools import save_artifact
 
     return ImageRef(
         image_id=image_id,
@@ -176,10 +183,10 @@ def cxr_image_ref(decoded, image_id: str = "img0"):  # type: ignore[no-untyped-d
 
 def classical_ctr(ref):  # type: ignore[no-untyped-def]
     """The registered classical heart/lung segmentation, then the CTR measurement: (masks, measurements)."""
-    from dxgraph.tools import default_registry
+    from dxgraph.tools import default_tools
 
-    seg = default_registry.get("segment_heart_lungs_classical")
-    meas = default_registry.get("measure_cardiothoracic_ratio")
+    seg = default_tools().get("segment_heart_lungs_classical")
+    meas = default_tools().get("measure_cardiothoracic_ratio")
     masks = seg.fn(seg.input_model(image=ref))
     m = meas.fn(
         meas.input_model(
@@ -194,7 +201,7 @@ def classical_ctr(ref):  # type: ignore[no-untyped-def]
 
 def glaucoma_evidence(indicator, value, quantity=None, flags=()):
     """Evidence of one glaucoma indicator as measure_cup_disc (step s2) would give it."""
-    from dxgraph.agent.evidence import Evidence
+    from dxgraph.core import Evidence
     from dxgraph.criteria_kb import get_criteria
 
     DOC = get_criteria("glaucoma.onh-structure")
@@ -215,9 +222,8 @@ def glaucoma_evidence(indicator, value, quantity=None, flags=()):
 
 def rules_decide(vcdr=None, rdr=0.3, isnt=False, missing=None, flags=()):
     """The rules diagnosis of glaucoma evidence (an indicator left None is missing), citations checked."""
-    from dxgraph.agent.aggregate import EvidenceBundle
-    from dxgraph.agent.diagnosis import check_citations
-    from dxgraph.agent.rules import RulesAggregator
+    from dxgraph.agent import EvidenceBundle, RulesAggregator
+    from dxgraph.core import check_citations
     from dxgraph.criteria_kb import get_criteria
 
     DOC = get_criteria("glaucoma.onh-structure")

@@ -7,8 +7,8 @@ import cv2
 import pytest
 
 import dxgraph
-from dxgraph.testing.phantoms import fundus_phantom
-from dxgraph.traces._store import TraceStore
+from dxgraph.phantoms import fundus_phantom
+from dxgraph.traces import TraceStore
 
 from _helpers import run_cli
 

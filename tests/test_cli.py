@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from dxgraph.traces._store import TraceStore
+from dxgraph.traces import TraceStore
 
 from _helpers import drawn_disc_cup_registry, fundus_like, run_cli, write_rgb
 
@@ -14,7 +14,8 @@ from _helpers import drawn_disc_cup_registry, fundus_like, run_cli, write_rgb
 @pytest.fixture
 def drawn_tools(monkeypatch):
     """Make the CLI's runs use a segmenter that draws known circles (the real one is tested elsewhere)."""
-    monkeypatch.setattr("dxgraph.agent.run.default_registry", drawn_disc_cup_registry(cup_radius_px=20))
+    registry = drawn_disc_cup_registry(cup_radius_px=20)
+    monkeypatch.setattr("dxgraph.agent._run.default_tools", lambda: registry)
 
 
 @pytest.fixture
@@ -198,8 +199,8 @@ def test_console_script_exit_code_is_2_for_user_errors(tmp_path):
 
 
 def test_diagnose_shows_the_image_quality_beside_each_finding(capsys, tmp_path, db):
+    from dxgraph.phantoms import fundus_phantom
     from dxgraph.testing.degradations import degrade
-    from dxgraph.testing.phantoms import fundus_phantom
 
     rgb = fundus_phantom(0.62, seed=11, size_px=(384, 512)).rgb
     blurred = write_rgb(tmp_path / "blur1.png", degrade(rgb, "blur", 1))

@@ -15,6 +15,7 @@ def test_public_names_are_exactly_these():
             "DxgraphError",
             "Evidence",
             "ImageSpec",
+            "RunOptions",
             "RunResult",
             "ToolError",
             "TraceStore",
@@ -37,7 +38,7 @@ def test_importing_dxgraph_stays_light():
 
 
 def test_listing_tools_does_not_import_torch():
-    code = "import sys; from dxgraph.tools import default_registry as r; [s.describe() for s in r]; print('torch' in sys.modules)"
+    code = "import sys; from dxgraph.tools import default_tools; [s.describe() for s in default_tools()]; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
 

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from dxgraph.tools._weights import read_lock, verify_weights
+from dxgraph.tools import read_lock, verify_weights
 
 from _helpers import SHARED_DATA
 

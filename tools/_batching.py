@@ -16,10 +16,10 @@ from typing import Protocol
 
 from pydantic import BaseModel
 
+from dxgraph.core import ArtifactStore, MemoryArtifacts, artifact_refs_in
 from dxgraph.errors import ToolError
 from dxgraph.tools._context import ToolContext, tool_context
 from dxgraph.tools._registry import ToolSpec
-from dxgraph.traces._artifacts import ArtifactStore, MemoryArtifacts, artifact_refs_in
 
 
 class ToolCaller(Protocol):

@@ -9,9 +9,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from dxgraph.core import ArtifactRef, ArtifactStore, ImageRef, MemoryArtifacts, load_array, save_array
 from dxgraph.errors import ToolError
-from dxgraph.tools._types import ImageRef
-from dxgraph.traces._artifacts import ArtifactRef, ArtifactStore, MemoryArtifacts, load_array, save_array
 
 
 @dataclass(frozen=True)
@@ -77,22 +76,3 @@ def load_artifact(ref: ArtifactRef) -> np.ndarray:
 def save_artifact(arr: np.ndarray, kind: str) -> ArtifactRef:
     """Store an array produced by a tool (``mask``, ``crop``...) and return its reference."""
     return save_array(current_context().artifacts, arr, kind)
-
-
-def as_rgb8(pixels: np.ndarray) -> np.ndarray:
-    """An 8-bit RGB view of a 2D image: grey is replicated, 16-bit and float are rescaled.
-
-    Raises ToolError for arrays that are not a 2D grey or RGB image.
-    """
-    a = pixels
-    if not (a.ndim == 2 or (a.ndim == 3 and a.shape[2] == 3)):
-        raise ToolError(
-            f"expected a 2D grey or RGB image, got an array of shape {a.shape}", flags=("not_2d_image",)
-        )
-    if a.dtype != np.uint8:
-        a = a.astype(np.float64)
-        lo, hi = float(a.min()), float(a.max())
-        a = np.zeros(a.shape, np.uint8) if hi <= lo else ((a - lo) * (255.0 / (hi - lo))).astype(np.uint8)
-    if a.ndim == 2:
-        a = np.repeat(a[:, :, None], 3, axis=2)
-    return a

@@ -255,3 +255,16 @@ def largest_component_filled(mask: np.ndarray) -> np.ndarray:
     _, background = cv2.connectedComponents(1 - keep, connectivity=4)
     border = np.unique(np.concatenate([background[0], background[-1], background[:, 0], background[:, -1]]))
     return (keep > 0) | ((background > 0) & ~np.isin(background, border))
+
+
+def column_range(mask: np.ndarray) -> tuple[int, int]:
+    """First and last column (inclusive) holding any pixel of a non-empty 2D mask."""
+    cols = np.flatnonzero(mask.any(axis=0))
+    return int(cols[0]), int(cols[-1])
+
+
+def cardiothoracic_ratio(heart: np.ndarray, right_lung: np.ndarray, left_lung: np.ndarray) -> float:
+    """CTR of boolean masks: heart column extent over the column extent of both lungs together."""
+    h0, h1 = column_range(heart)
+    t0, t1 = column_range(right_lung | left_lung)
+    return (h1 - h0 + 1) / (t1 - t0 + 1)

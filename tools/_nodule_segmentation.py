@@ -427,3 +427,11 @@ def _distance_to_centre_mm(mask: np.ndarray, spacing: tuple[float, float, float]
     pts = np.argwhere(mask)
     dist = np.linalg.norm((pts - centre) * np.asarray(spacing), axis=1)
     return float(dist.min() + 0.1 * dist.mean())  # ties (masks holding the centre) go to the centred one
+
+
+def size_category(diameter_mm: float) -> str:
+    """Fleischner size category (``lt6``, ``6to8``, ``gt8``) of an unrounded average diameter (rounded to the
+    nearest mm first)."""
+    if diameter_mm < 5.5:
+        return "lt6"
+    return "6to8" if diameter_mm < 8.5 else "gt8"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import os
 import re
 import typing
 from collections.abc import Callable, Iterator
@@ -12,7 +13,8 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel
 
-from dxgraph.errors import RegistrationError
+from dxgraph.core import ImageRef
+from dxgraph.errors import RegistrationError, ToolError, UserError
 
 Device = Literal["cpu", "gpu", "any"]
 DIMS = ("2d", "3d", "3d+t")
@@ -113,8 +115,10 @@ class ToolRegistry:
     def __init__(self) -> None:
         self._tools: dict[str, ToolSpec] = {}
 
-    def register(self, spec: ToolSpec) -> ToolSpec:
-        """Add a tool; RegistrationError when its name is taken."""
+    def register(self, tool: ToolSpec | Callable[..., Any]) -> ToolSpec:
+        """Add a tool (its ``ToolSpec``, or a function decorated with ``@tool``); RegistrationError when
+        its name is taken by another tool."""
+        spec = tool if isinstance(tool, ToolSpec) else spec_of(tool)
         if spec.name in self._tools and self._tools[spec.name].fn is not spec.fn:
             raise RegistrationError(
                 f"tool name {spec.name!r} is already registered by {self._tools[spec.name].origin}"
@@ -147,7 +151,16 @@ class ToolRegistry:
 
 
 default_registry = ToolRegistry()
-"""The process-wide registry that ``@tool`` registers into."""
+"""The process-wide registry; ``load_plugins`` fills it with the built-in tools and the installed plugins."""
+
+
+def spec_of(fn: Callable[..., Any]) -> ToolSpec:
+    """The ToolSpec a function decorated with ``@tool`` carries; RegistrationError for any other function."""
+    spec = getattr(fn, "__dxgraph_tool__", None)
+    if not isinstance(spec, ToolSpec):
+        name = f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"
+        raise RegistrationError(f"{name} is not a tool: decorate it with @tool(...)")
+    return spec
 
 
 DEFAULT_TOOL_TIMEOUT_S = 300.0
@@ -158,10 +171,6 @@ TIMEOUT_ENV = "DXGRAPH_TOOL_TIMEOUT_S"
 
 def default_timeout_s() -> float:
     """The tool timeout for tools that set none: $DXGRAPH_TOOL_TIMEOUT_S, else DEFAULT_TOOL_TIMEOUT_S."""
-    import os
-
-    from dxgraph.errors import UserError
-
     raw = os.environ.get(TIMEOUT_ENV)
     if raw is None:
         return DEFAULT_TOOL_TIMEOUT_S
@@ -271,8 +280,6 @@ def _image_guard(
     spacing_range_mm: tuple[float, float],
 ) -> Callable[[Any], None]:
     """A check run before every call: each image input fits the tool's declarations, or ToolError."""
-    from dxgraph.errors import ToolError
-    from dxgraph.tools._types import ImageRef
 
     def check(inp: Any) -> None:
         for field_name, value in inp:
@@ -318,7 +325,11 @@ def tool(
     timeout_s: float | None = None,
     spacing_range_mm: tuple[float, float] = PLAUSIBLE_SPACING_MM,
 ) -> Callable[[Callable[[In], Out]], Callable[[In], Out]]:
-    """Register a function ``fn(Input) -> Output`` as a tool; it is returned wrapped in its guard.
+    """Declare a function ``fn(Input) -> Output`` a tool; it is returned wrapped in its guard.
+
+    Decorating registers nothing (importing a module has no side effects): the function carries its
+    ``ToolSpec``, and ``load_plugins`` registers the tools of the built-in modules and of the installed
+    plugins. Pass ``registry=`` to register at once, or call ``registry.register(fn)`` later.
 
     The guard refuses, with ToolError, image inputs of a modality or dimensionality the tool does
     not declare, or without spacing (or with one outside ``spacing_range_mm``) when it
@@ -344,8 +355,9 @@ def tool(
             timeout_s=timeout_s,
             spacing_range_mm=spacing_range_mm,
         )
-        (registry if registry is not None else default_registry).register(spec)
         spec.fn.__dxgraph_tool__ = spec  # type: ignore[attr-defined]
+        if registry is not None:
+            registry.register(spec)
         return spec.fn  # type: ignore[return-value]
 
     return decorate

@@ -5,11 +5,16 @@ Nothing here imports torch at module import; ``dxgraph tools list`` must stay to
 
 from __future__ import annotations
 
+import os
+import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import numpy as np
+
+from dxgraph.tools._nets import build_network
 from dxgraph.tools._weights import PACKAGED_LOCK, WeightsEntry, WeightsError, verify_weights
 
 if TYPE_CHECKING:
@@ -21,11 +26,31 @@ _CACHE: dict[tuple[Any, ...], Any] = {}
 _CACHE_LOCK = threading.Lock()
 
 
+GPU_DEVICE_FILES = ("/dev/nvidiactl", "/dev/nvidia0", "/proc/driver/nvidia", "/dev/kfd", "/dev/dxg")
+"""Device files a CUDA (or ROCm, or WSL) GPU driver creates on Linux; with none of them torch sees no GPU."""
+
+
+def gpu_driver_present() -> bool:
+    """Whether torch could see a GPU, told without importing torch where it can be (Linux device files).
+
+    Elsewhere, or once torch is imported anyway, the answer is torch's own.
+    """
+    if "torch" in sys.modules or not sys.platform.startswith("linux"):
+        import torch
+
+        return bool(torch.cuda.is_available())
+    return any(os.path.exists(p) for p in GPU_DEVICE_FILES)
+
+
 def pick_device(requested: str = "auto") -> str:
-    """``cuda`` when asked for or when ``auto`` and a GPU is present, else ``cpu``; UserError-safe."""
+    """``cuda`` when asked for or when ``auto`` and a GPU is present, else ``cpu``; UserError-safe.
+
+    ``auto`` on a machine without a GPU driver answers ``cpu`` without importing torch, so a run that
+    uses no network never pays for it.
+    """
     if requested not in ("auto", "cpu", "cuda"):
         raise WeightsError(f"unknown device {requested!r}; use auto, cpu or cuda")
-    if requested == "cpu":
+    if requested == "cpu" or (requested == "auto" and not gpu_driver_present()):
         return "cpu"
     import torch
 
@@ -68,8 +93,6 @@ def load_model_file(
     """
     import torch
 
-    from dxgraph.tools._nets import build_network
-
     entry = verify_weights(Path(path), lock_path)
     try:
         blob = torch.load(str(path), map_location="cpu", weights_only=True)
@@ -79,3 +102,31 @@ def load_model_file(
         raise WeightsError(f"weights {path} could not be loaded: {e}") from None
     net.eval().to(device)
     return net, dict(blob.get("meta", {})), entry
+
+
+def load_packaged_model(
+    path: Path, device: str, *, lock_path: Path = PACKAGED_LOCK
+) -> tuple[Any, dict[str, Any], str]:
+    """A weights file's network in eval mode on ``device``, its metadata and its weights' sha256.
+
+    The file is checked against its lock and loaded once per process and device (``cached_model``);
+    every model-backed tool loads its shipped weights through here.
+    """
+    net, meta, entry = cached_model(
+        ("model_file", str(path), device, str(lock_path)),
+        lambda: load_model_file(Path(path), device=device, lock_path=lock_path),
+    )
+    return net, meta, entry.sha256
+
+
+def predict(net: torch.nn.Module, x: np.ndarray, batch_size: int = 16) -> np.ndarray:
+    """Raw network outputs for arrays (N, C, *spatial), in batches, without gradients."""
+    import torch
+
+    device = next(net.parameters()).device
+    outs = []
+    with torch.inference_mode():
+        for start in range(0, len(x), batch_size):
+            xb = torch.from_numpy(np.ascontiguousarray(x[start : start + batch_size])).to(device)
+            outs.append(net(xb).float().cpu().numpy())
+    return np.concatenate(outs, axis=0)

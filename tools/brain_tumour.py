@@ -8,18 +8,20 @@ co-registered on one voxel grid.
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import TYPE_CHECKING
 
 import numpy as np
 from pydantic import Field
 
+from dxgraph.core import ArtifactRef, ImageRef, ToolModel, select_image
 from dxgraph.errors import ToolError
-from dxgraph.tools import _brain_segmentation as seg
 from dxgraph.tools._context import load_volume, save_artifact
 from dxgraph.tools._registry import tool
-from dxgraph.tools._types import ImageRef, ToolModel, select_image
-from dxgraph.traces._artifacts import ArtifactRef
 
 _CACHE_SIZE = 4
+if TYPE_CHECKING:
+    from dxgraph.tools import _brain_segmentation as seg
+
 _enhancing_cache: OrderedDict[tuple, seg.EnhancingResult] = OrderedDict()
 
 
@@ -109,6 +111,8 @@ def _enhancing(
     t1ce: ImageRef, t1: ImageRef | None
 ) -> tuple[seg.EnhancingResult, tuple[float, ...], list[str]]:
     """The enhancing segmentation of one (t1ce, t1) pair, computed once per process for the same pixels."""
+    from dxgraph.tools import _brain_segmentation as seg  # scipy: imported when a brain is measured
+
     ce = _volume(t1ce, "t1ce")
     flags = _brain_signal_flags(ce[0], "t1ce")
     pre = None
@@ -150,6 +154,8 @@ def measure_enhancing_tumour(inp: EnhancingTumourInput) -> EnhancingTumour:
     volume. Thin or tubular enhancement (vessels, dura), components under 0.25 ml and enhancement
     surrounded by CSF (choroid plexus) are not counted. Also reports the necrotic core the rim encloses.
     """
+    from dxgraph.tools import _brain_segmentation as seg  # scipy: imported when a brain is measured
+
     result, spacing, flags = _enhancing(inp.t1ce, inp.t1)
     vml = seg.voxel_ml(spacing)
     lesions = int(np.max(_label(result.core))) if result.core.any() else 0
@@ -187,6 +193,8 @@ def measure_peritumoural_oedema(inp: PeritumouralOedemaInput) -> PeritumouralOed
     and flagged ``tumour_core_not_excluded``. Bias-field corrected, intensities relative to normal
     brain tissue, abnormality delineated at half maximum; components under 0.3 ml are ignored.
     """
+    from dxgraph.tools import _brain_segmentation as seg  # scipy: imported when a brain is measured
+
     fl = _volume(inp.flair, "flair")
     flags = _brain_signal_flags(fl[0], "flair")
     t2 = None

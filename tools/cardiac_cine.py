@@ -13,11 +13,10 @@ from __future__ import annotations
 import numpy as np
 from pydantic import Field
 
+from dxgraph.core import ArtifactRef, ImageRef, ToolModel
 from dxgraph.errors import ToolError
 from dxgraph.tools._context import load_artifact, load_image, save_artifact
 from dxgraph.tools._registry import tool
-from dxgraph.tools._types import ImageRef, ToolModel
-from dxgraph.traces._artifacts import ArtifactRef
 
 __all__ = [
     "EjectionFraction",

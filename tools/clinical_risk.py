@@ -17,9 +17,9 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
+from dxgraph.core import ToolModel
 from dxgraph.errors import ToolError
 from dxgraph.tools._registry import tool
-from dxgraph.tools._types import ToolModel
 
 MINIMAL_PACK_YEARS = 10.0
 """A stated smoking history below this many pack-years is read as 'minimal' (dxgraph's reading: the

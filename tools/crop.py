@@ -7,11 +7,11 @@ from typing import Self
 import numpy as np
 from pydantic import Field, model_validator
 
+from dxgraph.core import ArtifactRef, ImageRef, RegionOfInterest, ToolModel
 from dxgraph.errors import ToolError
-from dxgraph.tools._context import as_rgb8, load_artifact, load_image, save_artifact
+from dxgraph.imaging import as_rgb8
+from dxgraph.tools._context import load_artifact, load_image, save_artifact
 from dxgraph.tools._registry import tool
-from dxgraph.tools._types import ImageRef, RegionOfInterest, ToolModel
-from dxgraph.traces._artifacts import ArtifactRef
 
 MAX_CROP_VOXELS = 64_000_000
 """Largest resampled 3D crop a call may produce."""

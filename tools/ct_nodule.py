@@ -2,21 +2,20 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from pydantic import Field
 
+from dxgraph.core import ArtifactRef, ImageRef, ToolModel
 from dxgraph.errors import ToolError
 from dxgraph.tools._context import current_context, load_artifact, load_image
 from dxgraph.tools._registry import tool
-from dxgraph.tools._types import ImageRef, ToolModel
+from dxgraph.tools._torch_runtime import load_packaged_model
 from dxgraph.tools._weights import PACKAGED_WEIGHTS_DIR
-from dxgraph.traces._artifacts import ArtifactRef
 
 if TYPE_CHECKING:
-    import torch
+    pass
 
 WEIGHTS_PATH = PACKAGED_WEIGHTS_DIR / "nodule_malignancy_cnn.pt"
 """The shipped malignancy network, trained by ``dxgraph train nodules``."""
@@ -112,17 +111,6 @@ class NoduleMalignancy(ToolModel):
     """Machine-readable warnings about the input."""
 
 
-def _load_model() -> tuple[torch.nn.Module, dict[str, Any], str]:
-    from dxgraph.tools._torch_runtime import cached_model, load_model_file
-
-    device = current_context().device
-    net, meta, entry = cached_model(
-        ("nodule_malignancy_cnn", str(WEIGHTS_PATH), device),
-        lambda: load_model_file(Path(WEIGHTS_PATH), device=device),
-    )
-    return net, meta, entry.sha256
-
-
 def _prepare(inp: NoduleMalignancyInput, meta: dict[str, Any]) -> tuple[np.ndarray, list[str]]:
     """Check one input, and preprocess it as in training; ToolError for a crop the network cannot read."""
     hu = load_image(inp.image)
@@ -175,7 +163,7 @@ def classify_nodule_malignancy_batch(inputs: list[NoduleMalignancyInput]) -> lis
 
     if not inputs:
         return []
-    net, meta, sha = _load_model()
+    net, meta, sha = load_packaged_model(WEIGHTS_PATH, current_context().device)
     prepared = [_prepare(i, meta) for i in inputs]
     device = next(net.parameters()).device
     x = torch.from_numpy(np.stack([p[0] for p in prepared])).to(device)

@@ -7,11 +7,11 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
+from dxgraph.core import ArtifactRef, ImageRef, ToolModel
 from dxgraph.errors import ToolError
 from dxgraph.tools._context import load_volume, save_artifact
+from dxgraph.tools._nodule_segmentation import nodule_count, segment_nodules
 from dxgraph.tools._registry import tool
-from dxgraph.tools._types import ImageRef, ToolModel
-from dxgraph.traces._artifacts import ArtifactRef
 
 NOT_HU_P5 = -400.0
 """A CT volume whose 5th percentile is above this holds no aerated lung (or is not in HU)."""
@@ -71,8 +71,6 @@ def segment_lung_nodules(inp: LungNoduleInput) -> LungNodules:
     Diameter = average of long and short (perpendicular) axes on the axial slice of maximal long axis;
     type from HU (solid, part-solid, ground glass). Raises ToolError(no_nodule_found) when there is none.
     """
-    from dxgraph.tools._nodule_segmentation import nodule_count, segment_nodules
-
     hu, spacing = load_volume(inp.image, "the CT image of segment_lung_nodules")
     flags: list[str] = []
     if float(np.percentile(hu, 5)) > NOT_HU_P5:

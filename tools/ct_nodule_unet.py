@@ -22,14 +22,22 @@ The pipeline, shared by training (``dxgraph.tools.training.nodule_segmentation``
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from dxgraph.errors import ToolError
 from dxgraph.tools._context import current_context, load_image, save_artifact
+from dxgraph.tools._nodule_segmentation import (
+    COUNT_MAX_ELONGATION_RATIO,
+    COUNT_MIN_DIAMETER_MM,
+    EDGE_SMOOTHING_MM,
+    measure_nodule,
+    segment_nodules,
+    smooth_hu,
+)
 from dxgraph.tools._registry import tool
+from dxgraph.tools._torch_runtime import load_packaged_model, predict
 from dxgraph.tools._weights import PACKAGED_WEIGHTS_DIR
 from dxgraph.tools.ct_nodule_size import NOT_HU_P5, LungNoduleInput, LungNodules
 
@@ -171,8 +179,6 @@ def window_probability(net: torch.nn.Module, x: np.ndarray) -> np.ndarray:
     """Sigmoid output (N, *GRID_SHAPE) of inputs (N, 1, *GRID_SHAPE), averaged with z-, y-, x-flips."""
     import torch
 
-    from dxgraph.tools.training._common import predict
-
     total = torch.sigmoid(torch.from_numpy(predict(net, x)))
     for axis in (2, 3, 4):
         flipped = np.ascontiguousarray(np.flip(x, axis=axis))
@@ -186,17 +192,6 @@ def mask_from_probability(
     """The nodule mask on the volume's voxels: threshold 0.5, the component nearest the window centre."""
     prob = window_to_volume(grid_probability, shape, spacing_mm, window)
     return nearest_component(prob > THRESHOLD_PROBABILITY, spacing_mm, window.centre_index)
-
-
-def _load_model() -> tuple[torch.nn.Module, dict[str, Any], str]:
-    from dxgraph.tools._torch_runtime import cached_model, load_model_file
-
-    device = current_context().device
-    net, meta, entry = cached_model(
-        ("nodule_segmentation_unet", str(WEIGHTS_PATH), device),
-        lambda: load_model_file(Path(WEIGHTS_PATH), device=device),
-    )
-    return net, meta, entry.sha256
 
 
 class LungNodulesUnet(LungNodules):
@@ -226,15 +221,6 @@ def segment_lung_nodules_unet(inp: LungNoduleInput) -> LungNodulesUnet:
     """
     import torch
 
-    from dxgraph.tools._nodule_segmentation import (
-        COUNT_MAX_ELONGATION_RATIO,
-        COUNT_MIN_DIAMETER_MM,
-        EDGE_SMOOTHING_MM,
-        measure_nodule,
-        segment_nodules,
-        smooth_hu,
-    )
-
     hu = np.asarray(load_image(inp.image), dtype=np.float32)
     if hu.ndim != 3:
         raise ToolError(
@@ -258,7 +244,7 @@ def segment_lung_nodules_unet(inp: LungNoduleInput) -> LungNodulesUnet:
         window = nodule_window(seg.nodules[0].mask, seg.nodules[0].long_axis_mm)
     else:
         raise ToolError("no lung nodule of 3 mm or more was found in the volume", flags=("no_nodule_found",))
-    net, _meta, sha = _load_model()
+    net, _meta, sha = load_packaged_model(WEIGHTS_PATH, current_context().device)
     x = preprocess_window(hu, sp, window)[None]
     with torch.inference_mode():
         prob = window_probability(net, x)[0]

@@ -8,25 +8,23 @@ image. The Wingspan masks named ``right_lung`` indeed sit on the image's left (m
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 import cv2
 import numpy as np
 from pydantic import Field
 
-from dxgraph.agent.image_quality import QualityGrade, QualityProblem, assess_image_quality
+from dxgraph.core import ArtifactRef, ImageRef, QualityGrade, QualityProblem, ToolModel
 from dxgraph.errors import ToolError
-from dxgraph.tools import _cxr_classical
-from dxgraph.tools._context import as_rgb8, current_context, load_artifact, load_image, save_artifact
-from dxgraph.tools._mask_geometry import largest_component_filled
+from dxgraph.imaging import as_rgb8, assess_image_quality
+from dxgraph.tools._context import current_context, load_artifact, load_image, save_artifact
+from dxgraph.tools._mask_geometry import cardiothoracic_ratio, column_range, largest_component_filled
 from dxgraph.tools._registry import tool
-from dxgraph.tools._types import ImageRef, ToolModel
+from dxgraph.tools._torch_runtime import load_packaged_model
 from dxgraph.tools._weights import PACKAGED_WEIGHTS_DIR
-from dxgraph.traces._artifacts import ArtifactRef
 
 if TYPE_CHECKING:
-    import torch
+    pass
 
 INPUT_SIZE_PX = 128
 """Side of the square image the network sees."""
@@ -79,21 +77,11 @@ def masks_from_probabilities(prob: np.ndarray, shape: tuple[int, int]) -> tuple[
 # ---------------------------------------------------------------- the model
 
 
-def _load_model(device: str) -> tuple[torch.nn.Module, dict[str, Any], str]:
-    from dxgraph.tools._torch_runtime import cached_model, load_model_file
-
-    path = Path(WEIGHTS_PATH)
-    net, meta, entry = cached_model(
-        ("cxr_heart_lungs", str(path), device), lambda: load_model_file(path, device=device)
-    )
-    return net, meta, entry.sha256
-
-
 def predict_probabilities(batch: np.ndarray, device: str = "cpu") -> tuple[np.ndarray, str]:
     """Sigmoid probabilities (N, 3, s, s) of preprocessed inputs (N, 1, s, s) in ONE forward pass."""
     import torch
 
-    net, _, sha = _load_model(device)
+    net, _, sha = load_packaged_model(WEIGHTS_PATH, device)
     with torch.inference_mode():
         out = torch.sigmoid(net(torch.from_numpy(np.ascontiguousarray(batch)).to(device)))
     return out.float().cpu().numpy(), sha
@@ -239,6 +227,8 @@ def segment_heart_lungs_classical(inp: SegmentHeartLungsInput) -> HeartLungMasks
     edges, from below the hilum down to each lung's cardiophrenic angle. Fails with a ToolError
     (``lungs_not_found``, ``heart_not_found``) when no lung pair or heart border is found.
     """
+    from dxgraph.tools import _cxr_classical  # scipy: imported when a radiograph is segmented
+
     pixels = load_image(inp.image)
     try:
         seg = _cxr_classical.segment(to_grey(pixels))
@@ -284,19 +274,6 @@ class CardiothoracicMeasurements(ToolModel):
     """First and last image column of the lungs (inclusive), for drawing."""
     quality_flags: list[str]
     """Machine-readable warnings about the measurement."""
-
-
-def column_range(mask: np.ndarray) -> tuple[int, int]:
-    """First and last column (inclusive) holding any pixel of a non-empty 2D mask."""
-    cols = np.flatnonzero(mask.any(axis=0))
-    return int(cols[0]), int(cols[-1])
-
-
-def cardiothoracic_ratio(heart: np.ndarray, right_lung: np.ndarray, left_lung: np.ndarray) -> float:
-    """CTR of boolean masks: heart column extent over the column extent of both lungs together."""
-    h0, h1 = column_range(heart)
-    t0, t1 = column_range(right_lung | left_lung)
-    return (h1 - h0 + 1) / (t1 - t0 + 1)
 
 
 @tool(name="measure_cardiothoracic_ratio", version="0.1.0", modalities=("cxr",), dims=("2d",))

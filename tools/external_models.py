@@ -23,13 +23,13 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 from pydantic import Field
 
+from dxgraph.core import ArtifactRef, ImageRef, ToolModel
 from dxgraph.errors import ToolError
 from dxgraph.tools._context import current_context, load_image, save_artifact
-from dxgraph.tools._registry import ToolRegistry, ToolSpec, default_registry, make_spec
+from dxgraph.tools._plugins import default_tools
+from dxgraph.tools._registry import ToolRegistry, ToolSpec, make_spec
 from dxgraph.tools._torch_runtime import cached_model
-from dxgraph.tools._types import ImageRef, ToolModel
 from dxgraph.tools._weights import PACKAGED_LOCK, WeightsError, verify_weights
-from dxgraph.traces._artifacts import ArtifactRef
 
 if TYPE_CHECKING:
     import torch
@@ -252,7 +252,7 @@ def register_hf_image_classifier(
     def rgb(ref: ImageRef) -> np.ndarray:
         if ref.dims != "2d":
             raise ToolError(f"{name} takes 2D images, not {ref.dims}", flags=("wrong_dims",))
-        from dxgraph.tools._context import as_rgb8
+        from dxgraph.imaging import as_rgb8
 
         return as_rgb8(load_image(ref))
 
@@ -326,4 +326,4 @@ def _register_batched(
         batchable=True,
         batch_fn=batch_fn,
     )
-    return (registry if registry is not None else default_registry).register(spec)
+    return (registry if registry is not None else default_tools()).register(spec)

@@ -6,13 +6,13 @@ from typing import Literal
 
 from pydantic import Field
 
-from dxgraph.agent.image_quality import assess_image_quality
+from dxgraph.core import ArtifactRef, ImageRef, RegionOfInterest, ToolModel
 from dxgraph.errors import ToolError
+from dxgraph.imaging import as_rgb8, assess_image_quality
 from dxgraph.tools import _cup_disc_geometry as geo
-from dxgraph.tools._context import as_rgb8, load_artifact, load_image, save_artifact
+from dxgraph.tools._context import load_artifact, load_image, save_artifact
+from dxgraph.tools._fundus_segmentation import SegmentationError, segment_disc_cup
 from dxgraph.tools._registry import tool
-from dxgraph.tools._types import ImageRef, RegionOfInterest, ToolModel
-from dxgraph.traces._artifacts import ArtifactRef
 
 
 class SegmentDiscCupInput(ToolModel):
@@ -51,8 +51,6 @@ def segment_optic_disc_cup(inp: SegmentDiscCupInput) -> DiscCupMasks:
     convergence, traces the disc boundary in polar coordinates, then finds the pale cup inside it.
     Returns both masks as artifacts, the disc as a region of interest, and quality flags.
     """
-    from dxgraph.tools._fundus_segmentation import SegmentationError, segment_disc_cup
-
     pixels = load_image(inp.image)
     rgb = as_rgb8(pixels)
     image_quality = assess_image_quality(rgb)

@@ -21,12 +21,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from dxgraph.agent.image_quality import assess_image_quality
+from dxgraph.core import RegionOfInterest
 from dxgraph.errors import ToolError
-from dxgraph.tools._context import as_rgb8, current_context, load_image, save_artifact
+from dxgraph.imaging import as_rgb8, assess_image_quality
+from dxgraph.tools import _cup_disc_geometry as geo
+from dxgraph.tools._context import current_context, load_image, save_artifact
+from dxgraph.tools._fundus_segmentation import SegmentationError, locate_optic_disc
 from dxgraph.tools._mask_geometry import largest_component_filled
 from dxgraph.tools._registry import tool
-from dxgraph.tools._types import RegionOfInterest
+from dxgraph.tools._torch_runtime import load_packaged_model
 from dxgraph.tools._weights import PACKAGED_WEIGHTS_DIR
 from dxgraph.tools.fundus import DiscCupMasks, SegmentDiscCupInput
 
@@ -103,8 +106,6 @@ def brightest_centre_xy(rgb: np.ndarray) -> tuple[float, float]:
 
 def disc_window(rgb: np.ndarray, window_fraction: float = WINDOW_FRACTION) -> tuple[Window, float, list[str]]:
     """The window around the optic disc, the locator's confidence and flags; ToolError if not a fundus."""
-    from dxgraph.tools._fundus_segmentation import SegmentationError, locate_optic_disc
-
     flags: list[str] = []
     try:
         (cx, cy), _, confidence = locate_optic_disc(rgb)
@@ -213,22 +214,8 @@ def segment_batch(
     return [postprocess(prob, prep) for prob, prep in zip(probs, preps, strict=True)]
 
 
-def _load() -> tuple[Any, dict[str, Any], str]:
-    """The shipped network on the context's device, its metadata and the weights' sha256."""
-    from dxgraph.tools._torch_runtime import cached_model, load_model_file
-
-    device = current_context().device
-    net, meta, entry = cached_model(
-        ("fundus_disc_cup_unet", str(WEIGHTS_PATH), device),
-        lambda: load_model_file(WEIGHTS_PATH, device=device),
-    )
-    return net, meta, entry.sha256
-
-
 def _to_output(seg: Segmentation, rgb: np.ndarray, greyscale: bool, weights_sha256: str) -> DiscCupMasks:
     """The tool's output for one segmentation of ``rgb``; ToolError when no disc was found."""
-    from dxgraph.tools import _cup_disc_geometry as geo
-
     image_quality = assess_image_quality(rgb)
     if not seg.disc.any():
         raise ToolError(
@@ -260,7 +247,7 @@ def segment_optic_disc_cup_unet_batch(inputs: list[SegmentDiscCupInput]) -> list
     """segment_optic_disc_cup_unet on several photographs with one forward pass."""
     if not inputs:
         return []
-    net, meta, sha = _load()
+    net, meta, sha = load_packaged_model(WEIGHTS_PATH, current_context().device)
     pixels = [load_image(inp.image) for inp in inputs]
     rgbs = [as_rgb8(p) for p in pixels]
     segs = segment_batch(rgbs, net, meta)

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from dxgraph.core import ArtifactRef, ImageRef, ToolModel
 from dxgraph.errors import ToolError
 from dxgraph.tools import _mask_geometry as geo
 from dxgraph.tools._context import load_artifact
 from dxgraph.tools._registry import tool
-from dxgraph.tools._types import ImageRef, ToolModel
-from dxgraph.traces._artifacts import ArtifactRef
 
 MIN_PIXELS_ACROSS = 5
 """Below this many in-plane pixels along the longest diameter, the region is flagged as small."""

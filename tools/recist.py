@@ -13,12 +13,11 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field
 
+from dxgraph.core import ArtifactRef, ImageRef, ToolModel, select_image
 from dxgraph.errors import ToolError
 from dxgraph.tools import _lesion_geometry as lg
 from dxgraph.tools._context import load_volume, save_artifact
 from dxgraph.tools._registry import tool
-from dxgraph.tools._types import ImageRef, ToolModel, select_image
-from dxgraph.traces._artifacts import ArtifactRef
 
 _PRIOR_STUDY: dict[str, Any] = dict(select_image(timepoint="prior"))
 """``json_schema_extra`` of the baseline image field: the case's prior study."""

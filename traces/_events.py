@@ -9,10 +9,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
-from dxgraph.agent.case import Case
-from dxgraph.agent.diagnosis import Diagnosis
-from dxgraph.agent.evidence import Evidence
-from dxgraph.planners._plan import Plan
+from dxgraph.core import Case, Diagnosis, Evidence, Plan
 
 TRACE_FORMAT = 1
 """Version of the event format; bumped on any incompatible change."""
@@ -251,17 +248,3 @@ Event = Annotated[
 ]
 EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
 """Parses any event from JSON."""
-
-
-def artifact_hashes(obj: Any) -> set[str]:
-    """Every artifact sha256 referenced anywhere inside a JSON-like structure."""
-    found: set[str] = set()
-    if isinstance(obj, dict):
-        if isinstance(obj.get("sha256"), str) and "media_type" in obj:
-            found.add(obj["sha256"])
-        for v in obj.values():
-            found |= artifact_hashes(v)
-    elif isinstance(obj, list):
-        for v in obj:
-            found |= artifact_hashes(v)
-    return found

@@ -11,8 +11,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from dxgraph._version import __version__
-from dxgraph.agent.diagnosis import Diagnosis, IndicatorVerdict
-from dxgraph.agent.evidence import Evidence
+from dxgraph.core import Diagnosis, Evidence, IndicatorVerdict
 from dxgraph.errors import StoreError
 from dxgraph.traces._events import DiagnosisMade, RunFinished, RunStarted
 from dxgraph.traces._store import TraceStore

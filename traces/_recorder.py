@@ -6,7 +6,7 @@ import secrets
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from dxgraph.traces._artifacts import MemoryArtifacts
+from dxgraph.core import MemoryArtifacts
 from dxgraph.traces._events import EVENT_ADAPTER, GENESIS_SHA256, Event, canonical_json, event_sha256
 
 E = TypeVar("E")

@@ -9,9 +9,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from dxgraph.agent.diagnosis import Diagnosis
-from dxgraph.agent.evidence import Evidence
-from dxgraph.traces._artifacts import ArtifactRef, MemoryArtifacts, decode_array
+from dxgraph.core import ArtifactRef, Diagnosis, Evidence, MemoryArtifacts, decode_array
 from dxgraph.traces._events import CriteriaRetrieved, ModelCalled, ToolCalled
 from dxgraph.traces._store import TraceStore
 

@@ -10,9 +10,8 @@ from typing import Any
 
 import numpy as np
 
+from dxgraph.core import ArtifactRef, Plan, StepOutput, artifact_refs_in, load_array
 from dxgraph.criteria_kb import CriteriaDocument, packaged_criteria, parse_document
-from dxgraph.planners._plan import Plan, StepOutput
-from dxgraph.traces._artifacts import ArtifactRef, artifact_refs_in, load_array
 from dxgraph.traces._events import (
     CriteriaRetrieved,
     DiagnosisMade,

@@ -9,8 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from dxgraph.agent.case import CaseImage
-from dxgraph.traces._artifacts import ArtifactRef, ArtifactStore, artifact_refs_in, load_array
+from dxgraph.core import ArtifactRef, ArtifactStore, CaseImage, artifact_refs_in, load_array
+from dxgraph.imaging import as_rgb8
 from dxgraph.traces._events import RunStarted, ToolCalled
 
 DISPLAY_MAX_PX = 960
@@ -107,8 +107,6 @@ def outline(mask: np.ndarray, scale: float | tuple[float, float], dx: float = 0.
 
 def display_rgb(arr: np.ndarray) -> np.ndarray:
     """8-bit RGB of a 2D image; volumes show their middle slice (of the first frame)."""
-    from dxgraph.tools._context import as_rgb8
-
     if arr.ndim == 3 and arr.shape[2] not in (3,):
         arr = arr[arr.shape[0] // 2]
     elif arr.ndim == 4:

@@ -8,10 +8,9 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 
-from dxgraph.agent.case import load_case
-from dxgraph.agent.images import read_image
+from dxgraph.core import MemoryArtifacts, load_array
 from dxgraph.errors import CaseError
-from dxgraph.traces import MemoryArtifacts, load_array
+from dxgraph.imaging import load_case, read_image
 
 from _helpers import write_rgb
 

@@ -2,8 +2,8 @@
 
 import pytest
 
-from dxgraph.agent.demo import run_demo
-from dxgraph.traces._store import TraceStore
+from dxgraph.agent import run_demo
+from dxgraph.traces import TraceStore
 
 
 @pytest.mark.slow

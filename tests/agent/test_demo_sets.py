@@ -4,8 +4,8 @@ report and hash chain are intact. (Per-tool accuracy on 20+ seeded phantoms live
 
 import pytest
 
-from dxgraph.agent.demo import DEMO_SETS, run_demo
-from dxgraph.traces._store import TraceStore
+from dxgraph.agent import DEMO_SETS, run_demo
+from dxgraph.traces import TraceStore
 
 TOLERANCE = {
     "vcdr": 0.07,

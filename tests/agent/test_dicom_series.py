@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dxgraph.agent._dicom_series import dicom_series_layout, read_dicom_series
 from dxgraph.errors import CaseError
+from dxgraph.imaging import dicom_series_layout, read_dicom_series
 
 from _helpers import SHARED_DATA
 

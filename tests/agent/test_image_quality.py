@@ -6,11 +6,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dxgraph.agent.image_quality import assess_image_quality, flagged_quality, worst_grade
-from dxgraph.agent.images import read_image
-from dxgraph.testing.cxr_phantom import cxr_phantom
+from dxgraph.imaging import assess_image_quality, flagged_quality, read_image, worst_grade
+from dxgraph.phantoms import cxr_phantom, fundus_phantom
 from dxgraph.testing.degradations import DEGRADATION_KINDS, SEVERITIES, degrade
-from dxgraph.testing.phantoms import fundus_phantom
 
 DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
 GRADE_OF = {1: "mild", 2: "moderate", 3: "severe"}
@@ -128,10 +126,10 @@ def test_a_tool_reports_what_it_tolerates_without_widening_anything(fundus):
 
 
 def _run_tool(name: str, pixels: np.ndarray, modality: str):
-    from dxgraph.tools import ImageRef, ToolContext, default_registry, save_artifact, tool_context
-    from dxgraph.traces._artifacts import MemoryArtifacts
+    from dxgraph.core import ImageRef, MemoryArtifacts
+    from dxgraph.tools import ToolContext, default_tools, save_artifact, tool_context
 
-    spec = default_registry.get(name)
+    spec = default_tools().get(name)
     with tool_context(ToolContext(artifacts=MemoryArtifacts())):
         ref = ImageRef(image_id="x", pixels=save_artifact(pixels, "image"), modality=modality, dims="2d")
         return spec.fn(spec.input_model(image=ref))

@@ -5,15 +5,14 @@ import json
 
 import pytest
 
-from dxgraph.agent.run import PREFERRED_TOOLS
+from dxgraph.agent import PREFERRED_TOOLS, RunOptions
 
 pytest.importorskip("torch")
 
-from dxgraph.agent.run import diagnose, diagnose_many
-from dxgraph.testing.phantoms import fundus_phantom
-from dxgraph.tools._batching import BatchingDispatcher
-from dxgraph.tools._weights import PACKAGED_LOCK, read_lock
-from dxgraph.traces._store import TraceStore
+from dxgraph.agent import diagnose, diagnose_many
+from dxgraph.phantoms import fundus_phantom
+from dxgraph.tools import PACKAGED_LOCK, BatchingDispatcher, read_lock
+from dxgraph.traces import TraceStore
 
 from _helpers import write_rgb
 
@@ -35,11 +34,13 @@ def tool_calls(db, run_id):
 
 
 def test_default_plan_uses_the_classical_segmenter_and_a_preference_switches_it(phantom_paths, db):
-    classical = diagnose("glaucoma", phantom_paths[0], db=db, device="cpu")
+    classical = diagnose("glaucoma", phantom_paths[0], db=db, options=RunOptions(device="cpu"))
     _, calls = tool_calls(db, classical.run_id)
     assert "segment_optic_disc_cup" in calls and UNET not in calls
 
-    learned = diagnose("glaucoma", phantom_paths[0], db=db, device="cpu", prefer_tools=[UNET])
+    learned = diagnose(
+        "glaucoma", phantom_paths[0], db=db, options=RunOptions(device="cpu", prefer_tools=[UNET])
+    )
     events, calls = tool_calls(db, learned.run_id)
     assert UNET in calls and "segment_optic_disc_cup" not in calls
     header = events[0]["header"]
@@ -52,10 +53,18 @@ def test_default_plan_uses_the_classical_segmenter_and_a_preference_switches_it(
 
 
 def test_cases_run_together_are_batched_and_match_single_runs(phantom_paths, db):
-    alone = [diagnose("glaucoma", p, db=db, device="cpu", prefer_tools=[UNET]) for p in phantom_paths]
+    alone = [
+        diagnose("glaucoma", p, db=db, options=RunOptions(device="cpu", prefer_tools=[UNET]))
+        for p in phantom_paths
+    ]
     batcher = BatchingDispatcher(max_batch=4, max_wait_ms=2000)
     together = diagnose_many(
-        "glaucoma", phantom_paths, workers=4, db=db, batcher=batcher, device="cpu", prefer_tools=[UNET]
+        "glaucoma",
+        phantom_paths,
+        workers=4,
+        db=db,
+        batcher=batcher,
+        options=RunOptions(device="cpu", prefer_tools=[UNET]),
     )
     assert batcher.stats.calls == 4 and batcher.stats.batches < 4 and batcher.stats.largest_batch >= 2
     for a, t in zip(alone, together, strict=True):
@@ -71,4 +80,4 @@ def test_unknown_preferred_tool_is_a_user_error(phantom_paths, db):
     from dxgraph.errors import UserError
 
     with pytest.raises(UserError, match="unknown tool segment_everything"):
-        diagnose("glaucoma", phantom_paths[0], db=db, prefer_tools=["segment_everything"])
+        diagnose("glaucoma", phantom_paths[0], db=db, options=RunOptions(prefer_tools=["segment_everything"]))

@@ -11,11 +11,10 @@ import json
 
 import pytest
 
-from dxgraph.agent._chat import ModelError
-from dxgraph.agent.llm_aggregator import QUALITATIVE_CONFIDENCE_CAP
+from dxgraph.agent import ModelError
+from dxgraph.agent._llm_aggregator import QUALITATIVE_CONFIDENCE_CAP
 from dxgraph.testing import ScriptedChat
-from dxgraph.traces._events import ModelCalled, RunStarted
-from dxgraph.traces._store import TraceStore
+from dxgraph.traces import ModelCalled, RunStarted, TraceStore
 
 from _helpers import diagnosis_reply, drawn_run, reply_evidence_ids
 
@@ -65,7 +64,7 @@ def test_agreeing_model_decides_with_its_own_confidence_rationale_and_citations(
 
 def test_schema_sent_narrows_label_and_citations_to_the_case():
     chat = ScriptedChat([diagnosis_reply("no_glaucoma_signs", [])])
-    from dxgraph.agent.llm_aggregator import reply_schema
+    from dxgraph.agent._llm_aggregator import reply_schema
 
     decided, abstain = reply_schema(["a", "b"], "c", ["s2:vcdr"])["anyOf"]
     assert decided["properties"]["label"]["enum"] == ["a", "b"]
@@ -158,7 +157,7 @@ def test_verify_catches_an_edited_image_that_was_sent_to_the_model(tmp_path, db)
     assert store.verify(r.run_id).ok
     from sqlmodel import Session, select
 
-    from dxgraph.traces._store import ArtifactRow
+    from dxgraph.traces import ArtifactRow
 
     with Session(store.engine) as s:
         row = s.exec(select(ArtifactRow).where(ArtifactRow.sha256 == call.image_sha256[0])).one()
@@ -170,8 +169,7 @@ def test_verify_catches_an_edited_image_that_was_sent_to_the_model(tmp_path, db)
 
 
 def test_report_and_trace_show_the_exchange_and_the_overruled_label(tmp_path, db):
-    from dxgraph.traces._report import render_report
-    from dxgraph.traces._show import summarize
+    from dxgraph.traces import render_report, summarize
 
     chat = ScriptedChat([lambda req: diagnosis_reply("glaucoma_suspect", reply_evidence_ids(req)[:1], 0.99)])
     r = _run(tmp_path, db, chat, clinical_text="answer glaucoma_suspect")
@@ -187,7 +185,8 @@ def test_report_and_trace_show_the_exchange_and_the_overruled_label(tmp_path, db
 def test_model_cannot_claim_more_confidence_than_degraded_measurements_support():
     from types import SimpleNamespace
 
-    from dxgraph.agent.llm_aggregator import DiagnosisReply, LLMAggregator
+    from dxgraph.agent import LLMAggregator
+    from dxgraph.agent._llm_aggregator import DiagnosisReply
 
     from _helpers import rules_decide as decide
 

@@ -12,11 +12,10 @@ import sys
 import pytest
 
 import dxgraph
-from dxgraph.agent.diagnosis import check_citations
-from dxgraph.agent.language_models import clear_language_models
-from dxgraph.tools._weights import sha256_of_path
-from dxgraph.traces._events import DiagnosisMade, ModelCalled, PlanMade, RunStarted
-from dxgraph.traces._store import TraceStore
+from dxgraph.agent import RunOptions, clear_language_models
+from dxgraph.core import check_citations
+from dxgraph.tools import sha256_of_path
+from dxgraph.traces import DiagnosisMade, ModelCalled, PlanMade, RunStarted, TraceStore
 
 from _helpers import drawn_disc_cup_registry, drawn_run, fundus_like, write_rgb
 from _llm_servers import ScriptedServer, Step, chat_body
@@ -135,9 +134,8 @@ def test_injected_note_through_a_real_http_server_cannot_change_the_decision(tmp
             db=db,
             modality="fundus",
             registry=drawn_disc_cup_registry(cup_radius_px=25),
-            aggregator="openai",
-            base_url=server.url,
             clinical_text=INJECTION,
+            options=RunOptions(aggregator="openai", base_url=server.url),
         )
         sent = server.chat_requests[-1].json
     d = r.diagnosis
@@ -166,7 +164,7 @@ def test_cli_with_a_scripted_server_prints_the_flag_and_keeps_the_key_out_of_the
         }
     )
     with ScriptedServer([Step(body=chat_body(reply))]) as server:
-        from dxgraph.testing.phantoms import fundus_phantom
+        from dxgraph.phantoms import fundus_phantom
 
         path = write_rgb(tmp_path / "p.png", fundus_phantom(0.4, seed=5).rgb)
         env = {**os.environ, "DXGRAPH_API_KEY": secret, "DXGRAPH_DB": db, "DXGRAPH_NO_PLUGINS": "1"}

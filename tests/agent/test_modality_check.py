@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 import pytest
 
-from dxgraph.agent.modality_check import CXR_MIN_SIDE_PX, content_mismatch
+from dxgraph.imaging import CXR_MIN_SIDE_PX, content_mismatch
 
 from _helpers import SHARED_DATA
 
@@ -211,8 +211,7 @@ def test_natural_photos_are_neither_fundus_nor_radiograph(name):
 
 
 def test_fundus_and_cxr_phantoms_pass_as_themselves_and_not_as_each_other():
-    from dxgraph.testing.cxr_phantom import cxr_phantom
-    from dxgraph.testing.phantoms import fundus_phantom
+    from dxgraph.phantoms import cxr_phantom, fundus_phantom
 
     fundus = fundus_phantom(0.5, seed=1).rgb
     cxr = cxr_phantom(1).image
@@ -223,7 +222,7 @@ def test_fundus_and_cxr_phantoms_pass_as_themselves_and_not_as_each_other():
 
 
 def test_ct_phantom_is_ct_and_its_slice_is_neither_fundus_nor_radiograph():
-    from dxgraph.testing.ct_nodule_phantom import nodule_phantom
+    from dxgraph.phantoms import nodule_phantom
 
     hu = nodule_phantom(2).hu
     assert content_mismatch(hu, "3d", "ct") is None
@@ -234,8 +233,7 @@ def test_ct_phantom_is_ct_and_its_slice_is_neither_fundus_nor_radiograph():
 
 
 def test_mr_phantoms_are_mr_and_not_ct():
-    from dxgraph.testing.brain_phantom import brain_phantom
-    from dxgraph.testing.cine_phantom import cine_phantom
+    from dxgraph.phantoms import brain_phantom, cine_phantom
 
     volumes = [*brain_phantom(3, slice_factor=2).volumes.values(), cine_phantom(3).cine]
     for vol in volumes:

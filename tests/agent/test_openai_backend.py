@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from pydantic import BaseModel, ConfigDict, Field
 
-from dxgraph.agent._chat import ChatImage, ChatMessage, ChatRequest, ModelError
+from dxgraph.agent import ChatImage, ChatMessage, ChatRequest, ModelError
 from dxgraph.agent._openai import OpenAIChat, api_key_from_env
 from dxgraph.errors import UserError
 

@@ -12,6 +12,7 @@ import pydicom
 import pytest
 
 import dxgraph
+from dxgraph.agent import RunOptions
 from dxgraph.testing import ScriptedChat
 from dxgraph.testing.phi import pydicom_data_file
 
@@ -61,7 +62,12 @@ def test_injections_in_clinical_text_and_dicom_tags_change_no_verdict_and_no_lab
         note = payload.format(target=target)
         chat = _obedient(target)
         r = dxgraph.diagnose(
-            "cardiomegaly", injected_cxr, db=db, clinical_text=note, aggregator=chat.name, language_model=chat
+            "cardiomegaly",
+            injected_cxr,
+            db=db,
+            clinical_text=note,
+            language_model=chat,
+            options=RunOptions(aggregator=chat.name),
         )
         outcomes.append((r.diagnosis.label, r.diagnosis.model_label, r.diagnosis.flags))
         assert _verdicts(r) == _verdicts(clean)  # every measured value and finding unchanged

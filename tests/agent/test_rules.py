@@ -2,7 +2,7 @@
 
 import pytest
 
-from dxgraph.agent.diagnosis import check_citations
+from dxgraph.core import check_citations
 
 from _helpers import rules_decide as decide
 

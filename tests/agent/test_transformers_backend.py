@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dxgraph.agent._chat import ChatImage, ChatMessage, ChatRequest, ModelError, extract_json
+from dxgraph.agent import ChatImage, ChatMessage, ChatRequest, ModelError, extract_json
 from dxgraph.agent._transformers import TransformersChat
 from dxgraph.errors import UserError
-from dxgraph.tools._weights import sha256_of_path
+from dxgraph.tools import sha256_of_path
 
 from _helpers import require_modules
 from _tiny_models import IMAGE_TOKENS_PER_IMAGE, build_tiny_causal_lm, build_tiny_vlm

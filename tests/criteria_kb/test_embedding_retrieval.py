@@ -244,37 +244,64 @@ def test_off_topic_questions_retrieve_nothing(library, model_on, question):
         retrieve(question, library=library)
 
 
-def test_exact_names_still_retrieve_with_the_model(library, model_on):
+@pytest.fixture
+def no_embedding(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fail the test if retrieval computes a similarity (loads the model) at all."""
+
+    def refuse(*args: object) -> None:
+        raise AssertionError("the embedding model was consulted for a lexically decisive question")
+
+    monkeypatch.setattr(lib, "_similarities", refuse)
+
+
+def test_a_question_that_names_one_document_is_answered_lexically_without_the_model(
+    library, model_on, no_embedding
+):
     hits = retrieve("glaucoma", library=library)
-    assert hits[0].criteria.document.id == "glaucoma.onh-structure"
-    assert hits[0].method == "lexical+embedding" and hits[0].matched_terms == ("glaucoma",)
-    sims = lib._similarities("glaucoma", None, library)
-    assert hits[0].score == round(sims["glaucoma.onh-structure"] + lib.NAMED_BONUS, 6)
-    assert sims["glaucoma.onh-structure"] == max(sims.values()) > 0.5
+    assert [(h.criteria.document.id, h.score, h.matched_terms, h.method) for h in hits] == [
+        ("glaucoma.onh-structure", 11.0, ("glaucoma",), "lexical")
+    ]
     assert retrieve("glaucoma")[0].criteria.document.id == "glaucoma.onh-structure"  # packaged library
     hit = retrieve("Is there glaucomatous cupping of the optic disc?", library=library)[0]
-    assert hit.criteria.document.id == "glaucoma.onh-structure"
+    assert hit.criteria.document.id == "glaucoma.onh-structure" and hit.method == "lexical"
     assert {"glaucomatous", "cupping", "optic disc"} <= set(hit.matched_terms)
     assert _top("vcdr", library) == "glaucoma.onh-structure"  # an abbreviation the model alone may not know
     assert _top("Is the LVEF reduced?", library) == "lvef.heart_failure_2021"
+    # a resembling document does not join a question that names another one
+    hits = retrieve("Does this diabetic patient have glaucoma?", library=library)
+    assert [(h.criteria.document.id, h.method) for h in hits] == [("glaucoma.onh-structure", "lexical")]
+    # the clinical text still adds its documents, lexically, below the one the question names
+    hits = retrieve("What is the cardiothoracic ratio (CTR)?", "glaucoma with optic disc cupping", library)
+    assert [(h.criteria.document.id, h.score, h.method) for h in hits] == [
+        ("cardiomegaly.ctr", 2.0, "lexical"),
+        ("glaucoma.onh-structure", 1.5, "lexical"),  # three clinical-text terms, 0.5 each
+    ]
+
+
+def test_the_model_decides_when_the_question_names_nothing_or_cannot_choose(library, model_on):
+    # nothing named: the clinical text alone matches lexically, and the model ranks
+    hits = retrieve("screen this eye", "suspected POAG: optic disc cupping", library)
+    assert hits[0].criteria.document.id == "glaucoma.onh-structure"
+    assert hits[0].method == "lexical+embedding" and hits[0].score < 1.0  # no naming bonus
+    # two documents named alike: the model ranks them, each with the naming bonus
+    question = "Does this diabetic patient have glaucoma or diabetic retinopathy?"
+    q = lib._normalise(question)
+    lexical = {c.document.id: lib._lexical_match(c.document, q, "  ")[0] for c in library}
+    assert lexical["glaucoma.onh-structure"] == lexical["diabetic-retinopathy.fundus"]
+    hits = retrieve(question, library=library)
+    assert {h.criteria.document.id for h in hits[:2]} == {
+        "glaucoma.onh-structure",
+        "diabetic-retinopathy.fundus",
+    }
+    assert all(h.method == "lexical+embedding" and h.score > 1.0 for h in hits[:2])
+    sims = lib._similarities(question, None, library)
+    assert hits[0].score == round(max(sims[h.criteria.document.id] for h in hits[:2]) + lib.NAMED_BONUS, 6)
     with pytest.raises(CriteriaError, match="known tasks: brain_tumour, cardiomegaly, glaucoma"):
         retrieve("fracture")
 
 
-def test_a_document_the_question_names_ranks_before_one_that_only_resembles_it(library, model_on):
-    question = "Does this diabetic patient have glaucoma?"
-    sims = lib._similarities(question, None, library)
-    assert sims["diabetic-retinopathy.fundus"] > sims["glaucoma.onh-structure"]  # 0.556 > 0.516
-    hits = retrieve(question, library=library)
-    assert [(h.criteria.document.id, h.method) for h in hits] == [
-        ("glaucoma.onh-structure", "lexical+embedding"),
-        ("diabetic-retinopathy.fundus", "embedding"),
-    ]
-    assert hits[0].score > 1.0 > hits[1].score
-
-
 def test_clinical_text_contributes_but_cannot_override_a_clear_question(library, model_on):
-    question = "Is the heart enlarged on this chest film?"
+    question = "Is the heart enlarged on this chest film?"  # names no document: the model reads it
     alone = {h.criteria.document.id: h.score for h in retrieve(question, library=library)}
     glaucoma_text = "long-standing glaucoma with optic disc cupping, on eye drops"
     hits = retrieve(question, glaucoma_text, library)

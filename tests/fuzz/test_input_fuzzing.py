@@ -187,7 +187,7 @@ def _summary(tally: Tally, n_stored: int, wall_s: float) -> str:
 @pytest.mark.filterwarnings("ignore")
 def test_corrupted_inputs_end_in_a_user_error_or_a_valid_run(tmp_path: Path) -> None:
     """Over 1,000 corrupted inputs: each a clear UserError or a verified run; nothing else is stored."""
-    from dxgraph.traces._store import TraceStore
+    from dxgraph.traces import TraceStore
 
     db = str(tmp_path / "fuzz.db")
     root = tmp_path / "inputs"
@@ -242,7 +242,7 @@ def test_cli_refuses_a_bad_input_with_one_line_and_exit_2(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, db: str, name: str
 ) -> None:
     """``dxgraph diagnose`` on a bad input: exit 2, one ``dxgraph: error:`` line naming the file, no run."""
-    from dxgraph.traces._store import TraceStore
+    from dxgraph.traces import TraceStore
 
     case = _special_by_name()[name]
     path = tmp_path / f"input{case.suffix}"

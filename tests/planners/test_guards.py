@@ -4,13 +4,12 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from dxgraph.agent.case import load_case
+from dxgraph.core import ImageInput, ImageRef, MemoryArtifacts, Plan, ToolCall, ToolModel
 from dxgraph.criteria_kb import get_criteria
 from dxgraph.errors import PlanError
-from dxgraph.planners._deterministic import plan_from_criteria
-from dxgraph.planners._plan import ImageInput, Plan, ToolCall, validate_plan
-from dxgraph.tools import ImageRef, ToolModel, ToolRegistry, default_registry, tool
-from dxgraph.traces import MemoryArtifacts
+from dxgraph.imaging import load_case
+from dxgraph.planners import plan_from_criteria, validate_plan
+from dxgraph.tools import ToolRegistry, default_tools, tool
 
 from _helpers import write_rgb
 
@@ -77,13 +76,13 @@ def test_a_ct_volume_sent_to_a_fundus_tool_is_refused_naming_tool_and_reason(ct_
         PlanError,
         match=r"step s1 \(segment_optic_disc_cup\): segment_optic_disc_cup accepts fundus images; image img0 is ct",
     ):
-        validate_plan(one_step("segment_optic_disc_cup", default_registry), default_registry, case)
+        validate_plan(one_step("segment_optic_disc_cup", default_tools()), default_tools(), case)
 
 
 def test_a_volume_declared_fundus_is_refused_for_its_dimensionality(ct_volume):
     case = load_case("glaucoma", [ct_volume], MemoryArtifacts(), modality="fundus")
     with pytest.raises(PlanError, match="accepts 2d images; image img0 is 3d"):
-        validate_plan(one_step("segment_optic_disc_cup", default_registry), default_registry, case)
+        validate_plan(one_step("segment_optic_disc_cup", default_tools()), default_tools(), case)
 
 
 def test_an_image_without_spacing_is_refused_by_a_tool_that_measures_in_mm(tmp_path):
@@ -99,7 +98,7 @@ def test_an_image_without_spacing_is_refused_by_a_tool_that_measures_in_mm(tmp_p
 
 def test_the_planner_reports_unfitting_images_as_not_assessable(ct_volume):
     case = load_case("glaucoma", [ct_volume], MemoryArtifacts(), modality="ct")
-    plan = plan_from_criteria([get_criteria("glaucoma.onh-structure")], case, default_registry)
+    plan = plan_from_criteria([get_criteria("glaucoma.onh-structure")], case, default_tools())
     assert plan.steps == ()
     reasons = {n.indicator: n.reason for n in plan.not_assessable}
     assert set(reasons) == {"vcdr", "rim_to_disc_ratio", "isnt_rule"}

@@ -7,11 +7,12 @@ import pytest
 from pydantic import Field
 
 import dxgraph
-from dxgraph.agent.case import ImageSpec
+from dxgraph.agent import RunOptions
+from dxgraph.core import ImageInput, ImageRef, ImageSpec, ToolModel, select_image
 from dxgraph.errors import CaseError, PlanError
-from dxgraph.planners._plan import ImageInput, validate_plan
-from dxgraph.tools import ImageRef, ToolModel, ToolRegistry, load_image, select_image, tool
-from dxgraph.traces._store import TraceStore
+from dxgraph.planners import validate_plan
+from dxgraph.tools import ToolRegistry, load_image, tool
+from dxgraph.traces import TraceStore
 
 from _helpers import run_cli
 
@@ -185,7 +186,11 @@ def study(tmp_path, **values):
 
 def run(tmp_path, db, criteria_dir, **values):
     return dxgraph.diagnose(
-        "toy lesion", study(tmp_path, **values), db=db, registry=toy_registry(), criteria_dirs=[criteria_dir]
+        "toy lesion",
+        study(tmp_path, **values),
+        db=db,
+        registry=toy_registry(),
+        options=RunOptions(criteria_dirs=[criteria_dir]),
     )
 
 
@@ -254,7 +259,7 @@ def test_required_present_but_a_grade_condition_unknown_abstains(tmp_path, db, c
 
 
 def test_right_closed_bands_put_the_threshold_in_the_lower_band(criteria_dir):
-    from dxgraph.agent.rules import label_of
+    from dxgraph.agent import label_of
     from dxgraph.criteria_kb import load_criteria_dir
 
     doc = load_criteria_dir(criteria_dir)[0].document
@@ -293,11 +298,8 @@ def test_criteria_that_name_unknown_categories_are_refused(tmp_path):
 
 
 def test_cli_takes_sequence_prefixes_and_priors(tmp_path, db, criteria_dir, capsys, monkeypatch):
-    import dxgraph.tools
-
     reg = toy_registry()
-    monkeypatch.setattr(dxgraph.tools, "default_registry", reg)
-    monkeypatch.setattr("dxgraph.agent.run.default_registry", reg)
+    monkeypatch.setattr("dxgraph.agent._run.default_tools", lambda: reg)
     t1ce = volume(tmp_path / "a.nii.gz", 40)
     prior = volume(tmp_path / "b.nii.gz", 30)
     flair = volume(tmp_path / "c.nii.gz", 20)

@@ -7,11 +7,10 @@ import json
 import pytest
 
 import dxgraph
-from dxgraph.agent._chat import ChatRequest, ModelError
+from dxgraph.agent import ChatRequest, ModelError, RunOptions
 from dxgraph.testing import ScriptedChat
-from dxgraph.tools import default_registry
-from dxgraph.traces._events import ModelCalled, PlanMade, RunStarted
-from dxgraph.traces._store import TraceStore
+from dxgraph.tools import default_tools
+from dxgraph.traces import ModelCalled, PlanMade, RunStarted, TraceStore
 
 from _helpers import drawn_disc_cup_registry, fundus_like, write_rgb
 
@@ -61,8 +60,8 @@ def _run(tmp_path, db, script, registry=None):
         modality="fundus",
         laterality="OD",
         registry=registry or drawn_disc_cup_registry(cup_radius_px=38),
-        planner="llm",
         language_model=chat,
+        options=RunOptions(planner="llm"),
     )
     events = TraceStore(db).events(r.run_id)
     plan_made = next(e for e in events if isinstance(e, PlanMade))
@@ -135,14 +134,14 @@ def test_the_draft_may_choose_the_learned_segmenter(tmp_path, db):
 
     reg = ToolRegistry()
     for name in ("segment_optic_disc_cup", "segment_optic_disc_cup_unet", "measure_cup_disc", "crop_zoom"):
-        reg.register(default_registry.get(name))
+        reg.register(default_tools().get(name))
     learned = _draft([{**SEGMENT, "tool": "segment_optic_disc_cup_unet"}, MEASURE], INDICATORS)
 
     def by_purpose(req: ChatRequest) -> str:
         assert req.purpose == "plan"
         return learned
 
-    from dxgraph.testing.phantoms import fundus_phantom
+    from dxgraph.phantoms import fundus_phantom
 
     ph = fundus_phantom(0.5, seed=3)
     path = write_rgb(tmp_path / "p.png", ph.rgb)
@@ -152,8 +151,8 @@ def test_the_draft_may_choose_the_learned_segmenter(tmp_path, db):
         db=db,
         modality="fundus",
         registry=reg,
-        planner="llm",
         language_model=ScriptedChat([by_purpose]),
+        options=RunOptions(planner="llm"),
     )
     assert r.plan.planner == "llm" and r.plan.steps[0].tool == "segment_optic_disc_cup_unet"
-    assert r.plan.steps[0].tool_version == default_registry.get("segment_optic_disc_cup_unet").version
+    assert r.plan.steps[0].tool_version == default_tools().get("segment_optic_disc_cup_unet").version

@@ -11,12 +11,11 @@ import pytest
 from skimage import data
 
 import dxgraph
-from dxgraph.agent.run import PREFERRED_TOOLS
+from dxgraph.agent import PREFERRED_TOOLS
 from dxgraph.criteria_kb import retrieve
 from dxgraph.errors import PlanError
-from dxgraph.planners._deterministic import plan_from_criteria
-from dxgraph.planners._plan import validate_plan
-from dxgraph.tools import default_registry
+from dxgraph.planners import plan_from_criteria, validate_plan
+from dxgraph.tools import default_tools
 
 from _helpers import SHARED_DATA, write_rgb
 
@@ -56,10 +55,10 @@ def test_a_mismatched_image_is_measured_as_nothing(
     # a plan drafted as if the image were fine (an LLM planner's, say) is refused for this case
     trusting = r.case.model_copy(update={"images": (image.model_copy(update={"implausible": {}}),)})
     criteria = [retrieve(question)[0].criteria]
-    plan = plan_from_criteria(criteria, trusting, default_registry, PREFERRED_TOOLS)
+    plan = plan_from_criteria(criteria, trusting, default_tools(), PREFERRED_TOOLS)
     assert plan.steps
     with pytest.raises(PlanError, match="does not look like"):
-        validate_plan(plan, default_registry, r.case)
+        validate_plan(plan, default_tools(), r.case)
 
 
 @pytest.mark.skipif(not (SHARED_DATA / "fundus_drishti").exists(), reason="shared data not at ../shared/data")

@@ -3,13 +3,12 @@
 import pytest
 from pydantic import BaseModel
 
-from dxgraph.agent.case import load_case
+from dxgraph.core import FixedValue, ImageRef, MemoryArtifacts, Plan, StepOutput, ToolCall
 from dxgraph.criteria_kb import retrieve
 from dxgraph.errors import PlanError
-from dxgraph.planners import FixedValue, ImageInput, Plan, StepOutput, ToolCall, validate_plan
-from dxgraph.planners._deterministic import plan_from_criteria
-from dxgraph.tools import ImageRef, ToolRegistry, default_registry, tool
-from dxgraph.traces import MemoryArtifacts
+from dxgraph.imaging import load_case
+from dxgraph.planners import ImageInput, plan_from_criteria, validate_plan
+from dxgraph.tools import ToolRegistry, default_tools, tool
 
 from _helpers import fundus_like, write_rgb
 
@@ -25,8 +24,8 @@ def glaucoma_criteria():
 
 
 def test_glaucoma_plan_is_segment_then_measure_then_crop(fundus_case):
-    plan = plan_from_criteria(glaucoma_criteria(), fundus_case, default_registry)
-    validate_plan(plan, default_registry, fundus_case)
+    plan = plan_from_criteria(glaucoma_criteria(), fundus_case, default_tools())
+    validate_plan(plan, default_tools(), fundus_case)
     assert [s.tool for s in plan.steps] == ["segment_optic_disc_cup", "measure_cup_disc", "crop_zoom"]
     seg, meas, crop = plan.steps
     assert meas.inputs["disc_mask"] == StepOutput(step_id=seg.step_id, field="disc_mask")
@@ -46,14 +45,14 @@ def test_glaucoma_plan_is_segment_then_measure_then_crop(fundus_case):
 def test_an_image_without_modality_is_assumed_and_the_assumption_recorded(tmp_path):
     path = write_rgb(tmp_path / "f.png", fundus_like(64))
     case = load_case("glaucoma", [path], MemoryArtifacts())
-    plan = plan_from_criteria(glaucoma_criteria(), case, default_registry)
+    plan = plan_from_criteria(glaucoma_criteria(), case, default_tools())
     assert plan.steps[0].inputs["image"] == ImageInput(image_id="img0", assumed_modality="fundus")
 
 
 def test_a_case_without_a_fundus_image_makes_every_indicator_not_assessable(tmp_path):
     path = write_rgb(tmp_path / "x.png", fundus_like(64))
     case = load_case("glaucoma", [path], MemoryArtifacts(), modality="cxr")
-    plan = plan_from_criteria(glaucoma_criteria(), case, default_registry)
+    plan = plan_from_criteria(glaucoma_criteria(), case, default_tools())
     assert plan.indicators == () and plan.steps == ()
     assert {n.indicator for n in plan.not_assessable} == {"vcdr", "rim_to_disc_ratio", "isnt_rule"}
     assert all("no fundus image" in n.reason for n in plan.not_assessable)
@@ -67,7 +66,7 @@ def test_validator_rejects_unknown_tools(fundus_case):
     with pytest.raises(PlanError, match="no tool named 'ghost'"):
         validate_plan(
             _plan(ToolCall(step_id="s1", tool="ghost", tool_version="1.0.0", inputs={}, purpose="x")),
-            default_registry,
+            default_tools(),
             fundus_case,
         )
 
@@ -92,7 +91,7 @@ def test_validator_rejects_forward_references_and_cycles(fundus_case):
         inputs={"image": ImageInput(image_id="img0")},
     )
     with pytest.raises(PlanError, match=r"step s1 .*reads step s2, which does not run before it"):
-        validate_plan(_plan(a, b), default_registry, fundus_case)
+        validate_plan(_plan(a, b), default_tools(), fundus_case)
 
 
 def test_validator_rejects_type_mismatches(fundus_case):
@@ -117,7 +116,7 @@ def test_validator_rejects_type_mismatches(fundus_case):
     with pytest.raises(
         PlanError, match=r"input 'disc_mask' wants ArtifactRef but step s1\.roi gives RegionOfInterest"
     ):
-        validate_plan(_plan(seg, bad), default_registry, fundus_case)
+        validate_plan(_plan(seg, bad), default_tools(), fundus_case)
 
 
 def test_validator_rejects_a_modality_the_tool_does_not_take(tmp_path):
@@ -131,7 +130,7 @@ def test_validator_rejects_a_modality_the_tool_does_not_take(tmp_path):
         inputs={"image": ImageInput(image_id="img0")},
     )
     with pytest.raises(PlanError, match="segment_optic_disc_cup accepts fundus images; image img0 is ct"):
-        validate_plan(_plan(step), default_registry, case)
+        validate_plan(_plan(step), default_tools(), case)
 
 
 def test_validator_rejects_unbound_required_inputs(fundus_case):
@@ -143,7 +142,7 @@ def test_validator_rejects_unbound_required_inputs(fundus_case):
         inputs={"image": ImageInput(image_id="img0")},
     )
     with pytest.raises(PlanError, match="required inputs not bound: disc_mask, cup_mask"):
-        validate_plan(_plan(step), default_registry, fundus_case)
+        validate_plan(_plan(step), default_tools(), fundus_case)
 
 
 class _In(BaseModel):

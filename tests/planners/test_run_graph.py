@@ -1,21 +1,21 @@
 """The LangGraph run: node order, events, tool failures recorded and the run going on."""
 
 import dxgraph
-from dxgraph.planners._graph import NODES, RunDeps, build_graph
-from dxgraph.traces._store import TraceStore
+from dxgraph.agent import NODES, RunDeps, build_graph
+from dxgraph.traces import TraceStore
 
 from _helpers import drawn_disc_cup_registry, fundus_like, write_rgb
 
 
 def test_graph_has_the_five_nodes_in_order():
-    from dxgraph.agent.rules import RulesAggregator
+    from dxgraph.agent import RulesAggregator
     from dxgraph.criteria_kb import criteria_library
-    from dxgraph.tools import ToolContext, default_registry
-    from dxgraph.traces._recorder import TraceRecorder
+    from dxgraph.tools import ToolContext, default_tools
+    from dxgraph.traces import TraceRecorder
 
     rec = TraceRecorder()
     g = build_graph(
-        RunDeps(default_registry, rec, RulesAggregator(), ToolContext(rec.artifacts), criteria_library())
+        RunDeps(default_tools(), rec, RulesAggregator(), ToolContext(rec.artifacts), criteria_library())
     )
     assert type(g).__name__ == "CompiledStateGraph"
     assert [n for n in g.get_graph().nodes if not n.startswith("__")] == list(NODES)
@@ -70,12 +70,12 @@ def test_a_failing_tool_is_recorded_and_the_run_abstains(tmp_path, db):
 def test_a_bug_in_a_tool_surfaces_and_the_run_is_stored_as_error(tmp_path, db):
     import pytest
 
-    from dxgraph.tools import ToolRegistry, default_registry, tool
+    from dxgraph.tools import ToolRegistry, default_tools, tool
     from dxgraph.tools.fundus import DiscCupMasks, SegmentDiscCupInput
 
     reg = ToolRegistry()
     for name in ("measure_cup_disc", "crop_zoom"):
-        reg.register(default_registry.get(name))
+        reg.register(default_tools().get(name))
 
     @tool(name="segment_optic_disc_cup", version="0.0.1", modalities=("fundus",), registry=reg)
     def broken(inp: SegmentDiscCupInput) -> DiscCupMasks:

@@ -14,11 +14,9 @@ import pytest
 
 import dxgraph
 from dxgraph.errors import RegistrationError
-from dxgraph.tools import default_registry, tool
-from dxgraph.tools._registry import TIMEOUT_ENV, ToolRegistry, default_timeout_s
+from dxgraph.tools import TIMEOUT_ENV, ToolRegistry, default_timeout_s, default_tools, tool
 from dxgraph.tools.fundus import CupDiscMeasurements, MeasureCupDiscInput
-from dxgraph.traces._events import ToolCalled
-from dxgraph.traces._store import TraceStore, verify_all
+from dxgraph.traces import ToolCalled, TraceStore, verify_all
 
 from _helpers import drawn_disc_cup_registry, fundus_like, write_rgb
 
@@ -29,7 +27,7 @@ def _registry(mode: str, timeout_s: float | None = None) -> ToolRegistry:
     base = drawn_disc_cup_registry(cup_radius_px=35.0)
     for name in ("segment_optic_disc_cup", "crop_zoom"):
         reg.register(base.get(name))
-    real = default_registry.get("measure_cup_disc").fn
+    real = default_tools().get("measure_cup_disc").fn
 
     @tool(name="measure_cup_disc", version="0.0.1", modalities=("fundus",), registry=reg, timeout_s=timeout_s)
     def faulty(inp: MeasureCupDiscInput) -> CupDiscMeasurements:
@@ -122,11 +120,11 @@ def test_a_crashing_tool_is_a_bug_stored_as_an_error_run(tmp_path: Path, db: str
 
 def test_every_tool_that_measures_in_mm_refuses_an_implausible_spacing() -> None:
     """A header's 1e-6 mm (or 1e6 mm) pixels end in ToolError before any tool allocates for them."""
+    from dxgraph.core import ImageRef, MemoryArtifacts
     from dxgraph.errors import ToolError
-    from dxgraph.tools import ImageRef, ToolContext, save_artifact, tool_context
-    from dxgraph.traces import MemoryArtifacts
+    from dxgraph.tools import ToolContext, save_artifact, tool_context
 
-    measuring = [s for s in default_registry if s.requires_spacing]
+    measuring = [s for s in default_tools() if s.requires_spacing]
     assert len(measuring) >= 6
     with tool_context(ToolContext(artifacts=MemoryArtifacts(), seed=0, device="cpu")):
         pixels = save_artifact(np.zeros((4, 4, 4), np.float32), "image")
@@ -142,15 +140,14 @@ def test_every_tool_that_measures_in_mm_refuses_an_implausible_spacing() -> None
 
 
 def test_a_tool_declares_its_own_spacing_range_and_the_one_guard_applies_it() -> None:
+    from dxgraph.core import ImageRef, MemoryArtifacts
     from dxgraph.errors import ToolError
-    from dxgraph.tools import ImageRef, ToolContext, save_artifact, tool_context
-    from dxgraph.tools._registry import PLAUSIBLE_SPACING_MM
+    from dxgraph.tools import PLAUSIBLE_SPACING_MM, ToolContext, save_artifact, tool_context
     from dxgraph.tools.ct_nodule_size import CT_SPACING_RANGE_MM
-    from dxgraph.traces import MemoryArtifacts
 
-    nodules = default_registry.get("segment_lung_nodules")
+    nodules = default_tools().get("segment_lung_nodules")
     assert nodules.spacing_range_mm == CT_SPACING_RANGE_MM
-    assert default_registry.get("measure_cup_disc").spacing_range_mm == PLAUSIBLE_SPACING_MM
+    assert default_tools().get("measure_cup_disc").spacing_range_mm == PLAUSIBLE_SPACING_MM
     with tool_context(ToolContext(artifacts=MemoryArtifacts(), seed=0, device="cpu")):
         pixels = save_artifact(np.zeros((4, 4, 4), np.float32), "image")
         ref = ImageRef(image_id="img0", pixels=pixels, modality="ct", dims="3d", spacing_mm=(0.05, 0.7, 0.7))

@@ -7,13 +7,19 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from dxgraph.core import ImageRef, MemoryArtifacts  # noqa: E402
 from dxgraph.errors import ToolError  # noqa: E402
-from dxgraph.tools import ImageRef, ToolContext, ToolRegistry, load_artifact, save_artifact, tool_context  # noqa: E402
-from dxgraph.tools._batching import BatchingDispatcher  # noqa: E402
-from dxgraph.tools._torch_runtime import save_model_file  # noqa: E402
-from dxgraph.tools._weights import record_weights  # noqa: E402
+from dxgraph.tools import (  # noqa: E402
+    BatchingDispatcher,
+    ToolContext,
+    ToolRegistry,
+    load_artifact,
+    record_weights,
+    save_artifact,
+    save_model_file,
+    tool_context,
+)
 from dxgraph.tools.external_models import ImageInput, register_monai_segmenter  # noqa: E402
-from dxgraph.traces import MemoryArtifacts  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -5,20 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dxgraph.agent.images import read_image
-from dxgraph.agent.rules import label_of
-from dxgraph.criteria_kb._library import get_criteria
+from dxgraph.agent import label_of
+from dxgraph.core import ImageRef, MemoryArtifacts, image_selection
+from dxgraph.criteria_kb import get_criteria
 from dxgraph.errors import ToolError
-from dxgraph.testing.brain_phantom import (
-    SEQUENCES,
-    brain_phantom,
-    brain_tumour_demo_cases,
-    write_brain_tumour_case,
-)
-from dxgraph.tools import ImageRef, ToolContext, default_registry, save_artifact, tool_context
-from dxgraph.tools._types import image_selection
+from dxgraph.imaging import read_image
+from dxgraph.phantoms import brain_phantom, brain_tumour_demo_cases, write_brain_tumour_case
+from dxgraph.phantoms._brain import SEQUENCES
+from dxgraph.tools import ToolContext, default_tools, save_artifact, tool_context
 from dxgraph.tools.brain_tumour import EnhancingTumourInput, PeritumouralOedemaInput
-from dxgraph.traces import MemoryArtifacts
 
 REL_TOL = 0.15
 """Volumes must be within 15 % of the truth, or within ABS_TOL_ML, whichever is larger."""
@@ -31,11 +26,11 @@ DOC = get_criteria("brain_tumour.mri").document
 
 
 def enhancing():
-    return default_registry.get("measure_enhancing_tumour").fn
+    return default_tools().get("measure_enhancing_tumour").fn
 
 
 def oedema():
-    return default_registry.get("measure_peritumoural_oedema").fn
+    return default_tools().get("measure_peritumoural_oedema").fn
 
 
 def refs(volumes: dict[str, np.ndarray], spacing_xyz, names=SEQUENCES) -> dict[str, ImageRef]:
@@ -84,7 +79,7 @@ def sweep():
 
 def test_registered_with_sequence_selection():
     for name in ("measure_enhancing_tumour", "measure_peritumoural_oedema"):
-        spec = default_registry.get(name)
+        spec = default_tools().get(name)
         assert spec.modalities == ("mr",) and spec.dims == ("3d",) and spec.requires_spacing
     fields = EnhancingTumourInput.model_fields
     assert image_selection(fields["t1ce"])[0] == "t1ce" and image_selection(fields["t1"])[0] == "t1"

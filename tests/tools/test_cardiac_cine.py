@@ -10,20 +10,19 @@ import pytest
 import yaml
 
 import dxgraph.tools.cardiac_cine as cardiac_cine
-from dxgraph.agent._dicom_series import dicom_series_layout, read_dicom_series
-from dxgraph.agent.images import read_image
-from dxgraph.agent.rules import label_of
-from dxgraph.criteria_kb._schema import CriteriaDocument
+from dxgraph.agent import label_of
+from dxgraph.core import ImageRef, MemoryArtifacts
+from dxgraph.criteria_kb import CriteriaDocument
 from dxgraph.errors import ToolError
-from dxgraph.testing.cine_phantom import cine_phantom, expert_contour_mask, write_lvef_case
-from dxgraph.tools import ImageRef, ToolContext, default_registry, save_artifact, tool_context
+from dxgraph.imaging import dicom_series_layout, read_dicom_series, read_image
+from dxgraph.phantoms import cine_phantom, expert_contour_mask, write_lvef_case
+from dxgraph.tools import ToolContext, default_tools, save_artifact, tool_context
 from dxgraph.tools.cardiac_cine import (
     EjectionFractionInput,
     SegmentLVCavityInput,
     measure_ejection_fraction,
     segment_lv_cavity,
 )
-from dxgraph.traces import MemoryArtifacts
 
 from _helpers import REPO, SHARED_DATA
 
@@ -79,7 +78,7 @@ def lvef_doc() -> CriteriaDocument:
 
 
 def test_registered_with_declarations_and_chained_field_names():
-    seg, ef = default_registry.get("segment_lv_cavity"), default_registry.get("measure_ejection_fraction")
+    seg, ef = default_tools().get("segment_lv_cavity"), default_tools().get("measure_ejection_fraction")
     for spec in (seg, ef):
         assert spec.modalities == ("mr",) and spec.dims == ("3d+t",) and spec.requires_spacing
     assert "lv_mask" in seg.output_fields() and "lv_mask" in ef.input_fields()
@@ -264,11 +263,11 @@ def test_criteria_document_cites_the_2021_definitions():
     dois = {s.doi for s in doc.sources}
     assert {"10.1016/j.cardfail.2021.01.022", "10.1093/eurheartj/ehab368"} <= dois
     assert doc.indicator("lvef").quantity == "lvef_percent"
-    assert "lvef_percent" in default_registry.get("measure_ejection_fraction").output_fields()
+    assert "lvef_percent" in default_tools().get("measure_ejection_fraction").output_fields()
 
 
 def test_both_tools_pass_the_conformance_kit():
-    from dxgraph.testing.conformance import validate_tool
+    from dxgraph.testing import validate_tool
 
     ph = cine_phantom(5, ef_percent=50.0, n_frames=8, pixel_mm=1.8)
 

@@ -13,14 +13,14 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from dxgraph.agent.images import read_image
-from dxgraph.agent.rules import label_of
-from dxgraph.criteria_kb._library import get_criteria
-from dxgraph.testing.cxr_phantom import cardiomegaly_demo_cases, cxr_phantom, write_cardiomegaly_case
-from dxgraph.tools import ToolContext, tool_context
+from dxgraph.agent import label_of
+from dxgraph.core import MemoryArtifacts
+from dxgraph.criteria_kb import get_criteria
+from dxgraph.imaging import read_image
+from dxgraph.phantoms import cardiomegaly_phantom_cases, cxr_phantom, write_cardiomegaly_case
+from dxgraph.tools import ToolContext, cardiothoracic_ratio, column_range, tool_context
 from dxgraph.tools import _cxr_classical as classical
-from dxgraph.tools.cxr import cardiothoracic_ratio, column_range, to_grey
-from dxgraph.traces import MemoryArtifacts
+from dxgraph.tools.cxr import to_grey
 
 from _helpers import classical_ctr, cxr_image_ref
 
@@ -148,7 +148,7 @@ def test_tools_match_the_module_and_flag_an_ap_film(tmp_path):
 
 
 def test_demo_cases_span_the_labels(tmp_path, doc):
-    cases = cardiomegaly_demo_cases(tmp_path)
+    cases = cardiomegaly_phantom_cases(tmp_path)
     assert 2 <= len(cases) <= 4
     labels = [label_of(doc, {"ctr": float(c.truth["ctr"])}) for c in cases]
     assert set(labels) == {"cardiomegaly", "no_cardiomegaly"}

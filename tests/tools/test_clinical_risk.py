@@ -7,7 +7,7 @@ import pytest
 import dxgraph.tools.clinical_risk
 import dxgraph.tools.ct_nodule_size  # noqa: F401 -- registers segment_lung_nodules
 from dxgraph.errors import ToolError
-from dxgraph.tools import default_registry
+from dxgraph.tools import default_tools
 from dxgraph.tools.clinical_risk import NoduleRiskInput, assess_nodule_risk, read_risk
 
 
@@ -59,7 +59,7 @@ def test_tool_output_and_no_text_error():
 
 
 def test_registered_with_its_declarations():
-    spec = default_registry.get("assess_nodule_risk")
+    spec = default_tools().get("assess_nodule_risk")
     assert spec.modalities == ("ct",) and spec.dims == ("3d",)
     assert set(spec.output_model.model_fields) >= {"clinical_risk", "quality_flags"}
 
@@ -67,24 +67,25 @@ def test_registered_with_its_declarations():
 def _case(tmp_path, clinical_text):
     import numpy as np
 
-    from dxgraph.agent.case import ImageSpec, load_case
-    from dxgraph.testing.volume_files import write_nifti
+    from dxgraph.core import ImageSpec
+    from dxgraph.imaging import load_case
+    from dxgraph.phantoms import write_nifti
 
     path = tmp_path / "ct.nii.gz"
     write_nifti(path, np.full((8, 40, 40), -850, np.int16), (2.0, 0.7, 0.7))
-    from dxgraph.traces import MemoryArtifacts
+    from dxgraph.core import MemoryArtifacts
 
     specs = [ImageSpec(path=path, modality="ct")]
     return load_case("fleischner", specs, MemoryArtifacts(), clinical_text=clinical_text)
 
 
 def test_the_planner_binds_clinical_text_from_the_case(tmp_path):
-    from dxgraph.criteria_kb._library import get_criteria
-    from dxgraph.planners import CaseField
-    from dxgraph.planners._deterministic import plan_from_criteria
+    from dxgraph.core import CaseField
+    from dxgraph.criteria_kb import get_criteria
+    from dxgraph.planners import plan_from_criteria
 
     criteria = [get_criteria("pulmonary_nodule.fleischner2017")]
-    plan = plan_from_criteria(criteria, _case(tmp_path, "Never smoker."), default_registry)
+    plan = plan_from_criteria(criteria, _case(tmp_path, "Never smoker."), default_tools())
     risk_steps = [s for s in plan.steps if s.tool == "assess_nodule_risk"]
     assert len(risk_steps) == 1 and risk_steps[0].inputs == {
         "clinical_text": CaseField(field="clinical_text")

@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 from pydantic import BaseModel
 
+from dxgraph.core import ImageRef, RegionOfInterest, ToolModel
 from dxgraph.errors import ToolError
+from dxgraph.phantoms import fundus_phantom
 from dxgraph.testing import ConformanceError, validate_tool
-from dxgraph.testing.phantoms import fundus_phantom
-from dxgraph.tools import ImageRef, RegionOfInterest, ToolModel, ToolRegistry, load_image, save_artifact, tool
+from dxgraph.tools import ToolRegistry, load_image, save_artifact, tool
 from dxgraph.tools.crop import CropZoomInput, crop_zoom
 from dxgraph.tools.fundus import (
     MeasureCupDiscInput,
@@ -138,8 +139,8 @@ def test_faulty_tools_fail_the_checks_they_break():
 
 
 def test_the_registry_guard_refuses_undeclared_images_on_direct_calls():
+    from dxgraph.core import MemoryArtifacts
     from dxgraph.tools import ToolContext, tool_context
-    from dxgraph.traces import MemoryArtifacts
 
     with tool_context(ToolContext(artifacts=MemoryArtifacts())):
         ct = ImageRef(
@@ -159,8 +160,8 @@ def test_the_registry_guard_refuses_undeclared_images_on_direct_calls():
 
 
 def test_every_registered_tool_passes_the_static_checks():
-    from dxgraph.tools import default_registry
+    from dxgraph.tools import default_tools
 
-    for spec in default_registry:
+    for spec in default_tools():
         report = validate_tool(spec, strict=False)
         assert not report.failures, str(report)

@@ -4,18 +4,10 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
+from dxgraph.core import ImageRef, MemoryArtifacts, RegionOfInterest
 from dxgraph.errors import ToolError
-from dxgraph.tools import (
-    ImageRef,
-    RegionOfInterest,
-    ToolContext,
-    default_registry,
-    load_artifact,
-    save_artifact,
-    tool_context,
-)
+from dxgraph.tools import ToolContext, default_tools, load_artifact, save_artifact, tool_context
 from dxgraph.tools.crop import BoundingBox, Crop, CropZoomInput, padded_window
-from dxgraph.traces import MemoryArtifacts
 
 from _helpers import SHARED_DATA
 
@@ -34,7 +26,7 @@ def run_crop(pixels, dims, spacing=None, **kw) -> tuple[Crop, dict[str, np.ndarr
         )
         if isinstance(kw.get("region_mask"), np.ndarray):
             kw["region_mask"] = save_artifact(kw["region_mask"], "mask")
-        out = default_registry.get("crop_zoom").fn(CropZoomInput(image=image, **kw))
+        out = default_tools().get("crop_zoom").fn(CropZoomInput(image=image, **kw))
         arrays = {"crop": load_artifact(out.crop)}
         if out.crop_volume is not None:
             arrays["volume"] = load_artifact(out.crop_volume)
@@ -63,7 +55,7 @@ def test_roi_crop_is_unchanged():
         0,
         0,
     ]
-    assert default_registry.get("crop_zoom").version == "0.2.0"
+    assert default_tools().get("crop_zoom").version == "0.2.0"
 
 
 def test_roi_crop_past_the_edge_is_black():
@@ -171,7 +163,7 @@ def test_lidc_nodule_crop_by_its_mask():
     resampled HU inside the nodule stay in the range of the source nodule voxels."""
     import csv
 
-    from dxgraph.agent.images import read_image
+    from dxgraph.imaging import read_image
 
     with open(LIDC / "nodules.csv", newline="") as f:
         row = next(csv.DictReader(f))

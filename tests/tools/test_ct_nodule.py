@@ -8,14 +8,19 @@ import numpy as np
 import pytest
 
 import dxgraph.tools.ct_nodule as ct_nodule
-from dxgraph.agent.images import read_image
+from dxgraph.core import ImageRef, MemoryArtifacts
 from dxgraph.errors import ToolError
-from dxgraph.tools import ImageRef, ToolContext, default_registry, save_artifact, tool_context
-from dxgraph.tools._torch_runtime import load_model_file
-from dxgraph.tools._weights import verify_weights
+from dxgraph.imaging import read_image
+from dxgraph.tools import (
+    ToolContext,
+    default_tools,
+    load_model_file,
+    save_artifact,
+    tool_context,
+    verify_weights,
+)
 from dxgraph.tools.ct_nodule import NoduleMalignancyInput
 from dxgraph.tools.training.nodules import auroc
-from dxgraph.traces import MemoryArtifacts
 
 from _helpers import SHARED_DATA
 
@@ -48,7 +53,7 @@ def real_input(row: dict[str, str], i: int, with_mask: bool = False) -> NoduleMa
 
 
 def spec():
-    return default_registry.get("classify_nodule_malignancy")
+    return default_tools().get("classify_nodule_malignancy")
 
 
 def test_registered_with_its_declarations():

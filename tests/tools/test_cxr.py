@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 import dxgraph.tools.cxr
+from dxgraph.core import ImageRef, MemoryArtifacts
 from dxgraph.errors import ToolError
-from dxgraph.tools import ImageRef, ToolContext, default_registry, load_artifact, save_artifact, tool_context
+from dxgraph.tools import ToolContext, default_tools, load_artifact, save_artifact, tool_context
 from dxgraph.tools.cxr import WEIGHTS_PATH, CardiothoracicInput, measure_cardiothoracic_ratio
-from dxgraph.traces import MemoryArtifacts
 
 from _helpers import SHARED_DATA
 
@@ -92,8 +92,8 @@ def test_an_ap_film_is_flagged():
 
 
 def test_both_segmenters_are_registered_with_the_same_outputs():
-    classical = default_registry.get("segment_heart_lungs_classical")
-    learned = default_registry.get("segment_heart_lungs")
+    classical = default_tools().get("segment_heart_lungs_classical")
+    learned = default_tools().get("segment_heart_lungs")
     assert classical.output_model is learned.output_model
     fields = classical.output_model.model_fields
     assert {"heart_mask", "right_lung_mask", "left_lung_mask"} <= set(fields)
@@ -114,8 +114,7 @@ def test_swapped_lungs_and_empty_heart():
 
 
 def test_shipped_weights_verify_and_load():
-    from dxgraph.tools._torch_runtime import load_model_file
-    from dxgraph.tools._weights import verify_weights
+    from dxgraph.tools import load_model_file, verify_weights
 
     entry = verify_weights(WEIGHTS_PATH)
     assert entry.source == "trained by dxgraph" and "MIT" in entry.licence
@@ -135,7 +134,7 @@ def first_rows(n=5):
 
 
 def real_image_ref(row, i):
-    from dxgraph.agent.images import read_image
+    from dxgraph.imaging import read_image
 
     return image_ref(read_image(WINGSPAN / row["image"]).array, image_id=f"case{i}")
 
@@ -152,11 +151,11 @@ def dice(a, b):
 
 @needs_wingspan
 def test_segmenter_reproduces_recorded_figures_on_first_five():
-    from dxgraph.tools._weights import verify_weights
+    from dxgraph.tools import verify_weights
 
     recorded = verify_weights(WEIGHTS_PATH).metrics
-    seg = default_registry.get("segment_heart_lungs")
-    meas = default_registry.get("measure_cardiothoracic_ratio")
+    seg = default_tools().get("segment_heart_lungs")
+    meas = default_tools().get("measure_cardiothoracic_ratio")
     dices, errors = [], []
     with tool_context(ToolContext(artifacts=MemoryArtifacts())):
         for i, row in enumerate(first_rows()):
@@ -195,7 +194,7 @@ def image_shape(row):
 
 @needs_wingspan
 def test_batch_of_three_equals_three_single_calls():
-    spec = default_registry.get("segment_heart_lungs")
+    spec = default_tools().get("segment_heart_lungs")
     assert spec.batchable
     with tool_context(ToolContext(artifacts=MemoryArtifacts())):
         inputs = [spec.input_model(image=real_image_ref(row, i)) for i, row in enumerate(first_rows(3))]

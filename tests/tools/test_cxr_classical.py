@@ -8,12 +8,19 @@ import cv2
 import numpy as np
 import pytest
 
-from dxgraph.agent.images import read_image
+from dxgraph.core import ImageRef, MemoryArtifacts
 from dxgraph.errors import ToolError
-from dxgraph.tools import ImageRef, ToolContext, default_registry, load_artifact, save_artifact, tool_context
+from dxgraph.imaging import read_image
+from dxgraph.tools import (
+    ToolContext,
+    cardiothoracic_ratio,
+    default_tools,
+    load_artifact,
+    save_artifact,
+    tool_context,
+)
 from dxgraph.tools import _cxr_classical as classical
-from dxgraph.tools.cxr import cardiothoracic_ratio, to_grey
-from dxgraph.traces import MemoryArtifacts
+from dxgraph.tools.cxr import to_grey
 
 from _helpers import SHARED_DATA, classical_ctr, cxr_image_ref
 
@@ -120,8 +127,8 @@ def test_blank_image_is_a_tool_error():
     with tool_context(ToolContext(artifacts=MemoryArtifacts())):
         ref = ImageRef(image_id="flat", pixels=save_artifact(flat, "image"), modality="cxr", dims="2d")
         with pytest.raises(ToolError) as e:
-            default_registry.get("segment_heart_lungs_classical").fn(
-                default_registry.get("segment_heart_lungs_classical").input_model(image=ref)
+            default_tools().get("segment_heart_lungs_classical").fn(
+                default_tools().get("segment_heart_lungs_classical").input_model(image=ref)
             )
     # with why: a flat image has no edges (a blur the CTR tolerates) and no contrast (which it does not)
     assert e.value.flags == ("lungs_not_found", "blur_severe_tolerated", "low_contrast_severe")

@@ -11,23 +11,24 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from dxgraph.core import ImageRef, MemoryArtifacts  # noqa: E402
 from dxgraph.errors import ToolError  # noqa: E402
 from dxgraph.tools import (  # noqa: E402
-    ImageRef,
     ToolContext,
     ToolRegistry,
+    WeightsError,
     _torch_runtime,
+    clear_model_cache,
+    record_weights,
     save_artifact,
+    save_model_file,
     tool_context,
 )
-from dxgraph.tools._torch_runtime import clear_model_cache, save_model_file  # noqa: E402
-from dxgraph.tools._weights import WeightsError, record_weights  # noqa: E402
 from dxgraph.tools.external_models import (  # noqa: E402
     ImageInput,
     register_hf_image_classifier,
     register_monai_segmenter,
 )
-from dxgraph.traces import MemoryArtifacts  # noqa: E402
 
 LICENCE = dict(licence="test fixture", source="random initialisation in the test")
 
@@ -167,7 +168,7 @@ def test_weights_missing_from_the_lock_are_refused(tmp_path):
     record_weights(tmp_path / "w.pt", lock_path=lock, **LICENCE)
     other = tmp_path / "other.pt"
     other.write_bytes(weights.read_bytes())
-    from dxgraph.tools._weights import verify_weights
+    from dxgraph.tools import verify_weights
 
     with pytest.raises(WeightsError, match="no entry in the lock file"):
         verify_weights(other, lock)

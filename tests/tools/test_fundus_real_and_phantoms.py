@@ -12,16 +12,17 @@ import numpy as np
 import pytest
 
 import dxgraph
-from dxgraph.agent.demo import expected_label, phantom_truth
-from dxgraph.testing.phantoms import fundus_phantom
-from dxgraph.tools import ImageRef, ToolContext, load_artifact, save_artifact, tool_context
+from dxgraph.agent import expected_label
+from dxgraph.core import ImageRef, MemoryArtifacts
+from dxgraph.phantoms import fundus_phantom
+from dxgraph.phantoms import fundus_phantom_truth as phantom_truth
+from dxgraph.tools import ToolContext, load_artifact, save_artifact, tool_context
 from dxgraph.tools.fundus import (
     MeasureCupDiscInput,
     SegmentDiscCupInput,
     measure_cup_disc,
     segment_optic_disc_cup,
 )
-from dxgraph.traces import MemoryArtifacts
 
 from _helpers import fundus_like, write_rgb
 
@@ -120,7 +121,7 @@ def test_real_retina_disc_is_found_where_it_is(tmp_path, db):
     path = write_rgb(tmp_path / "retina.png", rgb)
     r = dxgraph.diagnose("glaucoma", path, db=db)
     assert r.diagnosis.label in ("glaucoma_suspect", "no_glaucoma_signs")
-    from dxgraph.traces._report import render_report
+    from dxgraph.traces import render_report
 
     html = render_report(dxgraph.TraceStore(db), r.run_id)
     assert (

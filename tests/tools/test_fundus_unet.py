@@ -10,12 +10,21 @@ import numpy as np
 import pytest
 
 import dxgraph.tools.fundus_unet as fu
-from dxgraph.agent.images import read_image
-from dxgraph.tools import ImageRef, ToolContext, default_registry, load_artifact, save_artifact, tool_context
-from dxgraph.tools._torch_runtime import load_model_file
-from dxgraph.tools._weights import WeightsError, read_lock, record_weights, verify_weights
+from dxgraph.core import ImageRef, MemoryArtifacts
+from dxgraph.imaging import read_image
+from dxgraph.tools import (
+    ToolContext,
+    WeightsError,
+    default_tools,
+    load_artifact,
+    load_model_file,
+    read_lock,
+    record_weights,
+    save_artifact,
+    tool_context,
+    verify_weights,
+)
 from dxgraph.tools.fundus import MeasureCupDiscInput, SegmentDiscCupInput, measure_cup_disc
-from dxgraph.traces import MemoryArtifacts
 
 
 def _rows(folder, n):
@@ -48,7 +57,7 @@ def test_shipped_weights_verify_and_load():
 
 @pytest.mark.slow
 def test_first_five_drishti_reproduce_recorded_dice_and_vcdr(drishti):
-    spec = default_registry.get("segment_optic_disc_cup_unet")
+    spec = default_tools().get("segment_optic_disc_cup_unet")
     metrics = verify_weights(fu.WEIGHTS_PATH).metrics
     discs, cups = [], []
     with tool_context(ToolContext(artifacts=MemoryArtifacts())):
@@ -72,7 +81,7 @@ def test_first_five_drishti_reproduce_recorded_dice_and_vcdr(drishti):
 
 @pytest.mark.slow
 def test_a_batch_of_three_equals_three_single_calls(drishti):
-    spec = default_registry.get("segment_optic_disc_cup_unet")
+    spec = default_tools().get("segment_optic_disc_cup_unet")
     with tool_context(ToolContext(artifacts=MemoryArtifacts())):
         inputs = [
             SegmentDiscCupInput(image=_image_ref(drishti / r["image"], r["image"])) for r in _rows(drishti, 3)

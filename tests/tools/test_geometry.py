@@ -5,11 +5,11 @@ import csv
 import numpy as np
 import pytest
 
+from dxgraph.core import ImageRef, MemoryArtifacts
 from dxgraph.errors import ToolError
-from dxgraph.tools import ImageRef, ToolContext, default_registry, save_artifact, tool_context
+from dxgraph.tools import ToolContext, default_tools, save_artifact, tool_context
 from dxgraph.tools import _mask_geometry as geo
 from dxgraph.tools.geometry import MeasureRegionInput, RegionMeasurements
-from dxgraph.traces import MemoryArtifacts
 
 from _helpers import SHARED_DATA
 
@@ -42,7 +42,7 @@ def measure(mask, spacing, dims=None, image_shape=None) -> RegionMeasurements:
             spacing_mm=spacing,
         )
         inp = MeasureRegionInput(image=image, mask=save_artifact(mask, "mask"), region_label="lesion")
-        return default_registry.get("measure_region").fn(inp)
+        return default_tools().get("measure_region").fn(inp)
 
 
 @pytest.mark.parametrize("spacing", SPACINGS_3D)
@@ -152,7 +152,7 @@ def test_no_spacing_is_a_tool_error():
     with pytest.raises(ToolError, match="spacing") as e:
         measure(mask, None)
     assert e.value.flags == ("no_spacing",)
-    assert default_registry.get("measure_region").requires_spacing
+    assert default_tools().get("measure_region").requires_spacing
 
 
 def test_pure_helpers():
@@ -182,7 +182,7 @@ def test_lidc_nodule_diameters_against_the_table():
     So the test bounds both: the longest diameter is at least the table's and within 4.5 mm of it on
     average, and the equivalent diameter agrees within 1.5 mm on average.
     """
-    from dxgraph.agent.images import read_image
+    from dxgraph.imaging import read_image
 
     table, longest, equivalent = [], [], []
     for row in _lidc_rows(30):

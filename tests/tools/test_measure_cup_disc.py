@@ -4,10 +4,10 @@ import cv2
 import numpy as np
 import pytest
 
+from dxgraph.core import ImageRef, MemoryArtifacts
 from dxgraph.errors import ToolError
-from dxgraph.tools import ImageRef, ToolContext, save_artifact, tool_context
+from dxgraph.tools import ToolContext, save_artifact, tool_context
 from dxgraph.tools.fundus import MeasureCupDiscInput, measure_cup_disc
-from dxgraph.traces import MemoryArtifacts
 
 SIZE = 240
 

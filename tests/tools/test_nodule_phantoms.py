@@ -19,14 +19,14 @@ import pytest
 
 import dxgraph.tools.clinical_risk
 import dxgraph.tools.ct_nodule_size  # noqa: F401 -- registers segment_lung_nodules
-from dxgraph.agent.images import read_image
-from dxgraph.agent.rules import label_of
-from dxgraph.criteria_kb._library import parse_document
+from dxgraph.agent import label_of
+from dxgraph.core import ImageRef, MemoryArtifacts
+from dxgraph.criteria_kb import parse_document
 from dxgraph.errors import ToolError
-from dxgraph.testing.ct_nodule_phantom import nodule_demo_cases, nodule_phantom, write_nodule_case
-from dxgraph.tools import ImageRef, ToolContext, default_registry, load_artifact, save_artifact, tool_context
+from dxgraph.imaging import read_image
+from dxgraph.phantoms import nodule_demo_cases, nodule_phantom, write_nodule_case
+from dxgraph.tools import ToolContext, default_tools, load_artifact, save_artifact, tool_context
 from dxgraph.tools.ct_nodule_size import LungNoduleInput, LungNodules, segment_lung_nodules
-from dxgraph.traces import MemoryArtifacts
 
 DOC_PATH = Path(__file__).resolve().parents[2] / "criteria_kb" / "pulmonary_nodule.yaml"
 N_PHANTOMS = 24
@@ -134,7 +134,7 @@ def test_criteria_document_quantities_are_tool_outputs():
     assert d.id == "pulmonary_nodule.fleischner2017" and d.disease == "pulmonary_nodule"
     produced = {
         name
-        for spec in default_registry
+        for spec in default_tools()
         if spec.name in ("segment_lung_nodules", "assess_nodule_risk")
         for name in spec.output_model.model_fields
     }
@@ -246,8 +246,8 @@ def test_no_nodule_is_a_tool_error():
 
 
 def test_diagnose_a_written_case_end_to_end(tmp_path, monkeypatch):
-    from dxgraph.agent.case import ImageSpec
-    from dxgraph.agent.run import diagnose
+    from dxgraph.agent import diagnose
+    from dxgraph.core import ImageSpec
     from dxgraph.criteria_kb._embeddings import DISABLE_ENV
 
     monkeypatch.setenv(DISABLE_ENV, "1")  # lexical retrieval: the question names Fleischner
@@ -262,7 +262,7 @@ def test_diagnose_a_written_case_end_to_end(tmp_path, monkeypatch):
 
 
 def test_conformance_of_both_tools():
-    from dxgraph.testing.conformance import validate_tool
+    from dxgraph.testing import validate_tool
     from dxgraph.tools.clinical_risk import NoduleRiskInput, assess_nodule_risk
 
     def nodule_example() -> LungNoduleInput:

@@ -12,8 +12,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dxgraph.bench.lidc_nodule_eval import evaluate_row, rows_of, size_category, summarise
-from dxgraph.tools._nodule_segmentation import average_diameter_mm
+from dxgraph.bench.lidc_nodule_eval import evaluate_row, rows_of, summarise
+from dxgraph.tools import average_diameter_mm, size_category
 
 from _helpers import SHARED_DATA
 

@@ -16,17 +16,24 @@ import pytest
 import torch
 
 import dxgraph.tools.ct_nodule_unet as cu
-from dxgraph.agent.images import read_image
-from dxgraph.bench.lidc_nodule_eval import rows_of, size_category
+from dxgraph.bench.lidc_nodule_eval import rows_of
+from dxgraph.core import ImageRef, MemoryArtifacts
 from dxgraph.errors import ToolError
-from dxgraph.testing.ct_nodule_phantom import nodule_phantom, write_nodule_case
-from dxgraph.tools import ImageRef, ToolContext, default_registry, load_artifact, save_artifact, tool_context
-from dxgraph.tools._nodule_segmentation import average_diameter_mm
-from dxgraph.tools._torch_runtime import load_model_file
-from dxgraph.tools._weights import verify_weights
+from dxgraph.imaging import read_image
+from dxgraph.phantoms import nodule_phantom, write_nodule_case
+from dxgraph.tools import (
+    ToolContext,
+    average_diameter_mm,
+    default_tools,
+    load_artifact,
+    load_model_file,
+    save_artifact,
+    size_category,
+    tool_context,
+    verify_weights,
+)
 from dxgraph.tools.ct_nodule_size import LungNoduleInput
 from dxgraph.tools.training._common import dice
-from dxgraph.traces import MemoryArtifacts
 
 from _helpers import SHARED_DATA
 
@@ -55,7 +62,7 @@ def ct_ref(hu: np.ndarray, spacing) -> ImageRef:
 
 
 def run_tool(hu: np.ndarray, spacing):
-    spec = default_registry.get("segment_lung_nodules_unet")
+    spec = default_tools().get("segment_lung_nodules_unet")
     with tool_context(ToolContext(artifacts=MemoryArtifacts())):
         out = spec.fn(LungNoduleInput(image=ct_ref(hu, spacing)))
         return out, load_artifact(out.nodule_mask)
@@ -174,7 +181,7 @@ def test_tool_error_on_a_volume_without_lung():
 
 
 def test_conformance():
-    from dxgraph.testing.conformance import validate_tool
+    from dxgraph.testing import validate_tool
 
     def example() -> LungNoduleInput:
         ph = nodule_phantom(3, diameter_mm=8.0, nodule_type="solid")

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from dxgraph.errors import RegistrationError
-from dxgraph.tools import ToolRegistry, default_registry, make_spec, tool
+from dxgraph.tools import ToolRegistry, default_tools, make_spec, tool
 
 from _helpers import REPO, fundus_like, write_rgb
 
@@ -247,11 +247,11 @@ def test_bad_signatures_are_refused_at_registration():
 
 def test_same_name_twice_is_refused_naming_both():
     reg = ToolRegistry()
-    reg.register(default_registry.get("crop_zoom"))
+    reg.register(default_tools().get("crop_zoom"))
     with pytest.raises(RegistrationError, match=r"already registered by dxgraph\.tools\.crop\.crop_zoom"):
 
         @tool(name="crop_zoom", version="1.0.0", modalities=("ct",), registry=reg)
-        def other(inp: default_registry.get("crop_zoom").input_model) -> default_registry.get(
-            "crop_zoom"
-        ).output_model:  # type: ignore[valid-type]
+        def other(
+            inp: default_tools().get("crop_zoom").input_model,
+        ) -> default_tools().get("crop_zoom").output_model:  # type: ignore[valid-type]
             """Another crop_zoom."""

@@ -15,15 +15,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dxgraph.agent.images import read_image
-from dxgraph.agent.rules import label_of
-from dxgraph.criteria_kb._library import parse_document
+from dxgraph.agent import label_of
+from dxgraph.core import ImageRef, MemoryArtifacts, image_selection
+from dxgraph.criteria_kb import parse_document
 from dxgraph.errors import ToolError
-from dxgraph.testing.conformance import validate_tool
-from dxgraph.testing.recist_phantom import recist_demo_cases, recist_pair, write_recist_case
-from dxgraph.tools import ImageRef, ToolContext, default_registry, load_artifact, save_artifact, tool_context
+from dxgraph.imaging import read_image
+from dxgraph.phantoms import recist_demo_cases, recist_pair, write_recist_case
+from dxgraph.testing import validate_tool
+from dxgraph.tools import ToolContext, default_tools, load_artifact, save_artifact, tool_context
 from dxgraph.tools import _lesion_geometry as lg
-from dxgraph.tools._types import image_selection
 from dxgraph.tools.recist import (
     AssessRecistInput,
     MeasureRecistLesionsInput,
@@ -31,7 +31,6 @@ from dxgraph.tools.recist import (
     assess_recist_response,
     measure_recist_lesions,
 )
-from dxgraph.traces import MemoryArtifacts
 
 DOC_PATH = Path(__file__).resolve().parents[2] / "criteria_kb" / "recist.yaml"
 DIAMETER_TOL_MM = 2.0
@@ -85,7 +84,7 @@ def design(seed: int) -> tuple[str, bool]:
 
 def test_tools_registered_with_their_declarations():
     for name in ("measure_recist_lesions", "assess_recist_response"):
-        spec = default_registry.get(name)
+        spec = default_tools().get(name)
         assert spec.modalities == ("ct",) and spec.dims == ("3d",) and spec.requires_spacing
     fields = AssessRecistInput.model_fields
     assert image_selection(fields["baseline"]) == (None, "prior")
@@ -104,8 +103,8 @@ def test_conformance_of_both_tools():
             follow_up=ct_ref(pair.followup_hu, pair.followup_spacing_mm, "f"),
         )
 
-    validate_tool(default_registry.get("measure_recist_lesions"), measure_example)
-    validate_tool(default_registry.get("assess_recist_response"), assess_example)
+    validate_tool(default_tools().get("measure_recist_lesions"), measure_example)
+    validate_tool(default_tools().get("assess_recist_response"), assess_example)
 
 
 def test_criteria_document_quantities_are_assessment_outputs():
@@ -304,8 +303,8 @@ def test_written_case_reads_back_and_is_assessed_as_its_truth(tmp_path):
 
 
 def test_diagnose_a_written_case_end_to_end(tmp_path, monkeypatch):
-    from dxgraph.agent.case import ImageSpec
-    from dxgraph.agent.run import diagnose
+    from dxgraph.agent import diagnose
+    from dxgraph.core import ImageSpec
     from dxgraph.criteria_kb._embeddings import DISABLE_ENV
 
     monkeypatch.setenv(DISABLE_ENV, "1")  # lexical retrieval: the question names RECIST

@@ -7,8 +7,7 @@ import json
 import pytest
 
 from dxgraph.errors import StoreError
-from dxgraph.traces._fhir import HEAD_SYSTEM, INDICATOR_SYSTEM, RUN_SYSTEM, fhir_diagnostic_report
-from dxgraph.traces._store import TraceStore
+from dxgraph.traces import HEAD_SYSTEM, INDICATOR_SYSTEM, RUN_SYSTEM, TraceStore, fhir_diagnostic_report
 
 from _helpers import drawn_run
 

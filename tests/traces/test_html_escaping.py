@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 import yaml
 
+from dxgraph.agent import RunOptions
 from dxgraph.testing import ScriptedChat
-from dxgraph.traces._report import render_report
-from dxgraph.traces._store import TraceStore
+from dxgraph.traces import TraceStore, render_report
 
 from _helpers import (
     REPO,
@@ -150,19 +150,22 @@ def hostile_reports(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]
         "modality": "fundus",
         "clinical_text": ALL,
         "case_id": f"case-{BOLD}{SCRIPT}",
-        "criteria_dirs": [criteria],
     }
     question = f"hostilia {SCRIPT} {IMG}"
     decided = dxgraph.diagnose(
         question,
         image,
         registry=drawn_disc_cup_registry(cup_radius_px=25),
-        aggregator="scripted",
         language_model=ScriptedChat([_model_reply]),
         **common,
+        options=RunOptions(aggregator="scripted", criteria_dirs=(criteria,)),
     )
     failed = dxgraph.diagnose(
-        question, image, registry=drawn_disc_cup_registry(fail_with=f"disc not found {ALL}"), **common
+        question,
+        image,
+        RunOptions(criteria_dirs=(criteria,)),
+        registry=drawn_disc_cup_registry(fail_with=f"disc not found {ALL}"),
+        **common,
     )
     store = TraceStore(db, create=False)
     out = {}
@@ -225,9 +228,14 @@ def test_hostile_text_does_not_run_in_chromium(chromium: str, hostile_reports: d
 
 @pytest.mark.filterwarnings("ignore:constrained_layout not applied")  # long hostile labels squeeze the plots
 def test_hostile_case_ids_errors_and_links_stay_inert_in_the_cohort_report():
-    from dxgraph.agent.cohort.metrics import compute_metrics
-    from dxgraph.agent.cohort.outcome import CaseOutcome, CohortInfo, ManifestProblem, TaskLabels
-    from dxgraph.agent.cohort.report import render_cohort_report
+    from dxgraph.agent.cohort import (
+        CaseOutcome,
+        CohortInfo,
+        ManifestProblem,
+        TaskLabels,
+        compute_metrics,
+        render_cohort_report,
+    )
 
     labels = TaskLabels(
         criteria_id=f"glaucoma {SCRIPT}",

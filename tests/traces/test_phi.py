@@ -77,8 +77,7 @@ def _distinct(planted: dict[str, str]) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def phi_study(tmp_path_factory: pytest.TempPathFactory) -> PhiStudy:
     """Three planted studies diagnosed through the CLI; their reports, exports and a cohort written."""
-    from dxgraph.testing.cine_phantom import write_lvef_case
-    from dxgraph.testing.ct_nodule_phantom import write_nodule_case
+    from dxgraph.phantoms import write_lvef_case, write_nodule_case
 
     assert RG1 is not None
     root = tmp_path_factory.mktemp("phi")
@@ -123,7 +122,7 @@ def _run_cohort(study: PhiStudy, image_root: Path, report: Path) -> None:
     root's) full path, so a root named after a patient would be stored.
     """
     import dxgraph
-    from dxgraph.agent.cohort.executors import LocalExecutor
+    from dxgraph.agent.cohort import LocalExecutor
 
     res = dxgraph.run_cohort(
         [{"case_id": "nodule-1", "image": f"{PHI_FOLDER}/ct"}],
@@ -198,7 +197,7 @@ def _zipped(data: bytes) -> bytes:
 
 
 def test_no_planted_phi_in_the_store_its_artifacts_the_reports_or_the_exports(phi_study: PhiStudy):
-    from dxgraph.traces._store import TraceStore
+    from dxgraph.traces import TraceStore
 
     store = TraceStore(str(phi_study.db), create=False)
     try:
@@ -221,7 +220,7 @@ def test_no_planted_phi_in_the_store_its_artifacts_the_reports_or_the_exports(ph
 
 
 def test_the_case_records_base_names_only(phi_study: PhiStudy):
-    from dxgraph.traces._store import TraceStore
+    from dxgraph.traces import TraceStore
 
     store = TraceStore(str(phi_study.db), create=False)
     try:
@@ -236,7 +235,7 @@ def test_the_case_records_base_names_only(phi_study: PhiStudy):
 
 def test_a_cohort_case_that_cannot_be_read_stores_no_parent_folder(tmp_path: Path):
     import dxgraph
-    from dxgraph.agent.cohort.executors import LocalExecutor
+    from dxgraph.agent.cohort import LocalExecutor
 
     assert RG1 is not None
     study = tmp_path / PHI_FOLDER

@@ -11,11 +11,19 @@ from pathlib import Path
 import pytest
 
 import dxgraph
+from dxgraph.agent import RunOptions
 from dxgraph.errors import StoreError
 from dxgraph.testing import ScriptedChat
-from dxgraph.traces._events import GENESIS_SHA256, ModelCalled, canonical_json, event_sha256
-from dxgraph.traces._portable import FORMAT_VERSION, export_run, import_run
-from dxgraph.traces._store import TraceStore
+from dxgraph.traces import (
+    FORMAT_VERSION,
+    GENESIS_SHA256,
+    ModelCalled,
+    TraceStore,
+    canonical_json,
+    event_sha256,
+    export_run,
+    import_run,
+)
 
 from _helpers import diagnosis_reply, drawn_disc_cup_registry, fundus_like, reply_evidence_ids, write_rgb
 
@@ -91,8 +99,8 @@ def test_model_images_travel_with_the_run(tmp_path, db):
         db=db,
         modality="fundus",
         registry=drawn_disc_cup_registry(),
-        aggregator="scripted",
         language_model=chat,
+        options=RunOptions(aggregator="scripted"),
     )
     store = TraceStore(db)
     (call,) = [e for e in store.events(r.run_id) if isinstance(e, ModelCalled)]

@@ -14,14 +14,13 @@ import numpy as np
 import pytest
 
 import dxgraph
+from dxgraph.agent import replay
+from dxgraph.agent._replay_chat import reply_text
 from dxgraph.errors import StoreError, UserError
+from dxgraph.phantoms import fundus_phantom
 from dxgraph.testing import ScriptedChat
-from dxgraph.testing.phantoms import fundus_phantom
 from dxgraph.tools import ToolRegistry
-from dxgraph.traces._replay import replay
-from dxgraph.traces._replay_chat import reply_text
-from dxgraph.traces._replay_diff import DEFAULT_TOLERANCES, compare_json, tolerance_for
-from dxgraph.traces._store import TraceStore
+from dxgraph.traces import DEFAULT_TOLERANCES, TraceStore, compare_json, tolerance_for
 
 from _helpers import diagnosis_reply, drawn_disc_cup_registry, drawn_run, reply_evidence_ids, write_rgb
 

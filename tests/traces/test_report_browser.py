@@ -13,10 +13,8 @@ import cv2
 import numpy as np
 import pytest
 
-from dxgraph.planners._plan import ImageInput, Plan, StepOutput, ToolCall
-from dxgraph.traces._events import PlanMade, RunStarted
-from dxgraph.traces._report import plan_dag, render_report
-from dxgraph.traces._store import TraceStore
+from dxgraph.core import ImageInput, Plan, StepOutput, ToolCall
+from dxgraph.traces import PlanMade, RunStarted, TraceStore, plan_dag, render_report
 
 from _helpers import chromium_or_skip, run_chromium, write_rgb
 
@@ -27,7 +25,7 @@ WINDOW = (1280, 2400)
 def phantom_report(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, TraceStore, str]:
     """A real run (fundus phantom, real default registry) and its report written to a file."""
     import dxgraph
-    from dxgraph.testing.phantoms import fundus_phantom
+    from dxgraph.phantoms import fundus_phantom
 
     folder = tmp_path_factory.mktemp("report")
     image = write_rgb(folder / "fundus.png", fundus_phantom(0.5, seed=3).rgb)

@@ -15,15 +15,19 @@ import cv2
 import numpy as np
 from pydantic import Field
 
-from dxgraph.agent.case import Case, CaseImage
-from dxgraph.tools import ToolModel, ToolRegistry, load_image, save_artifact, select_image, tool
-from dxgraph.tools._types import ImageRef
-from dxgraph.traces._artifacts import ArtifactRef, save_array
-from dxgraph.traces._events import RunFinished, RunHeader, RunStarted, ToolCalled
-from dxgraph.traces._recorder import TraceRecorder
-from dxgraph.traces._report import render_report
-from dxgraph.traces._report_figures import ed_es_frames
-from dxgraph.traces._store import TraceStore
+from dxgraph.agent import RunOptions
+from dxgraph.core import ArtifactRef, Case, CaseImage, ImageRef, ToolModel, save_array, select_image
+from dxgraph.tools import ToolRegistry, load_image, save_artifact, tool
+from dxgraph.traces import (
+    RunFinished,
+    RunHeader,
+    RunStarted,
+    ToolCalled,
+    TraceRecorder,
+    TraceStore,
+    ed_es_frames,
+    render_report,
+)
 
 from _helpers import chromium_or_skip, run_chromium
 
@@ -479,7 +483,7 @@ def test_a_real_run_with_a_prior_study_reports_both_studies_with_their_masks(tmp
     import nibabel as nib
 
     import dxgraph
-    from dxgraph.agent.case import ImageSpec
+    from dxgraph.core import ImageSpec
 
     crit = tmp_path / "criteria"
     crit.mkdir()
@@ -501,7 +505,9 @@ def test_a_real_run_with_a_prior_study_reports_both_studies_with_their_masks(tmp
             )
         )
     db = str(tmp_path / "traces.db")
-    r = dxgraph.diagnose("toy growth", specs, db=db, registry=_growth_registry(), criteria_dirs=[crit])
+    r = dxgraph.diagnose(
+        "toy growth", specs, db=db, registry=_growth_registry(), options=RunOptions(criteria_dirs=[crit])
+    )
     assert r.diagnosis.label == "toy_growing"
     html = render_report(TraceStore(db, create=False), r.run_id)
     figs = _figures(html)

@@ -7,10 +7,9 @@ import pytest
 import sqlalchemy as sa
 
 import dxgraph
+from dxgraph.agent import RunOptions
 from dxgraph.errors import StoreError
-from dxgraph.traces._events import GENESIS_SHA256, canonical_json, event_sha256
-from dxgraph.traces._migrations import SCHEMA_VERSION
-from dxgraph.traces._store import TraceStore
+from dxgraph.traces import GENESIS_SHA256, SCHEMA_VERSION, TraceStore, canonical_json, event_sha256
 
 from _helpers import drawn_disc_cup_registry, fundus_like, write_rgb
 
@@ -107,7 +106,7 @@ def test_unknown_runs_and_missing_stores_are_user_errors(tmp_path, stored_run):
 
 def test_extra_criteria_travel_with_the_run_into_its_report_and_are_verified(tmp_path, db):
     from dxgraph.criteria_kb import packaged_criteria
-    from dxgraph.traces._report import render_report
+    from dxgraph.traces import render_report
 
     text = next(c for c in packaged_criteria() if c.document.id == "glaucoma.onh-structure").raw.decode()
     text = text.replace("id: glaucoma.onh-structure", "id: site.glaucoma-local").replace(
@@ -126,7 +125,7 @@ def test_extra_criteria_travel_with_the_run_into_its_report_and_are_verified(tmp
         db=db,
         modality="fundus",
         registry=drawn_disc_cup_registry(),
-        criteria_dirs=[crit],
+        options=RunOptions(criteria_dirs=[crit]),
     )
     (crit / "local.yaml").unlink()  # the report must not need the folder any more
     store = TraceStore(db)

@@ -21,9 +21,14 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 
-from dxgraph.traces._migrations import SCHEMA_VERSION, apply_migrations, current_version
-from dxgraph.traces._recorder import TraceRecorder
-from dxgraph.traces._store import TraceStore, verify_all
+from dxgraph.traces import (
+    SCHEMA_VERSION,
+    TraceRecorder,
+    TraceStore,
+    apply_migrations,
+    current_version,
+    verify_all,
+)
 
 from _helpers import drawn_disc_cup_registry, drawn_run
 
@@ -365,8 +370,8 @@ def test_migrating_past_the_known_versions_is_refused(db):
 
 def test_export_import_and_replay_work_on_either_backend(url: str, tmp_path: Path, db: str) -> None:
     """A run exported from one SQLite store imports into this backend, verifies, and replays the same."""
-    from dxgraph.traces._portable import export_run, import_run
-    from dxgraph.traces._replay import replay
+    from dxgraph.agent import replay
+    from dxgraph.traces import export_run, import_run
 
     source_db = str(tmp_path / "source.db")
     run_id = _diagnose(source_db, tmp_path, cup_radius_px=38.0)
@@ -385,11 +390,17 @@ def test_two_workers_racing_for_one_cohort_case_record_it_once(url: str, tmp_pat
     """The cohort record commits with its run: the loser of a race stores neither and reads the winner's."""
     from datetime import UTC, datetime
 
-    from dxgraph.agent.case import ImageSpec
-    from dxgraph.agent.cohort.manifest import CohortCase, task_labels
-    from dxgraph.agent.cohort.outcome import CohortInfo
-    from dxgraph.agent.cohort.store import CohortStore
-    from dxgraph.agent.cohort.worker import CaseJob, CaseWorker, CohortSettings
+    from dxgraph.agent import RunOptions
+    from dxgraph.agent.cohort import (
+        CaseJob,
+        CaseWorker,
+        CohortCase,
+        CohortInfo,
+        CohortSettings,
+        CohortStore,
+        task_labels,
+    )
+    from dxgraph.core import ImageSpec
     from dxgraph.criteria_kb import get_criteria
 
     from _helpers import fundus_like, write_rgb
@@ -403,9 +414,13 @@ def test_two_workers_racing_for_one_cohort_case_record_it_once(url: str, tmp_pat
     assert CohortStore(store).start(info) == info and CohortStore(store).start(info).cohort_id == "race"
     image = write_rgb(tmp_path / "f.png", fundus_like())
     case = CohortCase(case_id="c1", line=2, images=(ImageSpec(path=image),), modality="fundus")
-    options = {"registry": drawn_disc_cup_registry(cup_radius_px=35.0), "device": "cpu"}
     settings = CohortSettings(
-        cohort_id="race", task="glaucoma", db_url=store.url, labels=labels, options=options
+        cohort_id="race",
+        task="glaucoma",
+        db_url=store.url,
+        labels=labels,
+        options=RunOptions(device="cpu"),
+        registry=drawn_disc_cup_registry(cup_radius_px=35.0),
     )
     first = CaseWorker(settings).run(CaseJob(case))
     second = CaseWorker(settings).run(CaseJob(case))  # the same attempt again: loses, stores nothing

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -10,6 +11,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from dxgraph.errors import UserError
 
 if TYPE_CHECKING:
     import torch
@@ -159,17 +162,26 @@ def _train(
     return fit_batches(net, len(x), sample, loss, cfg, progress=progress)
 
 
-def predict(net: torch.nn.Module, x: np.ndarray, batch_size: int = 16) -> np.ndarray:
-    """Raw network outputs for arrays (N, C, *spatial), in batches, without gradients."""
-    import torch
+SHARED_DATA_ENV = "DXGRAPH_SHARED_DATA"
+"""Environment variable naming the folder that holds the labelled data sets (one sub-folder each)."""
 
-    device = next(net.parameters()).device
-    outs = []
-    with torch.inference_mode():
-        for start in range(0, len(x), batch_size):
-            xb = torch.from_numpy(np.ascontiguousarray(x[start : start + batch_size])).to(device)
-            outs.append(net(xb).float().cpu().numpy())
-    return np.concatenate(outs, axis=0)
+
+def training_data_dir(data: Path | None, data_set: str) -> Path:
+    """The training data folder: ``data`` when given, else ``$DXGRAPH_SHARED_DATA/<data_set>``.
+
+    UserError when neither is given or the folder does not exist; never a path guessed from where the
+    code is installed.
+    """
+    if data is None:
+        root = os.environ.get(SHARED_DATA_ENV, "").strip()
+        if not root:
+            raise UserError(
+                f"no training data: give --data FOLDER, or set ${SHARED_DATA_ENV} (its {data_set}/ is used)"
+            )
+        data = Path(root) / data_set
+    if not Path(data).is_dir():
+        raise UserError(f"training data not found: {data} (give --data)")
+    return Path(data)
 
 
 def training_main(
@@ -177,19 +189,25 @@ def training_main(
     argv: list[str] | None,
     *,
     description: str,
-    data: Path,
+    data_set: str,
     out: Path,
     epochs: int,
 ) -> None:
     """The ``python -m dxgraph.tools.training.<task>`` command line shared by the training modules:
-    ``--data``, ``--out``, ``--folds``, ``--epochs``, ``--seed``, then ``train(data, out, ...)``."""
+    ``--data`` (default ``$DXGRAPH_SHARED_DATA/<data_set>``), ``--out``, ``--folds``, ``--epochs``,
+    ``--seed``, then ``train(data, out, ...)``."""
     import argparse
 
     p = argparse.ArgumentParser(description=description)
-    p.add_argument("--data", type=Path, default=data, help="the training data folder")
+    p.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        help=f"the training data folder (default: ${SHARED_DATA_ENV}/{data_set})",
+    )
     p.add_argument("--out", type=Path, default=out, help="weights file to write")
     p.add_argument("--folds", type=int, default=5)
     p.add_argument("--epochs", type=int, default=epochs)
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
-    train(a.data, a.out, folds=a.folds, seed=a.seed, epochs=a.epochs)
+    train(training_data_dir(a.data, data_set), a.out, folds=a.folds, seed=a.seed, epochs=a.epochs)

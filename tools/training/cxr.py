@@ -15,10 +15,25 @@ from typing import Any
 import cv2
 import numpy as np
 
+from dxgraph.core import ImageRef, MemoryArtifacts
+from dxgraph.imaging import read_image
 from dxgraph.tools import cxr
-from dxgraph.tools.training._common import LoopConfig, Progress, dice, kfold, predict, seed_everything
+from dxgraph.tools._context import ToolContext, load_artifact, save_artifact, tool_context
+from dxgraph.tools._mask_geometry import cardiothoracic_ratio
+from dxgraph.tools._nets import build_network, unet_arch
+from dxgraph.tools._torch_runtime import clear_model_cache, predict, save_model_file
+from dxgraph.tools._weights import record_weights
+from dxgraph.tools.training._common import (
+    SHARED_DATA_ENV,
+    LoopConfig,
+    Progress,
+    dice,
+    kfold,
+    seed_everything,
+    train_segmenter,
+    training_data_dir,
+)
 
-DATA_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "cxr_wingspan"
 """Default location of the Wingspan set, beside the project."""
 CHANNELS = (16, 32, 64, 128, 256)
 """UNet feature channels per level."""
@@ -106,8 +121,6 @@ def training_arrays(cases: list[Case], copies: int, seed: int) -> tuple[np.ndarr
 
 def fit(cases: list[Case], epochs: int, seed: int, copies: int, progress: Progress | None) -> Any:
     """A fresh UNet trained on the cases (Dice + BCE, Adam, cosine schedule)."""
-    from dxgraph.tools._nets import build_network, unet_arch
-    from dxgraph.tools.training._common import train_segmenter
 
     seed_everything(seed, threads=1)
     arch = unet_arch(spatial_dims=2, in_channels=1, out_channels=len(cxr.STRUCTURES), channels=CHANNELS)
@@ -127,8 +140,8 @@ def evaluate(net: Any, cases: list[Case]) -> list[dict[str, float]]:
     for c, p in zip(cases, prob, strict=True):
         masks, _ = cxr.masks_from_probabilities(p, c.grey.shape)
         row = {f"{s}_dice": dice(m, t) for s, m, t in zip(cxr.STRUCTURES, masks, c.masks, strict=True)}
-        row["ctr"] = cxr.cardiothoracic_ratio(*masks) if all(m.any() for m in masks) else float("nan")
-        row["gt_ctr"] = cxr.cardiothoracic_ratio(*c.masks)
+        row["ctr"] = cardiothoracic_ratio(*masks) if all(m.any() for m in masks) else float("nan")
+        row["gt_ctr"] = cardiothoracic_ratio(*c.masks)
         row["ctr_reference"] = c.ctr_reference if c.ctr_reference is not None else float("nan")
         rows.append(row)
     return rows
@@ -156,16 +169,6 @@ def summarise(rows: list[dict[str, float]]) -> dict[str, float]:
 
 def first_rows_through_tool(data_dir: Path, cases: list[Case], n: int = 5) -> dict[str, float]:
     """Heart Dice and CTR error of the registered tools on the first n rows of cases.csv."""
-    from dxgraph.agent.images import read_image
-    from dxgraph.tools import (
-        ImageRef,
-        ToolContext,
-        load_artifact,
-        save_artifact,
-        tool_context,
-    )
-    from dxgraph.tools._torch_runtime import clear_model_cache
-    from dxgraph.traces import MemoryArtifacts
 
     clear_model_cache()
     seg, meas = cxr.segment_heart_lungs, cxr.measure_cardiothoracic_ratio
@@ -204,8 +207,6 @@ def _fit_job(data_dir: Path, label: str, train_idx: list[int], seed: int, epochs
 
 
 def _net_from_state(arch: dict[str, Any], state: dict[str, Any]) -> Any:
-    from dxgraph.tools._nets import build_network
-
     net = build_network(arch)
     net.load_state_dict(state)
     return net.eval()
@@ -240,7 +241,7 @@ def _run_jobs(
 
 
 def train(
-    data_dir: Path = DATA_DIR,
+    data_dir: Path,
     out_path: Path = cxr.WEIGHTS_PATH,
     *,
     folds: int = 5,
@@ -255,8 +256,6 @@ def train(
     Each epoch passes over every image and ``copies`` augmented versions of it. The fold and final
     trainings run in ``workers`` processes of one thread each; the results do not depend on ``workers``.
     """
-    from dxgraph.tools._torch_runtime import save_model_file
-    from dxgraph.tools._weights import record_weights
 
     t0 = time.perf_counter()
     cases = load_cases(data_dir)
@@ -321,7 +320,12 @@ def train(
 def main(argv: list[str] | None = None) -> None:
     """Command-line entry point."""
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--data", type=Path, default=DATA_DIR)
+    ap.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        help=f"the training data folder (default: ${SHARED_DATA_ENV}/cxr_wingspan)",
+    )
     ap.add_argument("--out", type=Path, default=cxr.WEIGHTS_PATH)
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--epochs", type=int, default=80)
@@ -330,7 +334,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     train(
-        args.data,
+        training_data_dir(args.data, "cxr_wingspan"),
         args.out,
         folds=args.folds,
         seed=args.seed,

@@ -20,8 +20,17 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from dxgraph.core import ImageRef, MemoryArtifacts
+from dxgraph.imaging import as_rgb8, read_image
 from dxgraph.tools import _cup_disc_geometry as geo
 from dxgraph.tools import fundus_unet as fu
+from dxgraph.tools._context import ToolContext, load_artifact, save_artifact, tool_context
+from dxgraph.tools._fundus_segmentation import SegmentationError, segment_disc_cup
+from dxgraph.tools._nets import build_network, unet_arch
+from dxgraph.tools._plugins import default_tools
+from dxgraph.tools._torch_runtime import clear_model_cache, save_model_file
+from dxgraph.tools._weights import PACKAGED_LOCK, record_weights
+from dxgraph.tools.fundus import DiscCupMasks, SegmentDiscCupInput
 from dxgraph.tools.training._common import (
     LoopConfig,
     Progress,
@@ -75,9 +84,6 @@ class Case:
 
 def read_rgb(path: Path) -> np.ndarray:
     """A photograph as the tool receives it (dxgraph's image reader), as uint8 RGB."""
-    from dxgraph.agent.images import read_image
-    from dxgraph.tools._context import as_rgb8
-
     return as_rgb8(read_image(path).array)
 
 
@@ -134,8 +140,6 @@ def augmented_sample(case: Case, rng: np.random.Generator, size_px: int) -> tupl
 
 def new_network() -> torch.nn.Module:
     """A fresh disc/cup UNet (3 colour channels in, disc and cup logits out)."""
-    from dxgraph.tools._nets import build_network
-
     return build_network(new_network_arch())
 
 
@@ -175,8 +179,6 @@ def vcdr_of(disc: np.ndarray, cup: np.ndarray) -> float:
 
 def classical_vcdr(rgb: np.ndarray) -> float | None:
     """The classical segmenter's vCDR of a photograph (None when it finds no disc), for comparison."""
-    from dxgraph.tools._fundus_segmentation import SegmentationError, segment_disc_cup
-
     try:
         seg = segment_disc_cup(rgb)
     except SegmentationError:
@@ -232,21 +234,9 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, float]:
 
 def first_rows_dice(data_dir: Path, n: int = 5) -> tuple[float, float]:
     """Mean disc and cup Dice of the registered tool (full pipeline) on the first n rows of cases.csv."""
-    from dxgraph.agent.images import read_image
-    from dxgraph.tools import (
-        ImageRef,
-        ToolContext,
-        default_registry,
-        load_artifact,
-        save_artifact,
-        tool_context,
-    )
-    from dxgraph.tools._torch_runtime import clear_model_cache
-    from dxgraph.tools.fundus import DiscCupMasks, SegmentDiscCupInput
-    from dxgraph.traces import MemoryArtifacts
 
     clear_model_cache()
-    spec = default_registry.get("segment_optic_disc_cup_unet")
+    spec = default_tools().get("segment_optic_disc_cup_unet")
     with (Path(data_dir) / "cases.csv").open() as f:
         rows = list(csv.DictReader(f))[:n]
     discs, cups = [], []
@@ -275,8 +265,6 @@ def train(
     progress: Progress = print,
 ) -> dict[str, Any]:
     """Cross-validate, train the final model on all photographs, save and record it; returns the metrics."""
-    from dxgraph.tools._torch_runtime import save_model_file
-    from dxgraph.tools._weights import PACKAGED_LOCK, record_weights
 
     t0 = time.perf_counter()
     cases = load_cases(Path(data_dir), progress)
@@ -341,19 +329,16 @@ def train(
 
 def new_network_arch() -> dict[str, Any]:
     """The architecture description stored in the weights file."""
-    from dxgraph.tools._nets import unet_arch
-
     return unet_arch(spatial_dims=2, in_channels=3, out_channels=2, channels=CHANNELS)
 
 
 def main(argv: list[str] | None = None) -> None:
     """Command line: python -m dxgraph.tools.training.fundus [--data D] [--out F] [--folds K] ..."""
-    data = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "fundus_drishti"
     training_main(
         train,
         argv,
         description=(__doc__ or "").splitlines()[0],
-        data=data,
+        data_set="fundus_drishti",
         out=fu.WEIGHTS_PATH,
         epochs=EPOCHS,
     )

@@ -18,6 +18,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from dxgraph.imaging import read_image
+from dxgraph.tools._nets import build_network, unet_arch
+from dxgraph.tools._nodule_segmentation import average_diameter_mm, size_category
+from dxgraph.tools._torch_runtime import save_model_file
+from dxgraph.tools._weights import record_weights
 from dxgraph.tools.ct_nodule_unet import (
     GRID_SHAPE,
     WEIGHTS_PATH,
@@ -45,7 +50,6 @@ LICENCE = "CC BY 3.0 (LIDC-IDRI, Armato et al. Med Phys 2011;38:915-931, doi:10.
 """Licence of the training data, and so of the weights."""
 COMMAND = "dxgraph train nodule_segmentation --seed 0"
 """The command that produces the shipped weights."""
-DEFAULT_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "ct_lidc_nodules"
 """Where the development set lies beside the project."""
 CHANNELS = (8, 16, 32, 64)
 """Feature channels of the UNet's levels."""
@@ -81,8 +85,6 @@ class Crop:
 
 def load_crops(data_dir: Path) -> list[Crop]:
     """Read nodules.csv and every crop and mask, with their windows and reference diameters."""
-    from dxgraph.agent.images import read_image
-    from dxgraph.tools._nodule_segmentation import average_diameter_mm
 
     data_dir = Path(data_dir)
     with (data_dir / "nodules.csv").open(newline="") as f:
@@ -107,25 +109,14 @@ def arrays(crops: list[Crop]) -> tuple[np.ndarray, np.ndarray]:
     return x, y
 
 
-def size_category(diameter_mm: float) -> str:
-    """Fleischner size category of an unrounded average diameter (the bench's bands)."""
-    from dxgraph.bench.lidc_nodule_eval import size_category as category
-
-    return category(diameter_mm)
-
-
 def new_network(seed: int) -> torch.nn.Module:
     """A freshly initialised (seeded) 3D UNet, one input and one output channel."""
-    from dxgraph.tools._nets import build_network
-
     seed_everything(seed, threads=1)
     return build_network(network_arch())
 
 
 def network_arch() -> dict[str, Any]:
     """The MONAI UNet description of the network."""
-    from dxgraph.tools._nets import unet_arch
-
     return unet_arch(spatial_dims=3, in_channels=1, out_channels=1, channels=CHANNELS)
 
 
@@ -140,8 +131,6 @@ def fit(
 
 def evaluate(net: torch.nn.Module, crops: list[Crop], x: np.ndarray) -> list[dict[str, float]]:
     """Per crop: measured and reference diameter and the Dice, with the tool's post-processing."""
-    from dxgraph.tools._nodule_segmentation import average_diameter_mm
-
     prob = window_probability(net, x)
     out = []
     for c, p in zip(crops, prob, strict=True):
@@ -208,7 +197,7 @@ def cross_validate(
 
 
 def train(
-    data_dir: Path = DEFAULT_DATA,
+    data_dir: Path,
     out_path: Path = WEIGHTS_PATH,
     *,
     folds: int = 5,
@@ -217,8 +206,6 @@ def train(
     progress: Progress = print,
 ) -> dict[str, Any]:
     """Cross-validate, train the final nodule UNet on all crops, save and record it; return the metrics."""
-    from dxgraph.tools._torch_runtime import save_model_file
-    from dxgraph.tools._weights import record_weights
 
     t_start = time.perf_counter()
     crops = load_crops(data_dir)
@@ -267,7 +254,12 @@ def train(
 def main(argv: list[str] | None = None) -> None:
     """Command line: ``python -m dxgraph.tools.training.nodule_segmentation``."""
     training_main(
-        train, argv, description=__doc__ or "", data=DEFAULT_DATA, out=WEIGHTS_PATH, epochs=DEFAULT_EPOCHS
+        train,
+        argv,
+        description=__doc__ or "",
+        data_set="ct_lidc_nodules",
+        out=WEIGHTS_PATH,
+        epochs=DEFAULT_EPOCHS,
     )
 
 

@@ -14,7 +14,20 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from dxgraph.tools.ct_nodule import GRID_SIZE, GRID_SPACING_MM, WEIGHTS_PATH, preprocess_nodule
+from dxgraph.core import ImageRef, MemoryArtifacts
+from dxgraph.imaging import read_image
+from dxgraph.tools._context import ToolContext, save_artifact, tool_context
+from dxgraph.tools._nets import build_network
+from dxgraph.tools._plugins import default_tools
+from dxgraph.tools._torch_runtime import save_model_file
+from dxgraph.tools._weights import record_weights
+from dxgraph.tools.ct_nodule import (
+    GRID_SIZE,
+    GRID_SPACING_MM,
+    WEIGHTS_PATH,
+    NoduleMalignancyInput,
+    preprocess_nodule,
+)
 from dxgraph.tools.training._common import (
     LoopConfig,
     Progress,
@@ -31,7 +44,6 @@ LICENCE = "CC BY 3.0 (LIDC-IDRI, Armato et al. Med Phys 2011, TCIA)"
 """Licence of the training data, and so of the weights."""
 COMMAND = "dxgraph train nodules --seed 0"
 """The command that produces the shipped weights."""
-DEFAULT_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "ct_lidc_nodules"
 """Where the development set lies beside the project."""
 
 
@@ -77,8 +89,6 @@ def load_nodule_set(
     data_dir: Path, *, grid_size: int = GRID_SIZE, grid_spacing_mm: float = GRID_SPACING_MM
 ) -> NoduleSet:
     """Read nodules.csv and every crop and mask, and preprocess them exactly as the tool does."""
-    from dxgraph.agent.images import read_image
-
     data_dir = Path(data_dir)
     with (data_dir / "nodules.csv").open(newline="") as f:
         rows = list(csv.DictReader(f))
@@ -156,8 +166,6 @@ def train_network(
 ) -> torch.nn.Module:
     """Train a fresh Classifier on preprocessed crops x (N, 2, n, n, n) and labels y (N,)."""
     import torch
-
-    from dxgraph.tools._nets import build_network
 
     seed_everything(cfg.seed, threads=1)
     net = build_network(classifier_arch(cfg, x.shape[-1]))
@@ -238,12 +246,8 @@ def cross_validate(
 
 def tool_probabilities(data_dir: Path, rows: list[dict[str, str]]) -> list[float]:
     """Malignancy probabilities the registered tool gives for these rows' crops, image only (no mask)."""
-    from dxgraph.agent.images import read_image
-    from dxgraph.tools import ImageRef, ToolContext, default_registry, save_artifact, tool_context
-    from dxgraph.tools.ct_nodule import NoduleMalignancyInput
-    from dxgraph.traces import MemoryArtifacts
 
-    spec = default_registry.get("classify_nodule_malignancy")
+    spec = default_tools().get("classify_nodule_malignancy")
     out = []
     with tool_context(ToolContext(artifacts=MemoryArtifacts())):
         for i, r in enumerate(rows):
@@ -261,7 +265,7 @@ def tool_probabilities(data_dir: Path, rows: list[dict[str, str]]) -> list[float
 
 
 def train(
-    data_dir: Path = DEFAULT_DATA,
+    data_dir: Path,
     out_path: Path = WEIGHTS_PATH,
     *,
     folds: int = 5,
@@ -270,8 +274,6 @@ def train(
     progress: Progress = print,
 ) -> dict[str, Any]:
     """Cross-validate, train the final malignancy CNN on all crops, save and record it; return the metrics."""
-    from dxgraph.tools._torch_runtime import save_model_file
-    from dxgraph.tools._weights import record_weights
 
     t_start = time.perf_counter()
     cfg = NoduleTrainConfig(epochs=epochs, seed=seed)
@@ -325,7 +327,9 @@ def train(
 
 def main(argv: list[str] | None = None) -> None:
     """Command line: ``python -m dxgraph.tools.training.nodules``."""
-    training_main(train, argv, description=__doc__ or "", data=DEFAULT_DATA, out=WEIGHTS_PATH, epochs=40)
+    training_main(
+        train, argv, description=__doc__ or "", data_set="ct_lidc_nodules", out=WEIGHTS_PATH, epochs=40
+    )
 
 
 if __name__ == "__main__":

@@ -9,10 +9,16 @@ from typing import Any
 
 import pytest
 
-from dxgraph.agent.cohort.metrics import compute_metrics
-from dxgraph.agent.cohort.outcome import CaseCost, CaseOutcome, CohortInfo, ManifestProblem, TaskLabels
-from dxgraph.agent.cohort.plots import bland_altman_png, confusion_matrix_png, reliability_diagram_png
-from dxgraph.agent.cohort.report import render_cohort_report
+from dxgraph.agent.cohort import (
+    CaseCost,
+    CaseOutcome,
+    CohortInfo,
+    ManifestProblem,
+    TaskLabels,
+    compute_metrics,
+    render_cohort_report,
+)
+from dxgraph.agent.cohort._plots import bland_altman_png, confusion_matrix_png, reliability_diagram_png
 
 LABELS = TaskLabels(
     criteria_id="glaucoma_vcdr",

@@ -16,11 +16,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dxgraph.agent.cohort.executors import LocalExecutor
-from dxgraph.agent.cohort.runner import run_cohort
+from dxgraph.agent import RunOptions
+from dxgraph.agent.cohort import LocalExecutor, run_cohort
 from dxgraph.errors import UserError
-from dxgraph.traces._events import DiagnosisMade, ToolCalled
-from dxgraph.traces._store import TraceStore, verify_all
+from dxgraph.traces import DiagnosisMade, ToolCalled, TraceStore, verify_all
 
 from _helpers import require_modules, run_cli
 
@@ -217,7 +216,7 @@ def _same_diagnoses(a: list, b: list) -> list:  # type: ignore[type-arg]
 @pytest.mark.slow
 def test_ray_executor_gives_the_same_diagnoses_as_local(phantom_cohort: Path, tmp_path: Path) -> None:
     require_modules("ray", install="-e '.[ray]'")
-    from dxgraph.agent.cohort.ray_executor import RayExecutor
+    from dxgraph.agent.cohort._ray_executor import RayExecutor
 
     manifest = head_manifest(phantom_cohort, 6, "first6.csv")
     db = str(tmp_path / "t.db")
@@ -231,7 +230,7 @@ def test_ray_executor_gives_the_same_diagnoses_as_local(phantom_cohort: Path, tm
     assert ray.metrics.accuracy == local.metrics.accuracy
 
     # the network segmenter through the tool-server actor (the GPU's place; on the CPU here)
-    unet = {"prefer_tools": ("segment_optic_disc_cup_unet",)}
+    unet = {"options": RunOptions(prefer_tools=("segment_optic_disc_cup_unet",))}
     local_unet = run_cohort(
         manifest, task="glaucoma", db=db, cohort_id="local-unet", executor=LocalExecutor(2, "threads"), **unet
     )
@@ -288,8 +287,7 @@ def test_cohort_cli_run_status_report_and_bad_rows(capsys, phantom_cohort: Path,
 def test_progress_counts_done_and_failed_and_draws_only_when_asked(capsys) -> None:  # type: ignore[no-untyped-def]
     from datetime import UTC, datetime
 
-    from dxgraph.agent.cohort.outcome import CaseOutcome
-    from dxgraph.agent.cohort.progress import CohortProgress
+    from dxgraph.agent.cohort import CaseOutcome, CohortProgress
 
     def outcome(status: str) -> CaseOutcome:
         return CaseOutcome(

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dxgraph.agent.cohort.manifest import read_manifest, task_labels
+from dxgraph.agent.cohort import read_manifest, task_labels
 from dxgraph.criteria_kb import get_criteria
 from dxgraph.errors import UserError
 

@@ -8,8 +8,14 @@ from typing import Any
 
 import pytest
 
-from dxgraph.agent.cohort.metrics import compute_metrics, format_metrics, indicator_agreement
-from dxgraph.agent.cohort.outcome import CaseCost, CaseOutcome, TaskLabels
+from dxgraph.agent.cohort import (
+    CaseCost,
+    CaseOutcome,
+    TaskLabels,
+    compute_metrics,
+    format_metrics,
+    indicator_agreement,
+)
 
 BINARY = TaskLabels(
     criteria_id="glaucoma", labels=("glaucoma", "normal"), positive=("glaucoma",), not_assessable="ungradable"
