@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import Field
@@ -10,7 +10,7 @@ from pydantic import Field
 from dxgraph.core import ArtifactRef, ImageRef, ToolModel
 from dxgraph.errors import ToolError
 from dxgraph.tools._context import load_volume, save_artifact
-from dxgraph.tools._nodule_segmentation import nodule_count, segment_nodules
+from dxgraph.tools._nodule_segmentation import NoduleMeasurement, nodule_count, segment_nodules
 from dxgraph.tools._registry import tool
 
 NOT_HU_P5 = -400.0
@@ -72,32 +72,44 @@ def segment_lung_nodules(inp: LungNoduleInput) -> LungNodules:
     type from HU (solid, part-solid, ground glass). Raises ToolError(no_nodule_found) when there is none.
     """
     hu, spacing = load_volume(inp.image, "the CT image of segment_lung_nodules")
-    flags: list[str] = []
+    require_aerated_lung(hu)
+    seg = segment_nodules(hu, tuple(float(s) for s in spacing))
+    if not seg.nodules:
+        raise ToolError("no lung nodule of 3 mm or more was found in the volume", flags=("no_nodule_found",))
+    dom = seg.nodules[0]
+    flags = ["nodule_centred_crop_central_nodule_measured"] if seg.nodule_centred_crop else []
+    return LungNodules(**dominant_nodule_fields(dom, dom.mask, nodule_count(seg), spacing[0], flags))
+
+
+def require_aerated_lung(hu: np.ndarray) -> None:
+    """ToolError ``no_lung_parenchyma_or_not_hu`` for a volume without aerated lung, or not in HU."""
     if float(np.percentile(hu, 5)) > NOT_HU_P5:
         raise ToolError(
             "the volume holds no aerated lung below -400 HU: not a chest CT in HU, or no lung in it",
             flags=("no_lung_parenchyma_or_not_hu",),
         )
-    seg = segment_nodules(hu, tuple(float(s) for s in spacing))
-    if not seg.nodules:
-        raise ToolError("no lung nodule of 3 mm or more was found in the volume", flags=("no_nodule_found",))
-    dom = seg.nodules[0]
-    if seg.nodule_centred_crop:
-        flags.append("nodule_centred_crop_central_nodule_measured")
+
+
+def dominant_nodule_fields(
+    dom: NoduleMeasurement, mask: np.ndarray, count: int, slice_spacing_mm: float, flags: list[str]
+) -> dict[str, Any]:
+    """The ``LungNodules`` fields of a measured dominant nodule drawn by ``mask``, with the flags every
+    nodule segmenter raises (border contact, thick slices, a nodule near the detection limit)."""
+    flags = list(flags)
     if dom.touches_border:
         flags.append("nodule_touches_volume_border")
-    if float(spacing[0]) > 2.5:
+    if float(slice_spacing_mm) > 2.5:
         flags.append("thick_slices_over_2_5mm")
     if dom.diameter_mm < 4.0:
         flags.append("nodule_near_detection_limit")
-    return LungNodules(
-        nodule_mask=save_artifact(dom.mask, "mask"),
-        nodule_count=nodule_count(seg),
-        diameter_mm=round(dom.diameter_mm, 3),
-        long_axis_mm=round(dom.long_axis_mm, 3),
-        short_axis_mm=round(dom.short_axis_mm, 3),
-        volume_mm3=round(dom.volume_mm3, 2),
-        nodule_type=dom.nodule_type,
-        solid_component_mm=round(dom.solid_component_mm, 3),
-        quality_flags=flags,
-    )
+    return {
+        "nodule_mask": save_artifact(mask, "mask"),
+        "nodule_count": count,
+        "diameter_mm": round(dom.diameter_mm, 3),
+        "long_axis_mm": round(dom.long_axis_mm, 3),
+        "short_axis_mm": round(dom.short_axis_mm, 3),
+        "volume_mm3": round(dom.volume_mm3, 2),
+        "nodule_type": dom.nodule_type,
+        "solid_component_mm": round(dom.solid_component_mm, 3),
+        "quality_flags": flags,
+    }

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from dxgraph.errors import ToolError
-from dxgraph.tools._context import current_context, load_image, save_artifact
+from dxgraph.tools._context import current_context, load_image
 from dxgraph.tools._nodule_segmentation import (
     COUNT_MAX_ELONGATION_RATIO,
     COUNT_MIN_DIAMETER_MM,
@@ -39,7 +39,12 @@ from dxgraph.tools._nodule_segmentation import (
 from dxgraph.tools._registry import tool
 from dxgraph.tools._torch_runtime import load_packaged_model, predict
 from dxgraph.tools._weights import PACKAGED_WEIGHTS_DIR
-from dxgraph.tools.ct_nodule_size import NOT_HU_P5, LungNoduleInput, LungNodules
+from dxgraph.tools.ct_nodule_size import (
+    LungNoduleInput,
+    LungNodules,
+    dominant_nodule_fields,
+    require_aerated_lung,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -230,11 +235,7 @@ def segment_lung_nodules_unet(inp: LungNoduleInput) -> LungNodulesUnet:
     if spacing is None or len(spacing) != 3 or min(spacing) <= 0:
         raise ToolError("segment_lung_nodules_unet needs the voxel spacing in mm", flags=("no_spacing",))
     sp = (float(spacing[0]), float(spacing[1]), float(spacing[2]))
-    if float(np.percentile(hu, 5)) > NOT_HU_P5:
-        raise ToolError(
-            "the volume holds no aerated lung below -400 HU: not a chest CT in HU, or no lung in it",
-            flags=("no_lung_parenchyma_or_not_hu",),
-        )
+    require_aerated_lung(hu)
     flags: list[str] = []
     seg = segment_nodules(hu, sp)
     if max(hu.shape[1] * sp[1], hu.shape[2] * sp[2]) <= CROP_MAX_MM:
@@ -259,21 +260,4 @@ def segment_lung_nodules_unet(inp: LungNoduleInput) -> LungNodulesUnet:
         and m.diameter_mm >= COUNT_MIN_DIAMETER_MM
         and m.elongation_ratio <= COUNT_MAX_ELONGATION_RATIO
     )
-    if dom.touches_border:
-        flags.append("nodule_touches_volume_border")
-    if float(sp[0]) > 2.5:
-        flags.append("thick_slices_over_2_5mm")
-    if dom.diameter_mm < 4.0:
-        flags.append("nodule_near_detection_limit")
-    return LungNodulesUnet(
-        nodule_mask=save_artifact(mask, "mask"),
-        nodule_count=1 + others,
-        diameter_mm=round(dom.diameter_mm, 3),
-        long_axis_mm=round(dom.long_axis_mm, 3),
-        short_axis_mm=round(dom.short_axis_mm, 3),
-        volume_mm3=round(dom.volume_mm3, 2),
-        nodule_type=dom.nodule_type,
-        solid_component_mm=round(dom.solid_component_mm, 3),
-        quality_flags=flags,
-        weights_sha256=sha,
-    )
+    return LungNodulesUnet(**dominant_nodule_fields(dom, mask, 1 + others, sp[0], flags), weights_sha256=sha)
