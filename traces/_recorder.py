@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -21,8 +22,16 @@ def new_run_id(now: datetime | None = None) -> str:
 class TraceRecorder:
     """Collects a run's events and artifacts; nothing reaches the store until ``TraceStore.save``."""
 
-    def __init__(self, run_id: str | None = None, artifacts: MemoryArtifacts | None = None) -> None:
-        self.run_id = run_id or new_run_id()
+    def __init__(
+        self,
+        run_id: str | None = None,
+        artifacts: MemoryArtifacts | None = None,
+        *,
+        clock: Callable[[], datetime] | None = None,
+    ) -> None:
+        self._clock = clock or (lambda: datetime.now(UTC))
+        """Where the times come from: each event's ``ts`` (so the run's ``started_at``) and a new run id's."""
+        self.run_id = run_id or new_run_id(self._clock() if clock else None)
         """The run's id."""
         self.artifacts = artifacts if artifacts is not None else MemoryArtifacts()
         """Artifacts the run produced (and its case's pixels)."""
@@ -43,7 +52,7 @@ class TraceRecorder:
                 **fields,
                 "run_id": self.run_id,
                 "seq": len(self.events),
-                "ts": datetime.now(UTC),
+                "ts": self._clock(),
                 "prev_sha256": self.head_sha256,
                 "sha256": "",
             }

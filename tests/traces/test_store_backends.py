@@ -7,13 +7,14 @@ they skip without it, and fail under ``CI=true``.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
@@ -75,10 +76,18 @@ def real_run(url: str, tmp_path: Path) -> tuple[TraceStore, str]:
     return TraceStore(url), run_id
 
 
-def _clone(src: TraceStore, run_id: str, dst: TraceStore, *, case_id: str | None = None) -> str:
-    """Re-record a stored run under a new id and time (same content and artifacts) into ``dst``."""
+def _clone(
+    src: TraceStore,
+    run_id: str,
+    dst: TraceStore,
+    *,
+    case_id: str | None = None,
+    clock: Callable[[], datetime] | None = None,
+) -> str:
+    """Re-record a stored run under a new id and time (same content and artifacts) into ``dst``;
+    ``clock`` gives the new times (default: now)."""
     row = src.run(run_id)
-    rec = TraceRecorder()
+    rec = TraceRecorder(clock=clock)
     for ev in src.events(run_id):
         fields = ev.model_dump(mode="json", exclude={"run_id", "seq", "ts", "prev_sha256", "sha256", "event"})
         if case_id and ev.event == "RunStarted":
@@ -153,9 +162,10 @@ def test_list_runs_filters_by_time_task_and_case(url, tmp_path):
     store = TraceStore(url)
     template = _diagnose(url, tmp_path)
     ids = [template]
+    start = store.run(template).started_at
+    ticks = (start + timedelta(seconds=s) for s in itertools.count(1))  # one second apart, after the template
     for i in range(3):
-        time.sleep(0.01)
-        ids.append(_clone(store, template, store, case_id=f"case-{i}"))
+        ids.append(_clone(store, template, store, case_id=f"case-{i}", clock=ticks.__next__))
     assert [r.run_id for r in store.list_runs()] == ids[::-1]
     third = store.run(ids[2]).started_at
     assert [r.run_id for r in store.list_runs(since=third)] == ids[:1:-1]
