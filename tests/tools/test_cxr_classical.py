@@ -35,8 +35,9 @@ WINGSPAN_MAE = 0.0311
 """CTR mean absolute error of the classical segmenter against the reference."""
 WINGSPAN_ACCURACY = 0.909
 """Its cardiomegaly (CTR > 0.5) accuracy against the reference CTR > 0.5."""
-GOAL_MAE, GOAL_ACCURACY = 0.03, 0.9
-"""The issue's goals."""
+GOAL_ACCURACY = 0.9
+"""The issue's accuracy goal (met). Its MAE goal, 0.03, is not met by the classical segmenter
+(0.0311): test_wingspan_ctr_against_the_reference holds the measured MAE so that a regression fails."""
 
 
 def rg1_uncr_path():
@@ -68,20 +69,13 @@ def test_wingspan_ctr_against_the_reference():
     got, ref = np.array(got), np.array(ref)
     mae = float(np.abs(got - ref).mean())
     accuracy = float(((got > 0.5) == (ref > 0.5)).mean())
+    print(f"classical CTR on Wingspan (n={len(got)}): MAE {mae:.4f}, accuracy {accuracy:.3f}")
     assert len(got) == 99
     assert mae == pytest.approx(WINGSPAN_MAE, abs=0.002)
     assert accuracy == pytest.approx(WINGSPAN_ACCURACY, abs=0.011)
     assert accuracy >= GOAL_ACCURACY
     assert np.corrcoef(got, ref)[0, 1] > 0.75
     assert np.abs(got - ref).max() < 0.18  # measured 0.168
-
-
-@needs_wingspan
-@pytest.mark.xfail(
-    strict=True, reason=f"classical CTR MAE is {WINGSPAN_MAE} on Wingspan, above the {GOAL_MAE} goal"
-)
-def test_wingspan_ctr_mae_goal():
-    assert WINGSPAN_MAE <= GOAL_MAE
 
 
 @needs_wingspan
