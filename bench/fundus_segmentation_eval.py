@@ -5,7 +5,7 @@ Measures, and prints:
 * real data (Drishti-GS1 half in ``../shared/data/fundus_drishti``): disc IoU against the experts'
   majority disc (soft map > 127), cup Dice, vertical CDR against the experts' mean, AUROC of our
   vCDR for the glaucoma label, run time per image;
-* synthetic phantoms (testing/phantoms.py): 20 phantoms with true vCDR spread evenly over 0.3-0.85,
+* synthetic phantoms (phantoms/_fundus.py): 20 phantoms with true vCDR spread evenly over 0.3-0.85,
   both eyes, disc- and macula-centred fields; measured vCDR within +-0.05 of the truth;
 * ``skimage.data.retina()`` (1411 px, CC0): where the disc is found.
 

@@ -2,7 +2,7 @@
 
 usage: python bench/modality_mismatch_eval.py [DATA=../shared/data] [--lidc N=100]
 
-Every input goes through ``dxgraph.agent.modality_check.content_mismatch`` with a declared modality.
+Every input goes through ``dxgraph.imaging.content_mismatch`` with a declared modality.
 Clean pairs (image declared as what it is): the real Drishti fundus photographs, Wingspan chest
 radiographs, LIDC CT crops (the first N), the Sunnybrook cine MR series, skimage's real retina, and
 phantoms of each kind. Mismatched pairs: the same images declared as another modality, natural photos

@@ -19,8 +19,9 @@ def db(tmp_path: Path) -> str:
 def _isolated_default_store(
     tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """No test writes into the user's default trace store."""
+    """No test writes into the user's default trace store, or reads or writes the user's caches."""
     monkeypatch.setenv("DXGRAPH_DB", str(tmp_path_factory.mktemp("default-store") / "traces.db"))
+    monkeypatch.setenv("DXGRAPH_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
 
 
 @pytest.fixture(scope="session")

@@ -217,3 +217,41 @@ def test_diagnose_shows_the_image_quality_beside_each_finding(capsys, tmp_path, 
     code, out, _ = run_cli(capsys, "diagnose", "-t", "glaucoma", "-i", str(worse), "--db", db, "--json")
     d = json.loads(out)["diagnosis"]
     assert d["abstained"] and "too degraded (moderate blur)" in d["criteria"][0]["indicators"][0]["reason"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["diagnoze"], "No such command 'diagnoze'. Did you mean 'diagnose'?"),
+        (["diagnose", "--tsk", "x"], "No such option: --tsk (Possible options: --task)"),
+        (["pacs"], "No such command 'pacs'."),
+        (["tools", "lst"], "No such command 'lst'. Did you mean 'list'?"),
+    ],
+)
+def test_a_mistyped_command_is_one_line_and_exit_2(argv, message):
+    """Usage errors on the typer a fresh install resolves (0.29 vendors click as typer._click)."""
+    p = subprocess.run([sys.executable, "-m", "dxgraph", *argv], capture_output=True, text=True)
+    assert p.returncode == 2, p.stderr
+    (line,) = p.stderr.strip().splitlines()
+    assert line.startswith(f"dxgraph: error: {message}")
+    assert p.stdout == ""
+
+
+def _option_flags(capsys, *command: str) -> set[str]:
+    code, out, _ = run_cli(capsys, *command, "--help")
+    assert code == 0
+    return {word.strip(",") for word in out.split() if word.startswith("--")}
+
+
+def test_the_run_options_are_declared_once_for_every_command_that_runs_cases(capsys):
+    from dxgraph.agent import RunOptions
+    from dxgraph.cli._options import RUN_OPTION_FLAGS
+
+    assert set(RUN_OPTION_FLAGS) == set(RunOptions.model_fields)  # every option has its one flag
+    flags = {flag for flag, _ in RUN_OPTION_FLAGS.values()}
+    assert flags <= _option_flags(capsys, "diagnose")
+    assert flags <= _option_flags(capsys, "cohort", "run")
+    assert {"--base-url", "--model", "--model-path", "--criteria-dir"} <= _option_flags(capsys, "replay")
+    assert "--aggregator" not in _option_flags(capsys, "replay")  # a replay uses the run's own
+    _, out, _ = run_cli(capsys, "diagnose", "--help")
+    assert "Seed for tools" in out  # the help is the field's docstring

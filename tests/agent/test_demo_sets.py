@@ -4,7 +4,9 @@ report and hash chain are intact. (Per-tool accuracy on 20+ seeded phantoms live
 
 import pytest
 
-from dxgraph.agent import DEMO_SETS, run_demo
+from dxgraph.agent import DEMO_SET_ALIASES, DEMO_SETS, demo_set_name, run_demo
+from dxgraph.criteria_kb import packaged_criteria
+from dxgraph.errors import UserError
 from dxgraph.traces import TraceStore
 
 TOLERANCE = {
@@ -41,3 +43,13 @@ def test_demo_set_diagnoses_its_phantoms_as_the_criteria_say(demo_set, tmp_path,
     too_far = {k: round(v, 3) for k, v in errors.items() if v > TOLERANCE[k[1]]}
     assert too_far == {}
     assert len({r.label for r in phantoms}) >= 2  # the set spans more than one label
+
+
+def test_demo_sets_are_named_by_their_task_and_the_old_names_still_work():
+    assert set(DEMO_SETS) == {c.document.disease for c in packaged_criteria()}
+    assert {demo_set_name(name) for name in DEMO_SET_ALIASES} == {"heart_failure_ef", "tumour_response"}
+    assert (
+        demo_set_name("lvef") == "heart_failure_ef" and demo_set_name("tumour_response") == "tumour_response"
+    )
+    with pytest.raises(UserError, match="unknown demo set 'teeth'; known: glaucoma, cardiomegaly"):
+        demo_set_name("teeth")

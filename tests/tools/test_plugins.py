@@ -255,3 +255,61 @@ def test_same_name_twice_is_refused_naming_both():
             inp: default_tools().get("crop_zoom").input_model,
         ) -> default_tools().get("crop_zoom").output_model:  # type: ignore[valid-type]
             """Another crop_zoom."""
+
+
+LOADING_PROBE = """
+import importlib, sys
+import dxgraph.tools as tools
+from dxgraph.tools import DEFAULT_PLUGINS, default_tools, load_plugins
+from dxgraph.tools._registry import default_registry
+for name in DEFAULT_PLUGINS:
+    importlib.import_module(name)  # every built-in tool module imported, as a user might
+before = len(default_registry)
+first = load_plugins()
+again = load_plugins()
+print(before, len(default_registry), len(first) == len(again) == len(DEFAULT_PLUGINS), len(default_tools()))
+print(sorted(m for m in ("torch", "monai", "transformers", "scipy") if m in sys.modules))
+"""
+
+
+def test_importing_tool_modules_registers_nothing_and_loading_is_explicit_and_idempotent():
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["DXGRAPH_NO_PLUGINS"] = "1"
+    res = subprocess.run([sys.executable, "-c", LOADING_PROBE], capture_output=True, text=True, env=env)
+    assert res.returncode == 0, res.stderr
+    counts, heavy = res.stdout.splitlines()
+    before, after, idempotent, listed = counts.split()
+    assert before == "0"  # importing the package and every tool module registered no tool
+    assert int(after) == int(listed) >= 18 and idempotent == "True"
+    assert heavy == "[]"  # and loaded no weights, nor the libraries that run them
+
+
+def test_a_decorated_function_registers_only_where_it_is_told():
+    base = default_tools().get("crop_zoom")
+    mine = ToolRegistry()
+
+    @tool(name="crop_again", version="1.0.0", modalities=("fundus",))
+    def crop_again(inp: base.input_model) -> base.output_model:  # type: ignore[valid-type]
+        """Crop again."""
+        return base.fn(inp)
+
+    assert "crop_again" not in default_tools() and "crop_again" not in mine
+    assert mine.register(crop_again).name == "crop_again" and "crop_again" in mine
+    with pytest.raises(RegistrationError, match="is not a tool"):
+        mine.register(lambda inp: inp)
+
+
+def test_the_tool_listing_is_cached_and_rebuilt_when_what_it_is_built_from_changes(monkeypatch, capsys):
+    from dxgraph.cli import _registry
+
+    from _helpers import run_cli as run_in_process
+
+    calls = []
+    real = _registry._build_listing
+    monkeypatch.setattr(_registry, "_build_listing", lambda: calls.append(1) or real())
+    first = run_in_process(capsys, "tools", "list", "--json")
+    second = run_in_process(capsys, "tools", "list", "--json")
+    assert first[0] == second[0] == 0 and first[1] == second[1] and len(calls) == 1
+    assert {t["name"] for t in json.loads(first[1])} >= {"crop_zoom", "segment_optic_disc_cup"}
+    monkeypatch.setenv("DXGRAPH_NO_PLUGINS", "1")  # another registry: another fingerprint
+    assert run_in_process(capsys, "tools", "list", "--json")[0] == 0 and len(calls) == 2

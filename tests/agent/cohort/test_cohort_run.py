@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from dxgraph.agent import RunOptions
-from dxgraph.agent.cohort import LocalExecutor, run_cohort
+from dxgraph.agent.cohort import CohortStore, LocalExecutor, run_cohort
 from dxgraph.errors import UserError
 from dxgraph.traces import DiagnosisMade, ToolCalled, TraceStore, verify_all
 
@@ -282,6 +282,42 @@ def test_cohort_cli_run_status_report_and_bad_rows(capsys, phantom_cohort: Path,
         capsys, "cohort", "run", str(manifest), "-t", "glaucoma", "--executor", "spark", "--db", db
     )
     assert code == 2 and "unknown executor 'spark'" in err
+
+
+def test_a_manifest_without_a_runnable_row_records_nothing_and_the_fixed_one_runs(
+    phantom_cohort: Path, tmp_path: Path
+) -> None:
+    manifest = phantom_cohort.parent / "fixable.csv"
+    header, first = phantom_cohort.read_text().splitlines()[:2]
+    broken = first.replace("images/", "pictures/", 1)
+    manifest.write_text(f"{header}\n{broken}\n")
+    db = str(tmp_path / "t.db")
+    with pytest.raises(UserError, match="can run: line 2: image not found"):
+        run_cohort(manifest, task="glaucoma", db=db)
+    assert CohortStore(TraceStore(db)).list_cohorts() == []  # nothing locks the cohort's id
+    manifest.write_text(f"{header}\n{first}\n")
+    result = run_cohort(manifest, task="glaucoma", db=db, executor=LocalExecutor(1, "threads"))
+    assert result.ran == 1 and result.outcomes[0].status == "completed"
+
+
+def test_a_cohort_that_never_recorded_a_case_takes_a_new_description(tmp_path: Path) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from dxgraph.agent.cohort import CohortInfo, task_labels
+    from dxgraph.criteria_kb import get_criteria
+
+    store = CohortStore(TraceStore(str(tmp_path / "t.db")))
+    labels = task_labels(get_criteria("glaucoma.onh-structure").document)
+    first = CohortInfo(
+        cohort_id="c", task="glaucoma", created_at=datetime.now(UTC), manifest="m.csv", manifest_sha256="a" * 64,
+        n_rows=3, labels=labels,
+    )  # fmt: skip
+    assert store.start(first) == first
+    later = first.model_copy(
+        update={"manifest_sha256": "b" * 64, "created_at": first.created_at + timedelta(1)}
+    )
+    renewed = store.start(later)  # the first start ran no case: the changed manifest is taken
+    assert renewed.manifest_sha256 == "b" * 64 and renewed.created_at == first.created_at
 
 
 def test_progress_counts_done_and_failed_and_draws_only_when_asked(capsys) -> None:  # type: ignore[no-untyped-def]
