@@ -4,20 +4,9 @@ Pure functions: no events, no tool calls, no model calls. ``plan_from_criteria``
 deterministically; ``validate_plan`` refuses unknown tools, type-mismatched or cyclic bindings and images
 a tool cannot take. For the LLM planner this package holds what the model is shown (``case_prompt``,
 ``draft_schema``) and how its ``PlanDraft`` becomes a Plan (``plan_from_draft``); the agent makes the
-call. The plan types themselves live in ``dxgraph.core`` and are re-exported here.
+call. The plan types themselves (``Plan``, ``ToolCall``, the bindings) are data contracts: ``dxgraph.core``.
 """
 
-from dxgraph.core import (
-    Binding,
-    CaseField,
-    FixedValue,
-    ImageInput,
-    NotAssessable,
-    Plan,
-    PlannedIndicator,
-    StepOutput,
-    ToolCall,
-)
 from dxgraph.planners._deterministic import (
     CASE_FIELDS,
     VIEW_TOOL,
@@ -44,17 +33,8 @@ __all__ = [
     "PLANNER_NAME",
     "SYSTEM_PROMPT",
     "VIEW_TOOL",
-    "Binding",
-    "CaseField",
     "DraftStep",
-    "FixedValue",
-    "ImageInput",
-    "NotAssessable",
-    "Plan",
     "PlanDraft",
-    "PlannedIndicator",
-    "StepOutput",
-    "ToolCall",
     "annotations_compatible",
     "case_modalities",
     "case_prompt",

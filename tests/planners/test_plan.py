@@ -3,11 +3,11 @@
 import pytest
 from pydantic import BaseModel
 
-from dxgraph.core import FixedValue, ImageRef, MemoryArtifacts, Plan, StepOutput, ToolCall
+from dxgraph.core import FixedValue, ImageInput, ImageRef, MemoryArtifacts, Plan, StepOutput, ToolCall
 from dxgraph.criteria_kb import retrieve
 from dxgraph.errors import PlanError
 from dxgraph.imaging import load_case
-from dxgraph.planners import ImageInput, plan_from_criteria, validate_plan
+from dxgraph.planners import plan_from_criteria, validate_plan
 from dxgraph.tools import ToolRegistry, default_tools, tool
 
 from _helpers import fundus_like, write_rgb
