@@ -77,7 +77,9 @@ def with_run_options(*fields: str) -> Callable[[F], F]:
             for p in signature.parameters.values()
             if p.name != "options"
         ]
-        params = own[:-2] + [_parameter(f) for f in chosen] + own[-2:]  # db and --json stay last
+        # the run options go before --db and --json, which stay last
+        at = next((i for i, p in enumerate(own) if p.name in ("db", "as_json")), len(own))
+        params = own[:at] + [_parameter(f) for f in chosen] + own[at:]
 
         @functools.wraps(fn)
         def command(**kwargs: Any) -> Any:

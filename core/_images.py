@@ -18,7 +18,7 @@ Dims = Literal["2d", "3d", "3d+t"]
 class ToolModel(BaseModel):
     """Base for tool inputs and outputs: field docstrings become schema descriptions an LLM reads."""
 
-    model_config = ConfigDict(use_attribute_docstrings=True, defer_build=True)
+    model_config = ConfigDict(use_attribute_docstrings=True)
 
 
 class ImageRef(BaseModel):
