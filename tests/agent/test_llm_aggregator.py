@@ -11,7 +11,7 @@ import json
 
 import pytest
 
-from dxgraph.agent import ModelError
+from dxgraph.agent import ModelError, extract_json
 from dxgraph.agent._llm_aggregator import QUALITATIVE_CONFIDENCE_CAP
 from dxgraph.testing import ScriptedChat
 from dxgraph.traces import ModelCalled, RunStarted, TraceStore
@@ -111,6 +111,24 @@ def test_invalid_reply_is_repaired_once_with_the_validation_error(tmp_path, db):
     repair_prompt = chat.requests[1].messages[-1].text
     assert "cited evidence that does not exist: s9:made_up" in repair_prompt
     assert chat.requests[1].messages[-2].role == "assistant"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"label": "a", "rationale": "line one\nline two"}',
+        'Here it is:\n```json\n{"label": "a", "rationale": "line one\nline two"}\n```',
+        'Sure. {"label": "a", "rationale": "line one\nline two"} Anything else?',
+    ],
+)
+def test_extract_json_accepts_a_raw_line_break_inside_a_string(text):
+    # llama.cpp 0.3.36's json_object grammar lets SmolLM2 put a raw newline in its rationale
+    assert extract_json(text) == {"label": "a", "rationale": "line one\nline two"}
+
+
+def test_extract_json_without_an_object_says_what_it_read():
+    with pytest.raises(ValueError, match="holds no JSON object: 'no json here'"):
+        extract_json("no json here")
 
 
 @pytest.mark.parametrize(
