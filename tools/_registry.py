@@ -17,12 +17,42 @@ from dxgraph.core import ImageRef
 from dxgraph.errors import RegistrationError, ToolError, UserError
 
 Device = Literal["cpu", "gpu", "any"]
+Method = Literal["classical", "learned", "geometry", "rule", "view", "unspecified"]
+"""A tool's method family: ``classical`` image analysis, ``learned`` weights, ``geometry`` computed from
+other tools' outputs, a clinical ``rule``, an image ``view``, or ``unspecified`` (a plugin that says nothing).
+Two measurements are independent when the tools that made them differ in a classical or learned step."""
+METHODS: tuple[str, ...] = typing.get_args(Method)
+OUT_OF_DOMAIN_FLAG = "out_of_domain"
+"""Quality flag a tool with an input-domain check raises when its input is unlike its training data."""
 DIMS = ("2d", "3d", "3d+t")
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 _VERSION = re.compile(r"^\d+\.\d+\.\d+$")
 
 In = TypeVar("In", bound=BaseModel)
 Out = TypeVar("Out", bound=BaseModel)
+
+
+@dataclass(frozen=True)
+class ErrorModel:
+    """A tool's measured error on one quantity: value measured minus reference, over a real data set."""
+
+    bias: float
+    """Mean error (measured - reference), in the quantity's unit."""
+    sd: float
+    """Standard deviation of the error, in the quantity's unit."""
+    n: int
+    """How many cases it was measured on."""
+    source: str
+    """Where it was measured: the data set, and how (cross-validation folds, held out...)."""
+
+    @property
+    def rmse(self) -> float:
+        """Root mean square error, in the quantity's unit: bias and spread together."""
+        return float((self.bias**2 + self.sd**2) ** 0.5)
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready fields."""
+        return {"bias": self.bias, "sd": self.sd, "n": self.n, "source": self.source}
 
 
 PLAUSIBLE_SPACING_MM = (0.01, 50.0)
@@ -62,6 +92,14 @@ class ToolSpec:
     """For batchable tools: ``batch_fn(inputs) -> outputs``, one forward pass for several inputs."""
     timeout_s: float | None = None
     """Longest a call may take before it fails with ``tool_timeout``; None: ``default_timeout_s()``."""
+    method: Method = "unspecified"
+    """Method family (see ``Method``): what makes two measurements of a quantity independent."""
+    error_models: dict[str, ErrorModel] = field(default_factory=dict)
+    """Quantity (an output field of this tool or of a tool measuring from its output, such as ``vcdr``
+    for a disc segmenter) -> the measured error of the values it leads to."""
+    domain_check: str | None = None
+    """For learned tools: how the tool tells an input unlike its training data (it then raises the
+    quality flag ``out_of_domain``); None when it has no such check."""
 
     @property
     def origin(self) -> str:
@@ -96,8 +134,15 @@ class ToolSpec:
             "device": self.device,
             "batchable": self.batchable,
             "requires_spacing": self.requires_spacing,
+            "method": self.method,
+            "error_models": {q: m.as_dict() for q, m in self.error_models.items()},
+            "domain_check": self.domain_check,
             "module": getattr(self.fn, "__module__", "?"),
         }
+
+    def error_model(self, quantity: str) -> ErrorModel | None:
+        """The measured error of ``quantity`` values this tool leads to, when declared."""
+        return self.error_models.get(quantity)
 
     def describe(self) -> dict[str, Any]:
         """Summary plus full docstring and input/output JSON schemas."""
@@ -196,6 +241,9 @@ def make_spec(
     batch_fn: Callable[[list[Any]], list[BaseModel]] | None = None,
     timeout_s: float | None = None,
     spacing_range_mm: tuple[float, float] = PLAUSIBLE_SPACING_MM,
+    method: Method = "unspecified",
+    error_models: dict[str, ErrorModel] | None = None,
+    domain_check: str | None = None,
 ) -> ToolSpec:
     """Check a function's signature and declarations and build its ToolSpec."""
     where = f"tool {name!r} ({getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', '?')})"
@@ -216,6 +264,13 @@ def make_spec(
         raise RegistrationError(f"{where}: timeout_s must be a positive number of seconds")
     if len(spacing_range_mm) != 2 or not 0 < spacing_range_mm[0] < spacing_range_mm[1]:
         raise RegistrationError(f"{where}: spacing_range_mm must be (low, high) mm with 0 < low < high")
+    if method not in METHODS:
+        raise RegistrationError(f"{where}: method must be one of {', '.join(METHODS)}, not {method!r}")
+    for quantity, model in (error_models or {}).items():
+        if not isinstance(model, ErrorModel) or not (model.sd >= 0 and model.n > 0):
+            raise RegistrationError(
+                f"{where}: error_models[{quantity!r}] must be an ErrorModel with sd >= 0 and n > 0"
+            )
     if batchable and batch_fn is None:
         raise RegistrationError(f"{where}: batchable tools must give batch_fn, taking a list of inputs")
     if batch_fn is not None and not batchable:
@@ -269,6 +324,9 @@ def make_spec(
         spacing_range_mm=(float(spacing_range_mm[0]), float(spacing_range_mm[1])),
         batch_fn=guarded_batch,
         timeout_s=timeout_s,
+        method=method,
+        error_models=dict(error_models or {}),
+        domain_check=domain_check,
     )
 
 
@@ -324,6 +382,9 @@ def tool(
     registry: ToolRegistry | None = None,
     timeout_s: float | None = None,
     spacing_range_mm: tuple[float, float] = PLAUSIBLE_SPACING_MM,
+    method: Method = "unspecified",
+    error_models: dict[str, ErrorModel] | None = None,
+    domain_check: str | None = None,
 ) -> Callable[[Callable[[In], Out]], Callable[[In], Out]]:
     """Declare a function ``fn(Input) -> Output`` a tool; it is returned wrapped in its guard.
 
@@ -339,6 +400,11 @@ def tool(
     calling ``fn`` on each input would. ``requires_spacing`` tools are never planned on images
     without physical spacing. A call that runs past ``timeout_s`` (default: ``default_timeout_s()``)
     fails its step with the flag ``tool_timeout``.
+
+    ``method`` names the method family, ``error_models`` the measured error (bias and SD per quantity, on
+    real data) of the values the tool leads to, and ``domain_check`` how a learned tool tells inputs unlike
+    its training data (flag ``out_of_domain``): the review step uses them to combine, question and
+    replace measurements.
     """
 
     def decorate(fn: Callable[[In], Out]) -> Callable[[In], Out]:
@@ -354,6 +420,9 @@ def tool(
             batch_fn=batch_fn,
             timeout_s=timeout_s,
             spacing_range_mm=spacing_range_mm,
+            method=method,
+            error_models=error_models,
+            domain_check=domain_check,
         )
         spec.fn.__dxgraph_tool__ = spec  # type: ignore[attr-defined]
         if registry is not None:

@@ -138,6 +138,7 @@ def _enhancing(
 
 @tool(
     name="measure_enhancing_tumour",
+    method="classical",
     version="0.1.0",
     modalities=("mr",),
     dims=("3d",),
@@ -178,6 +179,7 @@ def _label(mask: np.ndarray) -> np.ndarray:
 
 @tool(
     name="measure_peritumoural_oedema",
+    method="classical",
     version="0.1.0",
     modalities=("mr",),
     dims=("3d",),

@@ -92,6 +92,7 @@ def _cine_and_spacing(ref: ImageRef) -> tuple[np.ndarray, tuple[float, float, fl
 
 @tool(
     name="segment_lv_cavity",
+    method="classical",
     version="0.1.0",
     modalities=("mr",),
     dims=("3d+t",),
@@ -143,6 +144,7 @@ def ejection_fraction_from_mask(mask: np.ndarray, spacing_mm: tuple[float, float
 
 @tool(
     name="measure_ejection_fraction",
+    method="geometry",
     version="0.1.0",
     modalities=("mr",),
     dims=("3d+t",),

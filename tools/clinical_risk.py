@@ -142,7 +142,9 @@ class NoduleRisk(ToolModel):
     """Machine-readable warnings, such as the guideline not applying (prior cancer, immunosuppression)."""
 
 
-@tool(name="assess_nodule_risk", version="0.1.0", modalities=("ct",), dims=("3d",), device="cpu")
+@tool(
+    name="assess_nodule_risk", method="rule", version="0.1.0", modalities=("ct",), dims=("3d",), device="cpu"
+)
 def assess_nodule_risk(inp: NoduleRiskInput) -> NoduleRisk:
     """Fleischner 2017 lung cancer risk group (low / high) of the patient, read from the clinical text.
 

@@ -229,6 +229,7 @@ def _default_label(inp: CropZoomInput) -> str:
 
 @tool(
     name="crop_zoom",
+    method="view",
     version="0.2.0",
     modalities=("fundus", "cxr", "ct", "mr", "us"),
     dims=("2d", "3d"),

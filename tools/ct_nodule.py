@@ -177,6 +177,7 @@ def classify_nodule_malignancy_batch(inputs: list[NoduleMalignancyInput]) -> lis
 
 @tool(
     name="classify_nodule_malignancy",
+    method="learned",
     version="0.1.0",
     modalities=("ct",),
     dims=("3d",),

@@ -53,6 +53,7 @@ class LungNodules(ToolModel):
 
 @tool(
     name="segment_lung_nodules",
+    method="classical",
     version="0.1.0",
     modalities=("ct",),
     dims=("3d",),

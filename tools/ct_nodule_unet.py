@@ -208,6 +208,7 @@ class LungNodulesUnet(LungNodules):
 
 @tool(
     name="segment_lung_nodules_unet",
+    method="learned",
     version="0.1.0",
     modalities=("ct",),
     dims=("3d",),

@@ -190,6 +190,7 @@ def _checked_masks(
 
 @tool(
     name="segment_heart_lungs",
+    method="learned",
     version="0.1.0",
     modalities=("cxr",),
     dims=("2d",),
@@ -213,6 +214,7 @@ def segment_heart_lungs(inp: SegmentHeartLungsInput) -> HeartLungMasks:
 
 @tool(
     name="segment_heart_lungs_classical",
+    method="classical",
     version="0.1.0",
     modalities=("cxr",),
     dims=("2d",),
@@ -276,7 +278,9 @@ class CardiothoracicMeasurements(ToolModel):
     """Machine-readable warnings about the measurement."""
 
 
-@tool(name="measure_cardiothoracic_ratio", version="0.1.0", modalities=("cxr",), dims=("2d",))
+@tool(
+    name="measure_cardiothoracic_ratio", method="geometry", version="0.1.0", modalities=("cxr",), dims=("2d",)
+)
 def measure_cardiothoracic_ratio(inp: CardiothoracicInput) -> CardiothoracicMeasurements:
     """Measure the cardiothoracic ratio (CTR) of a frontal chest radiograph from heart and lung masks.
 

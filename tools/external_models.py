@@ -325,5 +325,6 @@ def _register_batched(
         device="any",
         batchable=True,
         batch_fn=batch_fn,
+        method="learned",
     )
     return (registry if registry is not None else default_tools()).register(spec)

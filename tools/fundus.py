@@ -43,7 +43,9 @@ class DiscCupMasks(ToolModel):
     """sha256 of the model weights that produced the masks; None for the classical segmenter."""
 
 
-@tool(name="segment_optic_disc_cup", version="0.1.0", modalities=("fundus",), dims=("2d",))
+@tool(
+    name="segment_optic_disc_cup", method="classical", version="0.1.0", modalities=("fundus",), dims=("2d",)
+)
 def segment_optic_disc_cup(inp: SegmentDiscCupInput) -> DiscCupMasks:
     """Segment the optic disc and the optic cup in a colour fundus photograph.
 
@@ -123,7 +125,7 @@ ISNT_TOLERANCE = 0.02
 """Rim widths within this fraction of the disc height count as equal in the ISNT order."""
 
 
-@tool(name="measure_cup_disc", version="0.1.0", modalities=("fundus",), dims=("2d",))
+@tool(name="measure_cup_disc", method="geometry", version="0.1.0", modalities=("fundus",), dims=("2d",))
 def measure_cup_disc(inp: MeasureCupDiscInput) -> CupDiscMeasurements:
     """Measure cup-to-disc ratios, ISNT rim widths and the narrowest rim-to-disc ratio from masks.
 

@@ -256,6 +256,7 @@ def segment_optic_disc_cup_unet_batch(inputs: list[SegmentDiscCupInput]) -> list
 
 @tool(
     name="segment_optic_disc_cup_unet",
+    method="learned",
     version="0.1.0",
     modalities=("fundus",),
     dims=("2d",),

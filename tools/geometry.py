@@ -136,6 +136,7 @@ def measure_mask(
 
 @tool(
     name="measure_region",
+    method="geometry",
     version="0.1.0",
     modalities=("fundus", "cxr", "ct", "mr", "us"),
     dims=("2d", "3d"),

@@ -181,6 +181,7 @@ def _thickness_flags(spacing: tuple[float, float, float], prefix: str = "") -> l
 
 @tool(
     name="measure_recist_lesions",
+    method="classical",
     version="0.1.0",
     modalities=("ct",),
     dims=("3d",),
@@ -244,6 +245,7 @@ def _targets(
 
 @tool(
     name="assess_recist_response",
+    method="rule",
     version="0.1.0",
     modalities=("ct",),
     dims=("3d",),
