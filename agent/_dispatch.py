@@ -24,6 +24,7 @@ from dxgraph.core import (
 )
 from dxgraph.criteria_kb import LoadedCriteria
 from dxgraph.errors import ToolError
+from dxgraph.planners import chain_method
 from dxgraph.tools import ToolCaller, ToolContext, ToolRegistry, ToolSpec, default_timeout_s, tool_context
 from dxgraph.traces import ToolCalled, TraceRecorder
 
@@ -93,14 +94,18 @@ def dispatch(
     ctx: ToolContext,
     recorder: TraceRecorder,
     batcher: ToolCaller | None = None,
+    done: dict[str, StepResult] | None = None,
 ) -> dict[str, StepResult]:
     """Run the plan's steps in order; a ToolError fails its step and skips the steps that need it.
 
+    Steps in ``done`` (an earlier round's results) are not run again; the result holds them too.
     With a batcher, calls to batchable tools join concurrent runs' calls in one batch.
     Each call is recorded as a ToolCalled event. Exceptions other than ToolError are bugs and propagate.
     """
-    results: dict[str, StepResult] = {}
+    results: dict[str, StepResult] = dict(done or {})
     for step in plan.steps:
+        if step.step_id in results:
+            continue
         spec = registry.get(step.tool)
         failed_up = [u for u in sorted(plan.upstream(step.step_id)) if results[u].output is None]
         output: BaseModel | None = None
@@ -205,14 +210,49 @@ def failure_reason(plan: Plan, results: dict[str, StepResult], step_id: str) -> 
     return "; ".join(f"{r.tool} failed: {r.error}" for r in roots) or res.error
 
 
-def collect_evidence(
-    plan: Plan, results: dict[str, StepResult], criteria: list[LoadedCriteria]
-) -> list[Evidence]:
-    """One Evidence per planned indicator whose step succeeded, in criteria order.
+MODALITY_OVERRIDE_FLAG = "modality_override"
+"""Flag of evidence measured on an image the modality guard doubted, because the user stated its modality."""
 
-    Quality flags gather the producing step's and every upstream step's flags; artifacts and
-    input hashes come from the producing step's inputs (masks, image), so the evidence can be
-    traced back to pixels.
+
+def measured_uncertainty(
+    plan: Plan, registry: ToolRegistry | None, step_id: str, quantity: str
+) -> tuple[float, str] | None:
+    """The standard uncertainty (RMS error) of a measurement and its provenance, from the first tool in
+    the step's chain (the step, then what it depends on) that declares an error model for the quantity."""
+    if registry is None:
+        return None
+    for s in [step_id, *sorted(plan.upstream(step_id))]:
+        name = plan.step(s).tool
+        model = registry.get(name).error_model(quantity) if name in registry else None
+        if model is not None:
+            source = (
+                f"{name}: bias {model.bias:+.3g}, SD {model.sd:.3g} over {model.n} cases ({model.source})"
+            )
+            return model.rmse, source
+    return None
+
+
+def _doubted_images(plan: Plan, step_ids: list[str], case: Case | None) -> bool:
+    if case is None:
+        return False
+    ids = {b.image_id for s in step_ids for b in plan.step(s).inputs.values() if isinstance(b, ImageInput)}
+    return any(getattr(im, "modality_doubt", None) for im in case.images if im.image_id in ids)
+
+
+def collect_evidence(
+    plan: Plan,
+    results: dict[str, StepResult],
+    criteria: list[LoadedCriteria],
+    registry: ToolRegistry | None = None,
+    case: Case | None = None,
+) -> list[Evidence]:
+    """One Evidence per planned measurement whose step succeeded, in criteria order.
+
+    Quality flags gather the producing step's and every upstream step's flags (and
+    ``modality_override`` when an image the guard doubted was measured because the user stated its
+    modality); artifacts and input hashes come from the producing step's inputs (masks, image), so the
+    evidence can be traced back to pixels. With the registry, each value carries the uncertainty its
+    tools' error models declare, and its method family.
     """
     docs = {c.document.id: c.document for c in criteria}
     evidence = []
@@ -223,6 +263,9 @@ def collect_evidence(
         ind = docs[p.criteria_id].indicator(p.indicator)
         chain = [p.step_id, *sorted(plan.upstream(p.step_id))]
         flags = tuple(dict.fromkeys(f for s in chain for f in results[s].quality_flags))
+        if _doubted_images(plan, chain, case):
+            flags = (*flags, MODALITY_OVERRIDE_FLAG)
+        measured = measured_uncertainty(plan, registry, p.step_id, p.quantity)
         refs = artifact_refs_in(res.inputs_json) + artifact_refs_in(res.output.model_dump(mode="json"))
         unique = list({r.sha256: r for r in refs}.values())
         value = getattr(res.output, p.quantity)
@@ -242,6 +285,9 @@ def collect_evidence(
                 step_id=p.step_id,
                 input_sha256=tuple(sorted(artifact_hashes(res.inputs_json))),
                 artifacts=tuple(r for r in unique if r.kind != "image"),
+                uncertainty_sd=None if measured is None else round(measured[0], 6),
+                uncertainty_source=None if measured is None else measured[1],
+                method=None if registry is None else chain_method(plan, p.step_id, registry),
             )
         )
     return evidence

@@ -1,4 +1,9 @@
-"""The LangGraph state graph of one run: retrieve → plan → dispatch → aggregate → decide."""
+"""The LangGraph state graph of one run: retrieve → plan → dispatch → review → aggregate → decide.
+
+The review node reads the evidence against the criteria and may add measurements (a fallback, a second
+opinion, an in-domain method): then the graph goes back to dispatch, which runs only the new steps, at
+most ``MAX_REVIEW_ROUNDS`` times.
+"""
 
 from __future__ import annotations
 
@@ -10,17 +15,26 @@ from typing import Any, TypedDict
 from dxgraph.agent._aggregate import Aggregator, EvidenceBundle
 from dxgraph.agent._dispatch import StepResult, collect_evidence, dispatch, failure_reason
 from dxgraph.agent._llm_planner import draft_plan
+from dxgraph.agent._measurements import reconcile
 from dxgraph.agent._model_calls import TracedChat
+from dxgraph.agent._review import MAX_REVIEW_ROUNDS, review
 from dxgraph.core import Case, Diagnosis, Evidence, Plan, check_citations
 from dxgraph.criteria_kb import LoadedCriteria, RetrievedCriteria, retrieve
 from dxgraph.planners import VIEW_TOOL, plan_from_criteria, validate_plan
 from dxgraph.tools import ToolCaller, ToolContext, ToolRegistry
-from dxgraph.traces import CriteriaRetrieved, DiagnosisMade, PlanMade, RetrievedRef, TraceRecorder
+from dxgraph.traces import (
+    CriteriaRetrieved,
+    DiagnosisMade,
+    PlanMade,
+    PlanRevised,
+    RetrievedRef,
+    TraceRecorder,
+)
 
 CRITERIA_MEDIA_TYPE = "application/yaml"
 """Media type under which retrieved criteria documents are stored with a run."""
-NODES = ("retrieve", "plan", "dispatch", "aggregate", "decide")
-"""The graph's nodes, in order."""
+NODES = ("retrieve", "plan", "dispatch", "review", "aggregate", "decide")
+"""The graph's nodes, in order (review may lead back to dispatch)."""
 
 
 Retriever = Callable[[str, str | None, tuple[LoadedCriteria, ...]], list[RetrievedCriteria]]
@@ -36,6 +50,8 @@ class RunState(TypedDict, total=False):
     results: dict[str, StepResult]
     evidence: list[Evidence]
     diagnosis: Diagnosis
+    review_round: int
+    revised: bool
 
 
 @dataclass(frozen=True)
@@ -60,6 +76,8 @@ class RunDeps:
     """When set, a language model drafts the plan (``--planner llm``); the deterministic plan backs it."""
     retriever: Retriever | None = None
     """Replaces ``criteria_kb.retrieve`` (a replay answers retrieval from the record); None: retrieve."""
+    review_rounds: int = MAX_REVIEW_ROUNDS
+    """Most review rounds (0: the fixed graph, no measurement is ever added)."""
 
 
 def build_graph(deps: RunDeps) -> Any:
@@ -99,11 +117,39 @@ def build_graph(deps: RunDeps) -> Any:
         return {"plan": plan}
 
     def dispatch_node(state: RunState) -> RunState:
+        plan, case = state["plan"], state["case"]
         results = dispatch(
-            state["plan"], state["case"], deps.registry, deps.tool_context, deps.recorder, deps.batcher
+            plan,
+            case,
+            deps.registry,
+            deps.tool_context,
+            deps.recorder,
+            deps.batcher,
+            done=state.get("results"),
         )
         criteria = [h.criteria for h in state["retrieved"]]
-        return {"results": results, "evidence": collect_evidence(state["plan"], results, criteria)}
+        measured = collect_evidence(plan, results, criteria, deps.registry, case)
+        return {"results": results, "evidence": reconcile(measured, criteria)}
+
+    def review_node(state: RunState) -> RunState:
+        round_ = state.get("review_round", 0) + 1
+        if round_ > deps.review_rounds:
+            return {"revised": False}
+        criteria = [h.criteria for h in state["retrieved"]]
+        plan, revisions = review(
+            state["plan"],
+            state["case"],
+            state["results"],
+            state["evidence"],
+            criteria,
+            deps.registry,
+            round_,
+            deps.prefer,
+        )
+        if not revisions:
+            return {"revised": False}
+        deps.recorder.emit(PlanRevised, round=round_, revisions=revisions, plan=plan)
+        return {"plan": plan, "review_round": round_, "revised": True}
 
     def aggregate_node(state: RunState) -> RunState:
         plan, results = state["plan"], state["results"]
@@ -111,7 +157,8 @@ def build_graph(deps: RunDeps) -> Any:
         for p in plan.indicators:
             reason = failure_reason(plan, results, p.step_id)
             if reason is not None:
-                missing[(p.criteria_id, p.indicator)] = reason
+                key = (p.criteria_id, p.indicator)
+                missing[key] = f"{missing[key]}; {reason}" if key in missing else reason
         views = tuple(
             r.output.crop  # type: ignore[attr-defined]
             for r in results.values()
@@ -133,12 +180,15 @@ def build_graph(deps: RunDeps) -> Any:
         return {}
 
     g = StateGraph(RunState)
-    for name, fn in zip(
-        NODES, (retrieve_node, plan_node, dispatch_node, aggregate_node, decide_node), strict=True
-    ):
+    nodes = (retrieve_node, plan_node, dispatch_node, review_node, aggregate_node, decide_node)
+    for name, fn in zip(NODES, nodes, strict=True):
         g.add_node(name, fn)
     g.add_edge(START, NODES[0])
     for a, b in itertools.pairwise(NODES):
-        g.add_edge(a, b)
+        if a != "review":
+            g.add_edge(a, b)
+    g.add_conditional_edges(
+        "review", lambda state: "dispatch" if state.get("revised") else "aggregate", ["dispatch", "aggregate"]
+    )
     g.add_edge(NODES[-1], END)
     return g.compile()

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 if TYPE_CHECKING:
     from dxgraph.traces import RunHeader
@@ -40,6 +40,9 @@ class RunOptions(BaseModel):
     """Folders of extra criteria YAML documents, beside the packaged ones."""
     device: str = "auto"
     """``auto`` (CUDA when present), ``cpu`` or ``cuda``."""
+    review_rounds: int = Field(default=2, ge=0, le=5)
+    """Most review rounds: after each dispatch the review step may add a fallback, a second opinion or
+    an in-domain measurement (0: the fixed graph, no measurement is added)."""
 
     @field_validator("prefer_tools", "criteria_dirs", mode="before")
     @classmethod
@@ -65,6 +68,7 @@ class RunOptions(BaseModel):
             "planner": header.planner,
             "seed": header.seed,
             "prefer_tools": header.preferred_tools,
+            "review_rounds": header.review_rounds,
             "device": header.device if header.device in ("cpu", "cuda") else "auto",
         }
         return cls.model_validate({**recorded, **changes})
@@ -79,6 +83,7 @@ RESULT_OPTIONS: tuple[str, ...] = (
     "base_url",
     "model",
     "model_path",
+    "review_rounds",
 )
 """The options that can change a case's result: part of a cohort's id when not at their default."""
 

@@ -45,6 +45,7 @@ from dxgraph.traces import (
     Event,
     ModelCalled,
     PlanMade,
+    PlanRevised,
     RunFinished,
     RunHeader,
     RunStarted,
@@ -135,6 +136,7 @@ class _Record:
     started: RunStarted
     criteria: CriteriaRetrieved | None = None
     plan: PlanMade | None = None
+    revisions: list[PlanRevised] = field(default_factory=list)
     tool_calls: list[ToolCalled] = field(default_factory=list)
     model_calls: list[ModelCalled] = field(default_factory=list)
     diagnosis: DiagnosisMade | None = None
@@ -158,6 +160,8 @@ def _split(run_id: str, events: list[Event]) -> _Record:
             rec.criteria = ev
         elif isinstance(ev, PlanMade):
             rec.plan = ev
+        elif isinstance(ev, PlanRevised):
+            rec.revisions.append(ev)
         elif isinstance(ev, ToolCalled):
             rec.tool_calls.append(ev)
         elif isinstance(ev, ModelCalled):
@@ -187,10 +191,13 @@ def _replaying_registry(rec: _Record, base: ToolRegistry, diffs: list[Difference
                 diffs.append(Difference("tool_version", f"{name} (not in the registry)", version, None))
             continue
         spec = base.get(name)
+        same = spec.version == version  # an error model is measured for one version of a tool
         reg.register(
             dataclasses.replace(
                 spec,
                 version=version,
+                error_models=spec.error_models if same else {},
+                method=spec.method if same else "unspecified",
                 fn=_answer_from_record(name, spec.output_model, pending, diffs),
                 batchable=False,
                 batch_fn=None,
@@ -357,6 +364,16 @@ def _replay_recorded(
         rec.plan.model_dump(mode="json", include={"plan", "fallback_reason"}) if rec.plan else None,
         new_plan.model_dump(mode="json", include={"plan", "fallback_reason"}) if new_plan else None,
         "plan",
+        kind="plan",
+    )
+    diffs += compare_json(
+        [r.model_dump(mode="json", include={"round", "revisions"}) for r in rec.revisions],
+        [
+            r.model_dump(mode="json", include={"round", "revisions"})
+            for r in rerun.events
+            if isinstance(r, PlanRevised)
+        ],
+        "plan revisions",
         kind="plan",
     )
     diffs += diff_tool_calls(

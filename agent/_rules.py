@@ -24,6 +24,9 @@ from dxgraph.criteria_kb import (
 )
 from dxgraph.imaging import flagged_quality, worst_grade
 
+DECISIVE_DISAGREEMENT_FLAG = "methods_disagree_decisive"
+"""Flag of disagreeing measurements where the label depends on which one is right: not assessable."""
+
 CONFIDENCE_DRAWS = 4000
 """Monte Carlo draws used to estimate how robust a label is to measurement error."""
 
@@ -56,11 +59,31 @@ def indicator_verdicts(doc: CriteriaDocument, bundle: EvidenceBundle) -> list[In
     """Each indicator of the document read against its threshold rule."""
     out = []
     for ind in doc.indicators:
-        ev = next((e for e in bundle.evidence if e.criteria_id == doc.id and e.indicator == ind.id), None)
+        ev = next(
+            (
+                e
+                for e in bundle.evidence
+                if e.criteria_id == doc.id and e.indicator == ind.id and e.superseded_by is None
+            ),
+            None,
+        )
         common = dict(indicator=ind.id, name=ind.name, unit=ind.unit, rule=ind.rule.describe())
         if ev is None:
             reason = bundle.missing.get((doc.id, ind.id), "no evidence was produced")
             out.append(IndicatorVerdict(finding="not_assessable", reason=reason, **common))
+            continue
+        if DECISIVE_DISAGREEMENT_FLAG in ev.quality_flags:
+            parts = [e for e in bundle.evidence if e.evidence_id in ev.combined_from]
+            shown = " vs ".join(f"{e.tool} {_fmt(e.value)} [{e.evidence_id}]" for e in parts)
+            reason = (
+                f"independent methods disagree beyond their measured errors ({shown}) and the label depends"
+                " on which one is right"
+            )
+            out.append(
+                IndicatorVerdict(
+                    finding="not_assessable", reason=reason, evidence_ids=ev.combined_from, **common
+                )
+            )
             continue
         if isinstance(ev.value, float) and not math.isfinite(ev.value):
             reason = f"{ev.tool} returned a non-finite value ({ev.value}) for {ind.name}"
@@ -97,10 +120,18 @@ def indicator_verdicts(doc: CriteriaDocument, bundle: EvidenceBundle) -> list[In
                 evidence_ids=(ev.evidence_id,),
                 quality_grade=grade,
                 uncertainty_factor=factor if _numeric(ev.value) else 1.0,
+                uncertainty_sd=_uncertainty_sd(ind.rule, ev.uncertainty_sd) if _numeric(ev.value) else None,
                 **common,
             )
         )
     return out
+
+
+def _uncertainty_sd(rule: object, measured_sd: float | None) -> float | None:
+    """The value's standard uncertainty: the tools' measured one, else the rule's stated one."""
+    if measured_sd is not None:
+        return measured_sd
+    return rule.uncertainty if isinstance(rule, BandsRule) else None
 
 
 def _numeric(value: object) -> TypeGuard[float]:
@@ -158,8 +189,9 @@ def label_of(doc: CriteriaDocument, values: dict[str, float | bool | str | None]
 def label_confidence(
     doc: CriteriaDocument, verdicts: list[IndicatorVerdict], label: str, seed: int = 0
 ) -> float:
-    """Fraction of simulated re-measurements (each numeric value ± its rule's uncertainty, Gaussian,
-    widened by ``QUALITY_UNCERTAINTY_FACTOR`` for a flagged image quality) that give the same label.
+    """Fraction of simulated re-measurements (each numeric value ± its standard uncertainty, Gaussian:
+    the tools' measured error when they declare one, else the rule's stated uncertainty; widened by
+    ``QUALITY_UNCERTAINTY_FACTOR`` for a flagged image quality) that give the same label.
     Deterministic for a given seed.
     """
     rng = np.random.default_rng(seed)
@@ -168,7 +200,7 @@ def label_confidence(
     for v in verdicts:
         rule = doc.indicator(v.indicator).rule
         if isinstance(rule, BandsRule) and _numeric(v.value):
-            sd = (rule.uncertainty or 1e-12) * v.uncertainty_factor
+            sd = (v.uncertainty_sd or rule.uncertainty or 1e-12) * v.uncertainty_factor
             draws = rng.normal(float(v.value), sd, CONFIDENCE_DRAWS)
             sampled[v.indicator] = _read_many(rule, draws)
         else:

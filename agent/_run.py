@@ -136,6 +136,7 @@ def run_header(
     preferred_tools: tuple[str, ...] = (),
     planner: str = "deterministic",
     language_model: ChatBackend | None = None,
+    review_rounds: int = 0,
 ) -> RunHeader:
     """The header of a new run: versions, tools, criteria, seed and device."""
     return RunHeader(
@@ -154,6 +155,7 @@ def run_header(
         device=device,
         planner=planner,
         preferred_tools=preferred_tools,
+        review_rounds=review_rounds,
         aggregator=aggregator,
         language_model=language_model_ref(language_model) if language_model is not None else None,
     )
@@ -241,6 +243,7 @@ def assemble_run(
             preferred_tools=prefer,
             planner=options.planner,
             language_model=language_model,
+            review_rounds=options.review_rounds,
         )
     graph = build_graph(
         RunDeps(
@@ -253,6 +256,7 @@ def assemble_run(
             batcher=batcher,
             planner_chat=chat if options.planner == "llm" else None,
             retriever=retriever,
+            review_rounds=options.review_rounds,
         )
     )
     return AssembledRun(graph, header, recorder)

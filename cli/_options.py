@@ -41,6 +41,7 @@ RUN_OPTION_FLAGS: dict[str, tuple[str, Any]] = {
     "criteria_dirs": ("--criteria-dir", list[Path] | None),
     "prefer_tools": ("--prefer-tool", list[str] | None),
     "device": ("--device", str),
+    "review_rounds": ("--review-rounds", int),
 }
 """RunOptions field -> (its command-line flag, the type the command line gives). Lists are repeatable."""
 EXTRA_HELP = {

@@ -101,6 +101,8 @@ def diagnose(
     for cv in d.criteria[:1]:
         for v in cv.indicators:
             value = _format_value(v.value)
+            if v.uncertainty_sd is not None and isinstance(v.value, float):
+                value += f" ± {v.uncertainty_sd:.2g}"
             if v.category and v.category not in (v.finding, "true", "false"):
                 value += f" ({v.category})"
             finding = v.finding if not v.reason else f"{v.finding}: {v.reason}"
@@ -125,6 +127,15 @@ def diagnose(
         out.print(
             Text.assemble(
                 ("plan: ", "bold"), f"{result.plan.planner} (the language model's draft was rejected)"
+            )
+        )
+    for r in result.plan.revisions:
+        added = " → ".join(f"{s} {result.plan.step(s).tool}" for s in r.added_steps)
+        out.print(
+            Text.assemble(
+                (f"review round {r.round}: ", "bold"),
+                f"{r.reason.replace('_', ' ')} for {r.indicator} ({added}): ",
+                r.detail,
             )
         )
     if d.missing_indicators:

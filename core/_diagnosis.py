@@ -39,6 +39,9 @@ class IndicatorVerdict(BaseModel):
     """Worst image-quality grade flagged on the evidence, when one is."""
     uncertainty_factor: float = Field(default=1.0, ge=1.0)
     """How much the flagged image quality widened the value's uncertainty in the confidence."""
+    uncertainty_sd: float | None = None
+    """Standard uncertainty of the value the confidence simulation started from (before the image-quality
+    widening), in the value's unit: measured on real data when the tools declare it, else the criteria's."""
 
 
 class CriterionVerdict(BaseModel):

@@ -36,3 +36,16 @@ class Evidence(BaseModel):
     """Hashes of every artifact (image, masks) the measurement was derived from."""
     artifacts: tuple[ArtifactRef, ...] = Field(default=())
     """Artifacts (masks) the measurement was derived from, for overlays."""
+    uncertainty_sd: float | None = Field(default=None, ge=0)
+    """Standard uncertainty of the value in its unit: the root mean square error the measuring tools showed
+    on real data (their declared error model), or the combined one; None: the criteria's stated
+    uncertainty applies."""
+    uncertainty_source: str | None = None
+    """Where that uncertainty was measured (tool, data set, method), or how it was combined."""
+    method: str | None = None
+    """Method family of the measurement (``classical``, ``learned``...; ``combined`` for several)."""
+    combined_from: tuple[str, ...] = ()
+    """Evidence ids of the independent measurements this value combines (or that disagreed)."""
+    superseded_by: str | None = None
+    """Set on a measurement that another evidence replaces (the combined value, or the in-domain
+    measurement of an out-of-domain one): the id of the evidence the decision reads instead."""

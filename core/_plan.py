@@ -93,6 +93,33 @@ class NotAssessable(_Frozen):
     """Why it cannot be measured for this case."""
 
 
+RevisionReason = Literal["fallback", "second_opinion", "out_of_domain"]
+"""Why the review step added a measurement: a failed or unreliable step, a value whose uncertainty
+straddles a decision threshold, or a learned tool whose input is unlike its training data."""
+
+
+class PlanRevision(_Frozen):
+    """One measurement the review step added to a plan after seeing the evidence, and why."""
+
+    round: int = Field(ge=1)
+    """Review round that added it (1 = after the first dispatch)."""
+    reason: RevisionReason
+    """Why it was added."""
+    criteria_id: str
+    """Criteria document of the indicator measured again."""
+    indicator: str
+    """Indicator measured again."""
+    trigger_step_id: str
+    """The step whose result prompted the revision."""
+    detail: str
+    """The finding that prompted it, for people (the failure, the value and its uncertainty...)."""
+    added_steps: tuple[str, ...]
+    """Ids of the steps it added (steps it reuses are not repeated)."""
+    measurements: tuple[PlannedIndicator, ...]
+    """The new measurement of the indicator, then those of other indicators of the same criteria that the
+    new step measures too (they come at no extra cost)."""
+
+
 class Plan(_Frozen):
     """A DAG of tool calls in execution order, with the indicators it measures and those it cannot."""
 
@@ -104,6 +131,13 @@ class Plan(_Frozen):
     """Measured indicators."""
     not_assessable: tuple[NotAssessable, ...] = ()
     """Indicators that cannot be measured, with reasons."""
+    revisions: tuple[PlanRevision, ...] = ()
+    """Measurements the review step added after seeing the evidence, in order; their steps and
+    indicators are already in ``steps`` and ``indicators``."""
+
+    def measurements(self, criteria_id: str, indicator: str) -> tuple[PlannedIndicator, ...]:
+        """Every planned measurement of one indicator, first the original, then those revisions added."""
+        return tuple(p for p in self.indicators if (p.criteria_id, p.indicator) == (criteria_id, indicator))
 
     def step(self, step_id: str) -> ToolCall:
         """The step with this id."""

@@ -26,20 +26,25 @@ from dxgraph.planners._draft import (
     draft_schema,
     plan_from_draft,
 )
+from dxgraph.planners._revise import MEASURING_METHODS, alternative_measurement, chain_method, measuring_tools
 from dxgraph.planners._validate import annotations_compatible, validate_plan
 
 __all__ = [
     "CASE_FIELDS",
+    "MEASURING_METHODS",
     "PLANNER_NAME",
     "SYSTEM_PROMPT",
     "VIEW_TOOL",
     "DraftStep",
     "PlanDraft",
+    "alternative_measurement",
     "annotations_compatible",
     "case_modalities",
     "case_prompt",
+    "chain_method",
     "describe_tools",
     "draft_schema",
+    "measuring_tools",
     "plan_from_criteria",
     "plan_from_draft",
     "primary_image_field",

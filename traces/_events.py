@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
-from dxgraph.core import Case, Diagnosis, Evidence, Plan
+from dxgraph.core import Case, Diagnosis, Evidence, Plan, PlanRevision
 
 TRACE_FORMAT = 1
 """Version of the event format; bumped on any incompatible change."""
@@ -91,6 +91,8 @@ class RunHeader(BaseModel):
     """Planner used."""
     preferred_tools: tuple[str, ...] = ()
     """Tools the planner was told to pick first where several fit (e.g. a learned segmenter)."""
+    review_rounds: int = 0
+    """Most review rounds the run allowed (0: runs recorded before the review step, or the fixed graph)."""
     aggregator: str
     """Aggregator backend used."""
     language_model: LanguageModelRef | None = None
@@ -154,6 +156,19 @@ class PlanMade(_Event):
     """The plan."""
     fallback_reason: str | None = None
     """Why a language model's draft plan was rejected and the deterministic plan used instead."""
+
+
+class PlanRevised(_Event):
+    """The review step added measurements after seeing the evidence: the revisions, and the whole plan."""
+
+    event: Literal["PlanRevised"] = "PlanRevised"
+    """Discriminator."""
+    round: int
+    """Review round (1 = after the first dispatch)."""
+    revisions: tuple[PlanRevision, ...]
+    """What this round added, and why."""
+    plan: Plan
+    """The plan as revised: the earlier steps unchanged, the new ones after them."""
 
 
 class ToolCalled(_Event):
@@ -243,7 +258,14 @@ class RunFinished(_Event):
 
 
 Event = Annotated[
-    RunStarted | CriteriaRetrieved | PlanMade | ToolCalled | ModelCalled | DiagnosisMade | RunFinished,
+    RunStarted
+    | CriteriaRetrieved
+    | PlanMade
+    | PlanRevised
+    | ToolCalled
+    | ModelCalled
+    | DiagnosisMade
+    | RunFinished,
     Field(discriminator="event"),
 ]
 EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)

@@ -168,7 +168,10 @@ def compare_json(
 
 
 def evidence_key(e: Evidence) -> str:
-    return f"{e.criteria_id}.{e.indicator}"
+    """The decisive evidence of an indicator by ``criteria.indicator``; a measurement another replaced
+    (combined, or out of domain) by that and its own id."""
+    key = f"{e.criteria_id}.{e.indicator}"
+    return key if e.superseded_by is None else f"{key}[{e.evidence_id}]"
 
 
 def diff_evidence(
@@ -194,7 +197,7 @@ def diff_evidence(
                 out.append(Difference("evidence", f"{key} ({a.name})", a.value, b.value, delta, tol))
         elif a.value != b.value:
             out.append(Difference("evidence", f"{key} ({a.name})", a.value, b.value))
-        skip = {"value"} if full else {"value", "input_sha256", "artifacts"}
+        skip = {"value", "method"} if full else {"value", "method", "input_sha256", "artifacts"}
         da, db = a.model_dump(mode="json", exclude=skip), b.model_dump(mode="json", exclude=skip)
         out += compare_json(da, db, key, kind="evidence")
     return out

@@ -17,6 +17,7 @@ from dxgraph.traces._events import (
     DiagnosisMade,
     ModelCalled,
     PlanMade,
+    PlanRevised,
     RunFinished,
     RunStarted,
     ToolCalled,
@@ -255,7 +256,8 @@ def render_report(store: TraceStore, run_id: str) -> str:
     started = next(e for e in events if isinstance(e, RunStarted))
     calls = [e for e in events if isinstance(e, ToolCalled)]
     plan_made = next((e for e in events if isinstance(e, PlanMade)), None)
-    plan = plan_made.plan if plan_made else None
+    revised = [e for e in events if isinstance(e, PlanRevised)]
+    plan = revised[-1].plan if revised else plan_made.plan if plan_made else None
     made = next((e for e in events if isinstance(e, DiagnosisMade)), None)
     finished = next((e for e in events if isinstance(e, RunFinished)), None)
     retrieved = next((e for e in events if isinstance(e, CriteriaRetrieved)), None)

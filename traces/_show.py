@@ -8,6 +8,7 @@ from dxgraph.traces._events import (
     Event,
     ModelCalled,
     PlanMade,
+    PlanRevised,
     RunFinished,
     RunStarted,
     ToolCalled,
@@ -42,6 +43,13 @@ def summarize(ev: Event) -> str:
         )
         fallback = f" (language model's draft rejected: {ev.fallback_reason})" if ev.fallback_reason else ""
         return f"{ev.plan.planner} plan: {steps or 'no steps'}{na}{fallback}"
+    if isinstance(ev, PlanRevised):
+        parts = [
+            f"{r.reason.replace('_', ' ')} for {r.indicator} after {r.trigger_step_id}"
+            f" ({r.detail}): + {' → '.join(f'{s} {ev.plan.step(s).tool}' for s in r.added_steps)}"
+            for r in ev.revisions
+        ]
+        return f"review round {ev.round}: " + "; ".join(parts)
     if isinstance(ev, ModelCalled):
         tokens = (
             f", {ev.prompt_tokens}+{ev.completion_tokens} tokens"

@@ -8,19 +8,23 @@ import os
 import subprocess
 import sys
 
-from _helpers import REPO, fundus_like, write_rgb
+from _helpers import REPO, write_rgb
 
 PROBE = """
 import sys
 import dxgraph
 r = dxgraph.diagnose("glaucoma", sys.argv[1], db=sys.argv[2])
+assert not r.plan.revisions, r.plan.revisions  # a second opinion would rightly load the learned segmenter
 print(r.diagnosis.label)
 print(",".join(sorted(m for m in ("torch", "transformers", "sentence_transformers", "monai") if m in sys.modules)))
 """
 
 
 def test_a_classical_glaucoma_run_imports_no_network_library(tmp_path):
-    image = write_rgb(tmp_path / "fundus.png", fundus_like(384))
+    from dxgraph.phantoms import fundus_phantom
+
+    # a clear disc far from every threshold: the classical segmenter measures it and no review round runs
+    image = write_rgb(tmp_path / "fundus.png", fundus_phantom(0.3, seed=1).rgb)
     env = {k: v for k, v in os.environ.items() if k != "DXGRAPH_NO_EMBEDDINGS"}  # the model may be there
     res = subprocess.run(
         [sys.executable, "-c", PROBE, str(image), str(tmp_path / "t.db")],

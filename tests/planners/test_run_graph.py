@@ -7,7 +7,7 @@ from dxgraph.traces import TraceStore
 from _helpers import drawn_disc_cup_registry, fundus_like, write_rgb
 
 
-def test_graph_has_the_five_nodes_in_order():
+def test_graph_has_its_nodes_in_order_and_review_loops_back_to_dispatch():
     from dxgraph.agent import RulesAggregator
     from dxgraph.criteria_kb import criteria_library
     from dxgraph.tools import ToolContext, default_tools
@@ -18,8 +18,15 @@ def test_graph_has_the_five_nodes_in_order():
         RunDeps(default_tools(), rec, RulesAggregator(), ToolContext(rec.artifacts), criteria_library())
     )
     assert type(g).__name__ == "CompiledStateGraph"
-    assert [n for n in g.get_graph().nodes if not n.startswith("__")] == list(NODES)
-    assert NODES == ("retrieve", "plan", "dispatch", "aggregate", "decide")
+    graph = g.get_graph()
+    assert [n for n in graph.nodes if not n.startswith("__")] == list(NODES)
+    assert NODES == ("retrieve", "plan", "dispatch", "review", "aggregate", "decide")
+    edges = {(e.source, e.target, e.conditional) for e in graph.edges}
+    assert {
+        ("review", "dispatch", True),
+        ("review", "aggregate", True),
+        ("dispatch", "review", False),
+    } <= edges
 
 
 def test_a_run_leaves_the_full_event_sequence_with_an_intact_chain(tmp_path, db):
