@@ -14,7 +14,7 @@ from typing import Any, TypedDict
 
 from dxgraph.agent._aggregate import Aggregator, EvidenceBundle
 from dxgraph.agent._dispatch import StepResult, collect_evidence, dispatch, failure_reason
-from dxgraph.agent._llm_planner import draft_plan
+from dxgraph.agent._llm_planner import draft_plan, propose_revisions
 from dxgraph.agent._measurements import reconcile
 from dxgraph.agent._model_calls import TracedChat
 from dxgraph.agent._review import MAX_REVIEW_ROUNDS, review
@@ -146,6 +146,24 @@ def build_graph(deps: RunDeps) -> Any:
             round_,
             deps.prefer,
         )
+        if deps.planner_chat is not None:  # the language-model planner may ask for more, validated alike
+            failures = {
+                p.step_id: reason
+                for p in plan.indicators
+                if p.step_id in state["results"]
+                and (reason := failure_reason(plan, state["results"], p.step_id)) is not None
+            }
+            plan, proposed, _ = propose_revisions(
+                deps.planner_chat,
+                plan,
+                state["case"],
+                deps.registry,
+                criteria,
+                state["evidence"],
+                failures,
+                round_,
+            )
+            revisions = (*revisions, *proposed)
         if not revisions:
             return {"revised": False}
         deps.recorder.emit(PlanRevised, round=round_, revisions=revisions, plan=plan)

@@ -166,6 +166,16 @@ def case_prompt(bundle: EvidenceBundle, rules: Diagnosis, view_labels: list[str]
     flagged = [e for e in bundle.evidence if e.quality_flags]
     for e in flagged:
         lines.append(f"Quality flags on {e.evidence_id}: {', '.join(e.quality_flags)}")
+    for e in bundle.evidence:
+        if e.combined_from:
+            parts = [p for p in bundle.evidence if p.evidence_id in e.combined_from]
+            shown = "; ".join(
+                f"{p.evidence_id} {_fmt(p.value)}"
+                + (f" ± {p.uncertainty_sd:.2g}" if p.uncertainty_sd else "")
+                + f" ({p.method or 'unknown'})"
+                for p in parts
+            )
+            lines.append(f"{e.evidence_id} combines independent measurements: {shown}")
     lines.append(f"The rules give: {rules.label} (confidence {rules.confidence:.2f}).")
     if view_labels:
         lines.append("Attached images: " + "; ".join(view_labels) + ".")

@@ -11,16 +11,23 @@ import json
 
 from dxgraph.agent._chat import ChatMessage, ChatRequest, ModelError
 from dxgraph.agent._model_calls import ReplyInvalid, TracedChat, ask_with_repair, compact_schema, parse_model
-from dxgraph.core import Case, Plan
+from dxgraph.core import Case, Evidence, Plan, PlanRevision
 from dxgraph.criteria_kb import LoadedCriteria
 from dxgraph.errors import PlanError
 from dxgraph.planners import (
+    REVISION_SYSTEM_PROMPT,
     SYSTEM_PROMPT,
     PlanDraft,
+    RevisionDraft,
     case_modalities,
     case_prompt,
     draft_schema,
     plan_from_draft,
+    plan_proposal,
+    proposal_measurements,
+    revision_options,
+    revision_prompt,
+    revision_schema,
     validate_plan,
     with_views,
 )
@@ -68,3 +75,85 @@ def draft_plan(
         plan, registry, case
     )  # views are bound like the deterministic planner's: a failure is a bug
     return plan, None
+
+
+def propose_revisions(
+    chat: TracedChat,
+    plan: Plan,
+    case: Case,
+    registry: ToolRegistry,
+    criteria: list[LoadedCriteria],
+    evidence: list[Evidence],
+    failures: dict[str, str],
+    round_: int,
+    max_tokens: int = 400,
+) -> tuple[Plan, tuple[PlanRevision, ...], str | None]:
+    """The plan with the measurements the model asks for, those revisions, and why none was taken when the
+    model's answer was invalid after repair or the model could not be reached (None otherwise).
+
+    Indicators the review already revised this round are not offered; the model chooses among the
+    independent measurements the registry can add, each planned and validated like the review's own.
+    """
+    revised_now = {(r.criteria_id, r.indicator) for r in plan.revisions if r.round == round_}
+    options = revision_options(plan, case, registry, criteria, revised_now)
+    if not options:
+        return plan, (), None
+    schema = compact_schema(revision_schema(options))
+    request = ChatRequest(
+        messages=(
+            ChatMessage(
+                "system", REVISION_SYSTEM_PROMPT.format(schema=json.dumps(schema, separators=(",", ":")))
+            ),
+            ChatMessage("user", revision_prompt(plan, evidence, failures, options)),
+        ),
+        json_schema=schema,
+        schema_name="revision_draft",
+        max_tokens=max_tokens,
+        purpose="revise",
+    )
+
+    def parse(text: str) -> tuple[Plan, tuple[PlanRevision, ...]]:
+        draft = parse_model(RevisionDraft, text)
+        current, added = plan, list[PlanRevision]()
+        for proposal in draft.revisions:
+            if any(r.indicator == proposal.indicator for r in added):
+                continue  # one new measurement per indicator and round
+            try:
+                cid, steps, measurement = plan_proposal(proposal, options, current, case, registry, criteria)
+            except PlanError as e:
+                raise ReplyInvalid(str(e)) from None
+            trigger = current.measurements(cid, proposal.indicator)[0].step_id
+            measurements = proposal_measurements(steps, registry, criteria, cid, measurement)
+            revision = PlanRevision(
+                round=round_,
+                reason=proposal.reason,
+                criteria_id=cid,
+                indicator=proposal.indicator,
+                trigger_step_id=trigger,
+                detail=proposal.why,
+                added_steps=tuple(s.step_id for s in steps),
+                measurements=measurements,
+                proposed_by="language_model",
+            )
+            current = current.model_copy(
+                update={
+                    "steps": (*current.steps, *steps),
+                    "indicators": (*current.indicators, *measurements),
+                    "revisions": (*current.revisions, revision),
+                }
+            )
+            added.append(revision)
+        if added:
+            try:
+                validate_plan(current, registry, case)
+            except PlanError as e:
+                raise ReplyInvalid(str(e)) from None
+        return current, tuple(added)
+
+    try:
+        revised, revisions = ask_with_repair(chat, request, parse)
+    except ReplyInvalid as e:
+        return plan, (), f"the {chat.name} model's revisions were invalid after repair: {e}"
+    except ModelError as e:
+        return plan, (), f"the {chat.name} model could not be reached: {e}"
+    return revised, revisions, None

@@ -22,10 +22,10 @@ from collections.abc import Sequence
 from dxgraph.agent._dispatch import StepResult, failure_reason
 from dxgraph.agent._measurements import numeric, reliable, standard_uncertainty
 from dxgraph.agent._rules import label_of, quality_penalty
-from dxgraph.core import Case, Evidence, Plan, PlannedIndicator, PlanRevision, RevisionReason, ToolCall
+from dxgraph.core import Case, Evidence, Plan, PlanRevision, RevisionReason
 from dxgraph.criteria_kb import BandsRule, CriteriaDocument, LoadedCriteria
 from dxgraph.imaging import flagged_quality
-from dxgraph.planners import alternative_measurement, measuring_tools, validate_plan
+from dxgraph.planners import alternative_measurement, measured_too, measuring_tools, validate_plan
 from dxgraph.tools import OUT_OF_DOMAIN_FLAG, ToolRegistry
 
 MAX_REVIEW_ROUNDS = 2
@@ -64,7 +64,7 @@ def review(
         if alternative is None:
             continue
         steps, measurement = alternative
-        measurements = (measurement, *_measured_too(steps, registry, docs[cid], measurement))
+        measurements = (measurement, *measured_too(steps, registry, docs[cid], measurement))
         revision = PlanRevision(
             round=round_,
             reason=reason,
@@ -86,21 +86,6 @@ def review(
     if revisions:
         validate_plan(revised, registry, case)
     return revised, tuple(revisions)
-
-
-def _measured_too(
-    steps: tuple[ToolCall, ...], registry: ToolRegistry, criteria: LoadedCriteria, added: PlannedIndicator
-) -> list[PlannedIndicator]:
-    """Other indicators of the criteria that the new measuring step outputs too: they come for free."""
-    tool = next(s.tool for s in steps if s.step_id == added.step_id)
-    fields = registry.get(tool).output_model.model_fields
-    return [
-        PlannedIndicator(
-            criteria_id=added.criteria_id, indicator=ind.id, step_id=added.step_id, quantity=ind.quantity
-        )
-        for ind in criteria.document.indicators
-        if ind.id != added.indicator and ind.quantity in fields
-    ]
 
 
 def _finding(

@@ -113,6 +113,9 @@ class PlanRevision(_Frozen):
     """The step whose result prompted the revision."""
     detail: str
     """The finding that prompted it, for people (the failure, the value and its uncertainty...)."""
+    proposed_by: Literal["review", "language_model"] = "review"
+    """Who asked for it: the review step's rules, or the language-model planner (held to the same
+    validator, choosing only among the independent measurements the registry can add)."""
     added_steps: tuple[str, ...]
     """Ids of the steps it added (steps it reuses are not repeated)."""
     measurements: tuple[PlannedIndicator, ...]

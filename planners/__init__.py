@@ -26,17 +26,38 @@ from dxgraph.planners._draft import (
     draft_schema,
     plan_from_draft,
 )
-from dxgraph.planners._revise import MEASURING_METHODS, alternative_measurement, chain_method, measuring_tools
+from dxgraph.planners._revise import (
+    MEASURING_METHODS,
+    alternative_measurement,
+    chain_method,
+    measured_too,
+    measuring_tools,
+)
+from dxgraph.planners._revision_draft import (
+    REVISION_SYSTEM_PROMPT,
+    Options,
+    ProposedRevision,
+    RevisionDraft,
+    plan_proposal,
+    proposal_measurements,
+    revision_options,
+    revision_prompt,
+    revision_schema,
+)
 from dxgraph.planners._validate import annotations_compatible, validate_plan
 
 __all__ = [
     "CASE_FIELDS",
     "MEASURING_METHODS",
     "PLANNER_NAME",
+    "REVISION_SYSTEM_PROMPT",
     "SYSTEM_PROMPT",
     "VIEW_TOOL",
     "DraftStep",
+    "Options",
     "PlanDraft",
+    "ProposedRevision",
+    "RevisionDraft",
     "alternative_measurement",
     "annotations_compatible",
     "case_modalities",
@@ -44,11 +65,17 @@ __all__ = [
     "chain_method",
     "describe_tools",
     "draft_schema",
+    "measured_too",
     "measuring_tools",
     "plan_from_criteria",
     "plan_from_draft",
+    "plan_proposal",
     "primary_image_field",
     "primary_selection",
+    "proposal_measurements",
+    "revision_options",
+    "revision_prompt",
+    "revision_schema",
     "validate_plan",
     "with_views",
 ]

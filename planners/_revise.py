@@ -105,3 +105,18 @@ def _free_id(taken: set[str]) -> str:
     while f"s{n}" in taken:
         n += 1
     return f"s{n}"
+
+
+def measured_too(
+    steps: tuple[ToolCall, ...], registry: ToolRegistry, criteria: LoadedCriteria, added: PlannedIndicator
+) -> list[PlannedIndicator]:
+    """Other indicators of the criteria that an added measuring step outputs too: they come for free."""
+    tool = next(s.tool for s in steps if s.step_id == added.step_id)
+    fields = registry.get(tool).output_model.model_fields
+    return [
+        PlannedIndicator(
+            criteria_id=added.criteria_id, indicator=ind.id, step_id=added.step_id, quantity=ind.quantity
+        )
+        for ind in criteria.document.indicators
+        if ind.id != added.indicator and ind.quantity in fields
+    ]

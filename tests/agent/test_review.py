@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import dxgraph
-from dxgraph.agent import RunOptions
+from dxgraph.agent import RunOptions, replay
 from dxgraph.core import RegionOfInterest
 from dxgraph.criteria_kb import get_criteria
 from dxgraph.errors import ToolError
@@ -185,8 +185,6 @@ def test_a_revised_run_replays_exactly_and_its_report_shows_the_rounds(tmp_path,
     reg = _registry(classical={"cup_radius_px": 34}, learned={"cup_radius_px": 36})
     r = _run(tmp_path, db, reg)
     store = TraceStore(db)
-    from dxgraph.agent import replay
-
     for mode in ("recorded", "tools"):
         result = replay(store, r.run_id, mode, registry=reg)
         assert result.same, result.render()
@@ -204,3 +202,60 @@ def test_alternative_measurement_reuses_nothing_it_must_not_and_numbers_after_th
     assert [s.tool for s in steps] == [LEARNED, "measure_cup_disc"] and not taken & {s.step_id for s in steps}
     assert measurement.step_id == steps[-1].step_id and measurement.quantity == "vcdr"
     assert alternative_measurement(r.plan, r.case, reg, criteria, "vcdr", {CLASSICAL, LEARNED}) is None
+
+
+def _by_purpose(revise):
+    """A scripted model: an invalid plan draft (the deterministic plan runs), then ``revise`` for revisions."""
+    import json
+
+    def answer(req):
+        if req.purpose.startswith("revise"):
+            return json.dumps(revise(req)) if callable(revise) else json.dumps(revise)
+        return "no plan"
+
+    return answer
+
+
+def _llm_run(tmp_path, db, reg, chat):
+    path = write_rgb(tmp_path / "f.png", fundus_like())
+    options = RunOptions(planner="llm", aggregator="rules")
+    return dxgraph.diagnose(
+        "glaucoma", path, options, db=db, modality="fundus", registry=reg, language_model=chat
+    )
+
+
+def test_the_language_model_planner_may_ask_for_a_measurement_the_rules_did_not(tmp_path, db):
+    from dxgraph.testing import ScriptedChat
+
+    # vCDR 0.30 is far from every threshold: the review's rules add nothing, the model asks anyway
+    reg = _registry(classical={"cup_radius_px": 15}, learned={"cup_radius_px": 16})
+    ask = {
+        "revisions": [{"indicator": "vcdr", "tool": LEARNED, "reason": "second_opinion", "why": "check it"}]
+    }
+    chat = ScriptedChat([_by_purpose(ask)])
+    r = _llm_run(tmp_path, db, reg, chat)
+    (revised,) = _revisions(db, r.run_id)
+    (rev,) = revised.revisions
+    assert (rev.proposed_by, rev.reason, rev.detail) == ("language_model", "second_opinion", "check it")
+    assert [revised.plan.step(s).tool for s in rev.added_steps] == [LEARNED, "measure_cup_disc"]
+    assert "methods_combined" in _vcdr(r).quality_flags
+    sent = next(q for q in chat.requests if q.purpose == "revise")
+    assert "options: segment_optic_disc_cup_unet" in sent.messages[-1].text
+    assert sent.json_schema["$defs"]["ProposedRevision"]["properties"]["tool"]["enum"] == [LEARNED]
+    replayed = replay(TraceStore(db), r.run_id, "recorded", registry=reg)  # model replies from the record
+    assert replayed.same, replayed.render()
+
+
+def test_a_model_asking_for_a_tool_that_is_not_an_option_is_repaired_then_ignored(tmp_path, db):
+    from dxgraph.testing import ScriptedChat
+    from dxgraph.traces import ModelCalled
+
+    reg = _registry(classical={"cup_radius_px": 15}, learned={"cup_radius_px": 16})
+    bad = {"revisions": [{"indicator": "vcdr", "tool": "crop_zoom", "reason": "fallback", "why": "x"}]}
+    r = _llm_run(tmp_path, db, reg, ScriptedChat([_by_purpose(bad)]))
+    assert _revisions(db, r.run_id) == [] and LEARNED not in _tools_called(db, r.run_id)
+    calls = [
+        e for e in TraceStore(db).events(r.run_id) if isinstance(e, ModelCalled) and "revise" in e.purpose
+    ]
+    assert [(c.purpose, c.status) for c in calls] == [("revise", "invalid"), ("revise-repair", "invalid")]
+    assert "crop_zoom is not an option for vcdr" in (calls[0].error or "")
