@@ -184,7 +184,9 @@ def run_demo(
             )
             report = out_dir / f"{case.name}.html"
             report.write_text(render_report(store, r.run_id), encoding="utf-8")
-            measured = {e.evidence_id.split(":", 1)[1]: e.value for e in r.evidence}
+            measured = {
+                e.evidence_id.split(":", 1)[1]: e.value for e in r.evidence if e.superseded_by is None
+            }
             rows.append(
                 DemoRow(
                     name=case.name,
