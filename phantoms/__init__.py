@@ -14,10 +14,13 @@ from dxgraph.phantoms._brain import (
 )
 from dxgraph.phantoms._cases import PhantomCase, PhantomImage
 from dxgraph.phantoms._cine import (
+    CINE_PATHOLOGIES,
     CinePhantom,
     cine_phantom,
+    cine_without_lv,
     expert_contour_mask,
     lvef_demo_cases,
+    static_blob_cine,
     write_dicom_cine,
     write_lvef_case,
 )
@@ -35,7 +38,12 @@ from dxgraph.phantoms._cxr import (
     write_cardiomegaly_case,
     write_cxr_dicom,
 )
-from dxgraph.phantoms._fundus import FundusPhantom, fundus_phantom, fundus_phantom_truth
+from dxgraph.phantoms._fundus import (
+    FundusPhantom,
+    fundus_phantom,
+    fundus_phantom_truth,
+    fundus_training_cases,
+)
 from dxgraph.phantoms._recist import (
     PhantomLesion,
     RecistPair,
@@ -46,6 +54,7 @@ from dxgraph.phantoms._recist import (
 from dxgraph.phantoms._volume_files import write_dicom_slice, write_nifti
 
 __all__ = [
+    "CINE_PATHOLOGIES",
     "BrainPhantom",
     "CinePhantom",
     "CxrPhantom",
@@ -59,15 +68,18 @@ __all__ = [
     "brain_tumour_demo_cases",
     "cardiomegaly_phantom_cases",
     "cine_phantom",
+    "cine_without_lv",
     "cxr_phantom",
     "expert_contour_mask",
     "fundus_phantom",
     "fundus_phantom_truth",
+    "fundus_training_cases",
     "lvef_demo_cases",
     "nodule_demo_cases",
     "nodule_phantom",
     "recist_demo_cases",
     "recist_pair",
+    "static_blob_cine",
     "write_brain_tumour_case",
     "write_cardiomegaly_case",
     "write_cxr_dicom",

@@ -8,6 +8,13 @@ left atrium and aortic root (bright, but not enclosed by myocardium). Nuisance: 
 supersampling (partial volume), a smooth coil bias field, and Rician noise (magnitude of complex
 Gaussian noise). Everything random comes from ``seed``.
 
+``pathology=`` draws the design of one of five hearts (``CINE_PATHOLOGIES``): ``normal`` (normal cavity and
+wall, EF 55-70 %), ``dilated`` (large cavity, thin wall, EF 15-35 %), ``hypertrophic`` (small cavity,
+14-19 mm wall, EF 60-75 %), ``infarcted`` (an akinetic, thinned 3.5-5 mm sector of 70-120 degrees from the
+apex to mid-ventricle, which lowers the EF below the design of the rest of the wall) and ``dilated_rv``
+(a normal LV beside a right ventricle about twice as large and as long as the LV, the structure a
+segmenter must not track).
+
 The truth is measured on the rendered high-resolution occupancy, not taken from the design: per frame,
 LV blood fraction summed over voxels x voxel volume; EDV = largest, ESV = smallest.
 """
@@ -66,10 +73,56 @@ def _smooth_field(shape: tuple[int, int], rng: np.random.Generator, strength: fl
     return np.exp(strength * field).astype(np.float32)
 
 
+CINE_PATHOLOGIES = ("normal", "dilated", "hypertrophic", "infarcted", "dilated_rv")
+"""The heart designs ``cine_phantom(pathology=...)`` draws from."""
+
+
+@dataclass(frozen=True)
+class _Design:
+    """Drawn design values of one pathology (mm, fractions)."""
+
+    ef: float
+    r_ed: float
+    len_ed: float
+    wall: float
+    rv_scale: float = 1.0
+    rv_length: float = 0.8
+    infarct: tuple[float, float, float, float] | None = None
+    """(centre angle rad, half width rad, thinned wall mm, depth below the base where it starts mm)."""
+
+
+def _pathology_design(seed: int, pathology: str, ef_percent: float | None) -> _Design:
+    """Design values of one pathology, from their own generator (the default draws stay as they were)."""
+    if pathology not in CINE_PATHOLOGIES:
+        raise ValueError(f"unknown pathology {pathology!r}; choose {', '.join(CINE_PATHOLOGIES)}")
+    g = np.random.default_rng((seed, 1 + CINE_PATHOLOGIES.index(pathology)))
+    ef_range, r_range, len_range, wall_range = {
+        "normal": ((55.0, 70.0), (20.0, 26.0), (65.0, 80.0), (8.0, 11.0)),
+        "dilated": ((15.0, 35.0), (31.0, 37.0), (85.0, 100.0), (6.0, 8.0)),
+        "hypertrophic": ((60.0, 75.0), (16.0, 21.0), (60.0, 75.0), (14.0, 19.0)),
+        "infarcted": ((35.0, 55.0), (25.0, 31.0), (75.0, 90.0), (8.0, 10.0)),
+        "dilated_rv": ((50.0, 65.0), (21.0, 26.0), (65.0, 80.0), (8.0, 11.0)),
+    }[pathology]
+    ef = float(g.uniform(*ef_range) if ef_percent is None else ef_percent) / 100.0
+    d = _Design(ef, g.uniform(*r_range), g.uniform(*len_range), g.uniform(*wall_range))
+    if pathology == "dilated_rv":
+        return _Design(d.ef, d.r_ed, d.len_ed, d.wall, rv_scale=g.uniform(1.35, 1.5), rv_length=1.0)
+    if pathology == "infarcted":
+        infarct = (
+            g.uniform(0.0, 2 * np.pi),
+            np.deg2rad(g.uniform(35.0, 60.0)),
+            g.uniform(3.5, 5.0),
+            d.len_ed * g.uniform(0.3, 0.5),
+        )
+        return _Design(d.ef, d.r_ed, d.len_ed, d.wall, infarct=infarct)
+    return d
+
+
 def cine_phantom(
     seed: int,
     *,
     ef_percent: float | None = None,
+    pathology: str | None = None,
     n_frames: int = 20,
     n_slices: int | None = None,
     slice_mm: float | None = None,
@@ -87,6 +140,14 @@ def cine_phantom(
     r2_ed = r_ed * rng.uniform(0.85, 1.0)
     len_ed = rng.uniform(65.0, 85.0)
     wall = rng.uniform(8.0, 11.0)
+    design = None if pathology is None else _pathology_design(seed, pathology, ef_percent)
+    if design is not None:
+        ratio = r2_ed / r_ed
+        ef, r_ed, len_ed, wall = design.ef, design.r_ed, design.len_ed, design.wall
+        r2_ed = r_ed * ratio
+    rv_scale = 1.0 if design is None else design.rv_scale
+    rv_length = 0.8 if design is None else design.rv_length
+    infarct = None if design is None else design.infarct
     k_r = (1.0 - ef) ** (1.0 / 2.5)  # radial shortening; longitudinal k_r**0.5 -> volume scales k_r**2.5
     es_phase = rng.uniform(0.33, 0.42)
     n_z_needed = math.ceil((len_ed + wall) / sz) + 1  # apex cap and one slice above the base
@@ -111,7 +172,14 @@ def cine_phantom(
     static = np.where(lungs & (body < 0.8), _LUNG, static).astype(np.float32)
     static_px = static.reshape(n_px, _SUPER_XY, n_px, _SUPER_XY).mean(axis=(1, 3))
     # the heart is rendered in a box of whole pixels around it; the rest is static
-    half = math.ceil(80.0 / px)
+    half_mm = 80.0
+    if design is not None:  # room for a dilated LV and a dilated right ventricle
+        rr_max = (r_ed + 1.4 * wall + 14.0) * rv_scale
+        half_mm = min(
+            fov_mm / 2,
+            max(80.0, 0.9 * (r_ed + 1.4 * wall + 2.0) + 0.6 * (rv_scale - 1) * rr_max + 1.05 * rr_max + 6.0),
+        )
+    half = math.ceil(half_mm / px)
     y0, x0 = max(0, int(cy / px) - half), max(0, int(cx / px) - half)
     y1, x1 = min(n_px, int(cy / px) + half), min(n_px, int(cx / px) + half)
     box = (slice(y0 * _SUPER_XY, y1 * _SUPER_XY), slice(x0 * _SUPER_XY, x1 * _SUPER_XY))
@@ -120,6 +188,12 @@ def cine_phantom(
     cine = np.zeros((n_frames, n_z, n_px, n_px), np.float32)
     frac = np.zeros_like(cine)
     ux, uy = math.cos(rv_angle) * rv_side, math.sin(rv_angle)
+    if infarct is not None:  # polar geometry of the LV: an akinetic, thinned sector
+        theta = np.arctan2(yy - cy, xx - cx)
+        dist = np.hypot(yy - cy, xx - cx)
+        r_ell = 1.0 / np.sqrt((np.cos(theta) / r_ed) ** 2 + (np.sin(theta) / r2_ed) ** 2)
+        delta = np.abs(np.angle(np.exp(1j * (theta - infarct[0]))))
+        in_sector = np.clip((infarct[1] - delta) / 0.15 + 0.5, 0.0, 1.0)
     for t in range(n_frames):
         phase = t / n_frames
         c = math.sin(math.pi * phase / (2 * es_phase)) ** 2 if phase < 2 * es_phase else 0.0
@@ -140,20 +214,28 @@ def cine_phantom(
                     r_epi_a, r_epi_b = (ra + w_t) * math.sqrt(s_epi), (rb + w_t) * math.sqrt(s_epi)
                     epi = ((xx - cx) / max(r_epi_a, 1e-3)) ** 2 + ((yy - cy) / max(r_epi_b, 1e-3)) ** 2 < 1
                     # right ventricle: a crescent against the septum, shorter than the LV
-                    s_rv = max(0.0, 1.0 - (d / (0.8 * len_ed)) ** 2)
+                    s_rv = max(0.0, 1.0 - (d / (rv_length * len_ed)) ** 2)
+                    if infarct is not None:  # akinetic sector: no motion, thinned wall, from its depth down
+                        m = in_sector * float(np.clip((d - infarct[3]) / 5.0 + 0.5, 0.0, 1.0))
+                        k_eff = kr + (1.0 - kr) * m
+                        w_eff = w_t * (1.0 - m) + infarct[2] * m
+                        epi = dist < (k_eff * r_ell + w_eff) * math.sqrt(s_epi)
                     if s_rv > 0:
-                        rr = (ra + w_t + 14.0) * math.sqrt(s_rv)
-                        off = ra + w_t + 2.0
-                        rvx, rvy = cx + ux * off * 0.9, cy + uy * off * 0.9
+                        rr = (ra + w_t + 14.0) * math.sqrt(s_rv) * rv_scale
+                        off = 0.9 * (ra + w_t + 2.0) + 0.6 * (rv_scale - 1.0) * rr
+                        rvx, rvy = cx + ux * off, cy + uy * off
                         rv = ((xx - rvx) / (rr * 1.05)) ** 2 + ((yy - rvy) / (rr * 0.8)) ** 2 < 1
                         rv_wall = ((xx - rvx) / (rr * 1.05 + 3)) ** 2 + ((yy - rvy) / (rr * 0.8 + 3)) ** 2 < 1
                         img = np.where(rv_wall & ~epi, _MYO, img)
                         img = np.where(rv & ~epi, _BLOOD * 0.95, img)
                     img = np.where(epi, _MYO, img)
                     if s_cav > 0:
-                        cav = ((xx - cx) / (ra * math.sqrt(s_cav))) ** 2 + (
-                            (yy - cy) / (rb * math.sqrt(s_cav))
-                        ) ** 2 < 1
+                        if infarct is not None:
+                            cav = dist < k_eff * r_ell * math.sqrt(s_cav)
+                        else:
+                            cav = ((xx - cx) / (ra * math.sqrt(s_cav))) ** 2 + (
+                                (yy - cy) / (rb * math.sqrt(s_cav))
+                            ) ** 2 < 1
                         img = np.where(cav, _BLOOD, img)
                         lv_acc += cav
                 else:
@@ -285,3 +367,38 @@ def expert_contour_mask(
         mask[t, z, rr, cc] = True
         contours[instance] = pts
     return mask, contours
+
+
+def cine_without_lv(ph: CinePhantom) -> np.ndarray:
+    """The phantom's cine with the LV blood pool replaced by wall signal (the median of a 2-4 px band around
+    it, per frame and slice): the right ventricle and the atrium are the only bright, beating structures left,
+    so an LV segmenter must find nothing rather than track them."""
+    from scipy import ndimage as ndi
+
+    cine = ph.cine.copy()
+    for t in range(cine.shape[0]):
+        for z in range(cine.shape[1]):
+            frac = ph.lv_fraction[t, z]
+            m = frac > 0.01
+            if m.any():
+                band = ndi.binary_dilation(m, iterations=4) & ~ndi.binary_dilation(m, iterations=2)
+                wall = float(np.median(cine[t, z][band]))
+                cine[t, z] = cine[t, z] * (1.0 - frac) + wall * frac
+    return cine
+
+
+def static_blob_cine(
+    seed: int, *, n_frames: int = 12, n_slices: int = 10, pixel_mm: float = 1.4
+) -> tuple[np.ndarray, tuple[float, float, float]]:
+    """A (t, z, y, x) cine of soft tissue holding one bright, round, static blob 50 mm across (no myocardium,
+    no motion: a stomach or a cyst), with Rician noise; returns it and its spacing (9 mm slices)."""
+    rng = np.random.default_rng(seed)
+    n = round(210.0 / pixel_mm)
+    yy, xx = (np.mgrid[0:n, 0:n] + 0.5) * pixel_mm
+    c = 105.0 + rng.uniform(-10, 10, 2)
+    img = np.where(np.hypot(yy - 105.0, xx - 105.0) < 95.0, _TISSUE, 0.0)
+    img = np.where(np.hypot(yy - c[0], xx - c[1]) < 25.0, _BLOOD, img).astype(np.float32)
+    cine = np.broadcast_to(img, (n_frames, n_slices, n, n)).astype(np.float32)
+    n1 = rng.normal(0.0, 0.04, cine.shape).astype(np.float32)
+    n2 = rng.normal(0.0, 0.04, cine.shape).astype(np.float32)
+    return np.sqrt((cine + n1) ** 2 + n2**2).astype(np.float32), (9.0, pixel_mm, pixel_mm)

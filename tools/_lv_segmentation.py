@@ -31,6 +31,7 @@ The result is a boolean (t, z, y, x) mask; slices outside the LV are empty.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -39,7 +40,14 @@ from skimage.filters import threshold_otsu
 from skimage.measure import label, regionprops
 from skimage.morphology import convex_hull_image, disk
 
-__all__ = ["LVSegmentation", "segment_lv"]
+__all__ = [
+    "LV_CHECKS",
+    "LVSegmentation",
+    "lv_check_failures",
+    "lv_flags_message",
+    "segment_lv",
+    "segment_lv_2d",
+]
 
 _SEARCH_RADIUS_FRACTION = 0.35
 """The LV is looked for within this fraction of the field of view from its centre."""
@@ -237,6 +245,18 @@ def segment_lv(cine: np.ndarray, spacing_mm: tuple[float, float, float]) -> LVSe
     return result
 
 
+def segment_lv_2d(img: np.ndarray, px_mm: float) -> np.ndarray:
+    """The LV cavity of one short-axis image (H, W) without a cine: the best-scoring round, enclosed bright
+    blob (no motion term), thresholded around its centre as in step 3; empty when none is found."""
+    sm = ndi.gaussian_filter(np.asarray(img, np.float32), 0.6)
+    cands = _candidates(sm, np.zeros_like(sm), px_mm)
+    if not cands:
+        return np.zeros(sm.shape, bool)
+    _, (cy, cx, _area) = max(cands, key=lambda c: c[0])
+    comp, _thr = _cavity(sm, (cy, cx), px_mm)
+    return np.zeros(sm.shape, bool) if comp is None else comp
+
+
 def _start_slices(best: dict[int, tuple[float, tuple]], px_mm: float) -> list[int]:
     """Slices to start tracking from, best first: round, beating and large candidates that the slices on
     both sides confirm (a candidate within reach); the slice at the base, where the atrium adds to the
@@ -326,3 +346,122 @@ def _segment_slice(
             result.mask[t, z] = m
     result.slices.append(z)
     return float(cy), float(cx)
+
+
+LV_CHECKS: dict[str, str] = {
+    "lv_not_found": "no left-ventricular cavity was found",
+    "lv_not_enclosed": (
+        "the tracked cavity is not a round blood pool enclosed by myocardium (a right ventricle, an atrium or "
+        "another bright structure)"
+    ),
+    "lv_inconsistent": "the tracked cavity is not consistent across slices and phases (or does not beat)",
+    "lv_implausible_size": "the tracked cavity's size is implausible for a left ventricle at this pixel spacing",
+}
+"""The plausibility checks every LV segmenter's mask must pass: flag -> what its failure means."""
+_MIN_EDV_ML, _MAX_EDV_ML = 10.0, 600.0
+"""Plausible end-diastolic volumes (a small child's to the largest dilated ventricle), mL."""
+_MIN_CHECK_RING = 0.6
+"""Median share of the cavity's circumference enclosed by darker wall, over the ED slices, below which the
+cavity is not taken for the LV."""
+_MAX_DARK_INTERIOR = 0.35
+"""Share of the ED cavity (mid slices) darker than the blood/wall threshold above which it holds wall (the hull
+of a crescent-shaped right ventricle wraps the septum); papillary muscles are about 10-20 %."""
+_MIN_MASK_SOLIDITY = 0.75
+"""Area over convex hull of the ED cavity on the mid slices below which it is crescent-shaped (a right ventricle)."""
+_MIN_EXTENT_MM = 30.0
+"""Shortest plausible extent of the LV cavity along the stack (slices x slice spacing), mm: a track of one or
+two slices is an apical right ventricle or another blob, not a ventricle 50-110 mm long."""
+_MIN_STROKE_FRACTION = 0.05
+"""(EDV - ESV) / EDV below which the cavity does not beat: a static bright structure, not a ventricle."""
+
+
+def lv_flags_message(failures: list[str]) -> str:
+    """One sentence naming the failed LV checks."""
+    return "; ".join(LV_CHECKS.get(f, f) for f in failures) + ": the ejection fraction is not assessable"
+
+
+def _local_threshold(img: np.ndarray, comp: np.ndarray, px_mm: float) -> float:
+    """Blood/wall threshold: midway between the cavity's median and the median of a 2-8 mm band outside it."""
+    outer = ndi.binary_dilation(comp, structure=disk(max(1, round(8.0 / px_mm))))
+    inner = ndi.binary_dilation(comp, structure=disk(max(1, round(2.0 / px_mm))))
+    band = outer & ~inner
+    if not band.any():
+        return float(np.median(img[comp]))
+    return 0.5 * (float(np.median(img[comp])) + float(np.median(img[band])))
+
+
+def lv_check_failures(
+    cine: np.ndarray, mask: np.ndarray, spacing_mm: tuple[float, float, float]
+) -> tuple[list[str], list[str]]:
+    """The failed plausibility checks (``LV_CHECKS`` flags) of a (t, z, y, x) cavity mask, and warnings.
+
+    Enclosure (on the end-diastolic frame): the cavity is surrounded by darker wall on most of its
+    circumference, is not crescent-shaped and holds little wall. Consistency: contiguous slices whose
+    centroids stay within ``_MAX_STEP_MM`` of their neighbours', whose areas rise and fall with the whole
+    cavity's over the cycle, and a cavity that beats. Size: EDV and cross-sections plausible in mm.
+    """
+    sz, sy, sx = spacing_mm
+    px_mm = float(np.sqrt(sy * sx))
+    n_t = mask.shape[0]
+    counts = mask.reshape(n_t, mask.shape[1], -1).sum(axis=2).astype(float)  # (t, z) pixels
+    slices = [int(z) for z in np.nonzero(counts.sum(axis=0))[0]]
+    if not slices:
+        return ["lv_not_found"], []
+    frames = [t for t in range(n_t) if counts[t].sum() > 0]
+    vols = counts.sum(axis=1) * sz * sy * sx / 1000.0
+    ed = max(frames, key=lambda t: vols[t])
+    es = min(frames, key=lambda t: vols[t])
+    failures: list[str] = []
+    warnings: list[str] = []
+    # size
+    max_area_mm2 = float(counts[ed].max()) * sy * sx
+    extent_mm = len(slices) * sz
+    if (
+        not (_MIN_EDV_ML <= vols[ed] <= _MAX_EDV_ML)
+        or max_area_mm2 > _MAX_CAVITY_MM2
+        or extent_mm < _MIN_EXTENT_MM
+    ):
+        failures.append("lv_implausible_size")
+    # enclosure, on the ED frame's slices (mid slices for shape: the apex and base are irregular)
+    img = np.asarray(cine[ed], np.float32)
+    ed_slices = [z for z in slices if counts[ed, z] > 0]
+    rings, dark, solid = [], [], []
+    mid = ed_slices[len(ed_slices) // 4 : len(ed_slices) - len(ed_slices) // 4] or ed_slices
+    for z in ed_slices:
+        comp = mask[ed, z]
+        sm = ndi.gaussian_filter(img[z], 0.6)
+        thr = _local_threshold(sm, comp, px_mm)
+        rings.append(_ring_fraction(sm, comp, thr, px_mm))
+        if z in mid:
+            dark.append(float((sm[comp] < thr).mean()))
+            props = regionprops(label(comp, connectivity=1))
+            biggest = max(props, key=lambda p: p.area)
+            solid.append(float(comp.sum()) / float(biggest.area_convex))
+    if (
+        float(np.median(rings)) < _MIN_CHECK_RING
+        or float(np.median(dark)) > _MAX_DARK_INTERIOR
+        or float(np.median(solid)) < _MIN_MASK_SOLIDITY
+    ):
+        failures.append("lv_not_enclosed")
+    # consistency over slices and phases
+    inconsistent = slices != list(range(slices[0], slices[-1] + 1))
+    cents = {z: ndi.center_of_mass(mask[ed, z]) for z in ed_slices}
+    for a, b in itertools.pairwise(ed_slices):
+        if np.hypot(cents[a][0] - cents[b][0], cents[a][1] - cents[b][1]) * px_mm > _MAX_STEP_MM:
+            inconsistent = True
+    if len(frames) >= 4 and len(slices) >= 2:
+        total = counts[frames].sum(axis=1)
+        against = 0
+        for z in slices:
+            a = counts[frames, z]
+            if a.std() > 0 and total.std() > 0 and np.corrcoef(a, total)[0, 1] < _MIN_AREA_CORRELATION:
+                against += 1
+        if against > len(slices) / 3:
+            inconsistent = True
+    if len(frames) >= 4 and (vols[ed] - vols[es]) / max(vols[ed], 1e-9) < _MIN_STROKE_FRACTION:
+        inconsistent = True
+    if inconsistent:
+        failures.append("lv_inconsistent")
+    if len(frames) < n_t:
+        warnings.append("frames_without_cavity")
+    return failures, warnings

@@ -23,6 +23,7 @@ __all__ = [
     "EjectionFractionInput",
     "LVCavityMask",
     "SegmentLVCavityInput",
+    "cine_and_spacing",
     "ejection_fraction_from_mask",
     "measure_ejection_fraction",
     "segment_lv_cavity",
@@ -48,6 +49,10 @@ class LVCavityMask(ToolModel):
     """Slice indices the LV was found on (apex to base order of the stack)."""
     flags: list[str]
     """Warnings, such as ``lv_touches_stack_end`` (the stack may not cover the whole LV)."""
+    quality_flags: list[str] = Field(default_factory=list)
+    """Flags the review step reacts to: ``out_of_domain`` when a learned segmenter doubts its input."""
+    weights_sha256: str | None = None
+    """sha256 of the network weights (learned segmenters only)."""
 
 
 class EjectionFractionInput(ToolModel):
@@ -80,7 +85,8 @@ class EjectionFraction(ToolModel):
     """Warnings, such as ``few_frames`` or ``slices_differ_between_ed_and_es``."""
 
 
-def _cine_and_spacing(ref: ImageRef) -> tuple[np.ndarray, tuple[float, float, float]]:
+def cine_and_spacing(ref: ImageRef) -> tuple[np.ndarray, tuple[float, float, float]]:
+    """The (t, z, y, x) pixels of a cine and its (sz, sy, sx) spacing in mm; ToolError otherwise."""
     cine = load_image(ref)
     if cine.ndim != 4:
         raise ToolError(f"expected a (t, z, y, x) cine, got shape {cine.shape}", flags=("not_cine",))
@@ -93,20 +99,32 @@ def _cine_and_spacing(ref: ImageRef) -> tuple[np.ndarray, tuple[float, float, fl
 @tool(
     name="segment_lv_cavity",
     method="classical",
-    version="0.1.0",
+    version="0.2.0",
     modalities=("mr",),
     dims=("3d+t",),
     requires_spacing=True,
 )
 def segment_lv_cavity(inp: SegmentLVCavityInput) -> LVCavityMask:
-    """Segment the left-ventricular blood pool on every frame and slice of a short-axis cine MRI."""
-    from dxgraph.tools._lv_segmentation import segment_lv
+    """Segment the left-ventricular blood pool on every frame and slice of a short-axis cine MRI.
 
-    cine, spacing = _cine_and_spacing(inp.image)
+    Classical: the LV is located by roundness, motion and an enclosing dark myocardium, tracked from slice to
+    slice and thresholded per frame (papillary muscles count as cavity). The mask must then pass the LV
+    checks -- enclosed by myocardium (``lv_not_enclosed``), consistent across slices and phases and beating
+    (``lv_inconsistent``), a plausible size for the spacing (``lv_implausible_size``) -- or the tool raises
+    ToolError with those flags, so that the ejection fraction is not assessable rather than wrong.
+    """
+    from dxgraph.tools._lv_segmentation import lv_check_failures, lv_flags_message, segment_lv
+
+    cine, spacing = cine_and_spacing(inp.image)
     seg = segment_lv(cine, spacing)
     if not seg.slices:
         raise ToolError("no left-ventricular cavity found in the cine", flags=("lv_not_found",))
-    return LVCavityMask(lv_mask=save_artifact(seg.mask, "mask"), lv_slices=seg.slices, flags=seg.flags)
+    failures, warnings = lv_check_failures(cine, seg.mask, spacing)
+    if failures:
+        raise ToolError(lv_flags_message(failures), flags=tuple(failures))
+    return LVCavityMask(
+        lv_mask=save_artifact(seg.mask, "mask"), lv_slices=seg.slices, flags=[*seg.flags, *warnings]
+    )
 
 
 def ejection_fraction_from_mask(mask: np.ndarray, spacing_mm: tuple[float, float, float]) -> EjectionFraction:
@@ -152,7 +170,7 @@ def ejection_fraction_from_mask(mask: np.ndarray, spacing_mm: tuple[float, float
 )
 def measure_ejection_fraction(inp: EjectionFractionInput) -> EjectionFraction:
     """End-diastolic and end-systolic LV volumes and the ejection fraction from an LV cavity mask."""
-    cine, spacing = _cine_and_spacing(inp.image)
+    cine, spacing = cine_and_spacing(inp.image)
     mask = load_artifact(inp.lv_mask).astype(bool)
     if mask.shape != cine.shape:
         raise ToolError(

@@ -15,7 +15,14 @@ from dxgraph.core import ImageRef, MemoryArtifacts
 from dxgraph.criteria_kb import CriteriaDocument
 from dxgraph.errors import ToolError
 from dxgraph.imaging import dicom_series_layout, read_dicom_series, read_image
-from dxgraph.phantoms import cine_phantom, expert_contour_mask, write_lvef_case
+from dxgraph.phantoms import (
+    CINE_PATHOLOGIES,
+    cine_phantom,
+    cine_without_lv,
+    expert_contour_mask,
+    static_blob_cine,
+    write_lvef_case,
+)
 from dxgraph.tools import ToolContext, default_tools, save_artifact, tool_context
 from dxgraph.tools.cardiac_cine import (
     EjectionFractionInput,
@@ -36,7 +43,7 @@ EF_TOLERANCE = 5.0
 """Phantoms: measured EF within this many EF points of the truth."""
 EDV_TOLERANCE = 0.10
 """Phantoms: measured EDV within this fraction of the truth."""
-REAL_EF_TOLERANCE = 7.0
+REAL_EF_TOLERANCE = 5.0
 """Sunnybrook: our segmentation's EF within this many EF points of the experts' contours' EF."""
 
 
@@ -175,6 +182,88 @@ def test_seeded_phantoms_and_demo_designs_within_tolerance():
     assert len(low) >= 5 and (low <= EF_TOLERANCE).all(), low.round(1)
 
 
+def test_pathology_phantoms_have_their_designed_anatomy():
+    cases = {p: cine_phantom(40, pathology=p, n_frames=6) for p in CINE_PATHOLOGIES}
+    ef = {p: ph.lvef_percent for p, ph in cases.items()}
+    edv = {p: ph.edv_ml for p, ph in cases.items()}
+    assert edv["dilated"] > 1.8 * edv["normal"] and ef["dilated"] < 36.0
+    assert edv["hypertrophic"] < edv["normal"] and ef["hypertrophic"] > 58.0
+    assert 50.0 < ef["normal"] < 72.0 and 48.0 < ef["dilated_rv"] < 67.0
+    assert ef["infarcted"] < 55.0  # the akinetic sector lowers the EF below the design of the rest
+    # the default design (no pathology) is what it was: seed 3 at EF 35
+    assert cine_phantom(3, ef_percent=35.0, n_frames=12).lvef_percent == pytest.approx(35.0, abs=2.0)
+    with pytest.raises(ValueError, match="pathology"):
+        cine_phantom(1, pathology="amyloid")
+
+
+PATHOLOGY_SEEDS = range(1000, 1010)
+"""Seeds of the pathology phantoms the test runs (the pathology cycles with the seed; the bench runs 100)."""
+
+
+@pytest.mark.slow
+def test_pathology_phantoms_within_five_points_or_not_assessable():
+    # 2 phantoms of each of the 5 pathologies (10 frames) through the tool: within 5 EF points on >= 90 %,
+    # none off by more than 10 -- a failed LV check is a ToolError (not assessable), never a number
+    errors, not_assessable = [], []
+    for i, seed in enumerate(PATHOLOGY_SEEDS):
+        pathology = CINE_PATHOLOGIES[(seed - 1000) % len(CINE_PATHOLOGIES)]
+        ph = cine_phantom(seed, pathology=pathology, n_frames=10)
+        try:
+            out = run_pipeline(ph.cine, ph.spacing_mm)
+        except ToolError:
+            not_assessable.append(i)
+            continue
+        errors.append(abs(out.lvef_percent - ph.lvef_percent))
+    err = np.array(errors)
+    assert (err <= EF_TOLERANCE).sum() >= 0.9 * len(PATHOLOGY_SEEDS), err.round(1)
+    assert (err <= 10.0).all(), err.round(1)
+    assert len(not_assessable) <= 1
+
+
+def test_right_ventricle_alone_is_not_assessable_never_a_number():
+    # the LV blood pool painted over with wall: what is left bright and beating is the (dilated) right
+    # ventricle and the atrium; tracking them read EFs of 8-10 % before the checks
+    ph = cine_phantom(1, pathology="dilated_rv", n_frames=8)
+    with pytest.raises(ToolError) as err:
+        run_pipeline(cine_without_lv(ph), ph.spacing_mm)
+    assert set(err.value.flags) & {
+        "lv_not_found",
+        "lv_implausible_size",
+        "lv_not_enclosed",
+        "lv_inconsistent",
+    }
+    assert "not assessable" in str(err.value) or err.value.flags == ("lv_not_found",)
+
+
+def test_static_blob_is_not_assessable():
+    cine, spacing = static_blob_cine(0)
+    with pytest.raises(ToolError) as err:
+        run_pipeline(cine, spacing)
+    assert set(err.value.flags) & {"lv_not_found", "lv_inconsistent", "lv_not_enclosed"}
+
+
+def test_checks_pass_a_true_lv_and_name_each_failure():
+    from dxgraph.tools._lv_segmentation import LV_CHECKS, lv_check_failures
+
+    ph = cine_phantom(2, pathology="normal", n_frames=10)
+    truth = ph.lv_fraction > 0.5
+    assert lv_check_failures(ph.cine, truth, ph.spacing_mm)[0] == []
+    # two slices only (an apical blob): implausible extent
+    short = truth.copy()
+    kept = [z for z in range(short.shape[1]) if short[:, z].any()]
+    short[:, kept[2:]] = False
+    assert "lv_implausible_size" in lv_check_failures(ph.cine, short, ph.spacing_mm)[0]
+    # the same cavity on every frame (does not beat)
+    still = np.broadcast_to(truth[ph.ed_frame], truth.shape).copy()
+    assert "lv_inconsistent" in lv_check_failures(ph.cine, still, ph.spacing_mm)[0]
+    # a ring (cavity plus wall) holds wall and is not enclosed by darker tissue
+    from scipy import ndimage as ndi
+
+    fat = np.stack([[ndi.binary_dilation(m, iterations=8) for m in frame] for frame in truth])
+    assert "lv_not_enclosed" in lv_check_failures(ph.cine, fat, ph.spacing_mm)[0]
+    assert set(LV_CHECKS) == {"lv_not_found", "lv_not_enclosed", "lv_inconsistent", "lv_implausible_size"}
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Sunnybrook: expert contours and our segmentation
 # ---------------------------------------------------------------------------------------------------------
@@ -222,7 +311,7 @@ def test_expert_contours_ef_is_reproduced_by_the_measurer(folder: str, original:
 @needs_sunnybrook
 @pytest.mark.slow
 @pytest.mark.parametrize(("folder", "original"), PATIENTS)
-def test_own_segmentation_ef_within_seven_points_of_the_experts(folder: str, original: str):
+def test_own_segmentation_ef_within_five_points_of_the_experts(folder: str, original: str):
     arr, spacing, _, _ = read_dicom_series(SUNNYBROOK / "dicoms" / folder)
     mask, _ = expert_contour_mask(
         SUNNYBROOK / "dicoms" / folder, SUNNYBROOK / "contours" / original / "i-contours"
