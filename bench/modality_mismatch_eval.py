@@ -3,10 +3,11 @@
 usage: python bench/modality_mismatch_eval.py [DATA=../shared/data] [--lidc N=100]
 
 Every input goes through ``dxgraph.imaging.content_mismatch`` with a declared modality.
-Clean pairs (image declared as what it is): the real Drishti fundus photographs, Wingspan chest
+Clean pairs (image declared as what it is): the real Drishti fundus photographs and disc-centred crops
+cut from them at 1.5, 2.5 and 4 disc diameters (``dxgraph.testing.fundus_crops``), Wingspan chest
 radiographs, LIDC CT crops (the first N), the Sunnybrook cine MR series, skimage's real retina, and
-phantoms of each kind. Mismatched pairs: the same images declared as another modality, natural photos
-(skimage) as fundus and as CXR, one axial CT slice (LIDC crop or phantom slab, lung window, uint8 as a
+phantoms of each kind (fundus phantoms also as disc-centred crops). Mismatched pairs: the same images
+declared as another modality, natural photos (skimage, whole and their central square) as fundus and as CXR, one axial CT slice (LIDC crop or phantom slab, lung window, uint8 as a
 PNG would hold it) as fundus and as CXR. 2D images declared as CT or MR are left out: their
 dimensionality is checked elsewhere. Prints one row per pair (kind, n, flagged, rate) and the totals.
 """
@@ -130,6 +131,43 @@ def _skimage(names: tuple[str, ...]) -> Iterator[Sample]:
         )  # stereo_motorcycle: (left, right, disparity)
 
 
+def _drishti_crops(data: Path) -> Iterator[Sample]:
+    """Disc-centred crops of the Drishti photographs around the experts' disc, at the three test zooms."""
+    import cv2
+
+    from dxgraph.imaging import as_rgb8
+    from dxgraph.testing.fundus_crops import CROP_ZOOMS, disc_centred_crop
+
+    folder = data / "fundus_drishti"
+    with (folder / "cases.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    for row in rows:
+        rgb = as_rgb8(read_image(folder / row["image"]).array)
+        disc = cv2.imread(str(folder / row["disc_softmap"]), cv2.IMREAD_GRAYSCALE) > 127
+        for zoom in CROP_ZOOMS:
+            yield f"{Path(row['image']).stem}-x{zoom}", disc_centred_crop(rgb, disc, zoom).rgb, "2d"
+
+
+def _fundus_phantom_crops() -> Iterator[Sample]:
+    """Disc-centred crops of fundus phantoms at the three test zooms."""
+    from dxgraph.phantoms import fundus_phantom
+    from dxgraph.testing.fundus_crops import CROP_ZOOMS, disc_centred_crop
+
+    for seed in range(3):
+        ph = fundus_phantom(0.3 + 0.2 * seed, seed=seed)
+        for zoom in CROP_ZOOMS:
+            yield f"fundus{seed}-x{zoom}", disc_centred_crop(ph.rgb, ph.disc_mask, zoom).rgb, "2d"
+
+
+def _centre_crops(samples: Iterator[Sample]) -> Iterator[Sample]:
+    """The central square (the shorter side) of each 2D image: a natural photo cut as a disc crop is."""
+    for image_id, pixels, dims in samples:
+        h, w = pixels.shape[:2]
+        side = min(h, w)
+        y0, x0 = (h - side) // 2, (w - side) // 2
+        yield f"{image_id}-centre", np.ascontiguousarray(pixels[y0 : y0 + side, x0 : x0 + side]), dims
+
+
 def _fundus_phantoms() -> Iterator[Sample]:
     """Fundus phantoms: three seeds, disc- and macula-centred."""
     from dxgraph.phantoms import fundus_phantom
@@ -187,6 +225,7 @@ def sources(data: Path, lidc_limit: int = 100) -> list[Source]:
                 ("cxr", "fundus"),
                 True,
             ),
+            Source("drishti-disc-crop", lambda: _drishti_crops(data), "fundus", ("fundus", "cxr"), True),
             Source("lidc", lambda: _read(lidc), "ct", ("ct", "mr"), True),
             Source("lidc-slice-png", lambda: _lidc_slices(lidc), None, ("fundus", "cxr"), True),
             Source("sunnybrook", lambda: _read(dicoms), "mr", ("mr", "ct"), True),
@@ -203,7 +242,15 @@ def sources(data: Path, lidc_limit: int = 100) -> list[Source]:
     out += [
         Source("skimage-retina", lambda: _skimage(("retina",)), "fundus", ("fundus", "cxr"), True),
         Source("natural-photo", lambda: _skimage(NATURAL_PHOTOS), None, ("fundus", "cxr"), True),
+        Source(
+            "natural-photo-centre",
+            lambda: _centre_crops(_skimage(NATURAL_PHOTOS)),
+            None,
+            ("fundus", "cxr"),
+            True,
+        ),
         Source("fundus-phantom", _fundus_phantoms, "fundus", ("fundus", "cxr"), False),
+        Source("fundus-phantom-disc-crop", _fundus_phantom_crops, "fundus", ("fundus", "cxr"), False),
         Source("cxr-phantom", _cxr_phantoms, "cxr", ("cxr", "fundus"), False),
         Source(
             "ct-phantom",

@@ -98,6 +98,8 @@ class CaseImage(BaseModel):
     implausible: dict[str, str] = {}
     """Modalities the pixels do not look like (cheap image statistics), each with the reason: the
     planner measures nothing of those modalities on this image."""
+    modality_doubt: str | None = None
+    """What the modality guard doubted about an image whose modality the user stated; it is measured anyway."""
 
 
 class Case(BaseModel):

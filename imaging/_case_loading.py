@@ -51,6 +51,8 @@ def load_case(
             mod, source = decoded.modality, "file"
         else:
             mod, source = None, "unspecified"
+        # a modality the user states overrides the guard's doubt (recorded): the image is measured anyway
+        doubts = implausible_modalities(decoded.array, decoded.dims, mod)
         images.append(
             CaseImage(
                 image_id=f"img{i}",
@@ -68,7 +70,8 @@ def load_case(
                 shape=tuple(int(s) for s in decoded.array.shape),
                 spacing_mm=decoded.spacing_mm,
                 pixels=save_array(artifacts, decoded.array, "image"),
-                implausible=implausible_modalities(decoded.array, decoded.dims, mod),
+                implausible={} if source == "declared" else doubts,
+                modality_doubt=doubts.get(mod) if source == "declared" and mod is not None else None,
             )
         )
     return Case(

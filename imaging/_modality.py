@@ -38,6 +38,29 @@ photographs' corners: under 0.12)."""
 FUNDUS_DARK_CORNERS_MIN = 3
 """At least this many of the four corners must be dark: one may hold a burnt-in label or flare."""
 
+CROP_COLOUR_FRACTION_MIN = 0.9
+"""A disc-centred crop (no dark surround) is retina all over: nearly every pixel is saturated (Drishti-GS1
+crops at 1.5-4 disc diameters: 1.0; natural photographs with grey or white areas: 0.5-0.6)."""
+CROP_ORDERED_FRACTION_MIN = 0.95
+"""...and nearly every pixel has red >= green >= blue (crops: at least 0.97; a blue-sky photo: 0.1)."""
+CROP_BLUR_SIGMA_RATIO = 0.02
+"""Gaussian sigma of the brightness image the disc is looked for in, as a share of the shorter side."""
+CROP_CENTRAL_HALF_WIDTH = 0.3
+"""The disc's brightest point lies within this share of each side from the crop's centre."""
+CROP_DISC_CONTRAST_MIN = 0.2
+"""The disc's peak stands above the crop's median brightness by this share of the peak (crops: >= 0.26)."""
+CROP_DISC_AREA_RANGE = (0.01, 0.4)
+"""The bright region around the peak (above half-way from median to peak) covers this share of the crop:
+a disc at 1.5 to about 6 disc diameters per side (crops at 1.5-4: 0.02-0.21)."""
+CROP_DISC_SATURATION_MIN = 0.42
+"""The optic disc is pale yellow-orange, not white: mean saturation of the bright region (Drishti crops:
+>= 0.55; phantoms with a large pale cup: >= 0.45; a white cup on a saucer: 0.39; sky: under 0.1)."""
+CROP_DISC_GREEN_BLUE_MIN = 1.35
+"""Mean green over mean blue in the bright region: the disc is yellow (Drishti crops: >= 1.57; phantoms:
+>= 1.38; a white cup on a saucer: 1.30; grey or white objects: about 1)."""
+CROP_SURROUND_SATURATION_MIN = 0.55
+"""Mean saturation outside the bright region: red-orange retina (crops: >= 0.65; a cat's fur: 0.43)."""
+
 CXR_MIN_SIDE_PX = 192
 """A chest radiograph shows the whole thorax (35-43 cm) and stays at least about 200 px across even when
 heavily downsized (2 mm pixels, 10-20 times coarser than any detector); a smaller grey image is a
@@ -127,10 +150,57 @@ def _fundus_mismatch(rgb: np.ndarray) -> str | None:
     corners = (value[:k, :k], value[:k, -k:], value[-k:, :k], value[-k:, -k:])
     dark = sum(float(np.median(c)) < FUNDUS_DARK_CORNER_RATIO * field for c in corners)
     if dark < FUNDUS_DARK_CORNERS_MIN:
+        not_crop = _disc_crop_mismatch(rgb, lit)
+        if not_crop is None:
+            return None  # a disc-centred crop: the optic nerve head fills the frame, no surround
         return (
-            "a fundus photograph shows a round field of view on a dark surround; "
-            f"this image's corners are bright ({4 - dark} of 4)"
+            "a fundus photograph shows a round field of view on a dark surround, or is a disc-centred crop; "
+            f"this image's corners are bright ({4 - dark} of 4) and {not_crop}"
         )
+    return None
+
+
+def _disc_crop_mismatch(rgb: np.ndarray, lit: np.ndarray) -> str | None:
+    """Why a colour, red image with bright corners is not a disc-centred fundus crop, or None.
+
+    A crop is retina to its edges (saturated, red >= green >= blue everywhere) with a bright, compact,
+    yellow-orange optic disc near its centre that does not reach the image border.
+    """
+    import cv2
+
+    if _colour_fraction(rgb, lit) < CROP_COLOUR_FRACTION_MIN:
+        return "not coloured all over as retina is"
+    px = rgb[lit]
+    if float(np.mean((px[:, 0] >= px[:, 1]) & (px[:, 1] >= px[:, 2]))) < CROP_ORDERED_FRACTION_MIN:
+        return "not red-orange all over as retina is"
+    h, w = rgb.shape[:2]
+    lum = 0.5 * (rgb[..., 0] + rgb[..., 1])
+    blurred = cv2.GaussianBlur(np.ascontiguousarray(lum), (0, 0), CROP_BLUR_SIGMA_RATIO * min(h, w))
+    yy, xx = np.mgrid[0:h, 0:w]
+    central = (np.abs(xx - w / 2) < CROP_CENTRAL_HALF_WIDTH * w) & (
+        np.abs(yy - h / 2) < CROP_CENTRAL_HALF_WIDTH * h
+    )
+    y, x = np.unravel_index(int(np.argmax(np.where(central, blurred, -np.inf))), blurred.shape)
+    peak, median = float(blurred[y, x]), float(np.median(blurred))
+    if peak <= 0 or (peak - median) / peak < CROP_DISC_CONTRAST_MIN:
+        return "shows no bright optic disc near its centre"
+    _, labels = cv2.connectedComponents((blurred > median + 0.5 * (peak - median)).astype(np.uint8))
+    disc = labels == labels[y, x]
+    area = float(disc.mean())
+    touches = bool(disc[0].any() or disc[-1].any() or disc[:, 0].any() or disc[:, -1].any())
+    if touches or not CROP_DISC_AREA_RANGE[0] <= area <= CROP_DISC_AREA_RANGE[1]:
+        return "its bright centre is not a compact disc inside the frame"
+    inside, outside = rgb[disc], rgb[~disc]
+
+    def saturation(p: np.ndarray) -> float:
+        top = p.max(axis=1)
+        return float(np.mean((top - p.min(axis=1)) / np.maximum(top, 1e-6)))
+
+    green_blue = float(inside[:, 1].mean()) / max(float(inside[:, 2].mean()), 1e-6)
+    if saturation(inside) < CROP_DISC_SATURATION_MIN or green_blue < CROP_DISC_GREEN_BLUE_MIN:
+        return "its bright centre is white or grey, not a yellow-orange optic disc"
+    if saturation(outside) < CROP_SURROUND_SATURATION_MIN:
+        return "the area around its bright centre is not red-orange retina"
     return None
 
 

@@ -346,3 +346,26 @@ def fundus_phantom_truth(ph: FundusPhantom) -> dict[str, Any]:
     w = ph.rim_widths_px
     in_order = w["inferior"] >= w["superior"] >= w["nasal"] >= w["temporal"]
     return {"vcdr": ph.vcdr, "rim_to_disc_ratio": ph.rim_to_disc_ratio, "isnt_violated": not in_order}
+
+
+def fundus_training_cases(n: int | None = None, seed0: int | None = None) -> list[Any]:
+    """``n`` fundus phantoms (vCDR spread over 0.25-0.9, both eyes, disc- and macula-centred fields) as
+    training cases of the disc/cup UNet (``dxgraph.tools.training.fundus.Case``), with their true masks.
+
+    Defaults: ``N_PHANTOMS`` from ``PHANTOM_SEED0`` of that module, seeds apart from the benchmark's.
+    """
+    from dxgraph.tools.training import fundus as training
+
+    n = training.N_PHANTOMS if n is None else n
+    seed0 = training.PHANTOM_SEED0 if seed0 is None else seed0
+    out = []
+    for i, vcdr in enumerate(np.linspace(0.25, 0.9, n)):
+        ph = fundus_phantom(
+            float(vcdr),
+            seed=seed0 + i,
+            laterality="OD" if i % 2 == 0 else "OS",
+            field="disc_centred" if (i // 2) % 2 == 0 else "macula_centred",
+        )
+        disc, cup = (255 * ph.disc_mask).astype(np.uint8), (255 * ph.cup_mask).astype(np.uint8)
+        out.append(training.case_from_masks(f"phantom{seed0 + i}", ph.rgb, disc, cup, ph.vcdr))
+    return out

@@ -1,5 +1,6 @@
-"""The modality guard end to end: an image whose pixels do not fit the declared (or assumed) modality gets
-no measurement of that modality; its indicators are not assessable and say why (issue 8, part 2)."""
+"""The modality guard end to end: an image whose pixels do not fit the modality assumed for it gets no
+measurement of that modality; its indicators are not assessable and say why (issue 8, part 2). A modality
+the user states overrides the guard's doubt, which is recorded (issue 17, item 5)."""
 
 from __future__ import annotations
 
@@ -29,14 +30,8 @@ def _not_assessable_reasons(r: dxgraph.RunResult) -> list[str]:
 @pytest.mark.parametrize(
     ("question", "modality", "picture", "said"),
     [
-        (
-            "glaucoma",
-            "fundus",
-            "astronaut",
-            "does not look like a fundus image",
-        ),  # a natural photo as a fundus
-        ("cardiomegaly", "cxr", "retina", "does not look like a cxr image"),  # a fundus as a chest radiograph
         ("glaucoma", None, "camera", "does not look like a fundus image"),  # undeclared grey photo
+        ("glaucoma", None, "astronaut", "does not look like a fundus image"),  # undeclared natural photo
     ],
 )
 def test_a_mismatched_image_is_measured_as_nothing(
@@ -59,6 +54,24 @@ def test_a_mismatched_image_is_measured_as_nothing(
     assert plan.steps
     with pytest.raises(PlanError, match="does not look like"):
         validate_plan(plan, default_tools(), r.case)
+
+
+@pytest.mark.parametrize(
+    ("question", "modality", "picture", "doubt"),
+    [
+        ("glaucoma", "fundus", "astronaut", "dark surround"),  # a natural photo stated to be a fundus
+        ("cardiomegaly", "cxr", "retina", "grey-scale"),  # a fundus stated to be a chest radiograph
+    ],
+)
+def test_a_stated_modality_overrides_the_guards_doubt(
+    tmp_path: Path, db: str, question: str, modality: str, picture: str, doubt: str
+) -> None:
+    path = write_rgb(tmp_path / f"{picture}.png", getattr(data, picture)())
+    r = dxgraph.diagnose(question, path, db=db, modality=modality)
+    (image,) = r.case.images
+    assert image.implausible == {} and image.modality_doubt and doubt in image.modality_doubt
+    assert r.plan.steps  # measured anyway; the tools themselves refuse what they cannot measure
+    validate_plan(r.plan, default_tools(), r.case)
 
 
 @pytest.mark.skipif(not (SHARED_DATA / "fundus_drishti").exists(), reason="shared data not at ../shared/data")
