@@ -5,7 +5,15 @@ average diameter with the same definition applied to the reference mask; also th
 category, the texture against the ``Texture`` column, and the reference-mask diameter against the
 table's ``diameter_mm``.
 
-Run: ``python -m dxgraph.bench.lidc_nodule_eval [--data DIR] [--every N]``.
+With ``--states DIR`` (the fold models that ``python -m dxgraph.tools.training.nodule_segmentation
+--states-dir DIR`` saved), also the learned segmenter, each crop by the fold model that never saw its
+patient: its figures, its input-domain check on held-out crops (and the statistics' range, for
+``DOMAIN_LIMITS``), the inverse-variance mean of the two segmenters as the review step combines them
+(weights 1 / RMSE^2 measured on the other folds), how often they disagree beyond their error models, and
+the error-model lines that the two tools declare. ``--phantoms``: both tools on the 12.4 mm part-solid
+demo phantom and the UNet test's phantoms.
+
+Run: ``python -m dxgraph.bench.lidc_nodule_eval [--data DIR] [--every N] [--states DIR] [--phantoms]``.
 """
 
 from __future__ import annotations
@@ -25,6 +33,9 @@ DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / 
 """Where the LIDC crops are, beside the project."""
 TOLERANCE_MM = 1.5
 """The diameter agreement goal."""
+Z_DISAGREE = 1.96
+"""Two diameters disagree when they differ by more than this many RMSEs of their difference (the review
+step's ``AGREEMENT_Z``)."""
 TEXTURE_OF_LIDC = {
     "Solid": "solid",
     "Solid/Mixed": "solid",
@@ -127,6 +138,180 @@ def texture_confusion(results: list[CaseResult]) -> dict[tuple[str, str], int]:
     return out
 
 
+# ------------------------------------------------------------------------------------------------
+# the learned segmenter (cross-validated), the two together, the error models, the phantoms
+# ------------------------------------------------------------------------------------------------
+
+
+def error_model(measured: np.ndarray, reference: np.ndarray) -> tuple[float, float, int]:
+    """(bias, SD, n) of measured - reference over the cases with a measurement (not NaN)."""
+    ok = ~np.isnan(measured)
+    d = measured[ok] - reference[ok]
+    return float(d.mean()), float(d.std(ddof=1)), int(ok.sum())
+
+
+def figures(measured: np.ndarray, reference: np.ndarray) -> dict[str, float]:
+    """Within 1.5 mm, MAE, bias and SD over all cases; a missing measurement (NaN) counts as a miss."""
+    err = np.abs(measured - reference)
+    found = ~np.isnan(measured)
+    bias, sd, n = error_model(measured, reference)
+    return {
+        "within_1_5mm_ratio": float(np.mean(np.where(found, err <= TOLERANCE_MM, False))),
+        "mae_mm": float(np.nanmean(err)),
+        "bias_mm": bias,
+        "sd_mm": sd,
+        "rmse_mm": float(np.hypot(bias, sd)),
+        "n_measured": float(n),
+        "n": float(len(reference)),
+    }
+
+
+def figure_line(name: str, f: dict[str, float]) -> str:
+    """One printed line of ``figures``."""
+    return (
+        f"{name:<44} within 1.5 mm {f['within_1_5mm_ratio']:.3f}  MAE {f['mae_mm']:.2f} mm  "
+        f"bias {f['bias_mm']:+.2f} mm  SD {f['sd_mm']:.2f} mm  ({int(f['n_measured'])}/{int(f['n'])} measured)"
+    )
+
+
+def learned_cv(data_dir: Path, states: Path, rows: list[dict[str, str]]) -> list[dict[str, Any]]:
+    """Each crop segmented by the fold model that never saw its patient (the folds of ``dxgraph train
+    nodule_segmentation --seed 0``, whose ``--states-dir`` saved ``fold_<k>.pt``): measured diameter,
+    the tool's input-domain statistics and its check."""
+    import torch
+
+    from dxgraph.tools import ct_nodule_unet as cu
+    from dxgraph.tools._nets import build_network
+    from dxgraph.tools.training import nodule_segmentation as ns
+    from dxgraph.tools.training._common import kfold
+
+    crops = ns.load_crops(data_dir)
+    index = {c.name: i for i, c in enumerate(crops)}
+    tests = kfold(len(crops), len(list(states.glob("fold_*.pt"))), 0, groups=[c.patient_id for c in crops])
+    fold_of = {int(i): f for f, t in enumerate(tests) for i in t}
+    wanted = [index[r["image"]] for r in rows]
+    out: dict[int, dict[str, Any]] = {}
+    for f in sorted({fold_of[i] for i in wanted}):
+        net = build_network(ns.network_arch())
+        net.load_state_dict(torch.load(states / f"fold_{f}.pt", map_location="cpu"))
+        net.eval()
+        mine = [i for i in wanted if fold_of[i] == f]
+        x = np.stack([cu.preprocess_window(crops[i].hu, crops[i].spacing_mm, crops[i].window) for i in mine])
+        with torch.inference_mode():
+            passes = cu.window_passes(net, x)
+        for i, xi, ps in zip(mine, x, passes, strict=True):
+            c = crops[i]
+            mask = cu.mask_from_probability(ps.mean(axis=0), c.hu.shape, c.spacing_mm, c.window)
+            stats = cu.domain_stats(xi, ps)
+            out[i] = {
+                "fold": f,
+                "measured_mm": average_diameter_mm(mask, c.spacing_mm)[0] if mask.any() else float("nan"),
+                "domain": stats,
+                "out_of_domain": bool(cu.domain_check(stats)),
+            }
+    return [out[i] for i in wanted]
+
+
+def domain_limits(stats: list[dict[str, float]]) -> dict[str, tuple[float, float]]:
+    """Each statistic's 0.5th-99.5th percentile range over held-out crops, widened by a tenth of it."""
+    out = {}
+    for k in stats[0]:
+        v = np.array([s[k] for s in stats])
+        lo, hi = np.percentile(v, [0.5, 99.5])
+        pad = 0.1 * (hi - lo)
+        out[k] = (round(float(lo - pad), 3), round(float(hi + pad), 3))
+    return out
+
+
+def compare(classical: list[CaseResult], learned: list[dict[str, Any]]) -> None:
+    """Print the learned figures, the input-domain check, the inverse-variance mean of the two (the
+    review step's combination: weights 1 / RMSE^2 of the other folds), their disagreements and the error
+    model lines to paste into the tools."""
+    ref = np.array([r.reference_mm for r in classical])
+    c = np.array([r.measured_mm if r.texture_measured != "none" else np.nan for r in classical])
+    lrn = np.array([r["measured_mm"] for r in learned])
+    fold = np.array([r["fold"] for r in learned])
+    ood = np.array([r["out_of_domain"] for r in learned])
+    n = len(ref)
+    print(f"LIDC-IDRI dev, {n} crops; reference: the same average diameter on the max-voted mask")
+    print(figure_line("classical segment_lung_nodules (no fitting)", figures(c, ref)))
+    print(figure_line("learned segment_lung_nodules_unet (5-fold CV)", figures(lrn, ref)))
+    err = np.abs(lrn - ref) <= TOLERANCE_MM
+    print(
+        f"  input-domain check fired on {int(ood.sum())} of {n} held-out crops; within 1.5 mm there "
+        f"{np.mean(err[ood]) if ood.any() else float('nan'):.3f}, elsewhere {np.mean(err[~ood]):.3f}"
+    )
+    print(
+        f"  domain statistics' held-out range (DOMAIN_LIMITS): {domain_limits([r['domain'] for r in learned])}"
+    )
+    combined = np.empty(n)
+    disagree = np.zeros(n, bool)
+    for f in sorted(set(fold.tolist())):
+        test, rest = fold == f, fold != f
+        rms = {k: float(np.hypot(*error_model(v[rest], ref[rest])[:2])) for k, v in (("c", c), ("l", lrn))}
+        wc, wl = 1 / rms["c"] ** 2, 1 / rms["l"] ** 2
+        cc, ll = c[test], lrn[test]
+        both = ~np.isnan(cc) & ~np.isnan(ll)
+        mean = (wc * cc + wl * ll) / (wc + wl)
+        combined[test] = np.where(both, mean, np.where(np.isnan(ll), cc, ll))
+        disagree[test] = both & (np.abs(cc - ll) > Z_DISAGREE * np.hypot(rms["c"], rms["l"]))
+    print(figure_line("inverse-variance mean (weights of other folds)", figures(combined, ref)))
+    agree = ~disagree
+    print(
+        f"  the two disagree beyond their error models (|difference| > {Z_DISAGREE} x hypot of their "
+        f"RMSEs) on {int(disagree.sum())} of {n}; where they agree ({int(agree.sum())}) the mean is within "
+        f"1.5 mm on {np.mean(np.abs(combined[agree] - ref[agree]) <= TOLERANCE_MM):.3f}, the learned alone "
+        f"on {np.mean(err[agree]):.3f}"
+    )
+    fallback = np.where(ood & ~np.isnan(c), c, lrn)
+    print(figure_line("learned, classical where out_of_domain", figures(fallback, ref)))
+    print("error models (paste into the tools):")
+    for k, v, how in (("classical", c, "no fitting"), ("learned", lrn, "5-fold patient-grouped CV")):
+        bias, sd, m = error_model(v, ref)
+        print(
+            f"  {k}: ErrorModel(bias={bias:.2f}, sd={sd:.2f}, n={m}, "
+            f'source="LIDC-IDRI dev ct_lidc_nodules, {m} nodule crops, {how}")'
+        )
+
+
+PART_SOLID_PHANTOM = (13, {"diameter_mm": 12.0, "nodule_type": "part_solid"})
+"""The demo's part-solid phantom (``nodule_demo_cases``): 12.4 mm on its rendered mask."""
+UNET_PHANTOMS = (
+    (401, {"diameter_mm": 6.0, "nodule_type": "solid"}),
+    (402, {"diameter_mm": 10.0, "nodule_type": "part_solid"}),
+    (403, {"diameter_mm": 8.0, "nodule_type": "ground_glass"}),
+    (404, {"diameter_mm": 14.0, "nodule_type": "solid", "count": 2}),
+    (405, {"diameter_mm": 4.5, "nodule_type": "solid"}),
+)
+"""The phantoms of tests/tools/test_nodule_unet.py."""
+
+
+def phantoms() -> None:
+    """Both tools on the part-solid phantom and the UNet test's phantoms (truth: the rendered mask)."""
+    from dxgraph.core import ImageRef, MemoryArtifacts
+    from dxgraph.phantoms import nodule_phantom
+    from dxgraph.tools import ToolContext, default_tools, save_artifact, tool_context
+    from dxgraph.tools.ct_nodule_size import LungNoduleInput
+
+    tools = default_tools()
+    for seed, design in (PART_SOLID_PHANTOM, *UNET_PHANTOMS):
+        ph = nodule_phantom(seed, **design)  # type: ignore[arg-type]
+        line = f"phantom {seed} {ph.nodule_type} {ph.diameter_mm:.1f} mm:"
+        for name in ("segment_lung_nodules", "segment_lung_nodules_unet"):
+            with tool_context(ToolContext(artifacts=MemoryArtifacts())):
+                ref = ImageRef(
+                    image_id="ct",
+                    pixels=save_artifact(ph.hu, "image"),
+                    modality="ct",
+                    dims="3d",
+                    spacing_mm=ph.spacing_mm,
+                )
+                out = tools.get(name).fn(LungNoduleInput(image=ref))
+            flags = [f for f in out.quality_flags if f.startswith("out_of_domain")]
+            line += f"  {name} {out.diameter_mm:.1f} mm {out.nodule_type} {flags or ''}"
+        print(line)
+
+
 def main() -> None:
     """Evaluate on the whole set (or a subset) and print the figures and the worst cases."""
     ap = argparse.ArgumentParser(description=__doc__)
@@ -134,9 +319,12 @@ def main() -> None:
     ap.add_argument("--every", type=int, default=1)
     ap.add_argument("--offset", type=int, default=0)
     ap.add_argument("--worst", type=int, default=10)
+    ap.add_argument("--states", type=Path, default=None, help="fold models (fold_<k>.pt) of the UNet's CV")
+    ap.add_argument("--phantoms", action="store_true", help="both tools on the phantoms")
     args = ap.parse_args()
     t0 = time.perf_counter()
-    results = [evaluate_row(args.data, r) for r in rows_of(args.data, args.every, args.offset)]
+    rows = rows_of(args.data, args.every, args.offset)
+    results = [evaluate_row(args.data, r) for r in rows]
     for key, value in summarise(results).items():
         print(f"{key}: {value:.3f}")
     print(f"seconds: {time.perf_counter() - t0:.1f}")
@@ -146,6 +334,10 @@ def main() -> None:
         print(
             f"{r.name}: reference {r.reference_mm:.1f} measured {r.measured_mm:.1f} ({r.texture_reference})"
         )
+    if args.states is not None:
+        compare(results, learned_cv(args.data, args.states, rows))
+    if args.phantoms:
+        phantoms()
 
 
 if __name__ == "__main__":

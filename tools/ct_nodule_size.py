@@ -11,10 +11,20 @@ from dxgraph.core import ArtifactRef, ImageRef, ToolModel
 from dxgraph.errors import ToolError
 from dxgraph.tools._context import load_volume, save_artifact
 from dxgraph.tools._nodule_segmentation import NoduleMeasurement, nodule_count, segment_nodules
-from dxgraph.tools._registry import tool
+from dxgraph.tools._registry import ErrorModel, tool
 
 NOT_HU_P5 = -400.0
 """A CT volume whose 5th percentile is above this holds no aerated lung (or is not in HU)."""
+DIAMETER_ERROR = ErrorModel(
+    bias=-0.42,
+    sd=4.42,
+    n=487,
+    source="LIDC-IDRI dev ct_lidc_nodules, 487 nodule crops (9 of 496 found no nodule), no fitting; "
+    "bench/lidc_nodule_eval.py",
+)
+"""The classical average diameter against the same measure on the radiologists' max-voted masks: 60 %
+within 1.5 mm, MAE 2.56 mm; the spread is in the tails (large nodules cut off, nodules merged with the
+chest wall), the median error is 1.1 mm."""
 CT_SPACING_RANGE_MM = (0.1, 20.0)
 """Voxel sizes a CT scanner produces. Outside them the segmenter's filters, sized in mm, would span no
 voxel or millions of them (a header claiming 1e-6 mm voxels made a 20-million-pixel kernel)."""
@@ -60,6 +70,7 @@ class LungNodules(ToolModel):
     device="cpu",
     requires_spacing=True,
     spacing_range_mm=CT_SPACING_RANGE_MM,
+    error_models={"diameter_mm": DIAMETER_ERROR},
 )
 def segment_lung_nodules(inp: LungNoduleInput) -> LungNodules:
     """Find and segment lung nodules on a 3D chest CT in HU and measure the dominant one (Fleischner 2017).

@@ -110,6 +110,17 @@ def test_solid_component_of_part_solid_nodules(runs):
         assert m.solid_component_mm < m.diameter_mm
 
 
+def test_part_solid_demo_phantom_keeps_its_ground_glass_rim():
+    # the demo's 12 mm part-solid phantom (12.4 mm on its rendered mask): the edge is drawn through the
+    # ground glass, not around the solid core (measured 12.55 mm, part-solid)
+    ph = nodule_phantom(13, diameter_mm=12.0, nodule_type="part_solid")
+    assert ph.diameter_mm == pytest.approx(12.4, abs=0.05)
+    m = measure(ph.hu, ph.spacing_mm)
+    assert abs(m.diameter_mm - ph.diameter_mm) <= 1.5
+    assert m.nodule_type == "part_solid"
+    assert 0 < m.solid_component_mm < m.diameter_mm - 2.0
+
+
 def test_labels_follow_the_truth_away_from_thresholds(runs):
     d = doc()
     for ph, m in runs:
