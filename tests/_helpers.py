@@ -102,8 +102,23 @@ def drawn_disc_cup_registry(cup_radius_px: float = 25.0, fail_with: str | None =
     reg = ToolRegistry()
     for name in ("measure_cup_disc", "crop_zoom"):
         reg.register(default_tools().get(name))
+    register_drawn_segmenter(reg, "segment_optic_disc_cup", cup_radius_px, fail_with)
+    return reg
 
-    @tool(name="segment_optic_disc_cup", version="9.9.9", modalities=("fundus",), registry=reg)
+
+def register_drawn_segmenter(  # type: ignore[no-untyped-def]
+    reg: ToolRegistry,
+    name: str,
+    cup_radius_px: float,
+    fail_with: str | None = None,
+    flags: tuple[str, ...] = (),
+    **declarations,
+) -> None:
+    """Register a disc/cup segmenter test double drawing a disc of radius 50 px and a concentric cup
+    (vCDR = cup radius / 50), raising ToolError(fail_with) when given, with these quality flags and
+    ``@tool`` declarations (method, error_models...)."""
+
+    @tool(name=name, version="9.9.9", modalities=("fundus",), registry=reg, **declarations)
     def drawn(inp: SegmentDiscCupInput) -> DiscCupMasks:
         """Draws a fixed disc and cup (test double)."""
         if fail_with:
@@ -119,10 +134,8 @@ def drawn_disc_cup_registry(cup_radius_px: float = 25.0, fail_with: str | None =
             disc_area_px=int(disc.sum()),
             localisation_confidence=1.0,
             quality={},
-            quality_flags=[],
+            quality_flags=list(flags),
         )
-
-    return reg
 
 
 CHROMIUM_FLAGS = (

@@ -9,21 +9,16 @@ from __future__ import annotations
 
 import math
 
-import cv2
-import numpy as np
 import pytest
 
 import dxgraph
 from dxgraph.agent import RunOptions, replay
-from dxgraph.core import RegionOfInterest
 from dxgraph.criteria_kb import get_criteria
-from dxgraph.errors import ToolError
 from dxgraph.planners import alternative_measurement
-from dxgraph.tools import ErrorModel, ToolRegistry, default_tools, load_image, save_artifact, tool
-from dxgraph.tools.fundus import DiscCupMasks, SegmentDiscCupInput
+from dxgraph.tools import ErrorModel, ToolRegistry, default_tools
 from dxgraph.traces import PlanRevised, ToolCalled, TraceStore, render_report
 
-from _helpers import fundus_like, write_rgb
+from _helpers import fundus_like, register_drawn_segmenter, write_rgb
 
 CLASSICAL_SD, LEARNED_SD = 0.05, 0.04
 CLASSICAL, LEARNED, THIRD = (
@@ -31,34 +26,6 @@ CLASSICAL, LEARNED, THIRD = (
     "segment_optic_disc_cup_unet",
     "segment_optic_disc_cup_zz",
 )
-
-
-def _segmenter(reg, name, method, cup_radius_px, sd, fail=None, flags=()):
-    @tool(
-        name=name,
-        version="9.9.9",
-        modalities=("fundus",),
-        method=method,
-        error_models={"vcdr": ErrorModel(bias=0.0, sd=sd, n=50, source="test double")},
-        registry=reg,
-    )
-    def drawn(inp: SegmentDiscCupInput) -> DiscCupMasks:
-        """Draws a fixed disc and cup (test double)."""
-        if fail:
-            raise ToolError(fail, flags=("disc_not_found",))
-        h, w = load_image(inp.image).shape[:2]
-        disc, cup = np.zeros((h, w), np.uint8), np.zeros((h, w), np.uint8)
-        cv2.circle(disc, (w // 2, h // 2), 50, 1, -1)
-        cv2.circle(cup, (w // 2, h // 2), int(cup_radius_px), 1, -1)
-        return DiscCupMasks(
-            disc_mask=save_artifact(disc.astype(bool), "mask"),
-            cup_mask=save_artifact(cup.astype(bool), "mask"),
-            roi=RegionOfInterest(label="optic_disc", center_xy=(w / 2, h / 2), radius_px=50.0),
-            disc_area_px=int(disc.sum()),
-            localisation_confidence=1.0,
-            quality={},
-            quality_flags=list(flags),
-        )
 
 
 def _registry(classical=None, learned=None, third=None) -> ToolRegistry:
@@ -72,7 +39,16 @@ def _registry(classical=None, learned=None, third=None) -> ToolRegistry:
         (THIRD, "classical", CLASSICAL_SD, third),
     ):
         if kw is not None:
-            _segmenter(reg, name, method, sd=sd, **kw)
+            model = {"vcdr": ErrorModel(bias=0.0, sd=sd, n=50, source="test double")}
+            register_drawn_segmenter(
+                reg,
+                name,
+                kw["cup_radius_px"],
+                kw.get("fail"),
+                kw.get("flags", ()),
+                method=method,
+                error_models=model,
+            )
     return reg
 
 
