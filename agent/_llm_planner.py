@@ -135,13 +135,7 @@ def propose_revisions(
                 measurements=measurements,
                 proposed_by="language_model",
             )
-            current = current.model_copy(
-                update={
-                    "steps": (*current.steps, *steps),
-                    "indicators": (*current.indicators, *measurements),
-                    "revisions": (*current.revisions, revision),
-                }
-            )
+            current = current.with_revision(steps, revision)
             added.append(revision)
         if added:
             try:

@@ -75,13 +75,7 @@ def review(
             added_steps=tuple(s.step_id for s in steps),
             measurements=measurements,
         )
-        revised = revised.model_copy(
-            update={
-                "steps": (*revised.steps, *steps),
-                "indicators": (*revised.indicators, *measurements),
-                "revisions": (*revised.revisions, revision),
-            }
-        )
+        revised = revised.with_revision(steps, revision)
         revisions.append(revision)
     if revisions:
         validate_plan(revised, registry, case)

@@ -138,6 +138,16 @@ class Plan(_Frozen):
     """Measurements the review step added after seeing the evidence, in order; their steps and
     indicators are already in ``steps`` and ``indicators``."""
 
+    def with_revision(self, steps: tuple[ToolCall, ...], revision: PlanRevision) -> Plan:
+        """This plan with a revision's new steps, its measurements and the revision itself appended."""
+        return self.model_copy(
+            update={
+                "steps": (*self.steps, *steps),
+                "indicators": (*self.indicators, *revision.measurements),
+                "revisions": (*self.revisions, revision),
+            }
+        )
+
     def measurements(self, criteria_id: str, indicator: str) -> tuple[PlannedIndicator, ...]:
         """Every planned measurement of one indicator, first the original, then those revisions added."""
         return tuple(p for p in self.indicators if (p.criteria_id, p.indicator) == (criteria_id, indicator))
