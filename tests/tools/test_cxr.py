@@ -118,7 +118,11 @@ def test_shipped_weights_verify_and_load():
 
     entry = verify_weights(WEIGHTS_PATH)
     assert entry.source == "trained by dxgraph" and "MIT" in entry.licence
-    assert entry.metrics["cv_ctr_mae"] <= 0.03
+    # the issue's goal (<= 0.025), and no worse than the weights it replaced (0.0277, 80 epochs unaugmented)
+    assert entry.metrics["cv_ctr_mae"] <= 0.025  # measured 0.0226
+    assert entry.metrics["cv_ctr_label_accuracy"] >= 0.9  # measured 0.919
+    assert entry.metrics["cv_heart_dice"] >= 0.9 and entry.metrics["cv_lung_dice"] >= 0.93
+    assert entry.metrics["cv_out_of_domain_fraction"] == 0.0  # no real radiograph of the set is flagged
     assert WEIGHTS_PATH.stat().st_size < 5_000_000
     _net, meta, _ = load_model_file(WEIGHTS_PATH, device="cpu")
     assert meta["structures"] == ["heart", "right_lung", "left_lung"]
@@ -206,3 +210,80 @@ def test_batch_of_three_equals_three_single_calls():
             assert b.quality_flags == s.quality_flags and b.weights_sha256 == s.weights_sha256
             for field in ("heart_mask", "right_lung_mask", "left_lung_mask"):
                 assert np.array_equal(load_artifact(getattr(b, field)), load_artifact(getattr(s, field)))
+
+
+# ---------------------------------------------------------------- (e) declarations: error models, domain check
+
+
+def test_both_segmenters_declare_their_measured_ctr_error():
+    """The quantity is the criteria's (``ctr``); the learned tool's error model is its lock entry's CV figures."""
+    from dxgraph.criteria_kb import get_criteria
+    from dxgraph.tools import verify_weights
+
+    quantity = get_criteria("cardiomegaly.ctr").document.indicator("ctr").quantity
+    classical = default_tools().get("segment_heart_lungs_classical")
+    learned = default_tools().get("segment_heart_lungs")
+    assert (classical.method, learned.method) == ("classical", "learned")
+    for spec in (classical, learned):
+        em = spec.error_model(quantity)
+        assert em is not None and em.n == 99 and 0 < em.sd < 0.05 and abs(em.bias) < 0.01
+        assert "Wingspan" in em.source
+    metrics = verify_weights(WEIGHTS_PATH).metrics
+    em = learned.error_model(quantity)
+    assert em.bias == pytest.approx(metrics["cv_ctr_bias"], abs=5e-5)
+    assert em.sd == pytest.approx(metrics["cv_ctr_sd"], abs=5e-5)
+    assert em.n == metrics["cv_n_with_reference"]
+    assert "CV" in em.source and "no fitting" in classical.error_model(quantity).source
+    assert learned.domain_check and "out_of_domain" in learned.domain_check
+    assert classical.domain_check is None
+
+
+def run_unet(pixels):
+    """The registered learned segmenter on an image: its output, or the ToolError it raised."""
+    spec = default_tools().get("segment_heart_lungs")
+    with tool_context(ToolContext(artifacts=MemoryArtifacts())):
+        try:
+            return spec.fn(spec.input_model(image=image_ref(pixels)))
+        except ToolError as e:
+            return e
+
+
+def test_images_unlike_radiographs_are_out_of_domain_or_refused():
+    """A photograph, a fundus image and noise never come back as plausible heart and lung masks."""
+    import skimage.data
+
+    from dxgraph.tools import OUT_OF_DOMAIN_FLAG
+
+    rng = np.random.default_rng(0)
+    for name, pixels in (
+        ("camera", skimage.data.camera()),
+        ("retina", skimage.data.retina()),
+        ("noise", rng.integers(0, 256, (512, 512)).astype(np.uint8)),
+    ):
+        out = run_unet(pixels)
+        assert isinstance(out, ToolError) or OUT_OF_DOMAIN_FLAG in out.quality_flags, (name, out)
+
+
+@needs_wingspan
+def test_inverted_radiographs_are_out_of_domain():
+    """A MONOCHROME1 film read as MONOCHROME2 (dark bones, bright lungs): never learned, and flagged."""
+    from dxgraph.imaging import read_image
+    from dxgraph.tools import OUT_OF_DOMAIN_FLAG
+
+    flagged = 0
+    rows = first_rows(10)
+    for row in rows:
+        pixels = read_image(WINGSPAN / row["image"]).array
+        out = run_unet(255 - pixels if pixels.dtype == np.uint8 else pixels.max() - pixels)
+        flagged += isinstance(out, ToolError) or OUT_OF_DOMAIN_FLAG in out.quality_flags
+    assert flagged >= 8, flagged
+
+
+@needs_wingspan
+def test_real_radiographs_are_in_domain():
+    from dxgraph.imaging import read_image
+    from dxgraph.tools import OUT_OF_DOMAIN_FLAG
+
+    for row in first_rows(5):
+        out = run_unet(read_image(WINGSPAN / row["image"]).array)
+        assert not isinstance(out, ToolError) and OUT_OF_DOMAIN_FLAG not in out.quality_flags

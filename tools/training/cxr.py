@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,7 @@ from dxgraph.core import ImageRef, MemoryArtifacts
 from dxgraph.imaging import read_image
 from dxgraph.tools import cxr
 from dxgraph.tools._context import ToolContext, load_artifact, save_artifact, tool_context
-from dxgraph.tools._mask_geometry import cardiothoracic_ratio
+from dxgraph.tools._mask_geometry import cardiothoracic_ratio, column_range
 from dxgraph.tools._nets import build_network, unet_arch
 from dxgraph.tools._torch_runtime import clear_model_cache, predict, save_model_file
 from dxgraph.tools._weights import record_weights
@@ -28,19 +29,20 @@ from dxgraph.tools.training._common import (
     LoopConfig,
     Progress,
     dice,
+    fit_batches,
     kfold,
     seed_everything,
-    train_segmenter,
     training_data_dir,
 )
 
-"""Default location of the Wingspan set, beside the project."""
 CHANNELS = (16, 32, 64, 128, 256)
 """UNet feature channels per level."""
 LICENCE = "MIT (Wingspan cardiothoracic_ratio_estimation_dataset, Dong et al. MICCAI 2018)"
 """Licence of the training data, hence of the weights."""
 COMMAND = "dxgraph train cxr --seed 0"
 """The command that produces the shipped weights."""
+EPOCHS = 100
+"""Default training epochs."""
 MASK_COLUMNS = ("heart_mask", "right_lung_mask", "left_lung_mask")
 """cases.csv columns of the masks, in the network's channel order (cxr.STRUCTURES)."""
 
@@ -57,6 +59,29 @@ class Case:
     """Ground-truth masks (3, H, W) bool: heart, right lung, left lung."""
     ctr_reference: float | None
     """Reference CTR, when the set gives one."""
+
+    working_grey: np.ndarray
+    """The image at AUGMENT_SIZE_PX (augmentations are drawn there: the network sees 128 px)."""
+    working_masks: np.ndarray
+    """The masks (3, s, s) at AUGMENT_SIZE_PX."""
+
+
+AUGMENT_SIZE_PX = 256
+"""Side of the square the augmentations are drawn at (twice the network's input)."""
+
+
+def working_copy(
+    grey: np.ndarray, masks: np.ndarray, size_px: int = AUGMENT_SIZE_PX
+) -> tuple[np.ndarray, np.ndarray]:
+    """The image and masks area-resized to size_px square (masks re-binarised at 0.5)."""
+    small = cv2.resize(grey, (size_px, size_px), interpolation=cv2.INTER_AREA)
+    small_masks = np.stack(
+        [
+            cv2.resize(m.astype(np.float32), (size_px, size_px), interpolation=cv2.INTER_AREA) > 0.5
+            for m in masks
+        ]
+    )
+    return small, small_masks
 
 
 def _imread(path: Path, flags: int) -> np.ndarray:
@@ -75,7 +100,7 @@ def load_cases(data_dir: Path) -> list[Case]:
             grey = cxr.to_grey(_imread(data_dir / row["image"], cv2.IMREAD_UNCHANGED))
             masks = np.stack([_imread(data_dir / row[c], cv2.IMREAD_GRAYSCALE) > 127 for c in MASK_COLUMNS])
             ref = float(row["ctr_reference"]) if row["ctr_reference"].strip() else None
-            cases.append(Case(data_dir / row["image"], grey, masks, ref))
+            cases.append(Case(data_dir / row["image"], grey, masks, ref, *working_copy(grey, masks)))
     return cases
 
 
@@ -89,79 +114,252 @@ def low_res_targets(masks: np.ndarray, size_px: int = cxr.INPUT_SIZE_PX) -> np.n
     ).astype(np.float32)
 
 
-def augment(grey: np.ndarray, masks: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """A random small rotation, scaling, shift and gamma of an image and its masks (never a left-right flip)."""
+AUGMENT_DEFAULTS: dict[str, float] = {
+    "phantom_style_p": 0.15,
+    "zoom_out_p": 0.3,
+    "collimation_p": 0.25,
+    "ladder_p": 0.35,
+}
+"""Probabilities of the augmentation branches (a phantom-style rendering, a zoomed-out thorax with
+the frame around it, collimator shutters, one rung of the image-quality ladder)."""
+ROTATION_DEG = 10.0
+"""Largest random rotation, degrees (either way)."""
+SCALE_RANGE = (0.85, 1.2)
+"""Range of the random zoom (above 1 crops the thorax's edges off the frame)."""
+ZOOM_OUT_RANGE = (0.55, 0.85)
+"""Range of the zoom when the thorax is made not to fill the frame."""
+SHIFT_FRACTION = 0.08
+"""Largest random shift, as a fraction of the image side."""
+GAMMA_LOG_RANGE = 0.5
+"""Gamma is exp(U(-g, g)) of this g."""
+ILLUMINATION_SLOPE = 0.3
+"""Largest relative brightness change across the image of the linear illumination gradient."""
+LADDER_NOISE_SIGMA_8BIT = (5.0, 10.0, 20.0)
+"""Gaussian noise of the image-quality ladder (dxgraph.testing.degradations.NOISE_SIGMA_8BIT), severities 1-3."""
+LADDER_BLUR_SIGMA_FRACTION = (0.004, 0.008, 0.016)
+"""Blur sigma over the short side of the ladder (BLUR_SIGMA_FRACTION), severities 1-3."""
+LADDER_CONTRAST_FACTOR = (0.5, 0.25)
+"""Contrast factors of the ladder (CONTRAST_FACTOR), severities 1-2 (severe low contrast is refused)."""
+LADDER_JPEG_QUALITY = (30, 12, 4)
+"""JPEG qualities of the ladder (JPEG_QUALITY), severities 1-3."""
+
+
+def _smooth_field(shape: tuple[int, int], cells: int, rng: np.random.Generator) -> np.ndarray:
+    """A zero-mean, unit-SD smooth random field of about ``cells`` correlation cells across."""
+    small = rng.standard_normal((cells, cells)).astype(np.float32)
+    field = cv2.resize(small, (shape[1], shape[0]), interpolation=cv2.INTER_CUBIC)
+    return (field - field.mean()) / (float(field.std()) + 1e-6)
+
+
+def render_phantom_style(masks: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """An 8-bit radiograph drawn from real masks (heart, right lung, left lung) in the style of the
+    phantoms of ``dxgraph.phantoms.cxr_phantom``: flat soft tissue on a dark background, dark textured
+    lungs, a brighter mediastinum, heart and abdomen, rib arcs, blur, an uneven exposure and noise."""
+    heart, right, left = masks
+    h, w = heart.shape
+    lungs = right | left
+    rows, cols = np.nonzero(lungs | heart)
+    top, bottom = int(rows.min()), int(rows.max())
+    c0, c1 = int(cols.min()), int(cols.max())
+    margin = int(rng.uniform(0.05, 0.09) * w)
+    yy, xx = np.mgrid[0:h, 0:w]
+    body = (xx >= c0 - margin) & (xx <= c1 + margin) & (yy >= top - int(rng.uniform(0.0, 0.05) * h))
+    hull = cv2.convexHull(np.stack([cols, rows], 1).astype(np.int32))
+    chest = cv2.fillConvexPoly(np.zeros((h, w), np.uint8), hull, 1).astype(bool)
+    filled = lungs | heart
+    lung_bottom = np.where(filled.any(0), h - 1 - np.argmax(filled[::-1], axis=0), bottom)
+    abdomen = body & (yy > lung_bottom[None, :]) & ~heart
+    img = np.full((h, w), rng.uniform(0.03, 0.09), np.float32)
+    img[body] = 0.55
+    img[abdomen] = 0.66
+    img[(chest | heart) & ~lungs] = 0.62
+    img[lungs] = 0.2 + 0.03 * _smooth_field((h, w), 40, rng)[lungs]
+    ribs = np.zeros((h, w), np.float32)
+    cx = (c0 + c1) / 2
+    for k in range(9):
+        y0 = top + 10 + k * (bottom - top) / 9.5
+        for sign in (-1, 1):
+            xs = np.linspace(cx + sign * 0.04 * w, cx + sign * ((c1 - c0) / 2 + 0.02 * w), 30)
+            ys = y0 + 0.06 * h * (np.abs(xs - cx) / max((c1 - c0) / 2, 1)) ** 1.5
+            pts = np.round(np.stack([xs, ys], 1)).astype(np.int32)
+            cv2.polylines(ribs, [pts], False, 1.0, max(1, round(0.012 * w)), cv2.LINE_AA)
+    img += 0.1 * ribs * body
+    img = cv2.GaussianBlur(img, (0, 0), rng.uniform(0.8, 1.6) * w / 2400)
+    bias = 1 + 0.08 * _smooth_field((h, w), 5, rng) + rng.uniform(-0.1, 0.1) * (xx / w - 0.5)
+    img = img * bias + rng.uniform(0.008, 0.02) * rng.standard_normal((h, w)).astype(np.float32)
+    lo, hi = np.percentile(img, (0.1, 99.9))
+    return np.clip((img - lo) / max(hi - lo, 1e-6) * 255, 0, 255).astype(np.uint8)
+
+
+def random_geometry(shape: tuple[int, int], rng: np.random.Generator, zoom_out_p: float) -> np.ndarray:
+    """A random 2x3 affine map: rotation, zoom (in: the frame crops the thorax; out: the thorax does not
+    fill the frame) and shift. Never a left-right flip (the heart lies left of the patient's midline)."""
+    h, w = shape
+    zoom_out = rng.random() < zoom_out_p
+    scale = rng.uniform(*(ZOOM_OUT_RANGE if zoom_out else SCALE_RANGE))
+    mat = cv2.getRotationMatrix2D((w / 2, h / 2), rng.uniform(-ROTATION_DEG, ROTATION_DEG), scale)
+    shift = SHIFT_FRACTION + (0.5 * (1 - scale) if zoom_out else 0.0)
+    mat[:, 2] = mat[:, 2] + rng.uniform(-shift, shift, size=2) * np.array([w, h], np.float64)
+    return mat
+
+
+def quality_ladder(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """One random rung of the image-quality ladder of ``dxgraph.testing.degradations`` (same constants):
+    noise, blur, low contrast (mild or moderate) or JPEG blocking."""
+    kind = int(rng.integers(4))
+    x = img.astype(np.float32)
+    if kind == 0:
+        x = x + rng.normal(0.0, LADDER_NOISE_SIGMA_8BIT[rng.integers(3)], x.shape).astype(np.float32)
+    elif kind == 1:
+        sigma = LADDER_BLUR_SIGMA_FRACTION[rng.integers(3)] * min(img.shape)
+        x = np.asarray(cv2.GaussianBlur(x, (0, 0), sigma, borderType=cv2.BORDER_REFLECT), np.float32)
+    elif kind == 2:
+        lit = x > 0.1 * np.percentile(x, 99)
+        mean = float(x[lit].mean()) if lit.any() else float(x.mean())
+        x = np.where(lit, mean + LADDER_CONTRAST_FACTOR[rng.integers(2)] * (x - mean), x).astype(np.float32)
+    else:
+        quality = LADDER_JPEG_QUALITY[rng.integers(3)]
+        ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, quality])
+        decoded = cv2.imdecode(buf, cv2.IMREAD_GRAYSCALE) if ok else None
+        return np.asarray(decoded if decoded is not None else img, np.uint8)
+    return np.clip(np.rint(x), 0, 255).astype(np.uint8)
+
+
+def augment(
+    grey: np.ndarray, masks: np.ndarray, rng: np.random.Generator, probs: dict[str, float] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """A randomly re-rendered radiograph and its masks, varied as other sites vary: rendering in the
+    phantoms' style, rotation, zoom in (crops) or out (the thorax not filling the frame), shift,
+    collimator shutters, gamma, contrast window, an illumination gradient, and the image-quality
+    ladder. Never a left-right flip, never an inversion (a MONOCHROME1 image read as MONOCHROME2 is a
+    reading mistake, not an image to learn)."""
+    p = {**AUGMENT_DEFAULTS, **(probs or {})}
     h, w = grey.shape
-    angle = rng.uniform(-8, 8)
-    scale = rng.uniform(0.9, 1.1)
-    mat = cv2.getRotationMatrix2D((w / 2, h / 2), angle, scale)
-    mat[:, 2] = mat[:, 2] + rng.uniform(-0.06, 0.06, size=2) * np.array([w, h], np.float64)
-    img = cv2.warpAffine(grey, mat, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
-    gamma = np.exp(rng.uniform(-0.3, 0.3))
-    img = (255.0 * (img / 255.0) ** gamma).astype(np.uint8)
+    img = render_phantom_style(masks, rng) if rng.random() < p["phantom_style_p"] else grey
+    mat = random_geometry((h, w), rng, p["zoom_out_p"])
+    fill = float(rng.choice([0.0, float(np.median(img[:, : max(1, w // 20)])), 255.0 * rng.random()]))
+    img = cv2.warpAffine(img, mat, (w, h), flags=cv2.INTER_LINEAR, borderValue=(fill,))
     out = np.stack(
         [cv2.warpAffine(m.astype(np.uint8), mat, (w, h), flags=cv2.INTER_NEAREST) > 0 for m in masks]
     )
+    if rng.random() < p["collimation_p"]:  # shutters: the film outside them is blank, the anatomy hidden
+        keep = np.zeros((h, w), bool)
+        r0, c0 = (rng.uniform(0, 0.1, size=2) * (h, w)).astype(int)
+        r1, c1 = h - (rng.uniform(0, 0.1, size=2) * (h, w)).astype(int)
+        keep[r0:r1, c0:c1] = True
+        img = np.where(keep, img, np.uint8(255 if rng.random() < 0.3 else rng.integers(0, 40)))
+        out &= keep[None]
+    x = img.astype(np.float32) / 255.0
+    x = x ** np.exp(rng.uniform(-GAMMA_LOG_RANGE, GAMMA_LOG_RANGE))
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    slope = rng.uniform(-ILLUMINATION_SLOPE, ILLUMINATION_SLOPE, size=2)
+    x = x * (1 + slope[0] * (xx / w - 0.5) + slope[1] * (yy / h - 0.5))
+    lo, hi = np.percentile(x, (rng.uniform(0, 5), rng.uniform(95, 100)))
+    img = np.clip((x - lo) / max(hi - lo, 1e-6) * 255, 0, 255).astype(np.uint8)
+    if rng.random() < p["ladder_p"]:
+        img = quality_ladder(img, rng)
     return img, out
 
 
-def training_arrays(cases: list[Case], copies: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Network inputs and targets of the cases, plus ``copies`` augmented versions of each."""
-    rng = np.random.default_rng(seed)
-    xs, ys = [], []
-    for c in cases:
-        xs.append(cxr.preprocess(c.grey))
-        ys.append(low_res_targets(c.masks))
-        for _ in range(copies):
-            g, m = augment(c.grey, c.masks, rng)
-            xs.append(cxr.preprocess(g))
-            ys.append(low_res_targets(m))
-    return np.stack(xs), np.stack(ys)
+def augmented_sample(
+    case: Case, rng: np.random.Generator, probs: dict[str, float] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """One augmented (network input, low-resolution target) pair of a case."""
+    img, masks = augment(case.working_grey, case.working_masks, rng, probs)
+    return cxr.preprocess(img), low_res_targets(masks)
 
 
-def fit(cases: list[Case], epochs: int, seed: int, copies: int, progress: Progress | None) -> Any:
-    """A fresh UNet trained on the cases (Dice + BCE, Adam, cosine schedule)."""
+def fit(
+    cases: list[Case],
+    epochs: int,
+    seed: int,
+    augment_probs: dict[str, float] | None,
+    progress: Progress | None,
+    tag: str = "",
+) -> Any:
+    """A fresh UNet trained on the cases (Dice + BCE, Adam, cosine schedule). With ``augment_probs``
+    None each epoch sees the plain images; otherwise every sample is freshly augmented (``augment``)."""
+    import torch
+    from monai.losses import DiceCELoss
 
     seed_everything(seed, threads=1)
     arch = unet_arch(spatial_dims=2, in_channels=1, out_channels=len(cxr.STRUCTURES), channels=CHANNELS)
     net = build_network(arch)
-    x, y = training_arrays(cases, copies, seed)
     cfg = LoopConfig(epochs=epochs, batch_size=8, lr=2e-3, seed=seed)
-    return train_segmenter(net, x, y, cfg, progress), arch
+    plain_x = np.stack([cxr.preprocess(c.grey) for c in cases])
+    plain_y = np.stack([low_res_targets(c.masks) for c in cases])
+
+    def sample(idx: np.ndarray, rng: np.random.Generator) -> tuple[Any, Any]:
+        if augment_probs is None:
+            return torch.from_numpy(plain_x[idx]), torch.from_numpy(plain_y[idx])
+        pairs = [augmented_sample(cases[i], rng, augment_probs) for i in idx]
+        return torch.from_numpy(np.stack([a for a, _ in pairs])), torch.from_numpy(
+            np.stack([b for _, b in pairs])
+        )
+
+    loss_fn = DiceCELoss(sigmoid=True)
+    return fit_batches(net, len(cases), sample, loss_fn, cfg, progress=progress, tag=tag), arch
 
 
-def evaluate(net: Any, cases: list[Case]) -> list[dict[str, float]]:
-    """Per-case Dice of each structure at full resolution, and predicted vs ground-truth CTR."""
+def _widths(masks: list[np.ndarray] | np.ndarray) -> tuple[float, float]:
+    """Heart and thorax widths (px, inclusive column extents) of (heart, right lung, left lung) masks."""
+    h0, h1 = column_range(masks[0])
+    t0, t1 = column_range(masks[1] | masks[2])
+    return float(h1 - h0 + 1), float(t1 - t0 + 1)
+
+
+def evaluate(net: Any, cases: list[Case], names: list[str] | None = None) -> list[dict[str, Any]]:
+    """Per-case Dice of each structure at full resolution, predicted vs ground-truth CTR and widths, and
+    the input-domain check's verdict."""
     import torch
 
     x = np.stack([cxr.preprocess(c.grey) for c in cases])
     prob = torch.sigmoid(torch.from_numpy(predict(net, x))).numpy()
-    rows = []
+    rows: list[dict[str, Any]] = []
     for c, p in zip(cases, prob, strict=True):
         masks, _ = cxr.masks_from_probabilities(p, c.grey.shape)
-        row = {f"{s}_dice": dice(m, t) for s, m, t in zip(cxr.STRUCTURES, masks, c.masks, strict=True)}
-        row["ctr"] = cardiothoracic_ratio(*masks) if all(m.any() for m in masks) else float("nan")
+        row: dict[str, Any] = {"image": c.image_path.name}
+        row.update({f"{s}_dice": dice(m, t) for s, m, t in zip(cxr.STRUCTURES, masks, c.masks, strict=True)})
+        found = all(m.any() for m in masks)
+        row["ctr"] = cardiothoracic_ratio(*masks) if found else float("nan")
+        row["heart_width_px"], row["thorax_width_px"] = _widths(masks) if found else (float("nan"),) * 2
         row["gt_ctr"] = cardiothoracic_ratio(*c.masks)
+        row["gt_heart_width_px"], row["gt_thorax_width_px"] = _widths(c.masks)
         row["ctr_reference"] = c.ctr_reference if c.ctr_reference is not None else float("nan")
+        row["domain_reasons"] = list(cxr.domain_check(p, masks)) if found else ["structure_missing"]
+        row["domain_stats"] = cxr.domain_stats(p, masks) if found else {}
         rows.append(row)
     return rows
 
 
-def summarise(rows: list[dict[str, float]]) -> dict[str, float]:
-    """Mean Dice per structure, lung Dice, CTR MAE of predicted and of ground-truth masks vs the reference."""
+def summarise(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """Mean Dice per structure; CTR MAE, bias and label accuracy (CTR > 0.5) against the reference; CTR
+    MAE against the ground-truth masks; the heart's and thorax's mean relative width errors against the
+    ground-truth masks (where the CTR's bias comes from); how often the domain check fired."""
     get = lambda k: np.array([r[k] for r in rows], float)  # noqa: E731
     ref = get("ctr_reference")
     has = ~np.isnan(ref)
     ctr = get("ctr")
     ctr = np.where(np.isnan(ctr), 0.0, ctr)  # a failed segmentation counts as a full miss
+    err = ctr[has] - ref[has]
+    heart_rel = get("heart_width_px") / get("gt_heart_width_px") - 1
+    thorax_rel = get("thorax_width_px") / get("gt_thorax_width_px") - 1
     return {
         "heart_dice": float(get("heart_dice").mean()),
         "right_lung_dice": float(get("right_lung_dice").mean()),
         "left_lung_dice": float(get("left_lung_dice").mean()),
         "lung_dice": float((get("right_lung_dice").mean() + get("left_lung_dice").mean()) / 2),
-        "ctr_mae": float(np.abs(ctr[has] - ref[has]).mean()) if has.any() else float("nan"),
+        "ctr_mae": float(np.abs(err).mean()) if has.any() else float("nan"),
+        "ctr_bias": float(err.mean()) if has.any() else float("nan"),
+        "ctr_sd": float(err.std(ddof=1)) if has.sum() > 1 else float("nan"),
+        "ctr_label_accuracy": float(((ctr[has] > 0.5) == (ref[has] > 0.5)).mean())
+        if has.any()
+        else float("nan"),
         "ctr_mae_vs_gt_masks": float(np.abs(ctr - get("gt_ctr")).mean()),
+        "heart_width_rel_error": float(np.nanmean(heart_rel)),
+        "thorax_width_rel_error": float(np.nanmean(thorax_rel)),
         "gt_mask_ctr_mae": float(np.abs(get("gt_ctr")[has] - ref[has]).mean()) if has.any() else float("nan"),
+        "out_of_domain_fraction": float(np.mean([bool(r["domain_reasons"]) for r in rows])),
         "n_cases": float(len(rows)),
         "n_with_reference": float(has.sum()),
     }
@@ -197,11 +395,22 @@ def first_rows_through_tool(data_dir: Path, cases: list[Case], n: int = 5) -> di
     }
 
 
-def _fit_job(data_dir: Path, label: str, train_idx: list[int], seed: int, epochs: int, copies: int) -> Any:
+def _fit_job(
+    data_dir: Path,
+    label: str,
+    train_idx: list[int],
+    seed: int,
+    epochs: int,
+    augment_probs: dict[str, float] | None,
+) -> Any:
     """One training job (for a worker process): the trained network's arch and state dict."""
     cases = load_cases(data_dir)
     net, arch = fit(
-        [cases[i] for i in train_idx], epochs, seed, copies, lambda s: print(f"  {label} {s}", flush=True)
+        [cases[i] for i in train_idx],
+        epochs,
+        seed,
+        augment_probs,
+        lambda s: print(f"  {label} {s}", flush=True),
     )
     return arch, {k: v.detach().cpu() for k, v in net.state_dict().items()}
 
@@ -216,7 +425,7 @@ def _run_jobs(
     data_dir: Path,
     jobs: list[tuple[str, list[int], int]],
     epochs: int,
-    copies: int,
+    augment_probs: dict[str, float] | None,
     workers: int,
     progress: Progress,
 ) -> list[Any]:
@@ -226,13 +435,15 @@ def _run_jobs(
         out = []
         for label, idx, job_seed in jobs:
             progress(f"{label}: training on {len(idx)} images")
-            out.append(_fit_job(data_dir, label, idx, job_seed, epochs, copies))
+            out.append(_fit_job(data_dir, label, idx, job_seed, epochs, augment_probs))
         return out
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
 
     with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
-        futures = [pool.submit(_fit_job, data_dir, label, idx, s, epochs, copies) for label, idx, s in jobs]
+        futures = [
+            pool.submit(_fit_job, data_dir, label, idx, s, epochs, augment_probs) for label, idx, s in jobs
+        ]
         out = []
         for (label, _, _), fut in zip(jobs, futures, strict=True):
             out.append(fut.result())
@@ -240,24 +451,21 @@ def _run_jobs(
     return out
 
 
-def train(
+def cross_validated_rows(
     data_dir: Path,
-    out_path: Path = cxr.WEIGHTS_PATH,
     *,
     folds: int = 5,
     seed: int = 0,
-    epochs: int = 80,
-    copies: int = 0,
+    epochs: int = EPOCHS,
+    augment_probs: dict[str, float] | None = AUGMENT_DEFAULTS,
     workers: int = 2,
+    with_final: bool = False,
+    states_dir: Path | None = None,
     progress: Progress = print,
-) -> dict[str, Any]:
-    """Cross-validate, then train the final segmenter on every case, save it and record it in the lock file.
-
-    Each epoch passes over every image and ``copies`` augmented versions of it. The fold and final
-    trainings run in ``workers`` processes of one thread each; the results do not depend on ``workers``.
-    """
-
-    t0 = time.perf_counter()
+) -> tuple[list[dict[str, Any]], list[dict[str, float]], Any]:
+    """Per-case rows of every image as predicted by the fold model that did not see it (``evaluate``),
+    the per-fold summaries, and (``with_final``) the (arch, state) of a model trained on every image.
+    ``states_dir`` receives each trained (arch, state dict) as ``fold_<k>.pt`` and ``final.pt``."""
     cases = load_cases(data_dir)
     progress(
         f"{len(cases)} radiographs, {sum(c.ctr_reference is not None for c in cases)} with a reference CTR"
@@ -267,25 +475,74 @@ def train(
         (f"fold {f + 1}", sorted(set(range(len(cases))) - set(t.tolist())), seed + f)
         for f, t in enumerate(splits)
     ]
-    jobs.append(("final", list(range(len(cases))), seed))
-    progress(f"{folds} folds + final model on all {len(cases)} images, {workers} worker process(es)")
-    states = _run_jobs(data_dir, jobs, epochs, copies, workers, progress)
-    all_rows: list[dict[str, float]] = []
+    if with_final:
+        jobs.append(("final", list(range(len(cases))), seed))
+    progress(f"{len(jobs)} trainings ({epochs} epochs), {workers} worker process(es)")
+    states = _run_jobs(data_dir, jobs, epochs, augment_probs, workers, progress)
+    if states_dir is not None:
+        import torch
+
+        Path(states_dir).mkdir(parents=True, exist_ok=True)
+        for (label, _, _), state in zip(jobs, states, strict=True):
+            torch.save(state, Path(states_dir) / f"{label.replace(' ', '_')}.pt")
+    all_rows: list[dict[str, Any]] = []
     per_fold = []
     for f, test_idx in enumerate(splits):
         rows = evaluate(_net_from_state(*states[f]), [cases[i] for i in test_idx.tolist()])
+        for r in rows:
+            r["fold"] = f
         all_rows += rows
         summary = summarise(rows)
         per_fold.append(summary)
         progress(
             f"fold {f + 1} ({len(rows)} test images): heart Dice {summary['heart_dice']:.3f}, "
             f"lung Dice {summary['lung_dice']:.3f}, CTR MAE {summary['ctr_mae']:.4f} "
-            f"(GT masks {summary['gt_mask_ctr_mae']:.4f})"
+            f"bias {summary['ctr_bias']:+.4f}"
         )
+    return all_rows, per_fold, (states[-1] if with_final else None)
+
+
+def train(
+    data_dir: Path,
+    out_path: Path = cxr.WEIGHTS_PATH,
+    *,
+    folds: int = 5,
+    seed: int = 0,
+    epochs: int = EPOCHS,
+    augment: bool = True,
+    workers: int = 2,
+    cv_rows_path: Path | None = None,
+    states_dir: Path | None = None,
+    progress: Progress = print,
+) -> dict[str, Any]:
+    """Cross-validate, then train the final segmenter on every case, save it and record it in the lock file.
+
+    Every training sample is freshly augmented (``augment``) unless ``augment`` is False. The fold and
+    final trainings run in ``workers`` processes of one thread each; the results do not depend on
+    ``workers``. ``cv_rows_path`` receives the per-case cross-validated rows as JSON, ``states_dir`` the
+    fold models (for studies of the cross-validated outputs).
+    """
+
+    t0 = time.perf_counter()
+    probs = AUGMENT_DEFAULTS if augment else None
+    all_rows, per_fold, final = cross_validated_rows(
+        data_dir,
+        folds=folds,
+        seed=seed,
+        epochs=epochs,
+        augment_probs=probs,
+        workers=workers,
+        with_final=True,
+        states_dir=states_dir,
+        progress=progress,
+    )
+    if cv_rows_path is not None:
+        Path(cv_rows_path).write_text(json.dumps(all_rows, indent=1))
     pooled = summarise(all_rows)
     progress("pooled CV: " + ", ".join(f"{k} {v:.4f}" for k, v in pooled.items()))
-    net = _net_from_state(*states[-1])
-    arch = states[-1][0]
+    cases = load_cases(data_dir)
+    net = _net_from_state(*final)
+    arch = final[0]
     meta = {
         "input_size_px": cxr.INPUT_SIZE_PX,
         "structures": list(cxr.STRUCTURES),
@@ -295,6 +552,7 @@ def train(
     save_model_file(out_path, net, arch, meta)
     metrics = {f"cv_{k}": v for k, v in pooled.items()}
     metrics["cv_folds"] = float(folds)
+    metrics["cv_ctr_mae_fold_max"] = float(max(f["ctr_mae"] for f in per_fold))
     kwargs = {
         "licence": LICENCE,
         "source": "trained by dxgraph",
@@ -302,9 +560,14 @@ def train(
             f"{len(cases)} PA chest X-rays (512x512) with heart and lung masks, Wingspan CTR set "
             f"(cxr_wingspan development half); UNet {list(CHANNELS)} at {cxr.INPUT_SIZE_PX}x{cxr.INPUT_SIZE_PX}, "
             f"Dice+BCE, {epochs} epochs"
-            + (f", {copies} augmented cop(ies) per image (rotation/scale/shift/gamma)" if copies else "")
+            + (
+                ", every sample freshly augmented (phantom-style rendering, rotation, zoom in/out, shift, "
+                "collimation, gamma, window, illumination, the image-quality ladder; no flips or inversions)"
+                if augment
+                else ""
+            )
         ),
-        "command": COMMAND,
+        "command": COMMAND if augment else COMMAND + " (augmentation off)",
     }
     record_weights(out_path, metrics=metrics, lock_path=Path(out_path).parent / "weights.lock.json", **kwargs)
     if Path(out_path).resolve() == Path(cxr.WEIGHTS_PATH).resolve():
@@ -328,8 +591,10 @@ def main(argv: list[str] | None = None) -> None:
     )
     ap.add_argument("--out", type=Path, default=cxr.WEIGHTS_PATH)
     ap.add_argument("--folds", type=int, default=5)
-    ap.add_argument("--epochs", type=int, default=80)
-    ap.add_argument("--copies", type=int, default=0)
+    ap.add_argument("--epochs", type=int, default=EPOCHS)
+    ap.add_argument("--no-augment", action="store_true", help="train on the plain images only")
+    ap.add_argument("--cv-rows", type=Path, default=None, help="write the per-case CV rows here (JSON)")
+    ap.add_argument("--states-dir", type=Path, default=None, help="save the fold models here")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
@@ -339,7 +604,9 @@ def main(argv: list[str] | None = None) -> None:
         folds=args.folds,
         seed=args.seed,
         epochs=args.epochs,
-        copies=args.copies,
+        augment=not args.no_augment,
+        cv_rows_path=args.cv_rows,
+        states_dir=args.states_dir,
         workers=args.workers,
     )
 
