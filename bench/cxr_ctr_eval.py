@@ -50,11 +50,8 @@ def classical_masks(grey: np.ndarray) -> list[np.ndarray] | None:
 def unet_masks(net: Any, grey: np.ndarray) -> tuple[list[np.ndarray] | None, tuple[str, ...]]:
     """A network's cleaned masks of one image as the tool makes them (None when a structure is missing),
     and the domain check's reasons."""
-    import torch
 
-    from dxgraph.tools._torch_runtime import predict
-
-    prob = torch.sigmoid(torch.from_numpy(predict(net, cxr.preprocess(grey)[None]))).numpy()[0]
+    prob = cxr.network_probabilities(net, cxr.preprocess(grey)[None])[0]
     masks, _ = cxr.masks_from_probabilities(prob, grey.shape)
     min_area = cxr.MIN_AREA_FRACTION * grey.size
     if any(m.sum() < min_area for m in masks):

@@ -119,8 +119,8 @@ def test_shipped_weights_verify_and_load():
     entry = verify_weights(WEIGHTS_PATH)
     assert entry.source == "trained by dxgraph" and "MIT" in entry.licence
     # the goal (<= 0.025), and no worse than the weights it replaced (0.0277, 80 epochs unaugmented)
-    assert entry.metrics["cv_ctr_mae"] <= 0.025  # measured 0.0226
-    assert entry.metrics["cv_ctr_label_accuracy"] >= 0.9  # measured 0.919
+    assert entry.metrics["cv_ctr_mae"] <= 0.025  # measured 0.0210 (0.0226 without the test-time views)
+    assert entry.metrics["cv_ctr_label_accuracy"] >= 0.9  # measured 0.929
     assert entry.metrics["cv_heart_dice"] >= 0.9 and entry.metrics["cv_lung_dice"] >= 0.93
     assert entry.metrics["cv_out_of_domain_fraction"] == 0.0  # no real radiograph of the set is flagged
     assert WEIGHTS_PATH.stat().st_size < 5_000_000

@@ -22,7 +22,7 @@ from dxgraph.tools import cxr
 from dxgraph.tools._context import ToolContext, load_artifact, save_artifact, tool_context
 from dxgraph.tools._mask_geometry import cardiothoracic_ratio, column_range
 from dxgraph.tools._nets import build_network, unet_arch
-from dxgraph.tools._torch_runtime import clear_model_cache, predict, save_model_file
+from dxgraph.tools._torch_runtime import clear_model_cache, save_model_file
 from dxgraph.tools._weights import record_weights
 from dxgraph.tools.training._common import (
     SHARED_DATA_ENV,
@@ -311,10 +311,9 @@ def _widths(masks: list[np.ndarray] | np.ndarray) -> tuple[float, float]:
 def evaluate(net: Any, cases: list[Case], names: list[str] | None = None) -> list[dict[str, Any]]:
     """Per-case Dice of each structure at full resolution, predicted vs ground-truth CTR and widths, and
     the input-domain check's verdict."""
-    import torch
 
     x = np.stack([cxr.preprocess(c.grey) for c in cases])
-    prob = torch.sigmoid(torch.from_numpy(predict(net, x))).numpy()
+    prob = np.concatenate([cxr.network_probabilities(net, x[i : i + 16]) for i in range(0, len(x), 16)])
     rows: list[dict[str, Any]] = []
     for c, p in zip(cases, prob, strict=True):
         masks, _ = cxr.masks_from_probabilities(p, c.grey.shape)
@@ -566,6 +565,7 @@ def train(
                 if augment
                 else ""
             )
+            + f"; probabilities averaged over {len(cxr.TTA_VIEWS)} test-time views (dxgraph.tools.cxr.TTA_VIEWS)"
         ),
         "command": COMMAND if augment else COMMAND + " (augmentation off)",
     }
