@@ -4,7 +4,8 @@ No learned weights.  The pipeline:
 
 1. **Field of view and sanity checks.**  The FOV is the largest bright region; an image that is
    blank, uniform, tiny or not red-dominant (not a colour fundus photograph) is refused with a
-   :class:`SegmentationError`.
+   :class:`SegmentationError`.  A disc-centred crop (no dark surround) is one field of view filling
+   the frame.
 2. **Localisation** (long side resampled to 512 px).  At several radii (fractions of the FOV
    diameter) a bright-blob score -- mean of a vessel-free brightness image in a disk minus its mean
    in the surrounding ring -- is multiplied by the density of dark vessels converging there.  The
@@ -23,6 +24,10 @@ No learned weights.  The pipeline:
    slope rather than its midpoint, since the clinical cup margin lies outside the area of pallor.
    Vessel pixels are treated as missing data, rays whose margin is hidden under a vessel are left
    out, and a robust ellipse fit to the remaining margins is the cup.
+
+Where no disc can be found the segmenter refuses rather than return a wrong one: no bright,
+vessel-rich blob, a boundary search that diverges, an implausible disc shape, a disc wider than
+``_MAX_DISC_TO_FOV`` of a round field of view, a weak or broken disc margin, or a rim hidden by vessels.
 
 Known limits: the cup is a pallor estimate, so it tends to be smaller than an expert's
 contour-based cup in glaucomatous discs with sloping walls (vCDR biased low by a few hundredths)
@@ -62,6 +67,10 @@ _VESSEL_SE_RADII = 0.25  # top-hat structuring element radius, in disc radii (ve
 _CUP_LEVEL = 0.2  # cup margin: this fraction of the pallor contrast above the local rim level
 _RIM_BAND = (0.85, 0.95)  # where along a ray (fraction of the disc radius) the rim level is read
 _MAX_HIDDEN_GAP = 4  # samples (of 64 per radius) a cup margin may hide under a vessel
+_SURROUND_FOV_FRACTION = 0.9  # a field of view covering less of the image lies on a dark surround
+_MAX_DISC_TO_FOV = (
+    0.45  # a disc wider than this share of a round field is not one (45° fields: ~0.1-0.2, 20°: ~0.3)
+)
 
 
 class SegmentationError(ValueError):
@@ -568,6 +577,14 @@ def segment_disc_cup(rgb: np.ndarray) -> DiscCupSegmentation:
         radius = new_radius
     if min(ew, eh) < 0.4 * _CANON_RADIUS_PX or max(ew, eh) > 2.0 * min(ew, eh):
         raise SegmentationError("implausible disc shape", flags=("disc_not_found",))
+    fov_diameter_px = 2.0 * math.sqrt(float(fov_small.sum()) / math.pi) / loc_scale
+    disc_to_fov = 2.0 * radius / fov_diameter_px
+    if float(fov_small.mean()) < _SURROUND_FOV_FRACTION and disc_to_fov > _MAX_DISC_TO_FOV:
+        raise SegmentationError(
+            f"the disc found spans {disc_to_fov:.2f} of the field of view's diameter (optic discs: about "
+            "0.1-0.3): a bright region, not an optic disc",
+            flags=("disc_not_found", "implausible_disc_size"),
+        )
     weak = disc_q["disc_edge_weak_fraction"]
     if weak > _MAX_WEAK_EDGE or (conf < _LOW_CONFIDENCE and weak > 0.4 * _MAX_WEAK_EDGE):
         raise SegmentationError(
@@ -595,6 +612,7 @@ def segment_disc_cup(rgb: np.ndarray) -> DiscCupSegmentation:
         **disc_q,
         "disc_inside_image_fraction": min(1.0, disc_area / max(full_area, 1e-6)),
         "fov_fraction": float(fov_small.mean()),
+        "disc_to_fov_diameter_ratio": disc_to_fov,
         **cup_q,
         "cup_to_disc_area_ratio": float(cup_mask.sum()) / disc_area,
     }

@@ -95,21 +95,27 @@ def test_a_batch_of_three_equals_three_single_calls(drishti):
 
 
 def test_training_samples_are_binary_majority_targets_of_the_input_size():
-    from dxgraph.tools.training.fundus import Case, augmented_sample
+    from dxgraph.tools.training.fundus import augmented_sample, case_from_masks
 
     yy, xx = np.mgrid[:300, :400]
     r2 = (xx - 200.0) ** 2 + (yy - 150.0) ** 2
     disc_soft = np.where(r2 < 60**2, 255, np.where(r2 < 64**2, 64, 0)).astype(np.uint8)  # 1 of 4 at the rim
     cup_soft = np.where(r2 < 30**2, 255, 0).astype(np.uint8)
     rgb = np.stack([disc_soft, cup_soft, np.full_like(cup_soft, 40)], axis=-1)
-    case = Case("synthetic", rgb, disc_soft, cup_soft, 0.5, fu.Window(60, 10, 280))
-    x, target = augmented_sample(case, np.random.default_rng(0), fu.INPUT_SIZE_PX)
-    assert x.shape == (3, fu.INPUT_SIZE_PX, fu.INPUT_SIZE_PX) and x.dtype == np.float32
-    assert target.shape == (2, fu.INPUT_SIZE_PX, fu.INPUT_SIZE_PX) and set(np.unique(target)) <= {0.0, 1.0}
-    scale = fu.INPUT_SIZE_PX / 280
-    disc_area = target[0].sum() / scale**2
-    assert disc_area == pytest.approx(np.pi * 60**2, rel=0.25)  # the 1-of-4 ring is not disc
-    assert target[1].sum() < target[0].sum() and not (target[1] > target[0]).any()
+    case = case_from_masks("synthetic", rgb, disc_soft, cup_soft, 0.5)
+    assert case.disc_diameter_px == 119 and case.disc_center_xy == pytest.approx((200, 150), abs=0.5)
+    size = fu.TWO_PASS_INPUT_SIZE_PX
+    rng = np.random.default_rng(0)
+    areas = []
+    for _ in range(20):
+        x, target = augmented_sample(case, rng, size)
+        assert x.shape == (3, size, size) and x.dtype == np.float32
+        assert target.shape == (2, size, size) and set(np.unique(target)) <= {0.0, 1.0}
+        assert target[1].sum() < target[0].sum() and not (target[1] > target[0]).any()
+        areas.append(target[0].sum() / size**2)
+    # the window is 1.8 disc diameters times 0.75-1.5: the disc covers pi/4 / (1.8 s)^2 of it
+    expected = np.pi / 4 / fu.WINDOW_DISC_DIAMETERS**2
+    assert expected / 1.5**2 * 0.8 < min(areas) and max(areas) < expected / 0.75**2 * 1.2
 
 
 def test_tampered_weights_are_refused(tmp_path):

@@ -1,9 +1,25 @@
 """Train the optic disc + cup UNet on the 50 Drishti-GS1 photographs (5-fold CV, then all 50).
 
 Targets are the majority-of-experts masks (soft map > 127, i.e. at least 3 of 4 experts); the loss is
-soft Dice + BCE. Each training sample is a freshly augmented window: the locator's window shifted and
-scaled at random, mirrored left-right, rotated by up to ``ROTATION_DEG`` and with per-channel gamma
-jitter. Small batches (``BATCH_SIZE``) give many optimisation steps for the CPU time.
+soft Dice + BCE. Two recipes (``RECIPES``): ``packaged`` reproduces the shipped weights (the locator's
+window, shifted and scaled a little, gamma-jittered, mirrored and rotated; ``packaged_sample``), and
+``sites`` trains the two-pass network on freshly augmented windows around the true disc, covering what
+real sites vary (``augmented_sample``):
+
+- **scale and position**: the window side is ``WINDOW_DISC_DIAMETERS`` disc diameters times a random
+  factor in ``SCALE_RANGE`` (the first pass's window is off by that much), shifted at random;
+- **crops**: with probability ``CROP_PROBABILITY`` everything outside a disc-centred square of
+  ``CROP_ZOOM_RANGE`` disc diameters is black, as a disc-centred crop is when the window reaches past it;
+- **colour and illumination**: per-channel gain and gamma, overall brightness and a linear
+  illumination gradient;
+- **the image-quality ladder** (``LADDER``, the steps of ``dxgraph.testing.degradations``): noise, blur,
+  low contrast or JPEG at mild or moderate severity with probability ``DEGRADE_PROBABILITY``;
+- **the phantoms' rendering**: ``extra_cases`` (``dxgraph.phantoms.fundus_training_cases``: fundus
+  phantoms with their true masks, seeds apart from the benchmark's) join every epoch; the phantoms sit
+  above the tools in the layers, so ``bench/train_fundus_unet.py`` passes them in;
+- mirrored left-right and rotated by up to ``ROTATION_DEG``.
+
+Small batches (``BATCH_SIZE``) give many optimisation steps for the CPU time.
 Evaluation runs the tool's own pipeline (``dxgraph.tools.fundus_unet.segment_batch``) and scores
 full-resolution masks: disc and cup Dice against the > 127 expert masks, and the vertical
 cup-to-disc ratio (bounding-box heights, as ``measure_cup_disc``) against the experts' mean; for
@@ -13,7 +29,9 @@ comparison, each held-out photograph is also measured by the classical segmenter
 from __future__ import annotations
 
 import csv
+import dataclasses
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -49,15 +67,42 @@ CHANNELS = (16, 32, 64, 128, 256)
 BATCH_SIZE = 4
 """Images per optimisation step."""
 EPOCHS = 120
-"""Passes over the training photographs (the shipped configuration)."""
+"""Passes over the training photographs (the packaged recipe)."""
+SITES_EPOCHS = 60
+"""Passes over the training photographs and phantoms (the ``sites`` recipe)."""
+PACKAGED_SHIFT_FRACTION = 0.06
+"""Packaged recipe: random shift of the locator's window, as a fraction of its side."""
+PACKAGED_SCALE_RANGE = (0.9, 1.1)
+"""Packaged recipe: random scale range of the locator's window."""
 LR = 2e-3
 """Adam learning rate, cosine-annealed to 5% of it."""
-SHIFT_FRACTION = 0.06
-"""Random window shift, as a fraction of the window side (the locator is off by up to ~25 px)."""
-SCALE_RANGE = (0.9, 1.1)
-"""Random window scale range."""
+SHIFT_FRACTION = 0.1
+"""Sites recipe: random window shift (SD, each axis), as a fraction of the window side."""
+SCALE_RANGE = (0.75, 1.5)
+"""Sites recipe: random window scale range (log-uniform), around ``WINDOW_DISC_DIAMETERS`` disc diameters."""
+RECIPES = ("packaged", "sites")
+"""Training recipes: ``packaged`` reproduces the shipped weights (single pass, a window of
+``fu.WINDOW_FRACTION`` of the width around the locator's disc, 128 px, shift, scale, gamma, mirror and
+rotation); ``sites`` is the two-pass network with the augmentation for other sites (module docstring)."""
 GAMMA_RANGE = (0.8, 1.25)
 """Random per-channel gamma range."""
+GAIN_RANGE = (0.75, 1.25)
+"""Random per-channel gain range (white balance)."""
+BRIGHTNESS_RANGE = (0.6, 1.4)
+"""Random overall brightness factor range."""
+ILLUMINATION_GRADIENT_MAX = 0.4
+"""Largest brightness change across the window of a random linear illumination gradient (share)."""
+CROP_PROBABILITY = 0.35
+"""Share of samples cut as a disc-centred crop (black outside it)."""
+CROP_ZOOM_RANGE = (1.3, 4.5)
+"""Side of such a crop, in disc diameters."""
+DEGRADE_PROBABILITY = 0.3
+"""Share of samples degraded by one step of the image-quality ladder (severity 1 or 2)."""
+N_PHANTOMS = 20
+"""Fundus phantoms the packaged weights' training adds to the photographs
+(``dxgraph.phantoms.fundus_training_cases``, true vCDR 0.25-0.9)."""
+PHANTOM_SEED0 = 5000
+"""First seed of those phantoms (the benchmark's phantoms use seeds 1000-1323)."""
 ROTATION_DEG = 10.0
 """Random rotation of the network input and target, up to this many degrees either way."""
 LICENCE = "research use; Drishti-GS1 (Sivaswamy et al. 2014/2015), cite the paper"
@@ -78,8 +123,23 @@ class Case:
     """Cup soft map, uint8 0..255."""
     vcdr: float
     """The experts' mean vertical cup-to-disc ratio."""
-    window: fu.Window
-    """The locator's window, as the tool computes it."""
+    disc_center_xy: tuple[float, float]
+    """Centre of the majority disc, px."""
+    disc_diameter_px: float
+    """Larger side of the majority disc's bounding box, px."""
+    window: fu.Window | None = None
+    """The locator's window as the single-pass tool computes it (the packaged recipe's), when computed."""
+
+
+def case_from_masks(
+    name: str, rgb: np.ndarray, disc_soft: np.ndarray, cup_soft: np.ndarray, vcdr: float
+) -> Case:
+    """A training case, its disc centre and diameter taken from the majority disc (soft map > 127)."""
+    disc = disc_soft > 127
+    if not disc.any():
+        raise ValueError(f"{name}: the disc map is empty")
+    diameter = max(geo.bbox_height_px(disc), geo.bbox_width_px(disc))
+    return Case(name, rgb, disc_soft, cup_soft, vcdr, geo.centroid_xy(disc), float(diameter))
 
 
 def read_rgb(path: Path) -> np.ndarray:
@@ -106,19 +166,79 @@ def load_cases(data_dir: Path, progress: Progress = print) -> list[Case]:
         rgb = read_rgb(Path(data_dir) / row["image"])
         disc = read_soft_map(Path(data_dir) / row["disc_softmap"])
         cup = read_soft_map(Path(data_dir) / row["cup_softmap"])
+        case = case_from_masks(Path(row["image"]).name, rgb, disc, cup, float(row["vcdr_mean"]))
         window, _, _ = fu.disc_window(rgb)
-        cases.append(Case(Path(row["image"]).name, rgb, disc, cup, float(row["vcdr_mean"]), window))
+        cases.append(dataclasses.replace(case, window=window))
     progress(f"loaded {len(cases)} photographs from {data_dir}")
     return cases
 
 
-def augmented_sample(case: Case, rng: np.random.Generator, size_px: int) -> tuple[np.ndarray, np.ndarray]:
-    """One randomly shifted, scaled, mirrored, gamma-jittered and rotated (input, majority target) pair."""
+def _colour_jitter(crop: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Per-channel gain and gamma, overall brightness and a linear illumination gradient, on uint8 RGB."""
+    f = crop.astype(np.float32) / 255.0
+    gammas = np.exp(rng.uniform(np.log(GAMMA_RANGE[0]), np.log(GAMMA_RANGE[1]), size=3))
+    f = f ** gammas[None, None, :]
+    f *= rng.uniform(*GAIN_RANGE, size=3)[None, None, :] * rng.uniform(*BRIGHTNESS_RANGE)
+    h, w = f.shape[:2]
+    angle = rng.uniform(0, 2 * np.pi)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    ramp = ((xx / w - 0.5) * np.cos(angle) + (yy / h - 0.5) * np.sin(angle)) * rng.uniform(
+        0, ILLUMINATION_GRADIENT_MAX
+    )
+    f *= (1.0 + ramp)[..., None]
+    return np.clip(255.0 * f + 0.5, 0, 255).astype(np.uint8)
+
+
+LADDER: dict[str, dict[int, float]] = {
+    "noise": {1: 5.0, 2: 10.0},
+    "blur": {1: 0.004, 2: 0.008},
+    "low_contrast": {1: 0.5, 2: 0.25},
+    "jpeg": {1: 30, 2: 12},
+}
+"""The mild and moderate steps of the image-quality ladder of ``dxgraph.testing.degradations`` (which sits
+above the tools in the layers): noise SD in 8-bit levels, blur sigma as a share of the photograph's shorter
+side, the contrast factor, the JPEG quality."""
+
+
+def quality_ladder_step(
+    crop: np.ndarray, rng: np.random.Generator, photo_side_px: int | None = None
+) -> np.ndarray:
+    """A uint8 RGB crop degraded by one random kind of the quality ladder at mild or moderate severity.
+
+    Blur is sized to ``photo_side_px`` (the photograph's shorter side; default the crop's own).
+    """
     import cv2
 
-    w = case.window
-    side = max(16, round(w.side_px * rng.uniform(*SCALE_RANGE)))
-    dx, dy = rng.uniform(-SHIFT_FRACTION, SHIFT_FRACTION, size=2) * w.side_px
+    kind = list(LADDER)[int(rng.integers(len(LADDER)))]
+    level = LADDER[kind][int(rng.integers(1, 3))]
+    x = crop.astype(np.float32)
+    if kind == "noise":
+        x = x + rng.normal(0.0, level, x.shape).astype(np.float32)
+    elif kind == "blur":
+        sigma = level * (photo_side_px or min(crop.shape[:2]))
+        x = np.asarray(
+            cv2.GaussianBlur(x, (0, 0), sigmaX=sigma, sigmaY=sigma, borderType=cv2.BORDER_REFLECT), np.float32
+        )
+    elif kind == "low_contrast":
+        lit = (x.mean(axis=2) > 0.1 * np.percentile(x.mean(axis=2), 99)).astype(np.float32)[..., None]
+        mean = (x * lit).sum(axis=(0, 1)) / max(float(lit.sum()), 1.0)
+        x = level * x + (1.0 - level) * mean * lit
+    else:
+        ok, buf = cv2.imencode(
+            ".jpg", cv2.cvtColor(crop, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, int(level)]
+        )
+        decoded = cv2.imdecode(buf, cv2.IMREAD_COLOR) if ok else None
+        return crop if decoded is None else np.asarray(cv2.cvtColor(decoded, cv2.COLOR_BGR2RGB))
+    return np.clip(np.rint(x), 0, 255).astype(np.uint8)
+
+
+def packaged_sample(case: Case, rng: np.random.Generator, size_px: int) -> tuple[np.ndarray, np.ndarray]:
+    """The packaged recipe's sample: the locator's window shifted and scaled at random, gamma-jittered,
+    mirrored and rotated, as (network input, majority target)."""
+
+    w = case.window if case.window is not None else fu.disc_window(case.rgb)[0]
+    side = max(16, round(w.side_px * rng.uniform(*PACKAGED_SCALE_RANGE)))
+    dx, dy = rng.uniform(-PACKAGED_SHIFT_FRACTION, PACKAGED_SHIFT_FRACTION, size=2) * w.side_px
     cx, cy = w.x0 + w.side_px / 2 + dx, w.y0 + w.side_px / 2 + dy
     window = fu.Window(round(cx - side / 2), round(cy - side / 2), side)
     crop = fu.crop_window(case.rgb, window, size_px)
@@ -128,14 +248,57 @@ def augmented_sample(case: Case, rng: np.random.Generator, size_px: int) -> tupl
     target = (soft / 255.0 > 0.5).astype(np.float32)
     gammas = rng.uniform(np.log(GAMMA_RANGE[0]), np.log(GAMMA_RANGE[1]), size=3)
     crop = (255.0 * (crop.astype(np.float32) / 255.0) ** np.exp(gammas)).astype(np.uint8)
-    x = fu.normalise(crop)
-    if rng.random() < 0.5:  # left-right only: up-down would mix the superior and inferior rims
+    return _mirror_rotate(fu.normalise(crop), target, rng, size_px)
+
+
+def _mirror_rotate(
+    x: np.ndarray, target: np.ndarray, rng: np.random.Generator, size_px: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Mirrored left-right at random (never up-down: that would swap the superior and inferior rims) and
+    rotated by up to ``ROTATION_DEG``."""
+    import cv2
+
+    if rng.random() < 0.5:
         x, target = x[:, :, ::-1], target[:, :, ::-1]
     angle = rng.uniform(-ROTATION_DEG, ROTATION_DEG)
     rot = cv2.getRotationMatrix2D((size_px / 2 - 0.5, size_px / 2 - 0.5), angle, 1.0)
     x = np.stack([cv2.warpAffine(np.ascontiguousarray(c), rot, (size_px, size_px)) for c in x])
     target = np.stack([cv2.warpAffine(np.ascontiguousarray(c), rot, (size_px, size_px)) for c in target])
     return np.ascontiguousarray(x, np.float32), np.ascontiguousarray(target > 0.5, np.float32)
+
+
+def augmented_sample(case: Case, rng: np.random.Generator, size_px: int) -> tuple[np.ndarray, np.ndarray]:
+    """The sites recipe's sample: one randomly scaled, shifted, cropped, colour-jittered, degraded, mirrored and rotated window around
+    the disc, as (network input, majority target)."""
+    import cv2
+
+    diameter = case.disc_diameter_px
+    scale = np.exp(rng.uniform(np.log(SCALE_RANGE[0]), np.log(SCALE_RANGE[1])))
+    side = max(16, round(fu.WINDOW_DISC_DIAMETERS * diameter * scale))
+    dx, dy = rng.normal(0.0, SHIFT_FRACTION, size=2) * side
+    cx, cy = case.disc_center_xy[0] + dx, case.disc_center_xy[1] + dy
+    window = fu.Window(round(cx - side / 2), round(cy - side / 2), side)
+    crop = fu.crop_window(case.rgb, window, side)  # full resolution: degradations act at the photo's scale
+    if rng.random() < CROP_PROBABILITY:  # a disc-centred crop: black outside its square
+        half = rng.uniform(*CROP_ZOOM_RANGE) * diameter / 2
+        slack = max(half - diameter / 2, 0.0)
+        ox, oy = (
+            case.disc_center_xy[0] + rng.uniform(-slack, slack) / 2,
+            case.disc_center_xy[1] + rng.uniform(-slack, slack) / 2,
+        )
+        yy, xx = np.mgrid[0:side, 0:side]
+        keep = (np.abs(xx + window.x0 - ox) <= half) & (np.abs(yy + window.y0 - oy) <= half)
+        crop = np.where(keep[..., None], crop, 0).astype(np.uint8)
+    crop = _colour_jitter(crop, rng)
+    if rng.random() < DEGRADE_PROBABILITY:
+        crop = quality_ladder_step(crop, rng)
+    interp = cv2.INTER_AREA if side > size_px else cv2.INTER_LINEAR
+    crop = cv2.resize(crop, (size_px, size_px), interpolation=interp)
+    soft = np.stack(
+        [fu.crop_window(case.disc_soft, window, size_px), fu.crop_window(case.cup_soft, window, size_px)]
+    ).astype(np.float32)
+    target = (soft / 255.0 > 0.5).astype(np.float32)
+    return _mirror_rotate(fu.normalise(crop), target, rng, size_px)
 
 
 def new_network() -> torch.nn.Module:
@@ -154,15 +317,22 @@ def soft_dice_bce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return dice_loss.mean() + torch.nn.functional.binary_cross_entropy_with_logits(logits, target)
 
 
-def fit(cases: list[Case], *, epochs: int, seed: int, progress: Progress, tag: str) -> torch.nn.Module:
-    """Train a fresh network on cases with on-the-fly augmentation."""
+def fit(
+    cases: list[Case], *, epochs: int, seed: int, progress: Progress, tag: str, recipe: str = "packaged"
+) -> torch.nn.Module:
+    """Train a fresh network on cases with on-the-fly augmentation of the recipe."""
     import torch
 
     seed_everything(seed, threads=1)
     net = new_network()
 
     def sample(idx: np.ndarray, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        pairs = [augmented_sample(cases[i], rng, fu.INPUT_SIZE_PX) for i in idx]
+        pairs = [
+            packaged_sample(cases[i], rng, fu.INPUT_SIZE_PX)
+            if recipe == "packaged"
+            else augmented_sample(cases[i], rng, fu.TWO_PASS_INPUT_SIZE_PX)
+            for i in idx
+        ]
         return torch.from_numpy(np.stack([p[0] for p in pairs])), torch.from_numpy(
             np.stack([p[1] for p in pairs])
         )
@@ -171,10 +341,8 @@ def fit(cases: list[Case], *, epochs: int, seed: int, progress: Progress, tag: s
     return fit_batches(net, len(cases), sample, soft_dice_bce, cfg, progress=progress, tag=tag)
 
 
-def vcdr_of(disc: np.ndarray, cup: np.ndarray) -> float:
-    """Vertical cup-to-disc ratio as measure_cup_disc computes it (bounding-box heights)."""
-    disc_h = geo.bbox_height_px(disc)
-    return min(geo.bbox_height_px(cup & disc) / disc_h, 1.0) if disc_h else 0.0
+vcdr_of = fu.vcdr_of
+"""Vertical cup-to-disc ratio as measure_cup_disc computes it (bounding-box heights)."""
 
 
 def classical_vcdr(rgb: np.ndarray) -> float | None:
@@ -186,15 +354,38 @@ def classical_vcdr(rgb: np.ndarray) -> float | None:
     return vcdr_of(seg.disc_mask, seg.cup_mask)
 
 
-def evaluate(net: torch.nn.Module, cases: list[Case]) -> list[dict[str, Any]]:
+def network_meta(epochs: int, seed: int, recipe: str = "packaged") -> dict[str, Any]:
+    """The preprocessing metadata stored with the weights (the tool's pipeline reads it)."""
+    meta: dict[str, Any] = {
+        "task": "fundus optic disc + cup",
+        "outputs": ["disc", "cup"],
+        "window_fraction": fu.WINDOW_FRACTION,
+        "input_size_px": fu.INPUT_SIZE_PX,
+        "threshold_probability": fu.THRESHOLD_PROBABILITY,
+        "epochs": epochs,
+        "seed": seed,
+    }
+    if recipe == "sites":
+        meta |= {
+            "window_disc_diameters": fu.WINDOW_DISC_DIAMETERS,
+            "input_size_px": fu.TWO_PASS_INPUT_SIZE_PX,
+            "recipe": recipe,
+        }
+    return meta
+
+
+def evaluate(
+    net: torch.nn.Module, cases: list[Case], meta: dict[str, Any] | None = None
+) -> list[dict[str, Any]]:
     """Per-case disc Dice, cup Dice and vCDR error of the tool's pipeline at full resolution.
 
-    Each row also holds the classical segmenter's vCDR of the photograph, for comparison.
+    Each row also holds the classical segmenter's vCDR of the photograph, for comparison, and the
+    learned tool's input-domain measures and flags.
     """
     out = []
     for start in range(0, len(cases), 8):
         chunk = cases[start : start + 8]
-        segs = fu.segment_batch([c.rgb for c in chunk], net)
+        segs = fu.segment_batch([c.rgb for c in chunk], net, meta or network_meta(0, 0))
         for case, seg in zip(chunk, segs, strict=True):
             vcdr = vcdr_of(seg.disc, seg.cup)
             out.append(
@@ -206,6 +397,8 @@ def evaluate(net: torch.nn.Module, cases: list[Case]) -> list[dict[str, Any]]:
                     "vcdr": vcdr,
                     "vcdr_error": abs(vcdr - case.vcdr),
                     "classical_vcdr": classical_vcdr(case.rgb),
+                    "domain": seg.domain,
+                    "flags": seg.flags,
                 }
             )
     return out
@@ -263,17 +456,57 @@ def train(
     seed: int = 0,
     epochs: int = EPOCHS,
     progress: Progress = print,
+    fold_dir: Path | None = None,
+    final: bool = True,
+    extra_cases: Sequence[Case] = (),
+    command: str | None = None,
+    recipe: str = "packaged",
 ) -> dict[str, Any]:
-    """Cross-validate, train the final model on all photographs, save and record it; returns the metrics."""
+    """Cross-validate, train the final model on all photographs, save and record it; returns the metrics.
+
+    ``fold_dir`` keeps each fold's weights (``fold{k}.pt``, with its own lock file), its held-out case
+    names (``folds.json``) and the pooled per-case rows (``cv_rows.json``), so a benchmark can measure
+    other inputs (crops) with weights that never saw the photograph; ``final=False`` stops after CV.
+    ``extra_cases`` (phantoms) join every fold's training set and the final one, never the evaluation;
+    ``command`` is recorded in the lock entry as the command that made the weights; ``recipe`` is one of
+    ``RECIPES``.
+    """
+    import json
 
     t0 = time.perf_counter()
     cases = load_cases(Path(data_dir), progress)
-    per_fold, pooled_rows = [], []
+    phantoms = list(extra_cases)
+    if recipe not in RECIPES:
+        raise ValueError(f"unknown recipe {recipe!r}; choose {', '.join(RECIPES)}")
+    meta = network_meta(epochs, seed, recipe)
+    per_fold: list[dict[str, float]] = []
+    pooled_rows: list[dict[str, Any]] = []
+    held_out: dict[str, list[str]] = {}
     for f, test_idx in enumerate(kfold(len(cases), folds, seed) if folds > 1 else []):
         test = set(int(i) for i in test_idx)
-        train_cases = [c for i, c in enumerate(cases) if i not in test]
-        net = fit(train_cases, epochs=epochs, seed=seed + f, progress=progress, tag=f"fold {f + 1}/{folds}")
-        rows = [r | {"fold": f} for r in evaluate(net, [cases[i] for i in sorted(test)])]
+        train_cases = [c for i, c in enumerate(cases) if i not in test] + phantoms
+        net = fit(
+            train_cases,
+            epochs=epochs,
+            seed=seed + f,
+            progress=progress,
+            tag=f"fold {f + 1}/{folds}",
+            recipe=recipe,
+        )
+        rows = [r | {"fold": f} for r in evaluate(net, [cases[i] for i in sorted(test)], meta)]
+        if fold_dir is not None:
+            fold_path = Path(fold_dir) / f"fold{f}.pt"
+            save_model_file(fold_path, net, new_network_arch(), meta)
+            record_weights(
+                fold_path,
+                licence=LICENCE,
+                source="trained by dxgraph (cross-validation fold)",
+                metrics={},
+                lock_path=Path(fold_dir) / "weights.lock.json",
+            )
+            held_out[f"fold{f}"] = [cases[i].name for i in sorted(test)]
+            (Path(fold_dir) / "folds.json").write_text(json.dumps(held_out, indent=1))
+            (Path(fold_dir) / "cv_rows.json").write_text(json.dumps(pooled_rows + rows, indent=1))
         pooled_rows += rows
         m = summarise(rows)
         per_fold.append(m)
@@ -292,17 +525,10 @@ def train(
             f"(bias {pooled['vcdr_bias']:+.3f}); classical segmenter {pooled.get('classical_vcdr_mae', np.nan):.3f}, "
             f"mean of both {pooled.get('mean_with_classical_vcdr_mae', np.nan):.3f}"
         )
-    net = fit(cases, epochs=epochs, seed=seed, progress=progress, tag="final")
+    if not final:
+        return {"folds": per_fold, "per_case": pooled_rows, "metrics": metrics}
+    net = fit(cases + phantoms, epochs=epochs, seed=seed, progress=progress, tag="final", recipe=recipe)
     arch = new_network_arch()
-    meta = {
-        "task": "fundus optic disc + cup",
-        "outputs": ["disc", "cup"],
-        "window_fraction": fu.WINDOW_FRACTION,
-        "input_size_px": fu.INPUT_SIZE_PX,
-        "threshold_probability": fu.THRESHOLD_PROBABILITY,
-        "epochs": epochs,
-        "seed": seed,
-    }
     save_model_file(Path(out_path), net, arch, meta)
     record = {
         "licence": LICENCE,
@@ -310,8 +536,16 @@ def train(
         "training_data": (
             f"Drishti-GS1 training set: {len(cases)} colour fundus photographs (32 glaucoma, 18 normal), "
             "optic disc and cup soft maps of 4 experts (majority = map > 127)"
+            + (
+                f", and {len(phantoms)} fundus phantoms with their true masks; UNet {list(CHANNELS)} at "
+                f"{fu.TWO_PASS_INPUT_SIZE_PX} px, two-pass windows of {fu.WINDOW_DISC_DIAMETERS} disc "
+                f"diameters; augmented with scale, crops, colour, illumination and the quality ladder; "
+                f"{epochs} epochs"
+                if recipe == "sites"
+                else ""
+            )
         ),
-        "command": "dxgraph train fundus --seed 0" if seed == 0 else f"dxgraph train fundus --seed {seed}",
+        "command": command or f"dxgraph train fundus --seed {seed}",
     }
     shipped = Path(out_path).resolve() == fu.WEIGHTS_PATH.resolve()
     lock = PACKAGED_LOCK if shipped else Path(out_path).parent / "weights.lock.json"
