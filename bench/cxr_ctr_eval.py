@@ -11,7 +11,8 @@ Wingspan (cxr_wingspan), the 99 radiographs with a reference CTR:
 - the inverse-variance mean of the two, with each test fold's weights (1 / SD^2) measured on the other
   folds only, and how often the two disagree beyond their error models (|difference| > 1.96 x the SD
   of the difference);
-- where the CTR's bias comes from: heart and thorax widths against those of the ground-truth masks.
+- where the CTR's bias comes from: heart and thorax widths against those of the ground-truth masks;
+- the learned CTR of the same radiographs zoomed out inside a black frame (another site's framing).
 
 Then the shipped UNet and the classical segmenter on ``--phantoms`` seeded phantom radiographs (the
 seeds and design CTRs of tests/tools/test_cardiomegaly_phantoms.py, written as DICOM and read back),
@@ -183,6 +184,7 @@ def wingspan(data: Path, nets: list[Any]) -> None:
             f"  {k:<9} heart width {np.nanmean(rel[:, 0]):+.3f} (MAE {np.nanmean(np.abs(rel[:, 0])):.3f}), "
             f"thorax width {np.nanmean(rel[:, 1]):+.3f} (MAE {np.nanmean(np.abs(rel[:, 1])):.3f})"
         )
+    framing(cases, nets, fold_of)
     print("error models (paste into tools/cxr.py):")
     for k, how in (("classical", "no fitting"), ("learned", "5-fold CV of the weights")):
         s = stats[k]
@@ -190,6 +192,29 @@ def wingspan(data: Path, nets: list[Any]) -> None:
             f"  {k}: ErrorModel(bias={s['bias']:.4f}, sd={s['sd']:.4f}, n={n}, "
             f'source="Wingspan dev, {n} PA radiographs with a reference CTR, {how}")'
         )
+
+
+def zoomed_out(grey: np.ndarray, zoom: float) -> np.ndarray:
+    """The radiograph shrunk about its centre inside a black frame (a thorax not filling the frame)."""
+    import cv2
+
+    h, w = grey.shape
+    return cv2.warpAffine(grey, cv2.getRotationMatrix2D((w / 2, h / 2), 0, zoom), (w, h), borderValue=0)
+
+
+def framing(cases: list[Any], nets: list[Any], fold_of: dict[int, int]) -> None:
+    """Learned CTR (out-of-fold) of the referenced radiographs zoomed out inside a black frame."""
+    for zoom in (0.65, 0.5):
+        got, ref, flagged = [], [], 0
+        for i, c in enumerate(cases):
+            if c.ctr_reference is None:
+                continue
+            masks, reasons = unet_masks(nets[fold_of[i]], zoomed_out(c.grey, zoom))
+            got.append(cardiothoracic_ratio(*masks) if masks else float("nan"))
+            ref.append(c.ctr_reference)
+            flagged += bool(reasons)
+        f = figures(np.array(got), np.array(ref))
+        print(line(f"learned, zoomed out to {zoom} (CV)", f, len(ref)) + f"  out of domain {flagged}")
 
 
 def design_ctr(seed: int) -> float:
