@@ -541,7 +541,7 @@ def main(argv: list[str] | None = None) -> int:
         bench_unet_phantoms(args.unet_weights)
         if args.skip_classical:
             return 0
-    overlay_dir = args.overlays if str(args.overlays) else None
+    overlay_dir = args.overlays if str(args.overlays) not in ("", ".") else None  # Path("") reads as "."
     if overlay_dir is not None:
         overlay_dir.mkdir(parents=True, exist_ok=True)
     bench_real(args.data, overlay_dir, args.verbose)
