@@ -17,7 +17,7 @@ def train(
         str,
         typer.Argument(
             help="fundus (disc/cup UNet), cxr (heart/lung UNet), nodules (malignancy CNN) or nodule_segmentation"
-            " (3D nodule UNet)."
+            " (3D nodule UNet) or lv (2D LV cavity UNet, leave-one-patient-out)."
         ),
     ],
     data: Annotated[

@@ -13,6 +13,7 @@ TRAINING_SETS: dict[str, str] = {
     "cxr": "cxr_wingspan",
     "nodules": "ct_lidc_nodules",
     "nodule_segmentation": "ct_lidc_nodules",
+    "lv": "cine_sunnybrook_slices",
 }
 """Training task (a module of this package) -> the data set folder it trains on."""
 
