@@ -213,12 +213,13 @@ def learned_cv(data_dir: Path, states: Path, rows: list[dict[str, str]]) -> list
 
 
 def domain_limits(stats: list[dict[str, float]]) -> dict[str, tuple[float, float]]:
-    """Each statistic's 0.5th-99.5th percentile range over held-out crops, widened by a tenth of it."""
+    """Each statistic's 0.5th-99.5th percentile range over held-out crops, widened by a tenth of it (by at
+    least 0.01)."""
     out = {}
     for k in stats[0]:
         v = np.array([s[k] for s in stats])
         lo, hi = np.percentile(v, [0.5, 99.5])
-        pad = 0.1 * (hi - lo)
+        pad = max(0.1 * (hi - lo), 0.01)
         out[k] = (round(float(lo - pad), 3), round(float(hi + pad), 3))
     return out
 

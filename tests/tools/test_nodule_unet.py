@@ -22,6 +22,7 @@ from dxgraph.errors import ToolError
 from dxgraph.imaging import read_image
 from dxgraph.phantoms import nodule_phantom, write_nodule_case
 from dxgraph.tools import (
+    OUT_OF_DOMAIN_FLAG,
     ToolContext,
     average_diameter_mm,
     default_tools,
@@ -84,17 +85,19 @@ def test_shipped_weights_verify_and_load():
     m = entry.metrics
     assert m["folds"] == 5 and m["crops"] == 496
     # the cross-validated figures (held-out patients), as recorded by the training run
-    # (recorded 0.784 within 1.5 mm, 0.841 size category, Dice 0.813: the goal of 0.90 is not reached)
+    # (recorded 0.784 within 1.5 mm, 0.853 size category, Dice 0.814, bias -0.82 mm, SD 2.25 mm: the goal
+    # of 0.85 within 1.5 mm is not reached)
     assert m["cv_within_1_5mm_ratio"] >= 0.75 and m["cv_size_category_ratio"] >= 0.8
-    assert m["cv_dice_mean"] >= 0.78
+    assert m["cv_dice_mean"] >= 0.78 and m["cv_sd_mm"] > 0
     net, meta, loaded = load_model_file(cu.WEIGHTS_PATH, device="cpu")
     assert loaded.sha256 == entry.sha256 and not net.training
     assert tuple(meta["grid_shape"]) == cu.GRID_SHAPE
 
 
 @pytest.fixture(scope="module")
-def lidc_subset():
-    """Every 8th crop (62) through the tool's own pre/post-processing with the shipped network, in a batch."""
+def lidc_run():
+    """Every 8th crop (62) through the tool's own pre/post-processing with the shipped network, in a batch:
+    (crops as (hu, mask, reference, spacing), the input-domain statistics of each)."""
     net, _, _ = load_model_file(cu.WEIGHTS_PATH, device="cpu")
     crops = []
     for row in rows_of(NODULES, every=8):
@@ -104,11 +107,17 @@ def lidc_subset():
         crops.append((hu, ref, img.spacing_mm, cu.crop_window(hu.shape, img.spacing_mm)))
     x = np.stack([cu.preprocess_window(hu, sp, w) for hu, _, sp, w in crops])
     with torch.inference_mode():
-        prob = cu.window_probability(net, x)
-    return [
-        (hu, cu.mask_from_probability(p, hu.shape, sp, w), ref, sp)
-        for (hu, ref, sp, w), p in zip(crops, prob, strict=True)
+        passes = cu.window_passes(net, x)
+    cases = [
+        (hu, cu.mask_from_probability(ps.mean(axis=0), hu.shape, sp, w), ref, sp)
+        for (hu, ref, sp, w), ps in zip(crops, passes, strict=True)
     ]
+    return cases, [cu.domain_stats(xi, ps) for xi, ps in zip(x, passes, strict=True)]
+
+
+@pytest.fixture(scope="module")
+def lidc_subset(lidc_run):
+    return lidc_run[0]
 
 
 @needs_lidc
@@ -172,6 +181,76 @@ def test_phantoms_diameter_type_and_count(phantom_runs):
     # the classical tool's phantom tolerance (1.0 mm + 5 %), on all five
     assert np.all(errors_mm <= 1.0 + 0.05 * truths_mm)
     assert float(np.mean(errors_mm)) <= PHANTOM_MEAN_ERROR_MM
+
+
+PART_SOLID_SEED, PART_SOLID_DESIGN = 13, {"diameter_mm": 12.0, "nodule_type": "part_solid"}
+"""The demo's part-solid phantom, 12.4 mm on its rendered mask."""
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the shipped weights draw the solid core only (8.2 mm); the augmented recipe (--augment) reads "
+    "11.2 mm but measured 0.731 within 1.5 mm on four LIDC CV folds against 0.765, so it is not shipped; "
+    "the classical default reads 12.55 mm",
+)
+def test_part_solid_phantom_keeps_its_ground_glass_rim():
+    ph = nodule_phantom(PART_SOLID_SEED, **PART_SOLID_DESIGN)
+    out, _ = run_tool(ph.hu, ph.spacing_mm)
+    print(f"part-solid phantom {ph.diameter_mm:.2f} mm: UNet {out.diameter_mm:.2f} mm {out.nodule_type}")
+    assert abs(out.diameter_mm - ph.diameter_mm) <= 1.5
+    assert out.nodule_type == "part_solid"
+
+
+def test_declared_error_model_is_the_recorded_cross_validation():
+    spec = default_tools().get("segment_lung_nodules_unet")
+    declared = spec.error_model("diameter_mm")
+    m = verify_weights(cu.WEIGHTS_PATH).metrics
+    assert declared is not None and declared.n == int(m["crops"]) == 496
+    assert (declared.bias, declared.sd) == (round(m["cv_bias_mm"], 2), round(m["cv_sd_mm"], 2))
+    assert "5-fold" in declared.source and "LIDC-IDRI" in declared.source
+    assert spec.method == "learned" and spec.domain_check
+
+
+def test_domain_statistics_of_sharp_and_doubtful_outputs():
+    x = np.full((1, *cu.GRID_SHAPE), (-850.0 - cu.HU_MIN) / (cu.HU_MAX - cu.HU_MIN), np.float32)
+    zz, yy, xx = np.meshgrid(*(np.arange(n) - (n - 1) / 2 for n in cu.GRID_SHAPE), indexing="ij")
+    ball = ((zz / 4) ** 2 + (yy / 10) ** 2 + (xx / 10) ** 2 <= 1).astype(np.float32)
+    sharp = cu.domain_stats(x, np.stack([ball] * 4))  # a sharp edge is never out of domain
+    assert sharp["ambiguous_fraction"] == 0 and sharp["flip_agreement"] == 1 and sharp["edge_fraction"] == 0
+    assert sharp["lung_hu"] == pytest.approx(-850.0, abs=0.5)
+    assert cu.domain_check(sharp) == ()
+    shifted = np.stack([np.roll(ball, 4 * k, axis=2) for k in range(4)]) * 0.7
+    doubtful = cu.domain_stats(x, shifted)
+    assert doubtful["flip_agreement"] < 0.8 and doubtful["ambiguous_fraction"] > 1
+    assert {"ambiguous_fraction", "flip_agreement"} <= set(cu.domain_check(doubtful))
+
+
+def _crop(hu: np.ndarray, centre, width_mm: float, spacing) -> np.ndarray:
+    half = [round(width_mm / 2 / s) for s in spacing[1:]]
+    y, x = (round(float(c)) for c in centre[1:])
+    return hu[:, max(0, y - half[0]) : y + half[0], max(0, x - half[1]) : x + half[1]]
+
+
+def test_out_of_domain_inputs_are_flagged():
+    # nodule-centred crops of phantoms, which the UNet reads in the network's own LIDC-like window
+    ph = nodule_phantom(401, diameter_mm=8.0, nodule_type="solid")
+    crop = _crop(ph.hu, np.argwhere(ph.nodule_masks[0]).mean(axis=0), 40.0, ph.spacing_mm).astype(np.float32)
+    out, _ = run_tool(crop, ph.spacing_mm)
+    assert OUT_OF_DOMAIN_FLAG not in out.quality_flags, out.quality_flags
+    # a hazy lung (every HU raised by 250: lung at about -600 HU, as after a wrong rescale intercept)
+    out, _ = run_tool(crop + 250.0, ph.spacing_mm)
+    assert OUT_OF_DOMAIN_FLAG in out.quality_flags and "out_of_domain_lung_hu" in out.quality_flags
+    # a 30 mm mass in a 20 mm crop (LIDC windows are 1.35-6.7 times their nodule, 1st-99th percentile)
+    big = nodule_phantom(7, diameter_mm=30.0, nodule_type="solid")
+    crop = _crop(big.hu, np.argwhere(big.nodule_masks[0]).mean(axis=0), 20.0, big.spacing_mm)
+    out, _ = run_tool(crop.astype(np.float32), big.spacing_mm)
+    assert OUT_OF_DOMAIN_FLAG in out.quality_flags, out.quality_flags
+
+
+@needs_lidc
+def test_lidc_subset_is_in_domain(lidc_run):
+    flagged = [cu.domain_check(stats) for stats in lidc_run[1]]
+    assert np.mean([bool(f) for f in flagged]) <= 0.05  # measured XX
 
 
 def test_tool_error_on_a_volume_without_lung():
