@@ -13,7 +13,7 @@ opinion), the measurements are reconciled:
   ``methods_disagree_decisive`` makes the indicator not assessable.
 
 The originals stay in the evidence (an auditor sees every value), each pointing to the value that
-replaced it (``superseded_by``); the combined value comes first.
+replaced it (``superseded_by``); the value the decision reads comes first.
 """
 
 from __future__ import annotations
@@ -90,16 +90,18 @@ def reconcile(evidence: Sequence[Evidence], criteria: Sequence[LoadedCriteria]) 
                 flags = (*combined.quality_flags, DECISIVE_DISAGREEMENT_FLAG)
                 decided[key] = combined.model_copy(update={"quality_flags": flags})
     out: list[Evidence] = []
-    emitted: set[str] = set()
-    for e in evidence:
-        key = (e.criteria_id, e.indicator)
+    for key in dict.fromkeys((e.criteria_id, e.indicator) for e in evidence):
         main = decided.get(key)
-        if main is not None and main.evidence_id not in emitted and main.combined_from:
-            out.append(main)
-            emitted.add(main.evidence_id)
-        if e.combined_from:
-            continue  # a combination from an earlier round: made again from its parts
-        out.append(e.model_copy(update={"superseded_by": replaced.get(e.evidence_id)}))
+        if main is not None:
+            out.append(main)  # the value the decision reads comes first
+        for e in evidence:
+            if (
+                (e.criteria_id, e.indicator) != key
+                or e.combined_from
+                or (main is not None and e.evidence_id == main.evidence_id)
+            ):
+                continue  # a combination from an earlier round is made again from its parts
+            out.append(e.model_copy(update={"superseded_by": replaced.get(e.evidence_id)}))
     return out
 
 

@@ -1,136 +1,212 @@
-"""The adaptive graph against the fixed one, side by side on a real set: accuracy, calibration and cost.
+"""The adaptive graph against the fixed one on a real set, side by side: accuracy, calibration and cost.
 
-usage: python bench/adaptive_graph.py [--task glaucoma|cardiomegaly] [--n 50] [--workers 1]
-                                      [--prefer-tool TOOL] [--data DATA=../shared/data] [--out FOLDER]
+usage: python bench/adaptive_graph.py [--task glaucoma|cardiomegaly] [--n 50] [--prefer-tool TOOL ...]
+                                      [--unet-folds DIR] [--data DATA=../shared/data] [--plot FILE.png]
 
-Runs the same cases of the shared development set twice through ``run_cohort`` in one process: once with
-the fixed graph (``review_rounds=0``: one tool per indicator, no fallback, no second opinion) and once with
-the adaptive graph (the default, ``review_rounds=2``). Prints for each: the indicator's MAE and bias against
-the experts', label accuracy, AUROC, ECE, abstentions, wall time and tool calls, then the cost ratio and
-how many cases took a review round, by reason.
+Runs the same cases of a shared development set through ``diagnose`` in this process, once with the fixed
+graph (``review_rounds=0``: one tool per indicator, no fallback, no second opinion) and once with the
+adaptive graph (the default, ``review_rounds=2``), for each tool preference given (``--prefer-tool`` may
+be repeated as ``A,B`` for an order; default: the built-in preferences). For each it prints the decisive
+indicator value's MAE and bias against the experts', the AUROC of that value for the true label, label
+accuracy, ECE of the confidence over decided cases (10 bins), abstentions, wall time and tool calls; then
+the adaptive/fixed cost ratio and how many cases took a review round, by reason.
 
-The glaucoma set is Drishti-GS1 (vCDR, the experts' mean; label glaucoma/normal); cardiomegaly is the
-Wingspan set's cases with a reference CTR (label: CTR > 0.5). Learned tools trained on these very images
-(the packaged fundus and CXR UNets were) are measured in-sample here: their cross-validated figures are
-in their weights' lock entries.
+Glaucoma is Drishti-GS1 (vCDR against the experts' mean; glaucoma/normal); cardiomegaly is Wingspan's
+cases with a reference CTR (label: CTR > 0.5). The packaged fundus UNet was trained on all 50 Drishti
+photographs, so on Drishti its readings are in-sample. ``--unet-folds DIR`` (a folder with ``folds.json``,
+fold -> test image names, and ``fold<k>.pt``, as ``bench/train_fundus_unet.py --cv-only --folds-dir``
+writes) makes every case read by the weights of the fold that held it out: cross-validated figures.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import json
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
+import dxgraph
 from dxgraph.agent import RunOptions
-from dxgraph.agent.cohort import run_cohort
-from dxgraph.traces import PlanRevised, TraceStore
+from dxgraph.traces import PlanRevised, ToolCalled, TraceStore
 
 SETS = {
-    "glaucoma": ("fundus_drishti", "fundus", "vcdr", "vcdr_mean"),
-    "cardiomegaly": ("cxr_wingspan", "cxr", "ctr", "ctr_reference"),
+    "glaucoma": ("fundus_drishti", "fundus", "vcdr", "vcdr_mean", "glaucoma_suspect"),
+    "cardiomegaly": ("cxr_wingspan", "cxr", "ctr", "ctr_reference", "cardiomegaly"),
 }
-"""Task -> (shared data folder, modality, indicator id, reference column)."""
+"""Task -> (shared data folder, modality, indicator id, reference column, positive label)."""
 
 
-def manifest_rows(data: Path, task: str, n: int) -> list[dict[str, str]]:
-    """The first ``n`` cases of the task's set with a reference value, as manifest rows."""
-    folder, modality, indicator, column = SETS[task]
-    rows = [r for r in csv.DictReader((data / folder / "cases.csv").open()) if r.get(column)]
-    out = []
-    for r in rows[:n]:
-        label = r["label"] if task == "glaucoma" else ("1" if float(r[column]) > 0.5 else "0")
-        out.append(
-            {
-                "case_id": Path(r["image"]).stem,
-                "image": r["image"],
-                "modality": modality,
-                "label": label,
-                f"truth.{indicator}": r[column],
-            }
-        )
-    return out
+@dataclass
+class Tally:
+    """What one configuration gave over the cases."""
+
+    values: list[tuple[float, float, bool]] = field(default_factory=list)
+    """(decisive value, reference, truly positive) for every case with a value."""
+    decided: list[tuple[float, bool]] = field(default_factory=list)
+    """(confidence, label right) for every case that did not abstain."""
+    abstained: int = 0
+    """Cases that abstained."""
+    wall_s: float = 0.0
+    """Total wall time of the diagnoses."""
+    tool_calls: int = 0
+    """Total tool calls."""
+    reasons: Counter[str] = field(default_factory=Counter)
+    """Review revisions by round and reason."""
+    revised_cases: int = 0
+    """Cases with at least one review round."""
+
+
+def cases(data: Path, task: str, n: int) -> list[dict[str, str]]:
+    """The first ``n`` rows of the task's set that have a reference value."""
+    folder, _, _, column, _ = SETS[task]
+    return [r for r in csv.DictReader((data / folder / "cases.csv").open()) if r.get(column)][:n]
+
+
+def truly_positive(task: str, row: dict[str, str]) -> bool:
+    """The row's true label as positive / negative."""
+    return row["label"] == "glaucoma" if task == "glaucoma" else float(row["ctr_reference"]) > 0.5
+
+
+@contextmanager
+def fold_weights(folds: Path | None, image: str) -> Iterator[None]:
+    """Within the block, the fundus UNet reads ``image`` with the weights of the fold that held it out."""
+    if folds is None:
+        yield
+        return
+    from dxgraph.tools import fundus_unet, load_packaged_model, record_weights
+
+    names = json.loads((folds / "folds.json").read_text())
+    fold = next(k for k, v in names.items() if Path(image).name in v)
+    weights = folds / f"{fold}.pt"
+    lock = folds / "folds.lock.json"
+    if not lock.exists() or weights.name not in lock.read_text():
+        record_weights(weights, licence="bench fold weights", source="cross-validation fold", lock_path=lock)
+    original = fundus_unet.load_packaged_model
+    fundus_unet.load_packaged_model = lambda _path, device, **_: load_packaged_model(
+        weights, device, lock_path=lock
+    )  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        fundus_unet.load_packaged_model = original  # type: ignore[assignment]
 
 
 def run(
-    task: str, rows: list[dict[str, str]], root: Path, rounds: int, workers: int, prefer: tuple[str, ...]
-):
-    """One cohort with ``rounds`` review rounds: (result, wall seconds, revision reasons by case)."""
+    task: str,
+    rows: list[dict[str, str]],
+    data: Path,
+    prefer: tuple[str, ...],
+    rounds: int,
+    folds: Path | None,
+) -> Tally:
+    """Diagnose every row with these preferences and review rounds."""
+    folder, modality, indicator, column, _ = SETS[task]
     db = str(Path(tempfile.mkdtemp(prefix="dxgraph-adaptive-")) / "traces.db")
-    options = RunOptions(review_rounds=rounds, prefer_tools=prefer)
-    t0 = time.perf_counter()
-    result = run_cohort(
-        rows, task=task, workers=workers, db=db, image_root=root, options=options, progress=True
+    options = RunOptions(prefer_tools=prefer, review_rounds=rounds)
+    tally = Tally()
+    for row in rows:
+        with fold_weights(folds, row["image"]):
+            t0 = time.perf_counter()
+            r = dxgraph.diagnose(task, data / folder / row["image"], options, db=db, modality=modality)
+            tally.wall_s += time.perf_counter() - t0
+        positive = truly_positive(task, row)
+        ev = next((e for e in r.evidence if e.indicator == indicator and e.superseded_by is None), None)
+        if ev is not None and isinstance(ev.value, float):
+            tally.values.append((ev.value, float(row[column]), positive))
+        if r.diagnosis.abstained:
+            tally.abstained += 1
+        else:
+            right = (r.diagnosis.label == SETS[task][4]) == positive
+            tally.decided.append((r.diagnosis.confidence, right))
+        events = TraceStore(db).events(r.run_id)
+        tally.tool_calls += sum(isinstance(e, ToolCalled) for e in events)
+        revised = [e for e in events if isinstance(e, PlanRevised)]
+        tally.revised_cases += bool(revised)
+        tally.reasons.update(f"round {e.round} {x.reason}" for e in revised for x in e.revisions)
+    return tally
+
+
+def auroc(values: list[tuple[float, float, bool]]) -> float | None:
+    """Area under the ROC curve of the value for the true label (ties count half)."""
+    pos = [v for v, _, p in values if p]
+    neg = [v for v, _, p in values if not p]
+    if not pos or not neg:
+        return None
+    wins = sum((a > b) + 0.5 * (a == b) for a in pos for b in neg)
+    return wins / (len(pos) * len(neg))
+
+
+def ece(decided: list[tuple[float, bool]], bins: int = 10) -> float | None:
+    """Expected calibration error of the confidence of decided cases (equal-width bins, by count)."""
+    if not decided:
+        return None
+    conf = np.array([c for c, _ in decided])
+    right = np.array([r for _, r in decided], dtype=float)
+    idx = np.minimum((conf * bins).astype(int), bins - 1)
+    return float(
+        sum(
+            abs(right[idx == b].mean() - conf[idx == b].mean()) * (idx == b).sum()
+            for b in range(bins)
+            if (idx == b).any()
+        )
+        / len(conf)
     )
-    wall_s = time.perf_counter() - t0
-    store = TraceStore(db)
-    reasons: dict[str, list[str]] = {}
-    for o in result.outcomes:
-        if o.run_id is None:
-            continue
-        revised = [e for e in store.events(o.run_id) if isinstance(e, PlanRevised)]
-        if revised:
-            reasons[o.case_id] = [f"round {e.round}: {r.reason}" for e in revised for r in e.revisions]
-    return result, wall_s, reasons
 
 
-def describe(name: str, result, wall_s: float, indicator: str) -> list[str]:  # type: ignore[no-untyped-def]
-    """The lines printed for one cohort."""
-    m = result.metrics
-    agree = m.agreement.get(indicator)
-    measured = (
-        f"{indicator} MAE {agree.mean_absolute_error:.4f}, bias {agree.bias:+.4f} (n={agree.n})"
-        if agree
-        else f"{indicator}: no values"
+def describe(name: str, t: Tally, n: int) -> str:
+    """One printed line for a configuration."""
+    err = np.array([v - ref for v, ref, _ in t.values])
+    mae = f"MAE {np.abs(err).mean():.4f}, bias {err.mean():+.4f} (n={len(err)})" if len(err) else "no values"
+    acc = np.mean([r for _, r in t.decided]) if t.decided else float("nan")
+    au, e = auroc(t.values), ece(t.decided)
+    return (
+        f"{name}: {mae}; AUROC {au if au is None else round(au, 3)}, accuracy {acc:.3f}, ECE "
+        f"{e if e is None else round(e, 3)}, abstained {t.abstained}/{n}; {t.wall_s:.1f} s, {t.tool_calls} tool calls"
     )
-
-    def f(v: float | None) -> str:
-        return "-" if v is None else f"{v:.3f}"
-
-    return [
-        f"{name}: {measured}; accuracy {f(m.accuracy)}, AUROC {f(m.auroc)}, ECE {f(m.ece)}, "
-        f"abstained {m.n_abstained}/{m.n_completed}; wall {wall_s:.1f} s, {m.cost.tool_calls} tool calls, "
-        f"tool time {m.cost.tool_s:.1f} s"
-    ]
 
 
 def main() -> None:
-    """Parse arguments, run both graphs, print the comparison."""
+    """Parse arguments, run fixed and adaptive graphs for each preference, print the comparison."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--task", choices=sorted(SETS), default="glaucoma")
     ap.add_argument("--n", type=int, default=50)
-    ap.add_argument("--workers", type=int, default=1)
-    ap.add_argument("--prefer-tool", action="append", default=[])
+    ap.add_argument(
+        "--prefer-tool",
+        action="append",
+        default=[],
+        help="a tool, or A,B for an order; repeatable: one row each",
+    )
+    ap.add_argument("--unet-folds", type=Path, default=None)
     ap.add_argument(
         "--data", type=Path, default=Path(__file__).resolve().parents[1].parent / "shared" / "data"
     )
     args = ap.parse_args()
-    folder, _, indicator, _ = SETS[args.task]
-    root = args.data / folder
-    rows = manifest_rows(args.data, args.task, args.n)
-    prefer = tuple(args.prefer_tool)
-    fixed, fixed_s, _ = run(args.task, rows, root, 0, args.workers, prefer)
-    adaptive, adaptive_s, reasons = run(args.task, rows, root, 2, args.workers, prefer)
-    print(
-        f"{args.task} on {len(rows)} cases of {folder}"
-        + (f", preferring {', '.join(prefer)}" if prefer else "")
-    )
-    for line in describe("fixed graph   ", fixed, fixed_s, indicator) + describe(
-        "adaptive graph", adaptive, adaptive_s, indicator
-    ):
-        print(line)
-    print(
-        f"cost ratio adaptive/fixed: wall {adaptive_s / fixed_s:.2f}x, tool time "
-        f"{adaptive.metrics.cost.tool_s / max(fixed.metrics.cost.tool_s, 1e-9):.2f}x, tool calls "
-        f"{adaptive.metrics.cost.tool_calls / max(fixed.metrics.cost.tool_calls, 1):.2f}x"
-    )
-    counts = Counter(r for rs in reasons.values() for r in rs)
-    print(
-        f"cases with a review round: {len(reasons)}/{len(rows)}; "
-        + ", ".join(f"{k}: {v}" for k, v in sorted(counts.items()))
-    )
+    rows = cases(args.data, args.task, args.n)
+    folds = " with the fundus UNet cross-validated" if args.unet_folds else ""
+    print(f"{args.task} on {len(rows)} cases of {SETS[args.task][0]}{folds}")
+    for pref in args.prefer_tool or [""]:
+        prefer = tuple(p for p in pref.split(",") if p)
+        run(args.task, rows[:1], args.data, prefer, 2, args.unet_folds)  # warm-up: imports and model loads
+        fixed = run(args.task, rows, args.data, prefer, 0, args.unet_folds)
+        adaptive = run(args.task, rows, args.data, prefer, 2, args.unet_folds)
+        label = ", ".join(prefer) or "built-in preferences"
+        print(f"-- preferring {label}")
+        print("  " + describe("fixed graph   ", fixed, len(rows)))
+        print("  " + describe("adaptive graph", adaptive, len(rows)))
+        print(
+            f"  cost adaptive/fixed: wall {adaptive.wall_s / fixed.wall_s:.2f}x, tool calls "
+            f"{adaptive.tool_calls / max(fixed.tool_calls, 1):.2f}x; cases with a review round "
+            f"{adaptive.revised_cases}/{len(rows)}: "
+            + ", ".join(f"{k} {v}" for k, v in sorted(adaptive.reasons.items()))
+        )
 
 
 if __name__ == "__main__":

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
+from dxgraph.agent import RunOptions
 from dxgraph.agent.cohort import CaseOutcome, TaskLabels, compute_metrics, run_cohort
 from dxgraph.core import GRADES, QualityProblem
 from dxgraph.errors import UserError
@@ -142,7 +142,6 @@ def run_degradation_study(
     if task not in STUDY_TASKS:
         raise UserError(f"no degradation study for {task!r}; choose one of {', '.join(STUDY_TASKS)}")
     write, indicator = STUDY_TASKS[task]
-    options: dict[str, Any] = {"prefer_tools": tuple(prefer_tools)} if prefer_tools else {}
     folder = Path(folder)
     manifest = write(folder, n, seed=seed, conditions=conditions)
     result = run_cohort(
@@ -151,7 +150,7 @@ def run_degradation_study(
         workers=workers,
         db=db or f"sqlite:///{folder / 'runs.db'}",
         progress=progress,
-        **options,
+        options=RunOptions(prefer_tools=tuple(prefer_tools)),
     )
     labels = result.info.labels
     by_case = {o.case_id: o for o in result.outcomes}

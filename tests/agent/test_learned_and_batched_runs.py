@@ -34,12 +34,13 @@ def tool_calls(db, run_id):
 
 
 def test_default_plan_uses_the_classical_segmenter_and_a_preference_switches_it(phantom_paths, db):
-    classical = diagnose("glaucoma", phantom_paths[0], db=db, options=RunOptions(device="cpu"))
+    fixed = RunOptions(device="cpu", review_rounds=0)  # one tool per indicator: which one the plan chose
+    classical = diagnose("glaucoma", phantom_paths[0], db=db, options=fixed)
     _, calls = tool_calls(db, classical.run_id)
     assert "segment_optic_disc_cup" in calls and UNET not in calls
 
     learned = diagnose(
-        "glaucoma", phantom_paths[0], db=db, options=RunOptions(device="cpu", prefer_tools=[UNET])
+        "glaucoma", phantom_paths[0], db=db, options=fixed.model_copy(update={"prefer_tools": (UNET,)})
     )
     events, calls = tool_calls(db, learned.run_id)
     assert UNET in calls and "segment_optic_disc_cup" not in calls

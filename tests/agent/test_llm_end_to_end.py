@@ -168,7 +168,15 @@ def test_cli_with_a_scripted_server_prints_the_flag_and_keeps_the_key_out_of_the
 
         path = write_rgb(tmp_path / "p.png", fundus_phantom(0.4, seed=5).rgb)
         env = {**os.environ, "DXGRAPH_API_KEY": secret, "DXGRAPH_DB": db, "DXGRAPH_NO_PLUGINS": "1"}
-        proc = _cli("-i", str(path), "--modality", "fundus", "--base-url", server.url, "--json", env=env)
+        classical = (
+            "--prefer-tool",
+            "segment_optic_disc_cup",
+            "--review-rounds",
+            "0",
+        )  # phantoms: not the UNet's domain
+        proc = _cli(
+            "-i", str(path), "--modality", "fundus", *classical, "--base-url", server.url, "--json", env=env
+        )
         assert proc.returncode == 0, proc.stderr
         auth = {r.headers.get("authorization") for r in server.chat_requests}
     out = json.loads(proc.stdout)

@@ -52,7 +52,7 @@ def _registry(classical=None, learned=None, third=None) -> ToolRegistry:
     return reg
 
 
-def _run(tmp_path, db, reg, prefer=(), rounds=2):
+def _run(tmp_path, db, reg, prefer=(CLASSICAL,), rounds=2):
     path = write_rgb(tmp_path / "f.png", fundus_like())
     options = RunOptions(prefer_tools=prefer, review_rounds=rounds)
     return dxgraph.diagnose("glaucoma", path, options, db=db, modality="fundus", registry=reg)
@@ -194,7 +194,7 @@ def _by_purpose(revise):
 
 def _llm_run(tmp_path, db, reg, chat):
     path = write_rgb(tmp_path / "f.png", fundus_like())
-    options = RunOptions(planner="llm", aggregator="rules")
+    options = RunOptions(planner="llm", aggregator="rules", prefer_tools=(CLASSICAL,))
     return dxgraph.diagnose(
         "glaucoma", path, options, db=db, modality="fundus", registry=reg, language_model=chat
     )

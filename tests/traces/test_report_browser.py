@@ -29,7 +29,10 @@ def phantom_report(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Trac
 
     folder = tmp_path_factory.mktemp("report")
     image = write_rgb(folder / "fundus.png", fundus_phantom(0.5, seed=3).rgb)
-    result = dxgraph.diagnose("glaucoma", image, db=str(folder / "traces.db"), modality="fundus")
+    fixed = dxgraph.RunOptions(
+        review_rounds=0
+    )  # the plan as planned: three steps (review rounds: test_review)
+    result = dxgraph.diagnose("glaucoma", image, fixed, db=str(folder / "traces.db"), modality="fundus")
     store = TraceStore(str(folder / "traces.db"), create=False)
     path = folder / "report.html"
     path.write_text(render_report(store, result.run_id), encoding="utf-8")

@@ -46,7 +46,8 @@ def test_phantom_cohort_metrics_equal_those_computed_from_the_stored_diagnoses(
     phantom_cohort: Path, tmp_path: Path
 ) -> None:
     db = str(tmp_path / "t.db")
-    result = run_cohort(phantom_cohort, task="glaucoma", workers=2, db=db)
+    classical = RunOptions(review_rounds=0)  # the classical segmenter alone (no learned second opinion)
+    result = run_cohort(phantom_cohort, task="glaucoma", workers=2, db=db, options=classical)
     assert (result.ran, result.skipped, len(result.outcomes)) == (50, 0, 50)
     assert all(o.status == "completed" for o in result.outcomes)
 
@@ -220,17 +221,25 @@ def test_ray_executor_gives_the_same_diagnoses_as_local(phantom_cohort: Path, tm
 
     manifest = head_manifest(phantom_cohort, 6, "first6.csv")
     db = str(tmp_path / "t.db")
+    classical = RunOptions(prefer_tools=("segment_optic_disc_cup",), review_rounds=0)
     local = run_cohort(
-        manifest, task="glaucoma", db=db, cohort_id="local", executor=LocalExecutor(2, "threads")
+        manifest,
+        task="glaucoma",
+        db=db,
+        cohort_id="local",
+        executor=LocalExecutor(2, "threads"),
+        options=classical,
     )
-    ray = run_cohort(manifest, task="glaucoma", db=db, cohort_id="ray", executor="ray", workers=2)
+    ray = run_cohort(
+        manifest, task="glaucoma", db=db, cohort_id="ray", executor="ray", workers=2, options=classical
+    )
     assert ray.ran == 6 and all(o.status == "completed" for o in ray.outcomes)
     assert _same_diagnoses(list(ray.outcomes), list(local.outcomes))
     assert len({o.worker for o in ray.outcomes}) == 2  # two actors shared the cases
     assert ray.metrics.accuracy == local.metrics.accuracy
 
     # the network segmenter through the tool-server actor (the GPU's place; on the CPU here)
-    unet = {"options": RunOptions(prefer_tools=("segment_optic_disc_cup_unet",))}
+    unet = {"options": RunOptions(prefer_tools=("segment_optic_disc_cup_unet",), review_rounds=0)}
     local_unet = run_cohort(
         manifest, task="glaucoma", db=db, cohort_id="local-unet", executor=LocalExecutor(2, "threads"), **unet
     )

@@ -13,7 +13,10 @@ N = 6
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
-    return run_degradation_study(tmp_path_factory.mktemp("degradation"), N, seed=3, workers=2)
+    # the classical segmenter, whose image-quality grading the study calibrates (the UNet flags phantoms)
+    return run_degradation_study(
+        tmp_path_factory.mktemp("degradation"), N, seed=3, workers=2, prefer_tools=("segment_optic_disc_cup",)
+    )
 
 
 @pytest.mark.slow
