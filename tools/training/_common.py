@@ -1,4 +1,4 @@
-"""Shared pieces of training: seeding, folds, a segmentation loop, Dice, progress."""
+"""Shared pieces of training: seeding, folds, a segmentation loop, training jobs, Dice, the command line."""
 
 from __future__ import annotations
 
@@ -8,17 +8,20 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
 from dxgraph.errors import UserError
+from dxgraph.tools._nets import build_network
 
 if TYPE_CHECKING:
     import torch
 
 Progress = Callable[[str], None]
 """Receives one line of progress."""
+Batch = tuple["torch.Tensor", "torch.Tensor"]
+"""Inputs and targets of one optimisation step."""
 
 
 def seed_everything(seed: int, threads: int | None = None) -> None:
@@ -32,6 +35,48 @@ def seed_everything(seed: int, threads: int | None = None) -> None:
         torch.set_num_threads(threads)
 
 
+def seeded_network(arch: dict[str, Any], seed: int) -> torch.nn.Module:
+    """A fresh network of ``arch``, initialised after ``seed_everything(seed, threads=1)``."""
+    seed_everything(seed, threads=1)
+    return build_network(arch)
+
+
+def cpu_state(net: torch.nn.Module) -> dict[str, Any]:
+    """The network's state dict, detached and on the CPU (to return from a worker process or save)."""
+    return {k: v.detach().cpu() for k, v in net.state_dict().items()}
+
+
+def net_from_state(arch: dict[str, Any], state: dict[str, Any]) -> torch.nn.Module:
+    """A network of ``arch`` holding the trained ``state``, in eval mode."""
+    net = build_network(arch)
+    net.load_state_dict(state)
+    return net.eval()
+
+
+def save_state(states_dir: Path, name: str, state: Any) -> None:
+    """Save a trained state (a state dict, or (arch, state dict)) as ``<states_dir>/<name>.pt``."""
+    import torch
+
+    Path(states_dir).mkdir(parents=True, exist_ok=True)
+    torch.save(state, Path(states_dir) / f"{name}.pt")
+
+
+def lock_beside(weights_path: Path) -> Path:
+    """The lock file beside a weights file: ``weights.lock.json`` in its folder."""
+    return Path(weights_path).parent / "weights.lock.json"
+
+
+def report_saved(out_path: Path, started_s: float, progress: Progress, *, in_minutes: bool = False) -> float:
+    """Report the weights file's size and the seconds since ``started_s`` (perf_counter); return those."""
+    wall_s = time.perf_counter() - started_s
+    size_bytes = Path(out_path).stat().st_size
+    if in_minutes:
+        progress(f"saved {out_path} ({size_bytes / 1e6:.2f} MB) in {wall_s / 60:.1f} min")
+    else:
+        progress(f"saved {out_path} ({size_bytes} bytes); total {wall_s:.0f} s")
+    return wall_s
+
+
 def kfold(n: int, k: int, seed: int, groups: Sequence[str] | None = None) -> list[np.ndarray]:
     """k disjoint test-index arrays covering range(n); items of one group (patient) share a fold."""
     rng = np.random.default_rng(seed)
@@ -40,6 +85,71 @@ def kfold(n: int, k: int, seed: int, groups: Sequence[str] | None = None) -> lis
     rng.shuffle(unique)
     fold_of = {g: i % k for i, g in enumerate(unique)}
     return [np.array([i for i in range(n) if fold_of[keys[i]] == f]) for f in range(k)]
+
+
+def train_test_splits(
+    n: int, k: int, seed: int, groups: Sequence[str] | None = None
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``kfold``'s folds as ascending (training, test) index arrays; training is the rest of range(n)."""
+    return [(np.setdiff1d(np.arange(n), test), test) for test in kfold(n, k, seed, groups)]
+
+
+Result = TypeVar("Result")
+"""What one training job returns."""
+
+
+def run_jobs(
+    fit_job: Callable[..., Result],
+    jobs: Sequence[tuple[str, tuple[Any, ...]]],
+    workers: int,
+    progress: Progress,
+    *,
+    notes: Sequence[str] | None = None,
+) -> list[Result]:
+    """``fit_job(*args)`` (module-level: the pool pickles it) of each (label, args) job, in order.
+
+    With ``workers`` > 1 in a pool of that many spawned processes, reporting each label as its job ends;
+    otherwise here, reporting each job's line of ``notes`` (when given) before it.
+    """
+    t0 = time.perf_counter()
+    if workers <= 1:
+        out = []
+        for i, (_, args) in enumerate(jobs):
+            if notes is not None:
+                progress(notes[i])
+            out.append(fit_job(*args))
+        return out
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
+        futures = [pool.submit(fit_job, *args) for _, args in jobs]
+        out = []
+        for (label, _), fut in zip(jobs, futures, strict=True):
+            out.append(fut.result())
+            progress(f"{label} trained [{time.perf_counter() - t0:.0f} s]")
+    return out
+
+
+def stacked_batch(pairs: Sequence[tuple[np.ndarray, np.ndarray]]) -> Batch:
+    """One batch of tensors from (input, target) array pairs."""
+    import torch
+
+    inputs = np.stack([a for a, _ in pairs])
+    targets = np.stack([b for _, b in pairs])
+    return torch.from_numpy(inputs), torch.from_numpy(targets)
+
+
+# The image-quality ladder's constants are those of dxgraph.testing.degradations (named in the docstrings),
+# which sits above the tools in the layers; tests/tools/test_cxr_training.py checks they agree.
+LADDER_NOISE_SIGMA_8BIT = (5.0, 10.0, 20.0)
+"""Gaussian noise SD of the image-quality ladder, 8-bit levels, severities 1-3 (``NOISE_SIGMA_8BIT``)."""
+LADDER_BLUR_SIGMA_FRACTION = (0.004, 0.008, 0.016)
+"""Blur sigma of the ladder over the image's short side, severities 1-3 (``BLUR_SIGMA_FRACTION``)."""
+LADDER_CONTRAST_FACTOR = (0.5, 0.25)
+"""Contrast factors of the ladder, severities 1-2 (``CONTRAST_FACTOR``; severe low contrast is refused)."""
+LADDER_JPEG_QUALITY = (30, 12, 4)
+"""JPEG qualities of the ladder, severities 1-3 (``JPEG_QUALITY``)."""
 
 
 def dice(pred: np.ndarray, truth: np.ndarray) -> float:
@@ -77,10 +187,6 @@ def train_segmenter(
 
     loss_fn = DiceCELoss(sigmoid=True)
     return _train(net, x, y, cfg, lambda out, tgt: loss_fn(out, tgt), progress)
-
-
-Batch = tuple["torch.Tensor", "torch.Tensor"]
-"""Inputs and targets of one optimisation step."""
 
 
 def fit_batches(
@@ -184,6 +290,10 @@ def training_data_dir(data: Path | None, data_set: str) -> Path:
     return Path(data)
 
 
+Option = tuple[tuple[str, ...], dict[str, Any]]
+"""A task's own command-line option: flags and ``add_argument`` keywords (``dest`` is a ``train`` keyword)."""
+
+
 def training_main(
     train: Callable[..., Any],
     argv: list[str] | None,
@@ -192,10 +302,11 @@ def training_main(
     data_set: str,
     out: Path,
     epochs: int,
+    options: Sequence[Option] = (),
 ) -> None:
     """The ``python -m dxgraph.tools.training.<task>`` command line shared by the training modules:
-    ``--data`` (default ``$DXGRAPH_SHARED_DATA/<data_set>``), ``--out``, ``--folds``, ``--epochs``,
-    ``--seed``, then ``train(data, out, ...)``."""
+    ``--data`` (default ``$DXGRAPH_SHARED_DATA/<data_set>``), ``--out``, ``--folds``, ``--epochs``, the
+    task's ``options``, ``--seed``, then ``train(data, out, ...)`` with each option's value as a keyword."""
     import argparse
 
     p = argparse.ArgumentParser(description=description)
@@ -208,6 +319,14 @@ def training_main(
     p.add_argument("--out", type=Path, default=out, help="weights file to write")
     p.add_argument("--folds", type=int, default=5)
     p.add_argument("--epochs", type=int, default=epochs)
+    dests = [p.add_argument(*flags, **kwargs).dest for flags, kwargs in options]
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
-    train(training_data_dir(a.data, data_set), a.out, folds=a.folds, seed=a.seed, epochs=a.epochs)
+    train(
+        training_data_dir(a.data, data_set),
+        a.out,
+        folds=a.folds,
+        seed=a.seed,
+        epochs=a.epochs,
+        **{dest: getattr(a, dest) for dest in dests},
+    )

@@ -5,7 +5,6 @@ Run: ``python -m dxgraph.tools.training.cxr --data ../shared/data/cxr_wingspan``
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import time
@@ -21,18 +20,28 @@ from dxgraph.imaging import read_image
 from dxgraph.tools import cxr
 from dxgraph.tools._context import ToolContext, load_artifact, save_artifact, tool_context
 from dxgraph.tools._mask_geometry import cardiothoracic_ratio, column_range
-from dxgraph.tools._nets import build_network, unet_arch
+from dxgraph.tools._nets import unet_arch
 from dxgraph.tools._torch_runtime import clear_model_cache, save_model_file
 from dxgraph.tools._weights import record_weights
 from dxgraph.tools.training._common import (
-    SHARED_DATA_ENV,
+    LADDER_BLUR_SIGMA_FRACTION,
+    LADDER_CONTRAST_FACTOR,
+    LADDER_JPEG_QUALITY,
+    LADDER_NOISE_SIGMA_8BIT,
     LoopConfig,
     Progress,
+    cpu_state,
     dice,
     fit_batches,
-    kfold,
-    seed_everything,
-    training_data_dir,
+    lock_beside,
+    net_from_state,
+    report_saved,
+    run_jobs,
+    save_state,
+    seeded_network,
+    stacked_batch,
+    train_test_splits,
+    training_main,
 )
 
 CHANNELS = (16, 32, 64, 128, 256)
@@ -134,14 +143,6 @@ GAMMA_LOG_RANGE = 0.5
 """Gamma is exp(U(-g, g)) of this g."""
 ILLUMINATION_SLOPE = 0.3
 """Largest relative brightness change across the image of the linear illumination gradient."""
-LADDER_NOISE_SIGMA_8BIT = (5.0, 10.0, 20.0)
-"""Gaussian noise of the image-quality ladder (dxgraph.testing.degradations.NOISE_SIGMA_8BIT), severities 1-3."""
-LADDER_BLUR_SIGMA_FRACTION = (0.004, 0.008, 0.016)
-"""Blur sigma over the short side of the ladder (BLUR_SIGMA_FRACTION), severities 1-3."""
-LADDER_CONTRAST_FACTOR = (0.5, 0.25)
-"""Contrast factors of the ladder (CONTRAST_FACTOR), severities 1-2 (severe low contrast is refused)."""
-LADDER_JPEG_QUALITY = (30, 12, 4)
-"""JPEG qualities of the ladder (JPEG_QUALITY), severities 1-3."""
 
 
 def _smooth_field(shape: tuple[int, int], cells: int, rng: np.random.Generator) -> np.ndarray:
@@ -282,9 +283,8 @@ def fit(
     import torch
     from monai.losses import DiceCELoss
 
-    seed_everything(seed, threads=1)
     arch = unet_arch(spatial_dims=2, in_channels=1, out_channels=len(cxr.STRUCTURES), channels=CHANNELS)
-    net = build_network(arch)
+    net = seeded_network(arch, seed)
     cfg = LoopConfig(epochs=epochs, batch_size=8, lr=2e-3, seed=seed)
     plain_x = np.stack([cxr.preprocess(c.grey) for c in cases])
     plain_y = np.stack([low_res_targets(c.masks) for c in cases])
@@ -292,10 +292,7 @@ def fit(
     def sample(idx: np.ndarray, rng: np.random.Generator) -> tuple[Any, Any]:
         if augment_probs is None:
             return torch.from_numpy(plain_x[idx]), torch.from_numpy(plain_y[idx])
-        pairs = [augmented_sample(cases[i], rng, augment_probs) for i in idx]
-        return torch.from_numpy(np.stack([a for a, _ in pairs])), torch.from_numpy(
-            np.stack([b for _, b in pairs])
-        )
+        return stacked_batch([augmented_sample(cases[i], rng, augment_probs) for i in idx])
 
     loss_fn = DiceCELoss(sigmoid=True)
     return fit_batches(net, len(cases), sample, loss_fn, cfg, progress=progress, tag=tag), arch
@@ -411,43 +408,7 @@ def _fit_job(
         augment_probs,
         lambda s: print(f"  {label} {s}", flush=True),
     )
-    return arch, {k: v.detach().cpu() for k, v in net.state_dict().items()}
-
-
-def _net_from_state(arch: dict[str, Any], state: dict[str, Any]) -> Any:
-    net = build_network(arch)
-    net.load_state_dict(state)
-    return net.eval()
-
-
-def _run_jobs(
-    data_dir: Path,
-    jobs: list[tuple[str, list[int], int]],
-    epochs: int,
-    augment_probs: dict[str, float] | None,
-    workers: int,
-    progress: Progress,
-) -> list[Any]:
-    """Run the training jobs, in a pool of single-thread processes when ``workers`` > 1."""
-    t0 = time.perf_counter()
-    if workers <= 1:
-        out = []
-        for label, idx, job_seed in jobs:
-            progress(f"{label}: training on {len(idx)} images")
-            out.append(_fit_job(data_dir, label, idx, job_seed, epochs, augment_probs))
-        return out
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor
-
-    with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
-        futures = [
-            pool.submit(_fit_job, data_dir, label, idx, s, epochs, augment_probs) for label, idx, s in jobs
-        ]
-        out = []
-        for (label, _, _), fut in zip(jobs, futures, strict=True):
-            out.append(fut.result())
-            progress(f"{label} trained [{time.perf_counter() - t0:.0f} s]")
-    return out
+    return arch, cpu_state(net)
 
 
 def cross_validated_rows(
@@ -469,25 +430,25 @@ def cross_validated_rows(
     progress(
         f"{len(cases)} radiographs, {sum(c.ctr_reference is not None for c in cases)} with a reference CTR"
     )
-    splits = kfold(len(cases), folds, seed)
-    jobs = [
-        (f"fold {f + 1}", sorted(set(range(len(cases))) - set(t.tolist())), seed + f)
-        for f, t in enumerate(splits)
-    ]
+    splits = train_test_splits(len(cases), folds, seed)
+    jobs = [(f"fold {f + 1}", train.tolist(), seed + f) for f, (train, _) in enumerate(splits)]
     if with_final:
         jobs.append(("final", list(range(len(cases))), seed))
     progress(f"{len(jobs)} trainings ({epochs} epochs), {workers} worker process(es)")
-    states = _run_jobs(data_dir, jobs, epochs, augment_probs, workers, progress)
+    states = run_jobs(
+        _fit_job,
+        [(label, (data_dir, label, idx, s, epochs, augment_probs)) for label, idx, s in jobs],
+        workers,
+        progress,
+        notes=[f"{label}: training on {len(idx)} images" for label, idx, _ in jobs],
+    )
     if states_dir is not None:
-        import torch
-
-        Path(states_dir).mkdir(parents=True, exist_ok=True)
         for (label, _, _), state in zip(jobs, states, strict=True):
-            torch.save(state, Path(states_dir) / f"{label.replace(' ', '_')}.pt")
+            save_state(states_dir, label.replace(" ", "_"), state)
     all_rows: list[dict[str, Any]] = []
     per_fold = []
-    for f, test_idx in enumerate(splits):
-        rows = evaluate(_net_from_state(*states[f]), [cases[i] for i in test_idx.tolist()])
+    for f, (_, test_idx) in enumerate(splits):
+        rows = evaluate(net_from_state(*states[f]), [cases[i] for i in test_idx.tolist()])
         for r in rows:
             r["fold"] = f
         all_rows += rows
@@ -540,7 +501,7 @@ def train(
     pooled = summarise(all_rows)
     progress("pooled CV: " + ", ".join(f"{k} {v:.4f}" for k, v in pooled.items()))
     cases = load_cases(data_dir)
-    net = _net_from_state(*final)
+    net = net_from_state(*final)
     arch = final[0]
     meta = {
         "input_size_px": cxr.INPUT_SIZE_PX,
@@ -569,45 +530,41 @@ def train(
         ),
         "command": COMMAND if augment else COMMAND + " (augmentation off)",
     }
-    record_weights(out_path, metrics=metrics, lock_path=Path(out_path).parent / "weights.lock.json", **kwargs)
+    record_weights(out_path, metrics=metrics, lock_path=lock_beside(out_path), **kwargs)
     if Path(out_path).resolve() == Path(cxr.WEIGHTS_PATH).resolve():
         metrics.update(first_rows_through_tool(data_dir, cases))
-        record_weights(
-            out_path, metrics=metrics, lock_path=Path(out_path).parent / "weights.lock.json", **kwargs
-        )
-    wall = time.perf_counter() - t0
-    progress(f"saved {out_path} ({Path(out_path).stat().st_size} bytes); total {wall:.0f} s")
+        record_weights(out_path, metrics=metrics, lock_path=lock_beside(out_path), **kwargs)
+    wall = report_saved(out_path, t0, progress)
     return {"per_fold": per_fold, "pooled": pooled, "metrics": metrics, "wall_s": wall}
 
 
 def main(argv: list[str] | None = None) -> None:
     """Command-line entry point."""
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument(
-        "--data",
-        type=Path,
-        default=None,
-        help=f"the training data folder (default: ${SHARED_DATA_ENV}/cxr_wingspan)",
-    )
-    ap.add_argument("--out", type=Path, default=cxr.WEIGHTS_PATH)
-    ap.add_argument("--folds", type=int, default=5)
-    ap.add_argument("--epochs", type=int, default=EPOCHS)
-    ap.add_argument("--no-augment", action="store_true", help="train on the plain images only")
-    ap.add_argument("--cv-rows", type=Path, default=None, help="write the per-case CV rows here (JSON)")
-    ap.add_argument("--states-dir", type=Path, default=None, help="save the fold models here")
-    ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args(argv)
-    train(
-        training_data_dir(args.data, "cxr_wingspan"),
-        args.out,
-        folds=args.folds,
-        seed=args.seed,
-        epochs=args.epochs,
-        augment=not args.no_augment,
-        cv_rows_path=args.cv_rows,
-        states_dir=args.states_dir,
-        workers=args.workers,
+    training_main(
+        train,
+        argv,
+        description=__doc__ or "",
+        data_set="cxr_wingspan",
+        out=cxr.WEIGHTS_PATH,
+        epochs=EPOCHS,
+        options=[
+            (
+                ("--no-augment",),
+                {"action": "store_false", "dest": "augment", "help": "train on the plain images only"},
+            ),
+            (
+                ("--cv-rows",),
+                {
+                    "type": Path,
+                    "default": None,
+                    "dest": "cv_rows_path",
+                    "metavar": "CV_ROWS",
+                    "help": "write the per-case CV rows here (JSON)",
+                },
+            ),
+            (("--states-dir",), {"type": Path, "default": None, "help": "save the fold models here"}),
+            (("--workers",), {"type": int, "default": 2}),
+        ],
     )
 
 

@@ -50,12 +50,18 @@ from dxgraph.tools._torch_runtime import clear_model_cache, save_model_file
 from dxgraph.tools._weights import PACKAGED_LOCK, record_weights
 from dxgraph.tools.fundus import DiscCupMasks, SegmentDiscCupInput
 from dxgraph.tools.training._common import (
+    LADDER_BLUR_SIGMA_FRACTION,
+    LADDER_CONTRAST_FACTOR,
+    LADDER_JPEG_QUALITY,
+    LADDER_NOISE_SIGMA_8BIT,
     LoopConfig,
     Progress,
     dice,
     fit_batches,
-    kfold,
-    seed_everything,
+    lock_beside,
+    seeded_network,
+    stacked_batch,
+    train_test_splits,
     training_main,
 )
 
@@ -190,10 +196,13 @@ def _colour_jitter(crop: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 LADDER: dict[str, dict[int, float]] = {
-    "noise": {1: 5.0, 2: 10.0},
-    "blur": {1: 0.004, 2: 0.008},
-    "low_contrast": {1: 0.5, 2: 0.25},
-    "jpeg": {1: 30, 2: 12},
+    kind: {severity: levels[severity - 1] for severity in (1, 2)}
+    for kind, levels in (
+        ("noise", LADDER_NOISE_SIGMA_8BIT),
+        ("blur", LADDER_BLUR_SIGMA_FRACTION),
+        ("low_contrast", LADDER_CONTRAST_FACTOR),
+        ("jpeg", LADDER_JPEG_QUALITY),
+    )
 }
 """The mild and moderate steps of the image-quality ladder of ``dxgraph.testing.degradations`` (which sits
 above the tools in the layers): noise SD in 8-bit levels, blur sigma as a share of the photograph's shorter
@@ -321,20 +330,16 @@ def fit(
     cases: list[Case], *, epochs: int, seed: int, progress: Progress, tag: str, recipe: str = "packaged"
 ) -> torch.nn.Module:
     """Train a fresh network on cases with on-the-fly augmentation of the recipe."""
-    import torch
-
-    seed_everything(seed, threads=1)
-    net = new_network()
+    net = seeded_network(new_network_arch(), seed)
 
     def sample(idx: np.ndarray, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        pairs = [
-            packaged_sample(cases[i], rng, fu.INPUT_SIZE_PX)
-            if recipe == "packaged"
-            else augmented_sample(cases[i], rng, fu.TWO_PASS_INPUT_SIZE_PX)
-            for i in idx
-        ]
-        return torch.from_numpy(np.stack([p[0] for p in pairs])), torch.from_numpy(
-            np.stack([p[1] for p in pairs])
+        return stacked_batch(
+            [
+                packaged_sample(cases[i], rng, fu.INPUT_SIZE_PX)
+                if recipe == "packaged"
+                else augmented_sample(cases[i], rng, fu.TWO_PASS_INPUT_SIZE_PX)
+                for i in idx
+            ]
         )
 
     cfg = LoopConfig(epochs=epochs, batch_size=BATCH_SIZE, lr=LR, seed=seed)
@@ -482,9 +487,10 @@ def train(
     per_fold: list[dict[str, float]] = []
     pooled_rows: list[dict[str, Any]] = []
     held_out: dict[str, list[str]] = {}
-    for f, test_idx in enumerate(kfold(len(cases), folds, seed) if folds > 1 else []):
-        test = set(int(i) for i in test_idx)
-        train_cases = [c for i, c in enumerate(cases) if i not in test] + phantoms
+    splits = train_test_splits(len(cases), folds, seed) if folds > 1 else []
+    for f, (train_idx, test_idx) in enumerate(splits):
+        test = [int(i) for i in test_idx]
+        train_cases = [cases[int(i)] for i in train_idx] + phantoms
         net = fit(
             train_cases,
             epochs=epochs,
@@ -493,7 +499,7 @@ def train(
             tag=f"fold {f + 1}/{folds}",
             recipe=recipe,
         )
-        rows = [r | {"fold": f} for r in evaluate(net, [cases[i] for i in sorted(test)], meta)]
+        rows = [r | {"fold": f} for r in evaluate(net, [cases[i] for i in test], meta)]
         if fold_dir is not None:
             fold_path = Path(fold_dir) / f"fold{f}.pt"
             save_model_file(fold_path, net, new_network_arch(), meta)
@@ -502,9 +508,9 @@ def train(
                 licence=LICENCE,
                 source="trained by dxgraph (cross-validation fold)",
                 metrics={},
-                lock_path=Path(fold_dir) / "weights.lock.json",
+                lock_path=lock_beside(fold_path),
             )
-            held_out[f"fold{f}"] = [cases[i].name for i in sorted(test)]
+            held_out[f"fold{f}"] = [cases[i].name for i in test]
             (Path(fold_dir) / "folds.json").write_text(json.dumps(held_out, indent=1))
             (Path(fold_dir) / "cv_rows.json").write_text(json.dumps(pooled_rows + rows, indent=1))
         pooled_rows += rows
@@ -548,7 +554,7 @@ def train(
         "command": command or f"dxgraph train fundus --seed {seed}",
     }
     shipped = Path(out_path).resolve() == fu.WEIGHTS_PATH.resolve()
-    lock = PACKAGED_LOCK if shipped else Path(out_path).parent / "weights.lock.json"
+    lock = PACKAGED_LOCK if shipped else lock_beside(Path(out_path))
     record_weights(Path(out_path), **record, metrics=metrics, lock_path=lock)
     if shipped:  # the tool loads the shipped weights only
         disc5, cup5 = first_rows_dice(Path(data_dir))

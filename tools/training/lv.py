@@ -29,15 +29,21 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from dxgraph.tools import lv_unet
-from dxgraph.tools._nets import build_network, unet_arch
+from dxgraph.tools._nets import unet_arch
 from dxgraph.tools._torch_runtime import save_model_file
 from dxgraph.tools._weights import record_weights
 from dxgraph.tools.training._common import (
     LoopConfig,
     Progress,
+    cpu_state,
     dice,
     fit_batches,
-    seed_everything,
+    lock_beside,
+    net_from_state,
+    report_saved,
+    run_jobs,
+    seeded_network,
+    stacked_batch,
     training_main,
 )
 
@@ -154,22 +160,18 @@ def fit(
     tag: str = "",
 ) -> tuple[Any, dict[str, Any]]:
     """A fresh UNet trained on (image, mask) items with fresh augmentation every step."""
-    import torch
     from monai.losses import DiceCELoss
 
-    seed_everything(seed, threads=1)
     arch = unet_arch(spatial_dims=2, in_channels=1, out_channels=1, channels=lv_unet.CHANNELS)
     # plain convolutions: the residual variant ends in a one-channel instance norm that held the probabilities
     # under 0.65 after 60 epochs (LOPO Dice 0.60)
     arch["kwargs"]["num_res_units"] = 0
-    net = build_network(arch)
+    net = seeded_network(arch, seed)
     loss_fn = DiceCELoss(sigmoid=True)
 
     def sample(idx: np.ndarray, gen: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        pairs = [augment(*items[int(i)], gen) for i in idx]
-        x = torch.from_numpy(np.stack([p[0] for p in pairs])[:, None])
-        y = torch.from_numpy(np.stack([p[1] for p in pairs])[:, None].astype(np.float32))
-        return x, y
+        x, mask = stacked_batch([augment(*items[int(i)], gen) for i in idx])
+        return x[:, None], mask[:, None].float()
 
     cfg = LoopConfig(epochs=epochs, batch_size=BATCH_SIZE, lr=LR, seed=seed)
     net = fit_batches(net, len(items), sample, loss_fn, cfg, drop_last=True, progress=progress, tag=tag)
@@ -181,35 +183,7 @@ def _fit_job(
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """One training job (for a worker process): the trained network's arch and state dict."""
     net, arch = fit(items, epochs, seed, lambda s: print(f"  {s}", flush=True), tag=tag)
-    return arch, {k: v.detach().cpu() for k, v in net.state_dict().items()}
-
-
-def _net_from_state(arch: dict[str, Any], state: dict[str, Any]) -> Any:
-    net = build_network(arch)
-    net.load_state_dict(state)
-    return net.eval()
-
-
-def _run_jobs(
-    jobs: list[tuple[list[tuple[np.ndarray, np.ndarray]], int, str]],
-    epochs: int,
-    workers: int,
-    progress: Progress,
-) -> list[Any]:
-    """Run (items, seed, tag) training jobs, in a pool of single-thread processes when ``workers`` > 1."""
-    t0 = time.perf_counter()
-    if workers <= 1:
-        return [_fit_job(items, epochs, job_seed, tag) for items, job_seed, tag in jobs]
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor
-
-    with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
-        futures = [pool.submit(_fit_job, items, epochs, job_seed, tag) for items, job_seed, tag in jobs]
-        out = []
-        for (_, _, tag), fut in zip(jobs, futures, strict=True):
-            out.append(fut.result())
-            progress(f"{tag} trained [{time.perf_counter() - t0:.0f} s]")
-    return out
+    return arch, cpu_state(net)
 
 
 def evaluate(net: Any, slices: list[Slice]) -> list[dict[str, Any]]:
@@ -300,17 +274,19 @@ def train(
     ]
     jobs.append(([(s.image, s.mask) for s in slices], seed, "final"))
     progress(f"{len(held_out)} leave-one-patient-out folds + final model, {workers} worker process(es)")
-    states = _run_jobs(jobs, epochs, workers, progress)
+    states = run_jobs(
+        _fit_job, [(tag, (items, epochs, job_seed, tag)) for items, job_seed, tag in jobs], workers, progress
+    )
     rows: list[dict[str, Any]] = []
     for k, held in enumerate(held_out):
-        fold_rows = evaluate(_net_from_state(*states[k]), [s for s in slices if s.patient == held])
+        fold_rows = evaluate(net_from_state(*states[k]), [s for s in slices if s.patient == held])
         rows += fold_rows
         progress(f"fold {k + 1}: {held} Dice {np.mean([r['dice'] for r in fold_rows]):.3f}")
     pooled = summarise(rows) if rows else {}
     if pooled:
         progress("leave-one-patient-out: " + ", ".join(f"{k} {v:.3f}" for k, v in pooled.items()))
     arch = states[-1][0]
-    net = _net_from_state(*states[-1])
+    net = net_from_state(*states[-1])
     meta = {
         "network_pixel_mm": lv_unet.NETWORK_PIXEL_MM,
         "preprocessing": "divide by the 99th percentile, clip [0, 1.5], resample to network_pixel_mm",
@@ -333,17 +309,16 @@ def train(
         ),
         command=COMMAND,
         metrics=metrics,
-        lock_path=Path(out_path).parent / "weights.lock.json",
+        lock_path=lock_beside(out_path),
     )
-    wall = time.perf_counter() - t0
-    progress(f"saved {out_path} ({Path(out_path).stat().st_size} bytes); total {wall:.0f} s")
+    wall = report_saved(out_path, t0, progress)
     return {"pooled": pooled, "rows": rows, "metrics": metrics, "wall_s": wall}
 
 
 def main(argv: list[str] | None = None) -> None:
     """Command-line entry point."""
     training_main(
-        lambda data, out, folds, seed, epochs: train(data, out, folds=folds, seed=seed, epochs=epochs),
+        train,
         argv,
         description=__doc__.splitlines()[0],
         data_set="cine_sunnybrook_slices",

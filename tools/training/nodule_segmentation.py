@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from dxgraph.imaging import read_image
-from dxgraph.tools._nets import build_network, unet_arch
+from dxgraph.tools._nets import unet_arch
 from dxgraph.tools._nodule_segmentation import average_diameter_mm, size_category
 from dxgraph.tools._torch_runtime import save_model_file
 from dxgraph.tools._weights import record_weights
@@ -63,9 +63,12 @@ from dxgraph.tools.training._common import (
     Progress,
     dice,
     fit_batches,
-    kfold,
-    seed_everything,
+    lock_beside,
+    report_saved,
+    save_state,
+    seeded_network,
     train_segmenter,
+    train_test_splits,
     training_main,
 )
 
@@ -257,8 +260,7 @@ def augment_batch(xb: np.ndarray, yb: np.ndarray, gen: np.random.Generator) -> t
 
 def new_network(seed: int) -> torch.nn.Module:
     """A freshly initialised (seeded) 3D UNet, one input and one output channel."""
-    seed_everything(seed, threads=1)
-    return build_network(network_arch())
+    return seeded_network(network_arch(), seed)
 
 
 def network_arch() -> dict[str, Any]:
@@ -372,14 +374,11 @@ def cross_validate(
     """Grouped (by patient) k-fold CV: per-fold and pooled figures on the held-out crops (and the pooled
     per-crop results, in the crops' order); ``states_dir`` receives each fold's state dict as
     ``fold_<k>.pt``."""
-    import torch
-
-    tests = kfold(len(crops), folds, seed, groups=[c.patient_id for c in crops])
+    splits = train_test_splits(len(crops), folds, seed, groups=[c.patient_id for c in crops])
     pooled: list[dict[str, Any] | None] = [None] * len(crops)
     per_fold = []
-    for f, test in enumerate(tests):
+    for f, (train_idx, test) in enumerate(splits):
         t0 = time.perf_counter()
-        train_idx = np.setdiff1d(np.arange(len(crops)), test)
         assert not {crops[i].patient_id for i in train_idx} & {crops[i].patient_id for i in test}
         progress(f"fold {f + 1}/{folds}: {len(train_idx)} training crops, {len(test)} test crops")
         train_variants = None if variants is None else (variants[0][train_idx], variants[1][train_idx])
@@ -393,8 +392,7 @@ def cross_validate(
             augment=augment,
         )
         if states_dir is not None:
-            Path(states_dir).mkdir(parents=True, exist_ok=True)
-            torch.save(net.state_dict(), Path(states_dir) / f"fold_{f}.pt")
+            save_state(states_dir, f"fold_{f}", net.state_dict())
         results = evaluate(net, [crops[i] for i in test], x[test], keep_probability=keep_probability)
         for i, r in zip(test, results, strict=True):
             r["fold"] = f
@@ -457,7 +455,7 @@ def save_and_record(
         training_data=training_data,
         command=AUGMENTED_COMMAND if augment else COMMAND,
         metrics=metrics,
-        lock_path=Path(out_path).parent / "weights.lock.json",
+        lock_path=lock_beside(out_path),
     )
     return metrics
 
@@ -505,8 +503,7 @@ def train(
     metrics = save_and_record(
         out_path, net, crops, x, cv, folds=folds, epochs=epochs, progress=progress, augment=augment
     )
-    wall_s = time.perf_counter() - t_start
-    progress(f"saved {out_path} ({Path(out_path).stat().st_size / 1e6:.2f} MB) in {wall_s / 60:.1f} min")
+    wall_s = report_saved(out_path, t_start, progress, in_minutes=True)
     out = {**metrics, "per_fold": cv["folds"], "wall_s": wall_s}
     if keep_cv_results:
         out["cv_results"] = cv["results"]
@@ -514,23 +511,22 @@ def train(
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Command line: ``python -m dxgraph.tools.training.nodule_segmentation [--states-dir DIR]`` (and
-    the shared ``--data``, ``--out``, ``--folds``, ``--epochs``, ``--seed``)."""
-    import argparse
-    import functools
-    import sys
-
-    p = argparse.ArgumentParser(add_help=False)
-    p.add_argument("--states-dir", type=Path, default=None, help="save the fold models here")
-    p.add_argument("--augment", action="store_true", help="ground-glass variants and scanner augmentation")
-    known, rest = p.parse_known_args(sys.argv[1:] if argv is None else argv)
+    """Command line: ``python -m dxgraph.tools.training.nodule_segmentation [--states-dir DIR] [--augment]``
+    (and the shared ``--data``, ``--out``, ``--folds``, ``--epochs``, ``--seed``)."""
     training_main(
-        functools.partial(train, states_dir=known.states_dir, augment=known.augment),
-        rest,
+        train,
+        argv,
         description=__doc__ or "",
         data_set="ct_lidc_nodules",
         out=WEIGHTS_PATH,
         epochs=DEFAULT_EPOCHS,
+        options=[
+            (("--states-dir",), {"type": Path, "default": None, "help": "save the fold models here"}),
+            (
+                ("--augment",),
+                {"action": "store_true", "help": "ground-glass variants and scanner augmentation"},
+            ),
+        ],
     )
 
 

@@ -17,7 +17,6 @@ import numpy as np
 from dxgraph.core import ImageRef, MemoryArtifacts
 from dxgraph.imaging import read_image
 from dxgraph.tools._context import ToolContext, save_artifact, tool_context
-from dxgraph.tools._nets import build_network
 from dxgraph.tools._plugins import default_tools
 from dxgraph.tools._torch_runtime import save_model_file
 from dxgraph.tools._weights import record_weights
@@ -32,8 +31,10 @@ from dxgraph.tools.training._common import (
     LoopConfig,
     Progress,
     fit_batches,
-    kfold,
-    seed_everything,
+    lock_beside,
+    report_saved,
+    seeded_network,
+    train_test_splits,
     training_main,
 )
 
@@ -167,8 +168,7 @@ def train_network(
     """Train a fresh Classifier on preprocessed crops x (N, 2, n, n, n) and labels y (N,)."""
     import torch
 
-    seed_everything(cfg.seed, threads=1)
-    net = build_network(classifier_arch(cfg, x.shape[-1]))
+    net = seeded_network(classifier_arch(cfg, x.shape[-1]), cfg.seed)
     xt = torch.from_numpy(_inputs(x, cfg.with_mask))
     yt = torch.from_numpy(y.astype(np.float32))
     bce = torch.nn.BCEWithLogitsLoss()
@@ -206,13 +206,12 @@ def cross_validate(
     data: NoduleSet, cfg: NoduleTrainConfig, folds: int, progress: Progress = print
 ) -> dict[str, Any]:
     """Grouped k-fold CV: per-fold and pooled AUROC and accuracy at 0.5 (without and with mask)."""
-    tests = kfold(len(data.y), folds, cfg.seed, groups=data.groups)
+    splits = train_test_splits(len(data.y), folds, cfg.seed, groups=data.groups)
     pooled = np.zeros(len(data.y))
     pooled_masked = np.zeros(len(data.y))
     fold_auroc = []
-    for f, test in enumerate(tests):
+    for f, (train, test) in enumerate(splits):
         t0 = time.perf_counter()
-        train = np.setdiff1d(np.arange(len(data.y)), test)
         progress(f"fold {f + 1}/{folds}: {len(train)} training crops, {len(test)} test crops")
         net = train_network(data.x[train], data.y[train], cfg, progress)
         x_test = _inputs(data.x[test], cfg.with_mask)
@@ -309,19 +308,14 @@ def train(
         ),
         command=COMMAND,
     )
-    record_weights(
-        out_path, metrics=metrics, lock_path=Path(out_path).parent / "weights.lock.json", **details
-    )
+    record_weights(out_path, metrics=metrics, lock_path=lock_beside(out_path), **details)
     first5 = tool_probabilities(data_dir, data.rows[:5]) if Path(out_path) == WEIGHTS_PATH else []
     if first5:
         metrics["recorded_probability_first5_mean"] = float(np.mean(first5))
         metrics.update({f"recorded_p_row{i}": p for i, p in enumerate(first5)})
-        record_weights(
-            out_path, metrics=metrics, lock_path=Path(out_path).parent / "weights.lock.json", **details
-        )
+        record_weights(out_path, metrics=metrics, lock_path=lock_beside(out_path), **details)
         progress("tool on the first 5 crops (image only): " + ", ".join(f"{p:.4f}" for p in first5))
-    wall_s = time.perf_counter() - t_start
-    progress(f"saved {out_path} ({Path(out_path).stat().st_size / 1e6:.2f} MB) in {wall_s / 60:.1f} min")
+    wall_s = report_saved(out_path, t_start, progress, in_minutes=True)
     return {**metrics, "fold_auroc": cv["fold_auroc"], "wall_s": wall_s}
 
 
