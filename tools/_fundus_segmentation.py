@@ -39,7 +39,9 @@ Everything runs at fixed internal resolutions, so the cost hardly depends on the
 
 from __future__ import annotations
 
+import hashlib
 import math
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import cv2
@@ -207,10 +209,38 @@ def _ring_kernel(r_in_px: float, r_out_px: float) -> np.ndarray:
     return ((d >= r_in_px) & (d <= r_out_px)).astype(np.float32)
 
 
+_LOCALISED: OrderedDict[bytes, tuple[tuple[float, float], float, float, dict[str, float]]] = OrderedDict()
+"""Recent localisations by image content (``_localise``): the classical and learned segmenters of one
+photograph (a second opinion) share the same localisation image, so the disc is searched for once."""
+_LOCALISED_MAX = 8
+"""Most localisations kept."""
+
+
 def _localise(
     small: np.ndarray, fov: np.ndarray
 ) -> tuple[tuple[float, float], float, float, dict[str, float]]:
-    """Disc centre and radius (localisation-image px), confidence 0..1 and diagnostics."""
+    """Disc centre and radius (localisation-image px), confidence 0..1 and diagnostics.
+
+    Deterministic, so a result is kept by the content of its inputs (``_LOCALISED``)."""
+    key = hashlib.blake2b(small.tobytes(), digest_size=16)
+    key.update(np.ascontiguousarray(fov).tobytes())
+    key.update(repr((small.shape, small.dtype.str)).encode())
+    digest = key.digest()
+    hit = _LOCALISED.get(digest)
+    if hit is not None:
+        _LOCALISED.move_to_end(digest)
+        return hit[0], hit[1], hit[2], dict(hit[3])
+    found = _search_disc(small, fov)
+    _LOCALISED[digest] = found
+    while len(_LOCALISED) > _LOCALISED_MAX:
+        _LOCALISED.popitem(last=False)
+    return found[0], found[1], found[2], dict(found[3])
+
+
+def _search_disc(
+    small: np.ndarray, fov: np.ndarray
+) -> tuple[tuple[float, float], float, float, dict[str, float]]:
+    """The disc search behind ``_localise``: the brightest vessel-rich blob over several radii."""
     fov_diam_px = 2.0 * math.sqrt(float(fov.sum()) / math.pi)
     lum = 0.5 * (small[:, :, 0] + small[:, :, 1])
     green = np.ascontiguousarray(small[:, :, 1])

@@ -139,3 +139,31 @@ def test_a_uniform_image_is_not_given_a_disc(tmp_path, db):
     r = dxgraph.diagnose("glaucoma", path, db=db, modality="fundus")
     assert r.diagnosis.label == "not_assessable"
     assert "segment_optic_disc_cup failed" in r.diagnosis.criteria[0].indicators[0].reason
+
+
+def test_a_photograph_is_searched_for_its_disc_once_by_both_segmenters(monkeypatch):
+    """The classical segmenter and the learned one's first window (a second opinion on the same photograph)
+    share one disc search; the shared result is the one a fresh search gives, and other photographs
+    are searched afresh."""
+    from dxgraph.tools import _fundus_segmentation as fs
+
+    searches = []
+    real_search = fs._search_disc
+
+    def counting(small, fov):
+        searches.append(small.shape)
+        return real_search(small, fov)
+
+    monkeypatch.setattr(fs, "_search_disc", counting)
+    monkeypatch.setattr(fs, "_LOCALISED", type(fs._LOCALISED)())
+    first = fundus_phantom(0.5, seed=11).rgb
+    other = fundus_phantom(0.7, seed=12).rgb
+    seg = fs.segment_disc_cup(first)
+    centre, radius_px, confidence = fs.locate_optic_disc(first)
+    assert len(searches) == 1
+    fs._LOCALISED.clear()
+    assert fs.locate_optic_disc(first) == (centre, radius_px, confidence)  # a fresh search: the same
+    assert len(searches) == 2
+    fs.locate_optic_disc(other)
+    assert len(searches) == 3
+    assert np.hypot(centre[0] - seg.disc_center_xy[0], centre[1] - seg.disc_center_xy[1]) < radius_px
