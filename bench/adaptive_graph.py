@@ -8,8 +8,10 @@ graph (``review_rounds=0``: one tool per indicator, no fallback, no second opini
 adaptive graph (the default, ``review_rounds=2``), for each tool preference given (``--prefer-tool`` may
 be repeated as ``A,B`` for an order; default: the built-in preferences). For each it prints the decisive
 indicator value's MAE and bias against the experts', the AUROC of that value for the true label, label
-accuracy, ECE of the confidence over decided cases (10 bins), abstentions, wall time and tool calls; then
-the adaptive/fixed cost ratio and how many cases took a review round, by reason.
+accuracy, ECE of the confidence over decided cases (10 bins) beside the ECE a perfectly calibrated
+model scores at that many cases (sampling alone: about 0.08 at 43 cases), abstentions, wall time and
+tool calls; then the adaptive/fixed cost ratio and how many cases took a review round, by reason. For
+glaucoma it first prints each grader's own agreement with the other graders: the floor under any tool.
 
 Both graphs run with the same CPU thread cap (``--threads``, default 1, as a cohort worker has): on a
 shared machine, a torch pool wider than the free cores spins, and one 128 px forward pass of the fundus
@@ -166,6 +168,21 @@ def ece(decided: list[tuple[float, bool]], bins: int = 10) -> float | None:
     )
 
 
+def calibrated_ece(decided: list[tuple[float, bool]], draws: int = 2000) -> tuple[float, float] | None:
+    """Median and 95th percentile of the ECE that a perfectly calibrated model with these confidences
+    scores on this many cases (outcomes drawn right with probability = confidence; seed 0): the ECE
+    that sampling alone gives at this size."""
+    if not decided:
+        return None
+    rng = np.random.default_rng(0)
+    conf = [c for c, _ in decided]
+    sims = [
+        ece(list(zip(conf, (rng.random(len(conf)) < conf).tolist(), strict=True))) or 0.0
+        for _ in range(draws)
+    ]
+    return float(np.median(sims)), float(np.percentile(sims, 95))
+
+
 def graders_agreement(rows: list[dict[str, str]]) -> str:
     """For glaucoma: how well each Drishti grader alone matches the other graders' mean and the label,
     the floor under any tool's vCDR error against the graders' mean."""
@@ -188,10 +205,16 @@ def describe(name: str, t: Tally, n: int) -> str:
     err = np.array([v - ref for v, ref, _ in t.values])
     mae = f"MAE {np.abs(err).mean():.4f}, bias {err.mean():+.4f} (n={len(err)})" if len(err) else "no values"
     acc = np.mean([r for _, r in t.decided]) if t.decided else float("nan")
-    au, e = auroc(t.values), ece(t.decided)
+    au, e, floor = auroc(t.values), ece(t.decided), calibrated_ece(t.decided)
+    sampling = (
+        ""
+        if floor is None
+        else f" (a calibrated model's at this n: median {floor[0]:.3f}, 95th {floor[1]:.3f})"
+    )
     return (
         f"{name}: {mae}; AUROC {au if au is None else round(au, 3)}, accuracy {acc:.3f}, ECE "
-        f"{e if e is None else round(e, 3)}, abstained {t.abstained}/{n}; {t.wall_s:.1f} s, {t.tool_calls} tool calls"
+        f"{e if e is None else round(e, 3)}{sampling}, abstained {t.abstained}/{n}; {t.wall_s:.1f} s,"
+        f" {t.tool_calls} tool calls"
     )
 
 
