@@ -78,10 +78,45 @@ def _m003_cohorts(conn: sa.Connection) -> None:
     md.create_all(conn)
 
 
+def _m004_accounts(conn: sa.Connection) -> None:
+    """The server's accounts (insert-only): API tokens (a salted hash, never the secret), their
+    revocations, and the access log of who read or did what."""
+    md = sa.MetaData()
+    sa.Table(
+        "api_tokens",
+        md,
+        sa.Column("token_id", sa.String, primary_key=True),
+        sa.Column("name", sa.String, nullable=False, unique=True),
+        sa.Column("role", sa.String, nullable=False),
+        sa.Column("salt_hex", sa.String, nullable=False),
+        sa.Column("secret_scrypt_hex", sa.String, nullable=False),
+        sa.Column("scrypt_n", sa.Integer, nullable=False),
+        sa.Column("created_at", sa.DateTime, nullable=False),
+    )
+    sa.Table(
+        "api_token_revocations",
+        md,
+        sa.Column("token_id", sa.String, sa.ForeignKey("api_tokens.token_id"), primary_key=True),
+        sa.Column("revoked_at", sa.DateTime, nullable=False),
+    )
+    sa.Table(
+        "access_log",
+        md,
+        sa.Column("access_id", sa.String, primary_key=True),
+        sa.Column("at", sa.DateTime, nullable=False, index=True),
+        sa.Column("token_name", sa.String, nullable=False, index=True),
+        sa.Column("role", sa.String, nullable=False),
+        sa.Column("action", sa.String, nullable=False),
+        sa.Column("target", sa.String, nullable=False, index=True),
+    )
+    md.create_all(conn)
+
+
 MIGRATIONS: dict[int, Callable[[sa.Connection], None]] = {
     1: _m001_initial,
     2: _m002_lookup_indexes,
     3: _m003_cohorts,
+    4: _m004_accounts,
 }
 """Schema version -> the migration that brings the previous version to it."""
 SCHEMA_VERSION = max(MIGRATIONS)
