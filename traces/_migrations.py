@@ -112,11 +112,57 @@ def _m004_accounts(conn: sa.Connection) -> None:
     md.create_all(conn)
 
 
+def _m005_jobs(conn: sa.Connection) -> None:
+    """The server's job queue (insert-only): submitted jobs, each worker's claim on one with its lease,
+    the heartbeats that renew a lease, and the one result that ends a job."""
+    md = sa.MetaData()
+    sa.Table(
+        "jobs",
+        md,
+        sa.Column("job_id", sa.String, primary_key=True),
+        sa.Column("submitted_at", sa.DateTime, nullable=False, index=True),
+        sa.Column("submitted_by", sa.String, nullable=False, index=True),
+        sa.Column("task", sa.String, nullable=False),
+        sa.Column("request", sa.Text, nullable=False),
+    )
+    sa.Table(
+        "job_claims",
+        md,
+        sa.Column("job_id", sa.String, sa.ForeignKey("jobs.job_id"), primary_key=True),
+        sa.Column("attempt", sa.Integer, primary_key=True),
+        sa.Column("worker", sa.String, nullable=False),
+        sa.Column("claimed_at", sa.DateTime, nullable=False),
+        sa.Column("lease_until", sa.DateTime, nullable=False),
+    )
+    sa.Table(
+        "job_heartbeats",
+        md,
+        sa.Column("job_id", sa.String, sa.ForeignKey("jobs.job_id"), primary_key=True),
+        sa.Column("attempt", sa.Integer, primary_key=True),
+        sa.Column("beat", sa.Integer, primary_key=True),
+        sa.Column("at", sa.DateTime, nullable=False),
+        sa.Column("lease_until", sa.DateTime, nullable=False),
+    )
+    sa.Table(
+        "job_results",
+        md,
+        sa.Column("job_id", sa.String, sa.ForeignKey("jobs.job_id"), primary_key=True),
+        sa.Column("status", sa.String, nullable=False),
+        sa.Column("run_id", sa.String, nullable=True, index=True),
+        sa.Column("error", sa.Text, nullable=True),
+        sa.Column("attempt", sa.Integer, nullable=False),
+        sa.Column("worker", sa.String, nullable=False),
+        sa.Column("finished_at", sa.DateTime, nullable=False),
+    )
+    md.create_all(conn)
+
+
 MIGRATIONS: dict[int, Callable[[sa.Connection], None]] = {
     1: _m001_initial,
     2: _m002_lookup_indexes,
     3: _m003_cohorts,
     4: _m004_accounts,
+    5: _m005_jobs,
 }
 """Schema version -> the migration that brings the previous version to it."""
 SCHEMA_VERSION = max(MIGRATIONS)

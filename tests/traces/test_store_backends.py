@@ -350,13 +350,21 @@ def test_a_version_1_store_is_migrated_and_its_runs_still_verify(url, tmp_path):
         assert "ix_runs_case_id" not in {i["name"] for i in sa.inspect(conn).get_indexes("runs")}
     engine.dispose()
 
-    store = TraceStore(url)  # migrates 1 -> 4
+    store = TraceStore(url)  # migrates 1 -> 5
     with store.engine.connect() as conn:
-        assert current_version(conn) == SCHEMA_VERSION == 4
+        assert current_version(conn) == SCHEMA_VERSION == 5
         insp = sa.inspect(conn)
-        assert {"cohorts", "cohort_cases", "api_tokens", "api_token_revocations", "access_log"} <= set(
-            insp.get_table_names()
-        )
+        assert {
+            "cohorts",
+            "cohort_cases",
+            "api_tokens",
+            "api_token_revocations",
+            "access_log",
+            "jobs",
+            "job_claims",
+            "job_heartbeats",
+            "job_results",
+        } <= set(insp.get_table_names())
         assert "ix_runs_case_id" in {i["name"] for i in insp.get_indexes("runs")}
         assert "ix_events_event" in {i["name"] for i in insp.get_indexes("events")}
     check = store.verify(run_id)
