@@ -45,6 +45,15 @@ def serve(
     db: DbOpt = None,
     tls_cert: Annotated[Path | None, typer.Option("--tls-cert", help="TLS certificate (PEM).")] = None,
     tls_key: Annotated[Path | None, typer.Option("--tls-key", help="TLS private key (PEM).")] = None,
+    workers: Annotated[
+        int,
+        typer.Option(
+            min=0, max=64, help="Job workers in this process (models loaded once); 0: others drain the queue."
+        ),
+    ] = 1,
+    max_upload_mb: Annotated[
+        int, typer.Option(min=1, help="Largest request body (all files of a case), MiB.")
+    ] = 512,
     insecure_remote: Annotated[
         bool,
         typer.Option(
@@ -59,9 +68,11 @@ def serve(
 
     from dxgraph.server import create_app
 
-    api = create_app(db)
+    api = create_app(db, workers=workers, max_upload_bytes=max_upload_mb * 1024 * 1024)
     scheme = "https" if tls_cert else "http"
-    progress_out.print(f"dxgraph serving {api.state.store.url} at {scheme}://{host}:{port}/v1 (docs: /docs)")
+    progress_out.print(
+        f"dxgraph serving {api.state.store.url} at {scheme}://{host}:{port}/v1 (docs: /docs), {workers} job worker(s)"
+    )
     uvicorn.run(
         api,
         host=host,

@@ -1,9 +1,9 @@
-"""The HTTP API, versioned under ``/v1``: tools and criteria, runs (read, report, verify, replay, export),
-the access log and tokens, each behind the roles that may use it.
+"""The HTTP API, versioned under ``/v1``: tools and criteria, case submission (jobs), runs (read, report,
+verify, replay, export), the access log and tokens, each behind the roles that may use it.
 
 | role | may |
 |---|---|
-| researcher | read their own runs |
+| researcher | submit cases, read their own jobs and runs |
 | auditor | read every run, verify, replay, export, read the access log; never submit, change or delete |
 | admin | manage tokens |
 
@@ -13,8 +13,11 @@ full id and is told "no run" for one that is not theirs, so ids of others' runs 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import tempfile
+import threading
+from collections.abc import AsyncIterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -29,6 +32,8 @@ from dxgraph.errors import StoreError, UserError
 from dxgraph.server._accounts import ROLES, AccessRecord, Accounts, Principal, TokenInfo
 from dxgraph.server._auth import Admin, Anyone, Auditor, Reader
 from dxgraph.server._errors import ApiError, install_error_handlers
+from dxgraph.server._jobs import LEASE_S, JobQueue, JobWorker
+from dxgraph.server._submit import MAX_UPLOAD_BYTES, BodyLimit, QueueOwnership, submit_router
 from dxgraph.traces import RunRow, TraceStore
 
 
@@ -45,7 +50,7 @@ class RunOwnership(Protocol):
 
 
 class NoOwnership:
-    """Ownership when nothing is submitted through the server: no run belongs to any researcher."""
+    """Ownership where no run belongs to any researcher (runs made outside the server)."""
 
     def owner_of(self, run_id: str) -> str | None:
         """Nobody."""
@@ -369,21 +374,60 @@ def _json(data: object) -> bytes:
     return json.dumps(data, ensure_ascii=False).encode()
 
 
-def create_app(store: TraceStore | str | None = None, *, owners: RunOwnership | None = None) -> FastAPI:
-    """The API over one trace store (a store, a path or URL, or None for the default store)."""
+def create_app(
+    store: TraceStore | str | None = None,
+    *,
+    owners: RunOwnership | None = None,
+    workers: int = 0,
+    max_upload_bytes: int = MAX_UPLOAD_BYTES,
+    lease_s: float = LEASE_S,
+) -> FastAPI:
+    """The API over one trace store (a store, a path or URL, or None for the default store).
+
+    ``workers`` job workers run in the app's process while it serves (threads sharing the loaded models);
+    with 0, other processes drain the queue (``dxgraph serve`` on another machine, or ``JobWorker``).
+    Runs belong to the tokens whose jobs made them unless ``owners`` says otherwise.
+    """
     store = store if isinstance(store, TraceStore) else TraceStore(store)
+    queue = JobQueue(store, lease_s=lease_s)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        stop = threading.Event()
+        threads = [
+            threading.Thread(
+                target=JobWorker(store.url, lease_s=lease_s).run_forever,
+                args=(stop, 0.5),
+                name=f"dxgraph-job-worker-{i}",
+                daemon=True,
+            )
+            for i in range(workers)
+        ]
+        for t in threads:
+            t.start()
+        try:
+            yield
+        finally:
+            stop.set()  # each worker finishes the job in hand first
+            for t in threads:
+                t.join()
+
     app = FastAPI(
         title="dxgraph",
         version=__version__,
         summary="Evidence-based, traced diagnosis of medical images.",
         description=__doc__,
-        openapi_tags=[{"name": n} for n in ("server", "registry", "runs", "audit", "accounts")],
+        openapi_tags=[{"name": n} for n in ("server", "registry", "jobs", "runs", "audit", "accounts")],
+        lifespan=lifespan,
     )
     app.state.store = store
     app.state.accounts = Accounts(store)
-    app.state.owners = owners or NoOwnership()
+    app.state.queue = queue
+    app.state.owners = owners or QueueOwnership(queue)
     install_error_handlers(app)
     app.include_router(_v1())
+    app.include_router(submit_router())
+    app.add_middleware(BodyLimit, max_bytes=max_upload_bytes)
     return app
 
 

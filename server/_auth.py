@@ -48,6 +48,8 @@ Anyone = Annotated[Principal, Depends(principal)]
 """Any valid token."""
 Reader = Annotated[Principal, Depends(allow("researcher", "auditor"))]
 """A researcher (their own runs) or an auditor (every run)."""
+Researcher = Annotated[Principal, Depends(allow("researcher"))]
+"""A researcher."""
 Auditor = Annotated[Principal, Depends(allow("auditor"))]
 """An auditor."""
 Admin = Annotated[Principal, Depends(allow("admin"))]
