@@ -85,6 +85,9 @@ ENDPOINTS = [
     ("GET", "/v1/tokens", None, ADMIN),
     ("POST", "/v1/tokens", {"role": "researcher"}, {**ADMIN, "admin": 201}),
     ("DELETE", "/v1/tokens/{victim}", None, ADMIN),
+    ("GET", "/v1/jobs", None, {"alice": 200, "bob": 200, "auditor": 200, "admin": 403}),
+    ("GET", "/v1/jobs/nonexistent-job", None, {"alice": 404, "bob": 404, "auditor": 404, "admin": 403}),
+    ("POST", "/v1/diagnoses", None, {"alice": 422, "bob": 422, "auditor": 403, "admin": 403}),
 ]
 CALLERS = ("none", "bad", "revoked", "alice", "bob", "auditor", "admin")
 
