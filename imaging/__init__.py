@@ -1,11 +1,17 @@
 """Imaging: reading image files into a Case, and what can be told from pixels alone.
 
-PNG, JPEG, DICOM (files and series folders) and NIfTI become arrays with physical spacing; patient
+PNG, JPEG, DICOM (files, series folders and zipped series, unpacked without trusting the archive) and NIfTI become arrays with physical spacing; patient
 identifiers never leave this package. ``load_case`` reads a study into a ``Case`` with its pixels stored
 by reference. ``assess_image_quality`` grades noise, blur, contrast and JPEG blocking;
 ``content_mismatch`` tells when pixels cannot be the declared modality.
 """
 
+from dxgraph.imaging._archive import (
+    MAX_ARCHIVE_EXPANDED_BYTES,
+    MAX_ARCHIVE_MEMBERS,
+    MAX_COMPRESSION_RATIO,
+    extract_zip,
+)
 from dxgraph.imaging._case_loading import MODALITIES_BY_DIMS, implausible_modalities, load_case
 from dxgraph.imaging._dicom_series import DicomSeriesLayout, dicom_series_layout, read_dicom_series
 from dxgraph.imaging._limits import (
@@ -42,6 +48,9 @@ __all__ = [
     "CXR_MIN_SIDE_PX",
     "DICOM_MODALITIES",
     "DYNAMIC_RANGE_8BIT_BELOW",
+    "MAX_ARCHIVE_EXPANDED_BYTES",
+    "MAX_ARCHIVE_MEMBERS",
+    "MAX_COMPRESSION_RATIO",
     "MAX_PIXELS",
     "MAX_RASTER_PIXELS",
     "MIN_SIDE_PX",
@@ -60,6 +69,7 @@ __all__ = [
     "detect_format",
     "dicom_series_layout",
     "dynamic_range_8bit",
+    "extract_zip",
     "flagged_quality",
     "implausible_modalities",
     "load_case",

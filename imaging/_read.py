@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,7 @@ import numpy as np
 
 from dxgraph.core import Dims, ImageFormat
 from dxgraph.errors import CaseError
+from dxgraph.imaging._archive import extract_zip, is_zip
 from dxgraph.imaging._dicom_series import read_dicom_series
 from dxgraph.imaging._limits import (
     DICOM_MODALITIES,
@@ -64,7 +67,9 @@ def detect_format(path: Path, head: bytes) -> ImageFormat:
         return "nifti"
     if name.endswith(".dcm"):
         return "dicom"
-    raise CaseError(f"{path}: not a PNG, JPEG, DICOM or NIfTI image (unrecognised content)")
+    raise CaseError(
+        f"{path}: not a PNG, JPEG, DICOM or NIfTI image or a zipped DICOM series (unrecognised content)"
+    )
 
 
 def read_image(path: str | Path) -> DecodedImage:
@@ -79,6 +84,8 @@ def read_image(path: str | Path) -> DecodedImage:
     data = p.read_bytes()
     if not data:
         raise CaseError(f"{p}: the file is empty")
+    if is_zip(data[:4]):
+        return _read_zipped_series(p)
     fmt = detect_format(p, data[:132])
     view = None
     try:
@@ -94,6 +101,18 @@ def read_image(path: str | Path) -> DecodedImage:
         raise CaseError(f"{p}: cannot decode {fmt.upper()} data ({decoder_reason(e)})") from None
     _check_pixels(p, arr, dims)
     return DecodedImage(arr, fmt, dims, usable_spacing(spacing), modality, sha256_bytes(data), view)
+
+
+def _read_zipped_series(archive: Path) -> DecodedImage:
+    """A zip of DICOM slices, unpacked safely (``extract_zip``) and read as one series (from the deepest
+    folder that holds all its files: a zip of a study folder works too)."""
+    with tempfile.TemporaryDirectory(prefix="dxgraph-series-") as tmp:
+        try:
+            extract_zip(archive, Path(tmp))
+            files = [f for f in Path(tmp).rglob("*") if f.is_file()]
+            return _read_series_folder(Path(os.path.commonpath([f.parent for f in files])))
+        except CaseError as e:
+            raise CaseError(str(e).replace(str(Path(tmp)), f"{archive} (unzipped)")) from None
 
 
 def _read_series_folder(folder: Path) -> DecodedImage:
