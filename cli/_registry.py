@@ -90,17 +90,7 @@ def criteria_list(as_json: JsonOpt = False) -> None:
     from dxgraph.criteria_kb import packaged_criteria
 
     docs = packaged_criteria()
-    rows: list[dict[str, Any]] = [
-        {
-            "id": c.document.id,
-            "version": c.document.version,
-            "disease": c.document.disease,
-            "title": c.document.title,
-            "indicators": [i.id for i in c.document.indicators],
-            "sha256": c.sha256,
-        }
-        for c in docs
-    ]
+    rows: list[dict[str, Any]] = [c.summary() for c in docs]
     if as_json:
         print_json(rows)
         return

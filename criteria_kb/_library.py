@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import yaml
@@ -30,6 +31,18 @@ class LoadedCriteria:
     """Name of the document file."""
     raw: bytes = field(default=b"", repr=False, compare=False)
     """The file's bytes, stored with each run that retrieves the document."""
+
+    def summary(self) -> dict[str, Any]:
+        """What a listing shows of the document: id, version, task, title, indicator ids and sha256."""
+        d = self.document
+        return {
+            "id": d.id,
+            "version": d.version,
+            "disease": d.disease,
+            "title": d.title,
+            "indicators": [i.id for i in d.indicators],
+            "sha256": self.sha256,
+        }
 
 
 @dataclass(frozen=True)
