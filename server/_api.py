@@ -406,7 +406,8 @@ def create_app(
         for t in threads:
             t.start()
         try:
-            yield
+            async with app.state.mcp.running():  # the MCP endpoint's session manager
+                yield
         finally:
             stop.set()  # each worker finishes the job in hand first
             for t in threads:
@@ -428,6 +429,10 @@ def create_app(
     app.include_router(_v1())
     app.include_router(submit_router())
     app.add_middleware(BodyLimit, max_bytes=max_upload_bytes)
+    from dxgraph.server._mcp import McpEndpoint, McpMount  # here: _mcp imports this module
+
+    app.state.mcp = McpEndpoint(app.state, max_image_bytes=max_upload_bytes)
+    app.add_middleware(McpMount, endpoint=app.state.mcp)  # /mcp: base64 images, its own body limit
     return app
 
 
