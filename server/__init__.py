@@ -39,12 +39,15 @@ from dxgraph.server._mcp import (
     McpEndpoint,
     RunDetail,
 )
+from dxgraph.server._progress import progress_router
+from dxgraph.server._web import SESSION_COOKIE, web_router
 
 __all__ = [
     "ERROR_CODES",
     "MCP_PATH",
     "NAME_PATTERN",
     "ROLES",
+    "SESSION_COOKIE",
     "TOKEN_PREFIX",
     "AccessRecord",
     "Accounts",
@@ -68,5 +71,7 @@ __all__ = [
     "RunOwnership",
     "TokenInfo",
     "create_app",
+    "progress_router",
     "safe_file_name",
+    "web_router",
 ]

@@ -33,7 +33,9 @@ from dxgraph.server._accounts import ROLES, AccessRecord, Accounts, Principal, T
 from dxgraph.server._auth import Admin, Anyone, Auditor, Reader
 from dxgraph.server._errors import ApiError, install_error_handlers
 from dxgraph.server._jobs import LEASE_S, JobQueue, JobWorker
+from dxgraph.server._progress import progress_router
 from dxgraph.server._submit import MAX_UPLOAD_BYTES, BodyLimit, QueueOwnership, submit_router
+from dxgraph.server._web import web_router
 from dxgraph.traces import RunRow, TraceStore
 
 
@@ -428,6 +430,8 @@ def create_app(
     install_error_handlers(app)
     app.include_router(_v1())
     app.include_router(submit_router())
+    app.include_router(progress_router())
+    app.include_router(web_router())
     app.add_middleware(BodyLimit, max_bytes=max_upload_bytes)
     from dxgraph.server._mcp import McpEndpoint, McpMount  # here: _mcp imports this module
 
