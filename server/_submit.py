@@ -11,6 +11,7 @@ Request bodies over the app's limit are refused with ``413`` while they stream i
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Annotated, Any
 
 from fastapi import APIRouter, File, Form, Query, Request, UploadFile
@@ -20,6 +21,7 @@ from sqlmodel import Session, col, select
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from dxgraph.errors import UserError
+from dxgraph.server._accounts import Principal
 from dxgraph.server._auth import Reader, Researcher
 from dxgraph.server._errors import ApiError, error_body
 from dxgraph.server._jobs import MAX_IMAGES, JobInfo, JobNotFound, JobQueue, JobRequest, JobResultRow, JobRow
@@ -148,6 +150,53 @@ def _check_task(task: str, clinical_text: str | None) -> None:
         raise ApiError(422, str(e)) from None
 
 
+async def queue_case(
+    queue: JobQueue, who: Principal, form: Mapping[str, str | None], files: list[UploadFile]
+) -> JobInfo:
+    """Check one case and queue it as ``who``'s job; ApiError(422) with the reason when it cannot be.
+
+    ``form`` holds the case's fields (task, modality, laterality, clinical_text, case_id, options as JSON
+    text; empty means absent). The blocking work (criteria retrieval, storing images, the queue's write)
+    runs in the thread pool, so the server keeps answering while a large upload is stored.
+    """
+    from starlette.concurrency import run_in_threadpool
+
+    def field(name: str) -> str | None:
+        return form.get(name) or None
+
+    task = field("task")
+    if task is None:
+        raise ApiError(422, "task: choose the question to answer")
+    if not files or len(files) > MAX_IMAGES:
+        raise ApiError(422, f"files: give 1 to {MAX_IMAGES} images")
+    chosen = _options(field("options"))
+    await run_in_threadpool(_check_task, task, field("clinical_text"))
+    images = []
+    for f in files:
+        data = await f.read()
+        if not data:
+            raise ApiError(422, f"files: {f.filename or 'a file'} is empty")
+        images.append(await run_in_threadpool(queue.stage_image, data, f.filename or "image", f.content_type))
+    try:
+        job = JobRequest.model_validate(
+            {
+                "task": task,
+                "images": images,
+                "modality": field("modality"),
+                "laterality": field("laterality"),
+                "clinical_text": field("clinical_text"),
+                "case_id": field("case_id"),
+                "options": chosen,
+            }
+        )
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        raise ApiError(422, f"{where}: {first.get('msg', 'invalid')}") from None
+    info: JobInfo = await run_in_threadpool(queue.submit, job, who.name)
+    return info
+
+
 def submit_router() -> APIRouter:
     """``POST /v1/diagnoses`` and ``GET /v1/jobs``."""
     v1 = APIRouter(prefix="/v1", tags=["jobs"])
@@ -165,34 +214,15 @@ def submit_router() -> APIRouter:
         options: Annotated[str | None, Form(max_length=20_000, description="Run options as JSON.")] = None,
     ) -> JSONResponse:
         """Queue one case for diagnosis; answers 202 with the job, whose status is at ``/v1/jobs/{id}``."""
-        if not files or len(files) > MAX_IMAGES:
-            raise ApiError(422, f"files: give 1 to {MAX_IMAGES} images")
-        chosen = _options(options)
-        _check_task(task, clinical_text)
-        queue = _queue(request)
-        images = []
-        for f in files:
-            data = await f.read()
-            if not data:
-                raise ApiError(422, f"files: {f.filename or 'a file'} is empty")
-            images.append(queue.stage_image(data, f.filename or "image", f.content_type))
-        try:
-            job = JobRequest.model_validate(
-                {
-                    "task": task,
-                    "images": images,
-                    "modality": modality,
-                    "laterality": laterality,
-                    "clinical_text": clinical_text,
-                    "case_id": case_id,
-                    "options": chosen,
-                }
-            )
-        except ValidationError as e:
-            first = e.errors()[0]
-            where = ".".join(str(p) for p in first.get("loc", ()))
-            raise ApiError(422, f"{where}: {first.get('msg', 'invalid')}") from None
-        info = queue.submit(job, who.name)
+        form = {
+            "task": task,
+            "modality": modality,
+            "laterality": laterality,
+            "clinical_text": clinical_text,
+            "case_id": case_id,
+            "options": options,
+        }
+        info = await queue_case(_queue(request), who, form, files)
         body = {**info.model_dump(mode="json"), "status_url": f"/v1/jobs/{info.job_id}"}
         return JSONResponse(body, status_code=202, headers={"Location": f"/v1/jobs/{info.job_id}"})
 

@@ -38,16 +38,15 @@ from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.routing import APIRoute
-from pydantic import ValidationError
 from sqlmodel import Session as DbSession
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from dxgraph.errors import StoreError, UserError
 from dxgraph.server._accounts import Accounts, Principal, Role, TokenRevocationRow
 from dxgraph.server._errors import ApiError
-from dxgraph.server._jobs import MAX_IMAGES, JobQueue, JobRequest
+from dxgraph.server._jobs import MAX_IMAGES, JobQueue
 from dxgraph.server._progress import event_stream, visible_job
-from dxgraph.server._submit import _check_task, _options
+from dxgraph.server._submit import queue_case
 from dxgraph.traces import RunRow, TraceStore
 
 SESSION_COOKIE = "dxgraph_session"
@@ -507,7 +506,9 @@ def web_router() -> APIRouter:
             "options": options,
         }
         try:
-            info = await _queue_case(request, who, form, [f for f in files or [] if f.filename or f.size])
+            info = await queue_case(
+                _queue(request), who, form, [f for f in files or [] if f.filename or f.size]
+            )
         except ApiError as e:
             return _render(
                 request,
@@ -563,42 +564,6 @@ def web_router() -> APIRouter:
         return _render(request, "tokens.html.j2", tokens=_accounts(request).list_tokens())
 
     return web
-
-
-async def _queue_case(request: Request, who: Principal, form: dict[str, str], files: list[UploadFile]) -> Any:
-    """Check and queue one case exactly as ``POST /v1/diagnoses`` does; ApiError(422) with the reason."""
-    from starlette.concurrency import run_in_threadpool
-
-    if not form["task"]:
-        raise ApiError(422, "task: choose the question to answer")
-    if not files or len(files) > MAX_IMAGES:
-        raise ApiError(422, f"files: give 1 to {MAX_IMAGES} images")
-    chosen = _options(form["options"] or None)
-    await run_in_threadpool(_check_task, form["task"], form["clinical_text"] or None)
-    queue = _queue(request)
-    images = []
-    for f in files:
-        data = await f.read()
-        if not data:
-            raise ApiError(422, f"files: {f.filename or 'a file'} is empty")
-        images.append(await run_in_threadpool(queue.stage_image, data, f.filename or "image", f.content_type))
-    try:
-        job = JobRequest.model_validate(
-            {
-                "task": form["task"],
-                "images": images,
-                "modality": form["modality"] or None,
-                "laterality": form["laterality"] or None,
-                "clinical_text": form["clinical_text"] or None,
-                "case_id": form["case_id"] or None,
-                "options": chosen,
-            }
-        )
-    except ValidationError as e:
-        first = e.errors()[0]
-        where = ".".join(str(p) for p in first.get("loc", ()))
-        raise ApiError(422, f"{where}: {first.get('msg', 'invalid')}") from None
-    return await run_in_threadpool(queue.submit, job, who.name)
 
 
 __all__ = ["SESSION_COOKIE", "Sessions", "WebSession", "web_router"]
