@@ -54,6 +54,15 @@ def serve(
     max_upload_mb: Annotated[
         int, typer.Option(min=1, help="Largest request body (all files of a case), MiB.")
     ] = 512,
+    lease_s: Annotated[
+        float,
+        typer.Option(
+            "--lease-s",
+            min=1.0,
+            help="Seconds a worker's claim on a job holds without a heartbeat (renewed every third of it);"
+            " a dead server's jobs are taken over once it lapses.",
+        ),
+    ] = 60.0,
     insecure_remote: Annotated[
         bool,
         typer.Option(
@@ -68,7 +77,7 @@ def serve(
 
     from dxgraph.server import create_app
 
-    api = create_app(db, workers=workers, max_upload_bytes=max_upload_mb * 1024 * 1024)
+    api = create_app(db, workers=workers, max_upload_bytes=max_upload_mb * 1024 * 1024, lease_s=lease_s)
     scheme = "https" if tls_cert else "http"
     progress_out.print(
         f"dxgraph serving {api.state.store.url} at {scheme}://{host}:{port}/v1 (docs: /docs), {workers} job worker(s)"

@@ -399,7 +399,7 @@ def create_app(
         threads = [
             threading.Thread(
                 target=JobWorker(store.url, lease_s=lease_s).run_forever,
-                args=(stop, 0.5),
+                args=(stop, 0.5, queue.accepted),  # jobs accepted here start at once, others within 0.5 s
                 name=f"dxgraph-job-worker-{i}",
                 daemon=True,
             )
@@ -412,6 +412,7 @@ def create_app(
                 yield
         finally:
             stop.set()  # each worker finishes the job in hand first
+            queue.accepted.set()  # and an idle one stops waiting
             for t in threads:
                 t.join()
 

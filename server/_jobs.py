@@ -242,6 +242,8 @@ class JobQueue:
         """Seconds a claim or a heartbeat holds a job."""
         self.max_attempts = max_attempts
         """Claims a job may use up without a result before it is ended as failed."""
+        self.accepted = threading.Event()
+        """Set whenever this queue accepts a job: idle workers of the same process wait on it to start at once."""
 
     # -- submitting ----------------------------------------------------------------------------
 
@@ -268,6 +270,7 @@ class JobQueue:
             request=request.model_dump_json(),
         )
         self.store.insert([row])
+        self.accepted.set()
         return self._info(row, [], None)
 
     def _has_artifact(self, sha256: str) -> bool:
@@ -581,8 +584,14 @@ class JobWorker:
             beating.join()
         return self.queue.status(job.job_id)
 
-    def run_forever(self, stop_event: threading.Event, poll_s: float = 1.0) -> int:
-        """Run jobs until ``stop_event`` is set (the job in hand is finished first); the number run."""
+    def run_forever(
+        self, stop_event: threading.Event, poll_s: float = 1.0, wake: threading.Event | None = None
+    ) -> int:
+        """Run jobs until ``stop_event`` is set (the job in hand is finished first); the number run.
+
+        Idle, it looks for a job every ``poll_s`` seconds, and at once when ``wake`` is set (a queue's
+        ``accepted``: jobs submitted in this process start without waiting for the next poll).
+        """
         n = 0
         while not stop_event.is_set():
             try:
@@ -591,7 +600,11 @@ class JobWorker:
                 log.exception("job worker %s: a job attempt ended without a result", self.name)
                 info = None
             if info is None:
-                stop_event.wait(poll_s)
+                if wake is None:
+                    stop_event.wait(poll_s)
+                else:  # set after the job's row is stored: a job whose wake-up is cleared here is claimable
+                    wake.wait(poll_s)
+                    wake.clear()
             else:
                 n += 1
         return n
