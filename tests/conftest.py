@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from dxgraph.testing.postgres import PG_ENV, pg_base_url, pg_schema_url
 
 from _helpers import SHARED_DATA
 
@@ -13,6 +17,23 @@ from _helpers import SHARED_DATA
 def db(tmp_path: Path) -> str:
     """A fresh SQLite trace store path."""
     return str(tmp_path / "traces.db")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def url(request: pytest.FixtureRequest, db: str) -> Iterator[str]:
+    """A fresh, empty store on each backend: a SQLite file, or a PostgreSQL schema of its own (dropped
+    afterwards; skipped without ``$DXGRAPH_TEST_PG_URL``, a failure under ``CI=true``)."""
+    if request.param == "sqlite":
+        yield db
+        return
+    base = pg_base_url()
+    if base is None:
+        reason = f"PostgreSQL tests need ${PG_ENV} (run: bash .ci/postgres.sh)"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    with pg_schema_url(base) as url:
+        yield url
 
 
 @pytest.fixture(autouse=True)

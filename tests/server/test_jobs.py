@@ -14,8 +14,6 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
@@ -30,34 +28,7 @@ from dxgraph.traces import TraceStore
 import _helpers
 from _helpers import drawn_disc_cup_registry, fundus_like
 
-PG_ENV = "DXGRAPH_TEST_PG_URL"
-"""Environment variable with a PostgreSQL SQLAlchemy URL for these tests."""
 TESTS = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def url(request: pytest.FixtureRequest, db: str) -> Iterator[str]:
-    """A fresh, empty store: a SQLite file, or a PostgreSQL schema of its own (dropped afterwards)."""
-    if request.param == "sqlite":
-        yield db
-        return
-    base = os.environ.get(PG_ENV)
-    if not base:
-        reason = f"PostgreSQL tests need ${PG_ENV} (run: bash .ci/postgres.sh)"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(reason)
-        pytest.skip(reason)
-    schema = f"dxgraph_test_{uuid.uuid4().hex[:12]}"
-    admin = sa.create_engine(base)
-    with admin.begin() as conn:
-        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
-    sep = "&" if "?" in base else "?"
-    try:
-        yield f"{base}{sep}options=-csearch_path%3D{schema}"
-    finally:
-        with admin.begin() as conn:
-            conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
 
 
 def _png() -> bytes:
