@@ -202,17 +202,7 @@ def _v1() -> APIRouter:
         """The packaged criteria documents."""
         from dxgraph.criteria_kb import packaged_criteria
 
-        return [
-            {
-                "id": c.document.id,
-                "version": c.document.version,
-                "disease": c.document.disease,
-                "title": c.document.title,
-                "indicators": [i.id for i in c.document.indicators],
-                "sha256": c.sha256,
-            }
-            for c in packaged_criteria()
-        ]
+        return [c.summary() for c in packaged_criteria()]
 
     @v1.get("/criteria/{criteria_id}", tags=["registry"])
     def criteria_document(criteria_id: str, who: Anyone) -> dict[str, Any]:
