@@ -78,7 +78,7 @@ def main() -> None:
         assert check.ok, check.problems
         print(
             f"[{store.url.split(':')[0]}] {args.events} events: emitted (hash-chained) {args.events / emit_s:,.0f} events/s, "
-            f"saved {args.events / save_s:,.0f} events/s, verified in {verify_s:.2f} s "
+            f"saved {args.events / save_s:,.0f} events/s, verified in {verify_s:.3f} s "
             f"({args.events / verify_s:,.0f} events/s)"
         )
 

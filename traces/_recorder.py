@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -11,6 +12,27 @@ from dxgraph.core import MemoryArtifacts
 from dxgraph.traces._events import EVENT_ADAPTER, GENESIS_SHA256, Event, canonical_json, event_sha256
 
 E = TypeVar("E")
+
+_PLACEHOLDER = secrets.token_hex(32)
+"""Stands for an event's own hash while its canonical JSON is written (a sha256-sized hex no body holds)."""
+
+
+def _canonical_hashed(body: dict[str, Any]) -> str:
+    """``canonical_json`` of the body with its ``sha256`` filled in by ``event_sha256``, serialised once.
+
+    The body is written with a placeholder hash; cutting the placeholder's member out gives the canonical
+    JSON without ``sha256`` (it is never the first key: ``event`` sorts before it), which is what gets hashed,
+    and the hash then takes the placeholder's place (both are 64 plain hex digits, so nothing else moves).
+    """
+    member = f',"sha256":"{_PLACEHOLDER}"'
+    text = canonical_json({**body, "sha256": _PLACEHOLDER})
+    at = text.find(member)
+    if at < 0 or text.find(member, at + 1) >= 0:  # cannot happen; the two-pass way, to be safe
+        body = {**body, "sha256": event_sha256(body)}
+        return canonical_json(body)
+    rest = text[at + len(member) :]
+    digest = hashlib.sha256((text[:at] + rest).encode()).hexdigest()
+    return f'{text[:at]},"sha256":"{digest}"{rest}'
 
 
 def new_run_id(now: datetime | None = None) -> str:
@@ -57,8 +79,7 @@ class TraceRecorder:
                 "sha256": "",
             }
         ).model_dump(mode="json")
-        body["sha256"] = event_sha256(body)
-        text = canonical_json(body)
+        text = _canonical_hashed(body)
         event = EVENT_ADAPTER.validate_json(text)
         self.events.append(event)
         self.bodies.append(text)

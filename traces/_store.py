@@ -7,6 +7,7 @@ event. A run is written in one transaction, so a store never holds half a run.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import random
@@ -36,6 +37,11 @@ DB_ENV = "DXGRAPH_DB"
 """Environment variable naming the store (a path or a SQLAlchemy URL)."""
 SAVE_ATTEMPTS = 8
 """Tries to save a run or migrate while another writer holds the database (SQLite lock, PostgreSQL deadlock)."""
+
+_LISTING_ARTIFACTS = frozenset({"ModelCalled", "CriteriaRetrieved"})
+"""Events that list artifacts by hash alone (images sent to a model, criteria documents)."""
+_validate_event_json = EVENT_ADAPTER.validator.validate_json
+"""``EVENT_ADAPTER.validate_json`` without the adapter's per-call wrapper (verify calls it once per event)."""
 
 
 class DuplicateRecord(StoreError):
@@ -194,26 +200,35 @@ class TraceStore:
             head_sha256=rec.head_sha256,
             dxgraph_version=rec.events[0].header.dxgraph_version,
         )
-        events = [
-            EventRow(run_id=rec.run_id, seq=ev.seq, event=ev.event, sha256=ev.sha256, body=body)
+        events = [  # plain rows for one executemany: building 10k ORM objects cost more than the writes
+            {"run_id": rec.run_id, "seq": ev.seq, "event": ev.event, "sha256": ev.sha256, "body": body}
             for ev, body in zip(rec.events, rec.bodies, strict=True)
         ]
-        _with_retries(f"cannot save run {rec.run_id}", lambda: self._write(rec, [run], events, also))
+        _with_retries(f"cannot save run {rec.run_id}", lambda: self._write(rec, [run], also, events=events))
 
     def insert(self, rows: Sequence[SQLModel]) -> None:
         """Write rows in one transaction (insert only); DuplicateRecord when one is already stored."""
         _with_retries("cannot write to the trace store", lambda: self._write(None, rows))
 
-    def _write(self, rec: TraceRecorder | None, *groups: Sequence[SQLModel]) -> None:
-        """One transaction: the recorder's artifacts, then each group of rows (flushed in turn, so foreign
-        keys see their targets); DuplicateRecord, with nothing written, when a row is already stored."""
+    def _write(
+        self,
+        rec: TraceRecorder | None,
+        rows: Sequence[SQLModel],
+        also: Sequence[SQLModel] = (),
+        *,
+        events: Sequence[dict[str, Any]] = (),
+    ) -> None:
+        """One transaction: the recorder's artifacts, ``rows`` (a run's row), ``events`` (plain rows, one
+        batched insert), then ``also`` (each flushed in turn, so foreign keys see their targets);
+        DuplicateRecord, with nothing written, when a row is already stored."""
         try:
             with Session(self._writer) as s, s.begin():
                 if rec is not None:
                     self._insert_artifacts(s, rec)
-                for rows in groups:
-                    s.add_all([type(r)(**r.model_dump()) for r in rows])  # fresh: a retry reuses them
-                    s.flush()
+                _add_rows(s, rows)
+                if events:
+                    s.execute(sa.insert(EventRow.__table__), events)  # type: ignore[attr-defined]
+                _add_rows(s, also)
         except sa.exc.IntegrityError as e:
             raise DuplicateRecord(f"already stored, nothing written: {e.orig}") from None
 
@@ -308,41 +323,53 @@ class TraceStore:
         Stops at the first broken event and names it; checks the run row and artifacts only on an intact chain.
         """
         run = self.run(run_id)
-        rows = self._stored_events(run.run_id)
         problems: list[str] = []
         prev = GENESIS_SHA256
-        bodies: list[dict[str, Any]] = []
-        for i, (seq, kind, sha256, stored) in enumerate(rows):
-            body, problem = _check_event(run.run_id, i, seq, kind, sha256, stored, prev)
-            if problem:
-                problems.append(problem)
-                break
-            bodies.append(body)
-            prev = body["sha256"]
+        n = 0
+        parsed: list[dict[str, Any]] = []  # the first event's body and those that may reference artifacts
+        last: dict[str, Any] | str = ""
+        with self.engine.connect() as conn:  # rows streamed, not held: 10k live rows set the GC going
+            rows = itertools.chain.from_iterable(conn.execute(self._events_query(run.run_id)).partitions(200))
+            for seq, kind, sha256, stored in rows:
+                body: dict[str, Any] | None = None
+                text = _intact_event_text(run.run_id, n, seq, kind, sha256, stored, prev)
+                if text is None:  # something is off: the full check names it (or accepts the event)
+                    body, problem = _check_event(run.run_id, n, seq, kind, sha256, stored, prev)
+                    if problem:
+                        problems.append(problem)
+                        n += 1 + sum(1 for _ in rows)
+                        break
+                elif n == 0 or "media_type" in text or "\\u" in text or kind in _LISTING_ARTIFACTS:
+                    body = json.loads(text)  # an artifact ref needs a media_type key (or an escaped one)
+                if body is not None:
+                    parsed.append(body)
+                last = body if body is not None else text or ""
+                prev = sha256
+                n += 1
         if not problems:
-            if len(rows) != run.n_events:
-                problems.append(f"run row says {run.n_events} events, store holds {len(rows)}")
+            if n != run.n_events:
+                problems.append(f"run row says {run.n_events} events, store holds {n}")
             elif prev != run.head_sha256:
                 problems.append(
                     "the last event's hash does not match the run's seal (events appended or cut)"
                 )
         if not problems:
-            problems += _run_row_problems(run, bodies)
+            problems += _run_row_problems(
+                run, [parsed[0], json.loads(last) if isinstance(last, str) else last]
+            )
         if not problems:
-            problems += self._artifact_problems(bodies)
-        return ChainCheck(run.run_id, not problems, len(rows), tuple(problems))
+            problems += self._artifact_problems(parsed)
+        return ChainCheck(run.run_id, not problems, n, tuple(problems))
 
     def verify_all(self, since: datetime | None = None) -> list[ChainCheck]:
         """Verify every run (started at or after ``since``), oldest first."""
         return [self.verify(r.run_id) for r in reversed(self.list_runs(limit=None, since=since))]
 
-    def _stored_events(self, run_id: str) -> list[tuple[int, str, str, str | bytes]]:
+    def _events_query(self, run_id: str) -> sa.Select[int, str, str, str | bytes]:
         """(seq, event, sha256, body) rows in order; SQLite bodies as raw bytes, even invalid UTF-8."""
         t = EventRow.__table__  # type: ignore[attr-defined]
         body = sa.cast(t.c.body, sa.LargeBinary) if self.is_sqlite else t.c.body
-        q = sa.select(t.c.seq, t.c.event, t.c.sha256, body).where(t.c.run_id == run_id).order_by(t.c.seq)
-        with self.engine.connect() as conn:
-            return [(r[0], r[1], r[2], r[3]) for r in conn.execute(q)]
+        return sa.select(t.c.seq, t.c.event, t.c.sha256, body).where(t.c.run_id == run_id).order_by(t.c.seq)
 
     def _artifact_problems(self, bodies: list[dict[str, Any]]) -> list[str]:
         """Edited or missing artifacts, in the order the run first referenced them."""
@@ -366,6 +393,12 @@ class TraceStore:
                 if hashlib.sha256(row.data).hexdigest() != digest:
                     problems.append(f"criteria document {digest[:12]} does not match its sha256 (edited)")
         return problems
+
+
+def _add_rows(s: Session, rows: Sequence[SQLModel]) -> None:
+    """Add copies of ORM rows (fresh: a retry reuses the originals) and flush them."""
+    s.add_all([type(r)(**r.model_dump()) for r in rows])
+    s.flush()
 
 
 def referenced_artifacts(bodies: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
@@ -400,6 +433,45 @@ def _artifact_hashes_in_order(obj: Any) -> list[str]:
         for v in obj:
             found += _artifact_hashes_in_order(v)
     return found
+
+
+def _intact_event_text(
+    run_id: str, i: int, seq: int, kind: str, sha256: str, stored: str | bytes, prev: str
+) -> str | None:
+    """The stored text of the ``i``-th event when it is intact, by a quick route; None when any check fails
+    (then ``_check_event`` names the problem, or accepts what this route could not decide).
+
+    The recorder stores an event as ``canonical_json(body)`` and hashes ``canonical_json`` of the body without
+    ``sha256``: that is the stored text with its top-level ``,"sha256":"..."`` member cut out (never the first
+    key: ``event`` and ``prev_sha256`` sort before it). So the stored bytes are hashed as they are, instead of
+    parsed and serialised again, and any edit to them changes that hash. What this route takes from the hash
+    rather than re-serialising is that the text is canonical: only a chain forged from an edited event to its
+    end and resealed could hold other bytes under a matching hash, and such a forgery, written canonically,
+    passes the full check too (the chain carries no signature).
+    """
+    if seq != i or not isinstance(sha256, str):
+        return None
+    try:
+        text = stored.decode() if isinstance(stored, bytes) else stored
+        event = _validate_event_json(text)
+    except Exception:  # noqa: BLE001 -- a tampered body may fail anywhere
+        return None
+    if (
+        event.seq != seq
+        or event.run_id != run_id
+        or event.event != kind
+        or event.prev_sha256 != prev
+        or event.sha256 != sha256
+    ):
+        return None
+    member = f',"sha256":"{sha256}"'
+    at = text.find(member)
+    if at < 0:
+        return None
+    hashed = text[:at] + text[at + len(member) :]
+    if hashlib.sha256(hashed.encode()).hexdigest() != sha256:
+        return None
+    return text
 
 
 def _check_event(
