@@ -11,8 +11,8 @@ options ``{"review_rounds": 0}`` by concurrent clients (threads with httpx). Pri
 2. **crash**: the same load, with the server's process group killed by SIGKILL half-way through the
    submissions and restarted on the same store: every accepted job (202) ends exactly once. Clients
    retry refused connections (nothing sent) until it is back, and count them; a request in flight at
-   the kill gets no answer and is not sent again (the server may have stored it: such a job, stored
-   without its 202, must end exactly once too); it is counted as refused, never as lost;
+   the kill gets no answer and is sent again with its ``Idempotency-Key`` (the server may have stored
+   it: the resent request then returns that job, never a second one);
 3. **two servers** (when ``$DXGRAPH_TEST_PG_URL`` names a PostgreSQL server; ``bash .ci/postgres.sh``):
    two servers on different ports share one fresh schema; ``--pg-submissions`` spread over both (a
    client whose server is down sends to the other) run exactly once each, while one of the two is killed
@@ -207,6 +207,8 @@ class Submission:
     """Index of the server that accepted it (or was last tried)."""
     refusals: int = 0
     """Connections refused before it was accepted or given up (the server was down)."""
+    resent: int = 0
+    """Times it was sent again, with the same idempotency key, after its answer was lost."""
 
 
 @dataclass
@@ -245,13 +247,14 @@ def submit_load(
     PNG bytes) to ``bases[i % len(bases)]``.
 
     With ``failover``, a submission whose server refuses the connection is sent to the next one. A
-    refused connection (nothing was sent) is retried every 0.25 s for up to ``retry_refused_s`` seconds,
-    as a client would while a server restarts; a request sent whose answer is lost is not (the job may be
-    stored: sending it again would make a second job).
+    refused connection (nothing was sent), or a request whose answer was lost, is retried every 0.25 s
+    for up to ``retry_refused_s`` seconds, as a client would while a server restarts; every submission
+    carries an ``Idempotency-Key``, so a resent one whose first copy was stored gets that job back.
     ``on_submitted(k)`` is called after the k-th answer (from the client threads).
     """
     payloads = list(images)
     headers = {"Authorization": f"Bearer {token}"}
+    nonce = uuid.uuid4().hex[:12]  # keys of this load only
     done = 0
     lock = threading.Lock()
     local = threading.local()
@@ -271,19 +274,20 @@ def submit_load(
             try:
                 r = local.client.post(
                     f"{bases[sub.server]}/diagnoses",
+                    headers={"Idempotency-Key": f"{nonce}-{i}"},
                     data={"task": "glaucoma", "options": OPTIONS, "case_id": f"load-{i:04d}"},
                     files={"files": (name, data, "image/png")},
                 )
-            except httpx.ConnectError as e:
-                sub.refused, sub.refusals = type(e).__name__, sub.refusals + 1
+            except httpx.TransportError as e:  # refused (nothing sent), or sent and the answer lost
+                if isinstance(e, httpx.ConnectError):
+                    sub.refused, sub.refusals = type(e).__name__, sub.refusals + 1
+                else:
+                    sub.refused, sub.resent = f"{type(e).__name__} (sent, no answer)", sub.resent + 1
                 k += 1
                 if k == tries and time.perf_counter() < give_up:
                     time.sleep(0.25)
                     k = 0
                 continue
-            except httpx.TransportError as e:  # sent, answer lost
-                sub.refused = f"{type(e).__name__} (sent, no answer)"
-                break
             if r.status_code == 202:
                 sub.job_id, sub.refused = r.json()["job_id"], None
                 sub.latency_s = time.perf_counter() - t0
@@ -755,6 +759,12 @@ def report(title: str, r: LoadResult) -> None:
         print(
             f"   connections refused while down: {refusals}; {retried} submissions accepted after one"
             " (retried, or sent to the other server)"
+        )
+    resent = sum(s.resent for s in load.submissions)
+    if resent:
+        print(
+            f"   answers lost in flight: {resent}, each sent again with its idempotency key"
+            f" ({sum(1 for s in load.accepted if s.resent)} then accepted, as the job the first copy made or a new one)"
         )
     print(
         f"   ended: completed {o.completed}, failed {o.failed}; lost {o.lost}, duplicated {o.duplicated};"

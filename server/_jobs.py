@@ -14,6 +14,7 @@ for ever. Everything is insert-only, like the runs.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import mimetypes
 import os
@@ -252,10 +253,12 @@ class JobQueue:
         media_type = media_type or mimetypes.guess_type(file_name)[0] or "application/octet-stream"
         return JobImage(file_name=file_name, sha256=self.store.put_bytes(data, media_type))
 
-    def submit(self, request: JobRequest, submitted_by: str) -> JobInfo:
+    def submit(self, request: JobRequest, submitted_by: str, *, job_id: str | None = None) -> JobInfo:
         """Accept a job: once this returns, it is stored and will end exactly once.
 
-        UserError when an image's bytes are not in the store (stage them first).
+        ``job_id`` (from ``idempotent_job_id``) makes a resent submission land on the job the first one
+        made: the same submitter and request get that job back, however often they are sent; another
+        request under the same id is a UserError. UserError when an image's bytes are not in the store.
         """
         missing = [im.file_name for im in request.images if not self._has_artifact(im.sha256)]
         if missing:
@@ -263,13 +266,24 @@ class JobQueue:
                 f"image bytes not in the store for {', '.join(repr(m) for m in missing)}: stage them first"
             )
         row = JobRow(
-            job_id=secrets.token_hex(16),
+            job_id=job_id or secrets.token_hex(16),
             submitted_at=_now(),
             submitted_by=submitted_by,
             task=request.task,
             request=request.model_dump_json(),
         )
-        self.store.insert([row])
+        try:
+            self.store.insert([row])
+        except DuplicateRecord:
+            if job_id is None:
+                raise
+            with self.store.engine.connect() as conn:
+                first = conn.execute(sa.select(_JOBS).where(_JOBS.c.job_id == job_id)).first()
+            if first is None or first.submitted_by != submitted_by or first.request != row.request:
+                raise UserError(
+                    f"the idempotency key of job {job_id} was already used for another submission"
+                ) from None
+            return self.status(job_id)
         self.accepted.set()
         return self._info(row, [], None)
 
@@ -519,6 +533,11 @@ class JobQueue:
 
 
 # -- the workers ---------------------------------------------------------------------------------------
+
+
+def idempotent_job_id(submitted_by: str, key: str) -> str:
+    """The job id a submitter's idempotency key stands for (a resent submission finds its first job)."""
+    return "k" + hashlib.sha256(f"{submitted_by}\x00{key}".encode()).hexdigest()[:31]
 
 
 def safe_file_name(name: str, fallback: str = "image") -> str:

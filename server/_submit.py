@@ -10,11 +10,12 @@ Request bodies over the app's limit are refused with ``413`` while they stream i
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Mapping
 from typing import Annotated, Any
 
-from fastapi import APIRouter, File, Form, Query, Request, UploadFile
+from fastapi import APIRouter, File, Form, Header, Query, Request, UploadFile
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from sqlmodel import Session, col, select
@@ -24,7 +25,16 @@ from dxgraph.errors import UserError
 from dxgraph.server._accounts import Principal
 from dxgraph.server._auth import Reader, Researcher
 from dxgraph.server._errors import ApiError, error_body
-from dxgraph.server._jobs import MAX_IMAGES, JobInfo, JobNotFound, JobQueue, JobRequest, JobResultRow, JobRow
+from dxgraph.server._jobs import (
+    MAX_IMAGES,
+    JobInfo,
+    JobNotFound,
+    JobQueue,
+    JobRequest,
+    JobResultRow,
+    JobRow,
+    idempotent_job_id,
+)
 
 MAX_UPLOAD_BYTES = 512 * 1024 * 1024
 """Default limit of one request's body (all its files together), bytes."""
@@ -151,13 +161,18 @@ def _check_task(task: str, clinical_text: str | None) -> None:
 
 
 async def queue_case(
-    queue: JobQueue, who: Principal, form: Mapping[str, str | None], files: list[UploadFile]
+    queue: JobQueue,
+    who: Principal,
+    form: Mapping[str, str | None],
+    files: list[UploadFile],
+    idempotency_key: str | None = None,
 ) -> JobInfo:
     """Check one case and queue it as ``who``'s job; ApiError(422) with the reason when it cannot be.
 
     ``form`` holds the case's fields (task, modality, laterality, clinical_text, case_id, options as JSON
     text; empty means absent). The blocking work (criteria retrieval, storing images, the queue's write)
-    runs in the thread pool, so the server keeps answering while a large upload is stored.
+    runs in the thread pool, so the server keeps answering while a large upload is stored. With an
+    ``idempotency_key``, a resent submission (its first answer lost) returns the job the first one made.
     """
     from starlette.concurrency import run_in_threadpool
 
@@ -193,7 +208,8 @@ async def queue_case(
         first = e.errors()[0]
         where = ".".join(str(p) for p in first.get("loc", ()))
         raise ApiError(422, f"{where}: {first.get('msg', 'invalid')}") from None
-    info: JobInfo = await run_in_threadpool(queue.submit, job, who.name)
+    job_id = None if idempotency_key is None else idempotent_job_id(who.name, idempotency_key)
+    info: JobInfo = await run_in_threadpool(functools.partial(queue.submit, job, who.name, job_id=job_id))
     return info
 
 
@@ -212,6 +228,15 @@ def submit_router() -> APIRouter:
         clinical_text: Annotated[str | None, Form(max_length=20_000)] = None,
         case_id: Annotated[str | None, Form(max_length=200)] = None,
         options: Annotated[str | None, Form(max_length=20_000, description="Run options as JSON.")] = None,
+        idempotency_key: Annotated[
+            str | None,
+            Header(
+                alias="Idempotency-Key",
+                pattern=r"^[A-Za-z0-9._:-]{1,200}$",
+                description="Any unique string of the client's: resending the submission with it returns"
+                " the same job instead of a second one.",
+            ),
+        ] = None,
     ) -> JSONResponse:
         """Queue one case for diagnosis; answers 202 with the job, whose status is at ``/v1/jobs/{id}``."""
         form = {
@@ -222,7 +247,7 @@ def submit_router() -> APIRouter:
             "case_id": case_id,
             "options": options,
         }
-        info = await queue_case(_queue(request), who, form, files)
+        info = await queue_case(_queue(request), who, form, files, idempotency_key)
         body = {**info.model_dump(mode="json"), "status_url": f"/v1/jobs/{info.job_id}"}
         return JSONResponse(body, status_code=202, headers={"Location": f"/v1/jobs/{info.job_id}"})
 

@@ -61,12 +61,16 @@ def test_a_submitted_case_is_run_by_a_worker_and_its_run_is_the_submitters(setup
     run = client.get(f"/v1/runs/{done['run_id']}", headers=_h(tokens, "researcher")).json()
     vcdr = next(e for e in run["evidence"] if e["indicator"] == "vcdr")
     assert abs(vcdr["value"] - 0.62) < 0.08 and run["diagnosis"]["label"] == run["run"]["label"]
-    assert [r["run_id"] for r in client.get("/v1/runs", headers=_h(tokens, "researcher")).json()] == [done["run_id"]]
+    assert [r["run_id"] for r in client.get("/v1/runs", headers=_h(tokens, "researcher")).json()] == [
+        done["run_id"]
+    ]
     assert client.get(f"/v1/runs/{done['run_id']}", headers=_h(tokens, "bob")).status_code == 404
     assert client.get(job["status_url"], headers=_h(tokens, "bob")).status_code == 404
     assert client.get("/v1/jobs", headers=_h(tokens, "bob")).json() == []
     assert client.get(job["status_url"], headers=_h(tokens, "auditor")).json()["run_id"] == done["run_id"]
-    assert client.post(f"/v1/runs/{done['run_id']}/verify", headers=_h(tokens, "auditor")).json()["ok"] is True
+    assert (
+        client.post(f"/v1/runs/{done['run_id']}/verify", headers=_h(tokens, "auditor")).json()["ok"] is True
+    )
     assert store.verify(done["run_id"]).ok
 
 
@@ -75,7 +79,9 @@ def test_only_researchers_submit(setup, who, status):
     store, tokens = setup
     client = TestClient(create_app(store))
     headers = {} if who == "nobody" else _h(tokens, who)
-    r = client.post("/v1/diagnoses", headers=headers, data=_form(), files={"files": ("e.png", _png(), "image/png")})
+    r = client.post(
+        "/v1/diagnoses", headers=headers, data=_form(), files={"files": ("e.png", _png(), "image/png")}
+    )
     assert r.status_code == status and r.json()["error"]["code"] in ("forbidden", "unauthorized")
 
 
@@ -83,8 +89,16 @@ def test_only_researchers_submit(setup, who, status):
     ("data", "files", "message"),
     [
         (_form(task="appendicitis"), [("e.png", b"x")], "no criteria answer the question 'appendicitis'"),
-        (_form(options='{"criteria_dirs": ["/etc"]}'), [("e.png", b"x")], "criteria_dirs cannot be set per request"),
-        (_form(options='{"base_url": "http://169.254.169.254"}'), [("e.png", b"x")], "base_url cannot be set"),
+        (
+            _form(options='{"criteria_dirs": ["/etc"]}'),
+            [("e.png", b"x")],
+            "criteria_dirs cannot be set per request",
+        ),
+        (
+            _form(options='{"base_url": "http://169.254.169.254"}'),
+            [("e.png", b"x")],
+            "base_url cannot be set",
+        ),
         (_form(options="{oops"), [("e.png", b"x")], "options: not JSON"),
         (_form(options='["seed"]'), [("e.png", b"x")], "a JSON object of run options"),
         (_form(options='{"review_rounds": "many"}'), [("e.png", b"x")], "review_rounds"),
@@ -112,7 +126,10 @@ def test_an_oversized_body_is_refused_with_413_declared_or_streamed(setup):
     store, tokens = setup
     client = TestClient(create_app(store, max_upload_bytes=50_000))
     r = client.post(
-        "/v1/diagnoses", headers=_h(tokens, "researcher"), data=_form(), files={"files": ("e.png", b"0" * 60_000)}
+        "/v1/diagnoses",
+        headers=_h(tokens, "researcher"),
+        data=_form(),
+        files={"files": ("e.png", b"0" * 60_000)},
     )
     assert r.status_code == 413 and r.json()["error"]["code"] == "too_large"
 
@@ -140,7 +157,37 @@ def test_the_apps_own_workers_drain_the_queue_while_it_serves(setup):
         )
         url = r.json()["status_url"]
         deadline = time.monotonic() + 120
-        while (info := client.get(url, headers=_h(tokens, "researcher")).json())["status"] not in ("completed", "failed"):
+        while (info := client.get(url, headers=_h(tokens, "researcher")).json())["status"] not in (
+            "completed",
+            "failed",
+        ):
             assert time.monotonic() < deadline, info
             time.sleep(0.2)
     assert info["status"] == "completed" and store.verify(info["run_id"]).ok
+
+
+def test_a_resent_submission_with_its_idempotency_key_returns_the_first_job(setup):
+    store, tokens = setup
+    client = TestClient(create_app(store))
+
+    def send(who="researcher", key="case-17:try", vcdr=0.5):
+        return client.post(
+            "/v1/diagnoses",
+            headers={**_h(tokens, who), "Idempotency-Key": key},
+            data=_form(),
+            files={"files": ("e.png", _png(vcdr), "image/png")},
+        )
+
+    first, again = send(), send()
+    assert first.status_code == again.status_code == 202
+    assert first.json()["job_id"] == again.json()["job_id"]
+    other_key, bobs = send(key="case-18"), send(who="bob")
+    assert len({first.json()["job_id"], other_key.json()["job_id"], bobs.json()["job_id"]}) == 3
+    changed = send(vcdr=0.7)  # the same key for another case: refused, not silently merged
+    assert (
+        changed.status_code == 422
+        and "already used for another submission" in changed.json()["error"]["message"]
+    )
+    bad = send(key="no spaces allowed")
+    assert bad.status_code == 422 and "Idempotency-Key" in bad.json()["error"]["message"]
+    assert len(client.get("/v1/jobs", headers=_h(tokens, "auditor")).json()) == 3
