@@ -51,7 +51,8 @@ import cv2
 import httpx
 import sqlalchemy as sa
 
-PG_ENV = "DXGRAPH_TEST_PG_URL"
+from dxgraph.testing.postgres import PG_ENV, pg_base_url, pg_schema_url
+
 """Environment variable with a PostgreSQL SQLAlchemy URL (``bash .ci/postgres.sh`` prints one)."""
 OPTIONS = '{"review_rounds": 0}'
 """The run options of every submission."""
@@ -537,22 +538,6 @@ def _set_at(event: threading.Event, k: int, at: int) -> None:
         event.set()
 
 
-@contextlib.contextmanager
-def pg_schema(base: str) -> Iterator[str]:
-    """A fresh PostgreSQL schema of its own; yields the URL that selects it (dropped afterwards)."""
-    schema = f"dxgraph_bench_{uuid.uuid4().hex[:12]}"
-    admin = sa.create_engine(base)
-    with admin.begin() as conn:
-        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
-    sep = "&" if "?" in base else "?"
-    try:
-        yield f"{base}{sep}options=-csearch_path%3D{schema}"
-    finally:
-        with admin.begin() as conn:
-            conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
-
-
 def run_two_servers(
     db: str,
     images: Sequence[tuple[str, bytes]],
@@ -812,11 +797,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             report("crash: the same load, server SIGKILLed half-way and restarted on the store", r)
             ok &= r.outcome.exactly_once
         if "two" in parts:
-            base = os.environ.get(PG_ENV)
+            base = pg_base_url()
             if not base:
                 print(f"\n== two servers: skipped (no ${PG_ENV}; run: bash .ci/postgres.sh)")
             else:
-                with pg_schema(base) as url:
+                with pg_schema_url(base) as url:
                     r = run_two_servers(url, images, args.pg_submissions, args.clients)
                 report(
                     f"two servers on one PostgreSQL store: {args.pg_submissions} submissions,"

@@ -318,8 +318,7 @@ class JobQueue:
     def _claim_once(self, worker: str) -> ClaimedJob | Literal["ended"] | None:
         """One transaction: find a candidate, then claim it or end it."""
         now = _now()
-        writer = self.store._writer  # BEGIN IMMEDIATE on SQLite: claims are serialised there
-        with writer.begin() as conn:
+        with self.store.write_transaction() as conn:  # BEGIN IMMEDIATE on SQLite: claims serialised
             q = self._candidates(now).limit(1)
             if conn.dialect.name == "postgresql":
                 q = q.with_for_update(of=_JOBS, skip_locked=True)

@@ -19,13 +19,10 @@ def db(tmp_path: Path) -> str:
     return str(tmp_path / "traces.db")
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def url(request: pytest.FixtureRequest, db: str) -> Iterator[str]:
-    """A fresh, empty store on each backend: a SQLite file, or a PostgreSQL schema of its own (dropped
-    afterwards; skipped without ``$DXGRAPH_TEST_PG_URL``, a failure under ``CI=true``)."""
-    if request.param == "sqlite":
-        yield db
-        return
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A fresh PostgreSQL store: a schema of its own, dropped afterwards (skipped without
+    ``$DXGRAPH_TEST_PG_URL``, a failure under ``CI=true``)."""
     base = pg_base_url()
     if base is None:
         reason = f"PostgreSQL tests need ${PG_ENV} (run: bash .ci/postgres.sh)"
@@ -34,6 +31,12 @@ def url(request: pytest.FixtureRequest, db: str) -> Iterator[str]:
         pytest.skip(reason)
     with pg_schema_url(base) as url:
         yield url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def url(request: pytest.FixtureRequest, db: str) -> str:
+    """A fresh, empty store on each backend: a SQLite file, or a PostgreSQL schema (``pg_url``)."""
+    return db if request.param == "sqlite" else str(request.getfixturevalue("pg_url"))
 
 
 @pytest.fixture(autouse=True)

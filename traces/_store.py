@@ -13,6 +13,7 @@ import os
 import random
 import time
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -168,6 +169,12 @@ class TraceStore:
     def _migrate(self) -> None:
         with self._writer.begin() as conn:
             apply_migrations(conn)
+
+    def write_transaction(self) -> AbstractContextManager[sa.Connection]:
+        """A transaction that holds the store's write lock from its first statement (``BEGIN IMMEDIATE``
+        on SQLite, so a read-then-write cannot deadlock another writer; a plain one on PostgreSQL, where
+        ``SELECT ... FOR UPDATE`` locks rows); committed on exit, rolled back on an exception."""
+        return self._writer.begin()
 
     # -- writing -------------------------------------------------------------------------------
 

@@ -9,19 +9,15 @@ under ``CI=true``.
 
 from __future__ import annotations
 
-import os
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from dxgraph.bench.serve_load import (
-    PG_ENV,
     case_images,
     check_store,
-    pg_schema,
     run_crash,
     run_two_servers,
 )
@@ -34,19 +30,6 @@ from _helpers import drawn_disc_cup_registry, write_rgb
 @pytest.fixture(autouse=True)
 def _one_thread(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-
-
-@pytest.fixture
-def pg_url() -> Iterator[str]:
-    """A fresh PostgreSQL schema of its own (dropped afterwards)."""
-    base = os.environ.get(PG_ENV)
-    if not base:
-        reason = f"PostgreSQL tests need ${PG_ENV} (run: bash .ci/postgres.sh)"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(reason)
-        pytest.skip(reason)
-    with pg_schema(base) as url:
-        yield url
 
 
 @pytest.mark.slow

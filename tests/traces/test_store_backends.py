@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import subprocess
 import sys
 import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
@@ -33,35 +31,8 @@ from dxgraph.traces import (
 
 from _helpers import drawn_disc_cup_registry, drawn_run
 
-PG_ENV = "DXGRAPH_TEST_PG_URL"
-"""Environment variable with a PostgreSQL SQLAlchemy URL for these tests."""
 N_EVENTS = 8
 """Events in a drawn-registry glaucoma run."""
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def url(request: pytest.FixtureRequest, db: str) -> Iterator[str]:
-    """A fresh, empty store: a SQLite file, or a PostgreSQL schema of its own (dropped afterwards)."""
-    if request.param == "sqlite":
-        yield db
-        return
-    base = os.environ.get(PG_ENV)
-    if not base:
-        reason = f"PostgreSQL tests need ${PG_ENV} (run: bash .ci/postgres.sh)"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(reason)
-        pytest.skip(reason)
-    schema = f"dxgraph_test_{uuid.uuid4().hex[:12]}"
-    admin = sa.create_engine(base)
-    with admin.begin() as conn:
-        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
-    sep = "&" if "?" in base else "?"
-    try:
-        yield f"{base}{sep}options=-csearch_path%3D{schema}"
-    finally:
-        with admin.begin() as conn:
-            conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
 
 
 def _diagnose(url: str, tmp_path: Path, cup_radius_px: float = 25.0) -> str:
