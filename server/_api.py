@@ -162,6 +162,35 @@ def _readable_run(request: Request, who: Principal, run_id: str, action: str) ->
     return row
 
 
+def visible_runs(
+    request: Request,
+    who: Principal,
+    task: str | None,
+    label: str | None,
+    status: str | None,
+    since: datetime | None,
+    limit: int,
+) -> list[RunRow]:
+    """The runs ``who`` may see (every run for an auditor, their own for a researcher), newest first,
+    filtered, at most ``limit``; the listing is logged to the access log."""
+    store = _store(request)
+    mine = None if who.role == "auditor" else request.app.state.owners.runs_of(who.name)
+    if mine is not None and not mine:
+        return []
+    rows = store.list_runs(
+        limit=None if mine is not None or label or status else limit, task=task, since=since
+    )
+    picked = [
+        r
+        for r in rows
+        if (mine is None or r.run_id in mine)
+        and (label is None or r.label == label)
+        and (status is None or r.status == status)
+    ][:limit]
+    _accounts(request).log_access(who, "list_runs", f"{len(picked)} runs")
+    return picked
+
+
 def _summary(row: RunRow) -> RunSummary:
     return RunSummary.model_validate(row.model_dump())
 
@@ -225,22 +254,7 @@ def _v1() -> APIRouter:
         limit: int = Query(50, ge=1, le=1000),
     ) -> list[RunSummary]:
         """Stored runs, newest first: every run for an auditor, their own for a researcher."""
-        store = _store(request)
-        mine = None if who.role == "auditor" else request.app.state.owners.runs_of(who.name)
-        if mine is not None and not mine:
-            return []
-        rows = store.list_runs(
-            limit=None if mine is not None or label or status else limit, task=task, since=since
-        )
-        picked = [
-            r
-            for r in rows
-            if (mine is None or r.run_id in mine)
-            and (label is None or r.label == label)
-            and (status is None or r.status == status)
-        ][:limit]
-        _accounts(request).log_access(who, "list_runs", f"{len(picked)} runs")
-        return [_summary(r) for r in picked]
+        return [_summary(r) for r in visible_runs(request, who, task, label, status, since, limit)]
 
     @v1.get("/runs/{run_id}", tags=["runs"])
     def run(request: Request, run_id: str, who: Reader) -> dict[str, Any]:

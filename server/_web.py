@@ -285,24 +285,10 @@ def _list_runs(
     status: str | None,
     since: datetime | None,
 ) -> list[RunRow]:
-    """The runs ``who`` may see, newest first, filtered as ``GET /v1/runs`` filters them."""
-    store = _store(request)
-    mine = None if who.role == "auditor" else request.app.state.owners.runs_of(who.name)
-    if mine is not None and not mine:
-        return []
-    limit = 200
-    rows = store.list_runs(
-        limit=None if mine is not None or label or status else limit, task=task, since=since
-    )
-    picked = [
-        r
-        for r in rows
-        if (mine is None or r.run_id in mine)
-        and (label is None or r.label == label)
-        and (status is None or r.status == status)
-    ][:limit]
-    _accounts(request).log_access(who, "list_runs", f"{len(picked)} runs")
-    return picked
+    """The runs ``who`` may see, newest first, filtered as ``GET /v1/runs`` filters them (at most 200)."""
+    from dxgraph.server._api import visible_runs
+
+    return visible_runs(request, who, task, label, status, since, 200)
 
 
 def web_router() -> APIRouter:
