@@ -89,8 +89,7 @@ def _m004_accounts(conn: sa.Connection) -> None:
         sa.Column("name", sa.String, nullable=False, unique=True),
         sa.Column("role", sa.String, nullable=False),
         sa.Column("salt_hex", sa.String, nullable=False),
-        sa.Column("secret_scrypt_hex", sa.String, nullable=False),
-        sa.Column("scrypt_n", sa.Integer, nullable=False),
+        sa.Column("secret_sha256_hex", sa.String, nullable=False),
         sa.Column("created_at", sa.DateTime, nullable=False),
     )
     sa.Table(
