@@ -34,6 +34,8 @@ from dxgraph.server._auth import Admin, Anyone, Auditor, Reader
 from dxgraph.server._errors import ApiError, install_error_handlers
 from dxgraph.server._jobs import LEASE_S, JobQueue, JobWorker
 from dxgraph.server._progress import progress_router
+from dxgraph.server._state import accounts_of as _accounts
+from dxgraph.server._state import store_of as _store
 from dxgraph.server._submit import MAX_UPLOAD_BYTES, BodyLimit, QueueOwnership, submit_router
 from dxgraph.server._web import web_router
 from dxgraph.traces import RunRow, TraceStore
@@ -133,16 +135,6 @@ class CreatedToken(TokenInfo):
 
     token: str
     """The token's text, to send as ``Authorization: Bearer``."""
-
-
-def _store(request: Request) -> TraceStore:
-    store: TraceStore = request.app.state.store
-    return store
-
-
-def _accounts(request: Request) -> Accounts:
-    accounts: Accounts = request.app.state.accounts
-    return accounts
 
 
 def _readable_run(request: Request, who: Principal, run_id: str, action: str) -> RunRow:

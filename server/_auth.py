@@ -8,17 +8,12 @@ from typing import Annotated
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from dxgraph.server._accounts import Accounts, Principal, Role
+from dxgraph.server._accounts import Principal, Role
 from dxgraph.server._errors import ApiError
+from dxgraph.server._state import accounts_of
 
 _bearer = HTTPBearer(auto_error=False, description="A token from 'dxgraph token create'.")
 _CHALLENGE = {"WWW-Authenticate": "Bearer"}
-
-
-def accounts_of(request: Request) -> Accounts:
-    """The accounts the app was made with."""
-    accounts: Accounts = request.app.state.accounts
-    return accounts
 
 
 def principal(

@@ -21,6 +21,7 @@ from dxgraph.server._accounts import Principal
 from dxgraph.server._auth import Reader
 from dxgraph.server._errors import ApiError
 from dxgraph.server._jobs import JobInfo, JobNotFound, JobQueue
+from dxgraph.server._state import queue_of
 
 POLL_S = 0.25
 """How often the stream looks at the job, seconds."""
@@ -91,7 +92,7 @@ def progress_router() -> APIRouter:
     def job_progress(request: Request, job_id: str, who: Reader) -> StreamingResponse:
         """The job's progress as Server-Sent Events: ``status`` at each change, then ``done``; the
         stream ends with the job (its submitter, or an auditor)."""
-        queue: JobQueue = request.app.state.queue
+        queue = queue_of(request)
         visible_job(queue, job_id, who)
         return event_stream(queue, job_id)
 

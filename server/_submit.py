@@ -35,6 +35,7 @@ from dxgraph.server._jobs import (
     JobRow,
     idempotent_job_id,
 )
+from dxgraph.server._state import queue_of as _queue
 
 MAX_UPLOAD_BYTES = 512 * 1024 * 1024
 """Default limit of one request's body (all its files together), bytes."""
@@ -123,11 +124,6 @@ class BodyLimit:
             }
         )
         await send({"type": "http.response.body", "body": body})
-
-
-def _queue(request: Request) -> JobQueue:
-    queue: JobQueue = request.app.state.queue
-    return queue
 
 
 def _options(raw: str | None) -> dict[str, Any]:

@@ -42,10 +42,13 @@ from sqlmodel import Session as DbSession
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from dxgraph.errors import StoreError, UserError
-from dxgraph.server._accounts import Accounts, Principal, Role, TokenRevocationRow
+from dxgraph.server._accounts import Principal, Role, TokenRevocationRow
 from dxgraph.server._errors import ApiError
-from dxgraph.server._jobs import MAX_IMAGES, JobQueue
+from dxgraph.server._jobs import MAX_IMAGES
 from dxgraph.server._progress import event_stream, visible_job
+from dxgraph.server._state import accounts_of as _accounts
+from dxgraph.server._state import queue_of as _queue
+from dxgraph.server._state import store_of as _store
 from dxgraph.server._submit import queue_case
 from dxgraph.traces import RunRow, TraceStore
 
@@ -171,21 +174,6 @@ def _tasks() -> list[str]:
     from dxgraph.criteria_kb import packaged_criteria
 
     return sorted({c.document.disease for c in packaged_criteria()})
-
-
-def _store(request: Request) -> TraceStore:
-    store: TraceStore = request.app.state.store
-    return store
-
-
-def _accounts(request: Request) -> Accounts:
-    accounts: Accounts = request.app.state.accounts
-    return accounts
-
-
-def _queue(request: Request) -> JobQueue:
-    queue: JobQueue = request.app.state.queue
-    return queue
 
 
 def _home(who: Principal) -> str:
