@@ -156,12 +156,46 @@ def _m005_jobs(conn: sa.Connection) -> None:
     md.create_all(conn)
 
 
+def _m006_server_cohorts(conn: sa.Connection) -> None:
+    """Cohorts submitted to the server (insert-only): which job runs which case of which cohort, and who
+    submitted the cohort (a cohort's cases are jobs of the queue)."""
+    md = sa.MetaData()
+    sa.Table(
+        "cohort_jobs",
+        md,
+        sa.Column("job_id", sa.String, primary_key=True),  # a job of ``jobs``
+        sa.Column("cohort_id", sa.String, nullable=False, index=True),  # a cohort of ``cohorts``
+        sa.Column("case_id", sa.String, nullable=False),
+        sa.Column("submitted_by", sa.String, nullable=False, index=True),
+    )
+    md.create_all(conn)
+
+
+def _m007_run_verifications(conn: sa.Connection) -> None:
+    """Verifications of stored runs (insert-only): who checked a run's hash chain, when, and the outcome."""
+    md = sa.MetaData()
+    sa.Table(
+        "run_verifications",
+        md,
+        sa.Column("verification_id", sa.String, primary_key=True),
+        sa.Column("run_id", sa.String, nullable=False, index=True),
+        sa.Column("at", sa.DateTime, nullable=False, index=True),
+        sa.Column("verified_by", sa.String, nullable=False),
+        sa.Column("ok", sa.Boolean, nullable=False),
+        sa.Column("n_events", sa.Integer, nullable=False),
+        sa.Column("problem", sa.Text, nullable=True),
+    )
+    md.create_all(conn)
+
+
 MIGRATIONS: dict[int, Callable[[sa.Connection], None]] = {
     1: _m001_initial,
     2: _m002_lookup_indexes,
     3: _m003_cohorts,
     4: _m004_accounts,
     5: _m005_jobs,
+    6: _m006_server_cohorts,
+    7: _m007_run_verifications,
 }
 """Schema version -> the migration that brings the previous version to it."""
 SCHEMA_VERSION = max(MIGRATIONS)
