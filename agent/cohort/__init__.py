@@ -23,7 +23,15 @@ from dxgraph.agent.cohort._progress import CohortProgress
 from dxgraph.agent.cohort._report import render_cohort_report
 from dxgraph.agent.cohort._runner import CohortResult, run_cohort
 from dxgraph.agent.cohort._store import CohortStore, case_row
-from dxgraph.agent.cohort._worker import CaseJob, CaseWorker, CohortSettings, limit_cpu_threads, run_cost
+from dxgraph.agent.cohort._worker import (
+    CaseJob,
+    CaseWorker,
+    CohortSettings,
+    failed_outcome,
+    limit_cpu_threads,
+    recorded_outcome,
+    run_cost,
+)
 
 __all__ = [
     "EXECUTORS",
@@ -51,11 +59,13 @@ __all__ = [
     "check_rows",
     "compute_metrics",
     "default_workers",
+    "failed_outcome",
     "format_metrics",
     "indicator_agreement",
     "limit_cpu_threads",
     "make_executor",
     "read_manifest",
+    "recorded_outcome",
     "render_cohort_report",
     "run_cohort",
     "run_cost",

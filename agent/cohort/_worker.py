@@ -126,59 +126,80 @@ class CaseWorker:
         raise RuntimeError(f"case {case_id} attempt {attempt} reported stored but not found")
 
     def _failed(self, case: CohortCase, kind: FailureKind, error: str, t0: float) -> CaseOutcome:
-        return CaseOutcome(
-            cohort_id=self.settings.cohort_id,
-            case_id=case.case_id,
-            line=case.line,
-            status="failed",
-            failure=kind,
-            error=error,
-            truth_label=case.truth_label,
-            truth_positive=case.truth_positive,
-            truth=case.truth,
-            cost=CaseCost(wall_ms=(time.perf_counter() - t0) * 1000),
-            finished_at=datetime.now(UTC),
-            worker=self.name,
-        )
+        wall_ms = (time.perf_counter() - t0) * 1000
+        return failed_outcome(self.settings.cohort_id, case, kind, error, self.name, wall_ms)
 
     def _outcome(
         self, case: CohortCase, rec: TraceRecorder, diagnosis: Diagnosis | None, error: str | None
     ) -> CaseOutcome:
         """The outcome of a run that was recorded (completed, or stopped by a bug)."""
-        base = {
-            "cohort_id": self.settings.cohort_id,
-            "case_id": case.case_id,
-            "line": case.line,
-            "run_id": rec.run_id,
-            "truth_label": case.truth_label,
-            "truth_positive": case.truth_positive,
-            "truth": case.truth,
-            "cost": run_cost(rec),
-            "finished_at": datetime.now(UTC),
-            "worker": self.name,
-        }
-        if diagnosis is None:
-            return CaseOutcome(status="failed", failure="bug", error=error, **base)
-        labels = self.settings.labels
-        deciding = next((c for c in diagnosis.criteria if c.label == diagnosis.label), None)
-        deciding = deciding or (diagnosis.criteria[0] if diagnosis.criteria else None)
-        measured: dict[str, float] = {}
-        units: dict[str, str] = {}
-        for v in deciding.indicators if deciding else ():
-            if isinstance(v.value, (int, float)) and not isinstance(v.value, bool):
-                measured[v.indicator] = float(v.value)
-                units[v.indicator] = v.unit
-        return CaseOutcome(
-            status="completed",
-            criteria_id=deciding.criteria_id if deciding else None,
-            label=diagnosis.label,
-            positive=None if diagnosis.abstained else diagnosis.label in labels.positive,
-            confidence=diagnosis.confidence,
-            abstained=diagnosis.abstained,
-            measured=measured,
-            units=units,
-            **base,
-        )
+        s = self.settings
+        return recorded_outcome(s.cohort_id, case, s.labels, rec, diagnosis, error, self.name)
+
+
+def failed_outcome(
+    cohort_id: str, case: CohortCase, kind: FailureKind, error: str, worker: str, wall_ms: float = 0.0
+) -> CaseOutcome:
+    """The outcome of a case that failed before a run was recorded (``kind``: input or bug)."""
+    return CaseOutcome(
+        cohort_id=cohort_id,
+        case_id=case.case_id,
+        line=case.line,
+        status="failed",
+        failure=kind,
+        error=error,
+        truth_label=case.truth_label,
+        truth_positive=case.truth_positive,
+        truth=case.truth,
+        cost=CaseCost(wall_ms=wall_ms),
+        finished_at=datetime.now(UTC),
+        worker=worker,
+    )
+
+
+def recorded_outcome(
+    cohort_id: str,
+    case: CohortCase,
+    labels: TaskLabels,
+    rec: TraceRecorder,
+    diagnosis: Diagnosis | None,
+    error: str | None,
+    worker: str,
+) -> CaseOutcome:
+    """The outcome of a case whose run was recorded (completed, or stopped by a bug), scored by ``labels``."""
+    base = {
+        "cohort_id": cohort_id,
+        "case_id": case.case_id,
+        "line": case.line,
+        "run_id": rec.run_id,
+        "truth_label": case.truth_label,
+        "truth_positive": case.truth_positive,
+        "truth": case.truth,
+        "cost": run_cost(rec),
+        "finished_at": datetime.now(UTC),
+        "worker": worker,
+    }
+    if diagnosis is None:
+        return CaseOutcome(status="failed", failure="bug", error=error, **base)
+    deciding = next((c for c in diagnosis.criteria if c.label == diagnosis.label), None)
+    deciding = deciding or (diagnosis.criteria[0] if diagnosis.criteria else None)
+    measured: dict[str, float] = {}
+    units: dict[str, str] = {}
+    for v in deciding.indicators if deciding else ():
+        if isinstance(v.value, (int, float)) and not isinstance(v.value, bool):
+            measured[v.indicator] = float(v.value)
+            units[v.indicator] = v.unit
+    return CaseOutcome(
+        status="completed",
+        criteria_id=deciding.criteria_id if deciding else None,
+        label=diagnosis.label,
+        positive=None if diagnosis.abstained else diagnosis.label in labels.positive,
+        confidence=diagnosis.confidence,
+        abstained=diagnosis.abstained,
+        measured=measured,
+        units=units,
+        **base,
+    )
 
 
 def _without_folders(message: str, case: CohortCase) -> str:
