@@ -40,6 +40,13 @@ from dxgraph.server._mcp import (
     RunDetail,
 )
 from dxgraph.server._progress import progress_router
+from dxgraph.server._verifications import (
+    VERIFIED_STATES,
+    RunVerificationRow,
+    Verified,
+    latest_verifications,
+    record_verification,
+)
 from dxgraph.server._web import SESSION_COOKIE, web_router
 
 __all__ = [
@@ -49,6 +56,7 @@ __all__ = [
     "ROLES",
     "SESSION_COOKIE",
     "TOKEN_PREFIX",
+    "VERIFIED_STATES",
     "AccessRecord",
     "Accounts",
     "ClaimedJob",
@@ -69,9 +77,13 @@ __all__ = [
     "Role",
     "RunDetail",
     "RunOwnership",
+    "RunVerificationRow",
     "TokenInfo",
+    "Verified",
     "create_app",
+    "latest_verifications",
     "progress_router",
+    "record_verification",
     "safe_file_name",
     "web_router",
 ]

@@ -37,6 +37,7 @@ from dxgraph.server._progress import progress_router
 from dxgraph.server._state import accounts_of as _accounts
 from dxgraph.server._state import store_of as _store
 from dxgraph.server._submit import MAX_UPLOAD_BYTES, BodyLimit, QueueOwnership, submit_router
+from dxgraph.server._verifications import Verified, latest_verifications, record_verification, verified_state
 from dxgraph.server._web import web_router
 from dxgraph.traces import RunRow, TraceStore
 
@@ -162,15 +163,17 @@ def visible_runs(
     status: str | None,
     since: datetime | None,
     limit: int,
+    verified: Verified | None = None,
 ) -> list[RunRow]:
     """The runs ``who`` may see (every run for an auditor, their own for a researcher), newest first,
-    filtered, at most ``limit``; the listing is logged to the access log."""
+    filtered (``verified``: by the outcome of each run's latest recorded verification), at most ``limit``;
+    the listing is logged to the access log."""
     store = _store(request)
     mine = None if who.role == "auditor" else request.app.state.owners.runs_of(who.name)
     if mine is not None and not mine:
         return []
     rows = store.list_runs(
-        limit=None if mine is not None or label or status else limit, task=task, since=since
+        limit=None if mine is not None or label or status or verified else limit, task=task, since=since
     )
     picked = [
         r
@@ -178,7 +181,11 @@ def visible_runs(
         if (mine is None or r.run_id in mine)
         and (label is None or r.label == label)
         and (status is None or r.status == status)
-    ][:limit]
+    ]
+    if verified is not None:
+        latest = latest_verifications(store, [r.run_id for r in picked])
+        picked = [r for r in picked if verified_state(latest.get(r.run_id)) == verified]
+    picked = picked[:limit]
     _accounts(request).log_access(who, "list_runs", f"{len(picked)} runs")
     return picked
 
@@ -244,9 +251,11 @@ def _v1() -> APIRouter:
         status: str | None = None,
         since: datetime | None = None,
         limit: int = Query(50, ge=1, le=1000),
+        verified: Verified | None = None,
     ) -> list[RunSummary]:
-        """Stored runs, newest first: every run for an auditor, their own for a researcher."""
-        return [_summary(r) for r in visible_runs(request, who, task, label, status, since, limit)]
+        """Stored runs, newest first: every run for an auditor, their own for a researcher; ``verified``:
+        yes (latest recorded verification intact), no (it found a problem) or never (not verified)."""
+        return [_summary(r) for r in visible_runs(request, who, task, label, status, since, limit, verified)]
 
     @v1.get("/runs/{run_id}", tags=["runs"])
     def run(request: Request, run_id: str, who: Reader) -> dict[str, Any]:
@@ -305,9 +314,10 @@ def _v1() -> APIRouter:
 
     @v1.post("/runs/{run_id}/verify", tags=["audit"])
     def verify(request: Request, run_id: str, who: Auditor) -> VerifyResult:
-        """Recompute every hash of the run's chain, its seal and its artifacts."""
+        """Recompute every hash of the run's chain, its seal and its artifacts; the outcome is recorded."""
         row = _readable_run(request, who, run_id, "verify_run")
         check = _store(request).verify(row.run_id)
+        record_verification(_store(request), row.run_id, who.name, check)
         return VerifyResult(
             run_id=check.run_id, ok=check.ok, n_events=check.n_events, problems=list(check.problems)
         )

@@ -487,6 +487,9 @@ class McpEndpoint:
             who = _allow(ctx, "auditor")
             row = self.readable_run(who, run_id, "verify_run")
             check = self.store.verify(row.run_id)
+            from dxgraph.server._verifications import record_verification
+
+            record_verification(self.store, row.run_id, who.name, check)
             return VerifyResult(
                 run_id=check.run_id, ok=check.ok, n_events=check.n_events, problems=list(check.problems)
             )

@@ -7,11 +7,11 @@ field and a POST without the right one is refused with 403. A revoked token ends
 
 | page | who |
 |---|---|
-| ``/runs`` (filters: task, label, status, since), ``/runs/{id}`` (summary, diagnosis, the report) | researchers (their own), auditors (all) |
-| ``/runs/{id}/verify``, ``/runs/{id}/replay`` (POST) | auditors |
+| ``/runs`` (filters: task, label, status, since, verified), ``/runs/{id}`` (summary, diagnosis, last verification, the report) | researchers (their own), auditors (all) |
+| ``/runs/{id}/verify`` (POST, recorded), ``/runs/{id}/replay`` (POST) | auditors |
 | ``/submit`` (drag-and-drop upload), ``/jobs``, ``/jobs/{id}`` (live progress over SSE) | researchers; auditors read jobs |
 | ``/access-log`` | auditors |
-| ``/tokens`` | admins |
+| ``/tokens`` (list; POST: create, the new token shown once), ``/tokens/revoke`` (POST, confirmed) | admins |
 
 Each page view of a run is logged in the access log, as the API logs each read. Pages send a strict
 Content-Security-Policy (scripts and styles from ``/static`` only); the run's report, served at
@@ -42,7 +42,7 @@ from sqlmodel import Session as DbSession
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from dxgraph.errors import StoreError, UserError
-from dxgraph.server._accounts import Principal, Role, TokenRevocationRow
+from dxgraph.server._accounts import ROLES, Principal, Role, TokenRevocationRow
 from dxgraph.server._errors import ApiError
 from dxgraph.server._jobs import MAX_IMAGES
 from dxgraph.server._progress import event_stream, visible_job
@@ -50,6 +50,7 @@ from dxgraph.server._state import accounts_of as _accounts
 from dxgraph.server._state import queue_of as _queue
 from dxgraph.server._state import store_of as _store
 from dxgraph.server._submit import queue_case
+from dxgraph.server._verifications import VERIFIED_STATES, Verified, latest_verifications, record_verification
 from dxgraph.traces import RunRow, TraceStore
 
 SESSION_COOKIE = "dxgraph_session"
@@ -272,11 +273,22 @@ def _list_runs(
     label: str | None,
     status: str | None,
     since: datetime | None,
+    verified: Verified | None,
 ) -> list[RunRow]:
     """The runs ``who`` may see, newest first, filtered as ``GET /v1/runs`` filters them (at most 200)."""
     from dxgraph.server._api import visible_runs
 
-    return visible_runs(request, who, task, label, status, since, 200)
+    return visible_runs(request, who, task, label, status, since, 200, verified)
+
+
+def _verified(text: str | None) -> Verified | None:
+    """The ``verified`` filter: yes, no, never, or None for any; 422 for anything else."""
+    if not text:
+        return None
+    for state in VERIFIED_STATES:
+        if text == state:
+            return state
+    raise ApiError(422, f"verified: {text!r} is not one of {', '.join(VERIFIED_STATES)}")
 
 
 def web_router() -> APIRouter:
@@ -373,13 +385,29 @@ def web_router() -> APIRouter:
         label: str | None = None,
         status: str | None = None,
         since: str | None = None,
+        verified: str | None = None,
     ) -> Response:
-        """The runs this user may see, with filters."""
+        """The runs this user may see, with filters, and each run's latest recorded verification."""
         _, who = need(request, *_READERS)
-        filters = {"task": task or "", "label": label or "", "status": status or "", "since": since or ""}
-        rows = _list_runs(request, who, task or None, label or None, status or None, _since(since))
+        filters = {
+            "task": task or "",
+            "label": label or "",
+            "status": status or "",
+            "since": since or "",
+            "verified": verified or "",
+        }
+        rows = _list_runs(
+            request, who, task or None, label or None, status or None, _since(since), _verified(verified)
+        )
         return _render(
-            request, "runs.html.j2", runs=rows, filters=filters, tasks=_tasks(), statuses=_STATUSES
+            request,
+            "runs.html.j2",
+            runs=rows,
+            filters=filters,
+            tasks=_tasks(),
+            statuses=_STATUSES,
+            verified_states=VERIFIED_STATES,
+            verifications=latest_verifications(_store(request), [r.run_id for r in rows]),
         )
 
     def run_page(request: Request, who: Principal, run_id: str, action: str, **extra: Any) -> Response:
@@ -389,10 +417,12 @@ def web_router() -> APIRouter:
         row = _readable_run(request, who, run_id, action)
         made = [e for e in _store(request).events(row.run_id) if isinstance(e, DiagnosisMade)]
         context: dict[str, Any] = {"verify": None, "replay": None, **extra}
+        last = latest_verifications(_store(request), [row.run_id]).get(row.run_id)
         return _render(
             request,
             "run.html.j2",
             run=row,
+            last_verification=last,
             diagnosis=made[-1].diagnosis if made else None,
             evidence=list(made[-1].evidence) if made else [],
             **context,
@@ -419,11 +449,13 @@ def web_router() -> APIRouter:
     def verify(
         request: Request, run_id: str, csrf_token: Annotated[str, Form(max_length=200)] = ""
     ) -> Response:
-        """Verify the run's chain, seal and artifacts, and show what was found."""
+        """Verify the run's chain, seal and artifacts, record the outcome, and show what was found."""
         s, who = need(request, "auditor")
         _check_csrf(s, csrf_token)
-        check = _store(request).verify(_full_id(request, run_id))
-        return run_page(request, who, run_id, "verify_run", verify=check)
+        full_id = _full_id(request, run_id)
+        check = _store(request).verify(full_id)
+        record_verification(_store(request), full_id, who.name, check)
+        return run_page(request, who, full_id, "verify_run", verify=check)
 
     @web.post("/runs/{run_id}/replay")
     def replay(
@@ -531,11 +563,69 @@ def web_router() -> APIRouter:
             filters={"target": target or "", "token_name": token_name or ""},
         )
 
+    def tokens_view(request: Request, status_code: int = 200, **extra: Any) -> Response:
+        context: dict[str, Any] = {"created": None, "error": None, "notice": None, "form": {}, **extra}
+        return _render(
+            request,
+            "tokens.html.j2",
+            status_code,
+            tokens=_accounts(request).list_tokens(),
+            roles=ROLES,
+            **context,
+        )
+
     @web.get("/tokens")
-    def tokens_page(request: Request) -> Response:
-        """Every token (never its secret)."""
+    def tokens_page(request: Request, revoked: str | None = None) -> Response:
+        """Every token (never its secret), with the forms to create and revoke one."""
         need(request, "admin")
-        return _render(request, "tokens.html.j2", tokens=_accounts(request).list_tokens())
+        tokens = {t.name: t for t in _accounts(request).list_tokens()}
+        notice = None
+        if revoked and revoked in tokens and tokens[revoked].revoked_at is not None:  # after revoking one
+            notice = f"The token {revoked!r} is revoked: it no longer signs anyone in."
+        return tokens_view(request, notice=notice)
+
+    @web.post("/tokens")
+    def create_token(
+        request: Request,
+        csrf_token: Annotated[str, Form(max_length=200)] = "",
+        role: Annotated[str, Form(max_length=40)] = "",
+        name: Annotated[str, Form(max_length=200)] = "",
+    ) -> Response:
+        """Create a token as ``POST /v1/tokens`` does; its text is on this answer only (never stored)."""
+        s, who = need(request, "admin")
+        _check_csrf(s, csrf_token)
+        try:
+            info, token = _accounts(request).create_token(role, name.strip() or None)
+        except UserError as e:
+            return tokens_view(request, 422, error=str(e), form={"role": role, "name": name})
+        _accounts(request).log_access(who, "create_token", info.name)
+        return tokens_view(request, created={"info": info, "token": token})  # Cache-Control: no-store
+
+    @web.post("/tokens/revoke")
+    def revoke_token(
+        request: Request,
+        csrf_token: Annotated[str, Form(max_length=200)] = "",
+        name: Annotated[str, Form(max_length=200)] = "",
+        confirm: Annotated[str, Form(max_length=10)] = "",
+    ) -> Response:
+        """Ask to confirm, then revoke a token as ``DELETE /v1/tokens/{name}`` does (its record stays)."""
+        s, who = need(request, "admin")
+        _check_csrf(s, csrf_token)
+        known = {t.name: t for t in _accounts(request).list_tokens()}
+        if name not in known:
+            raise ApiError(404, f"no token named {name!r}")
+        if known[name].revoked_at is not None:
+            return tokens_view(request, 422, error=f"the token {name!r} is revoked already")
+        if confirm != "yes":
+            return _render(
+                request, "token_revoke.html.j2", token=known[name], own=known[name].name == who.name
+            )
+        try:
+            _accounts(request).revoke(name)
+        except UserError as e:
+            return tokens_view(request, 422, error=str(e))
+        _accounts(request).log_access(who, "revoke_token", name)
+        return RedirectResponse(f"/tokens?revoked={quote(name, safe='')}", status_code=303)
 
     return web
 

@@ -252,3 +252,25 @@ def test_the_api_is_described_by_openapi(served):
     assert spec["info"]["version"] == dxgraph.__version__
     assert {"/v1/runs", "/v1/runs/{run_id}/verify", "/v1/access-log", "/v1/tokens"} <= set(spec["paths"])
     assert "HTTPBearer" in json.dumps(spec["components"]["securitySchemes"])
+
+
+def test_a_verify_is_recorded_and_runs_filter_by_their_latest_verification(served):
+    from dxgraph.server._verifications import latest_verifications
+
+    client, run_id, tokens, accounts = served
+    h = _headers(tokens, "auditor")
+    assert client.post(f"/v1/runs/{run_id}/verify", headers=h).json()["ok"] is True
+    last = latest_verifications(accounts.store, [run_id])[run_id]
+    assert last.verified_by == "audrey" and last.ok and last.problem is None
+    for who in ("auditor", "alice"):
+        ids = {
+            v: [
+                r["run_id"]
+                for r in client.get(f"/v1/runs?verified={v}", headers=_headers(tokens, who)).json()
+            ]
+            for v in ("yes", "no", "never")
+        }
+        assert ids == {"yes": [run_id], "no": [], "never": []}, who
+    assert client.get("/v1/runs?verified=yes", headers=_headers(tokens, "bob")).json() == []
+    r = client.get("/v1/runs?verified=perhaps", headers=h)
+    assert r.status_code == 422 and r.json()["error"]["code"] == ERROR_CODES[422]

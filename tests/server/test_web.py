@@ -300,3 +300,99 @@ def test_a_jobs_progress_streams_as_server_sent_events_until_it_ends(site, monke
         assert [e for e, _ in _events(stream.iter_lines())] == ["status", "done"]
     page = alice.get(f"/jobs/{job_id}")
     assert f'data-job-events="/jobs/{job_id}/events"' in page.text and done["run_id"] in page.text
+
+
+def test_an_admin_creates_a_token_shown_once_that_signs_in_at_once(site):
+    store = site["store"]
+    root, csrf = _client(site, "root")
+    page = root.get("/tokens")
+    assert 'id="create-token"' in page.text and 'action="/tokens/revoke"' in page.text
+    made = root.post("/tokens", data={"csrf_token": csrf, "name": "dana", "role": "auditor"})
+    assert made.status_code == 200 and made.headers["cache-control"] == "no-store"
+    token = re.search(r'id="new-token-text"[^>]*value="([^"]+)"', made.text)
+    assert token and token.group(1).startswith("dxg_")
+    assert "will not be shown again" in made.text and "Token dana (auditor) created" in made.text
+    who = Accounts(store).authenticate(token.group(1))
+    assert who is not None and (who.name, who.role) == ("dana", "auditor")
+    dana = TestClient(create_app(store))
+    _sign_in(dana, token.group(1))
+    assert dana.get("/access-log").status_code == 200
+    listed = root.get("/tokens")
+    assert "dana" in listed.text and token.group(1) not in listed.text  # never shown again
+    default = root.post("/tokens", data={"csrf_token": csrf, "role": "researcher"})  # no name: ROLE-xxxxxx
+    assert default.status_code == 200 and re.search(
+        r"Token researcher-[0-9a-f]{6} \(researcher\)", default.text
+    )
+    again = root.post("/tokens", data={"csrf_token": csrf, "name": "dana", "role": "admin"})
+    assert again.status_code == 422 and "exists already" in again.text and 'id="new-token"' not in again.text
+    assert root.post("/tokens", data={"csrf_token": csrf, "name": "x", "role": "god"}).status_code == 422
+    log = Accounts(store).access_log(token_name="root", limit=None)
+    assert ("create_token", "dana") in {(r.action, r.target) for r in log}
+
+
+def test_an_admin_revokes_a_token_after_confirming_and_it_stops_working(site):
+    store = site["store"]
+    _, token = Accounts(store).create_token("researcher", "erin")
+    erin = TestClient(create_app(store))
+    _sign_in(erin, token)
+    root, csrf = _client(site, "root")
+    ask = root.post("/tokens/revoke", data={"csrf_token": csrf, "name": "erin"})
+    assert ask.status_code == 200 and 'id="confirm-revoke"' in ask.text and "cannot be undone" in ask.text
+    assert Accounts(store).authenticate(token) is not None  # asking is not revoking
+    done = root.post(
+        "/tokens/revoke", data={"csrf_token": csrf, "name": "erin", "confirm": "yes"}, follow_redirects=False
+    )
+    assert done.status_code == 303 and done.headers["location"] == "/tokens?revoked=erin"
+    page = root.get(done.headers["location"])
+    assert 'id="token-notice"' in page.text and "&#39;erin&#39; is revoked" in page.text
+    assert Accounts(store).authenticate(token) is None
+    assert erin.get("/runs", follow_redirects=False).status_code == 303  # its session ended
+    bearer = {"Authorization": f"Bearer {token}"}
+    assert TestClient(create_app(store)).get("/v1/me", headers=bearer).status_code == 401
+    twice = root.post("/tokens/revoke", data={"csrf_token": csrf, "name": "erin", "confirm": "yes"})
+    assert twice.status_code == 422 and "revoked already" in twice.text
+    assert root.post("/tokens/revoke", data={"csrf_token": csrf, "name": "nobody"}).status_code == 404
+    assert 'id="token-notice"' not in root.get("/tokens?revoked=audrey").text  # only a revoked one's notice
+    log = Accounts(store).access_log(token_name="root", limit=None)
+    assert ("revoke_token", "erin") in {(r.action, r.target) for r in log}
+
+
+def test_only_admins_with_the_sessions_csrf_token_create_or_revoke_tokens(site):
+    store = site["store"]
+    before = Accounts(store).list_tokens()
+    for who in ("alice", "audrey"):
+        client, csrf = _client(site, who)
+        for path, data in (
+            ("/tokens", {"name": f"by-{who}", "role": "admin"}),
+            ("/tokens/revoke", {"name": "root", "confirm": "yes"}),
+            ("/tokens/revoke", {"name": "root"}),
+        ):
+            r = client.post(path, data={"csrf_token": csrf, **data})
+            assert r.status_code == 403 and "may not see this page" in r.text, (who, path)
+            assert "dxg_" not in r.text
+    root, _ = _client(site, "root")
+    for path, data in (("/tokens", {"name": "forged", "role": "admin"}), ("/tokens/revoke", {"name": "bob"})):
+        for csrf in ({}, {"csrf_token": "x" * 43}):
+            r = root.post(path, data={**csrf, **data})
+            assert r.status_code == 403 and "CSRF" in r.text, path
+    anonymous = TestClient(create_app(store))
+    r = anonymous.post("/tokens", data={"name": "anon", "role": "admin"}, follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"].startswith("/signin")
+    assert Accounts(store).list_tokens() == before  # nothing created, nothing revoked
+
+
+def test_hostile_token_names_stay_text(site):
+    store = site["store"]
+    before = len(Accounts(store).list_tokens())
+    root, csrf = _client(site, "root")
+    escaped = "&lt;script&gt;alert(1)&lt;/script&gt;"
+    r = root.post("/tokens", data={"csrf_token": csrf, "name": HOSTILE, "role": "researcher"})
+    assert r.status_code == 422 and "bad token name" in r.text
+    assert HOSTILE not in r.text and escaped in r.text  # in the message and back in the form, as text
+    r = root.post("/tokens", data={"csrf_token": csrf, "name": "ok", "role": HOSTILE})
+    assert r.status_code == 422 and HOSTILE not in r.text and "unknown role" in r.text
+    for data in ({"name": HOSTILE}, {"name": HOSTILE, "confirm": "yes"}):
+        r = root.post("/tokens/revoke", data={"csrf_token": csrf, **data})
+        assert r.status_code == 404 and HOSTILE not in r.text
+    assert HOSTILE not in root.get(f"/tokens?revoked={HOSTILE}").text
+    assert len(Accounts(store).list_tokens()) == before

@@ -175,6 +175,7 @@ def test_researcher_and_auditor_walk_the_whole_flow(server, tmp_path: Path) -> N
             page.locator(f'#runs a[href="/runs/{run_id}"]').click()
             page.get_by_role("button", name="Verify").click()
             expect(page.locator("#verify-result")).to_contain_text("Verified: intact")
+            expect(page.locator("#last-verification")).to_contain_text("verified by audrey")
             page.get_by_label("Replay mode").select_option("recorded")
             page.get_by_role("button", name="Replay").click()
             expect(page.locator("#replay-result")).to_contain_text("Replay (recorded): same")
