@@ -63,6 +63,14 @@ def serve(
             " a dead server's jobs are taken over once it lapses.",
         ),
     ] = 60.0,
+    data_root: Annotated[
+        Path | None,
+        typer.Option(
+            "--data-root",
+            help="A folder whose images and cohort manifests submissions may name by a relative path"
+            " (read-only; nothing outside it). Default: uploads only.",
+        ),
+    ] = None,
     insecure_remote: Annotated[
         bool,
         typer.Option(
@@ -77,10 +85,17 @@ def serve(
 
     from dxgraph.server import create_app
 
-    api = create_app(db, workers=workers, max_upload_bytes=max_upload_mb * 1024 * 1024, lease_s=lease_s)
+    api = create_app(
+        db,
+        workers=workers,
+        max_upload_bytes=max_upload_mb * 1024 * 1024,
+        lease_s=lease_s,
+        data_root=data_root,
+    )
     scheme = "https" if tls_cert else "http"
     progress_out.print(
         f"dxgraph serving {api.state.store.url} at {scheme}://{host}:{port}/v1 (docs: /docs), {workers} job worker(s)"
+        + (f", data root {api.state.data_root}" if api.state.data_root else "")
     )
     uvicorn.run(
         api,

@@ -18,9 +18,18 @@ from dxgraph.server._accounts import (
     TokenInfo,
 )
 from dxgraph.server._api import NoOwnership, RunOwnership, create_app
+from dxgraph.server._cohorts import (
+    CohortAccepted,
+    CohortCaseState,
+    CohortJobRow,
+    CohortStatus,
+    CohortSummary,
+    cohorts_router,
+)
 from dxgraph.server._errors import ERROR_CODES
 from dxgraph.server._jobs import (
     ClaimedJob,
+    JobCohortCase,
     JobImage,
     JobInfo,
     JobNotFound,
@@ -60,10 +69,16 @@ __all__ = [
     "AccessRecord",
     "Accounts",
     "ClaimedJob",
+    "CohortAccepted",
+    "CohortCaseState",
+    "CohortJobRow",
+    "CohortStatus",
+    "CohortSummary",
     "DiagnoseResult",
     "DiagnosisSummary",
     "EvidenceValue",
     "ImageInput",
+    "JobCohortCase",
     "JobImage",
     "JobInfo",
     "JobNotFound",
@@ -80,6 +95,7 @@ __all__ = [
     "RunVerificationRow",
     "TokenInfo",
     "Verified",
+    "cohorts_router",
     "create_app",
     "latest_verifications",
     "progress_router",

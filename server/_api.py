@@ -31,6 +31,7 @@ from dxgraph._version import __version__
 from dxgraph.errors import StoreError, UserError
 from dxgraph.server._accounts import ROLES, AccessRecord, Accounts, Principal, TokenInfo
 from dxgraph.server._auth import Admin, Anyone, Auditor, Reader
+from dxgraph.server._cohorts import cohorts_router
 from dxgraph.server._errors import ApiError, install_error_handlers
 from dxgraph.server._jobs import LEASE_S, JobQueue, JobWorker
 from dxgraph.server._progress import progress_router
@@ -389,14 +390,20 @@ def create_app(
     workers: int = 0,
     max_upload_bytes: int = MAX_UPLOAD_BYTES,
     lease_s: float = LEASE_S,
+    data_root: str | Path | None = None,
 ) -> FastAPI:
     """The API over one trace store (a store, a path or URL, or None for the default store).
 
     ``workers`` job workers run in the app's process while it serves (threads sharing the loaded models);
     with 0, other processes drain the queue (``dxgraph serve`` on another machine, or ``JobWorker``).
-    Runs belong to the tokens whose jobs made them unless ``owners`` says otherwise.
+    Runs belong to the tokens whose jobs made them unless ``owners`` says otherwise. ``data_root`` is the
+    folder whose files and manifests submissions may name by path (UserError when it is not a folder);
+    None: uploads only.
     """
     store = store if isinstance(store, TraceStore) else TraceStore(store)
+    root = None if data_root is None else Path(data_root).expanduser().resolve()
+    if root is not None and not root.is_dir():
+        raise UserError(f"the data root is not a folder: {root}")
     queue = JobQueue(store, lease_s=lease_s)
 
     @contextlib.asynccontextmanager
@@ -404,7 +411,7 @@ def create_app(
         stop = threading.Event()
         threads = [
             threading.Thread(
-                target=JobWorker(store.url, lease_s=lease_s).run_forever,
+                target=JobWorker(store.url, lease_s=lease_s, data_root=root).run_forever,
                 args=(stop, 0.5, queue.accepted),  # jobs accepted here start at once, others within 0.5 s
                 name=f"dxgraph-job-worker-{i}",
                 daemon=True,
@@ -433,10 +440,12 @@ def create_app(
     app.state.store = store
     app.state.accounts = Accounts(store)
     app.state.queue = queue
+    app.state.data_root = root
     app.state.owners = owners or QueueOwnership(queue)
     install_error_handlers(app)
     app.include_router(_v1())
     app.include_router(submit_router())
+    app.include_router(cohorts_router())
     app.include_router(progress_router())
     app.include_router(web_router())
     app.add_middleware(BodyLimit, max_bytes=max_upload_bytes)

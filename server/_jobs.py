@@ -28,16 +28,24 @@ import time
 import unicodedata
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
 import sqlalchemy as sa
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from sqlmodel import Field as SQLField
 from sqlmodel import SQLModel
 
 from dxgraph.agent import RunOptions, diagnose
-from dxgraph.core import Diagnosis
+from dxgraph.agent.cohort import (
+    CohortCase,
+    CohortStore,
+    TaskLabels,
+    case_row,
+    failed_outcome,
+    recorded_outcome,
+)
+from dxgraph.core import Diagnosis, ImageSpec
 from dxgraph.errors import StoreError, UserError
 from dxgraph.tools import BatchingDispatcher, ToolCaller, ToolRegistry
 from dxgraph.traces import DuplicateRecord, TraceRecorder, TraceStore
@@ -54,6 +62,33 @@ MAX_IMAGES = 64
 """Most images in one job."""
 _SHA256 = r"^[0-9a-f]{64}$"
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def relative_data_path(text: str) -> PurePosixPath:
+    """A path relative to the server's data root, checked: ``/`` separated, not absolute, no ``..``;
+    ValueError otherwise."""
+    p = PurePosixPath(text)
+    if not text or "\x00" in text or "\\" in text or p.is_absolute() or ".." in p.parts or not p.parts:
+        raise ValueError(f"{text!r}: give a path relative to the data root, with / and without '..'")
+    return p
+
+
+def resolve_data_path(root: Path | None, text: str) -> Path:
+    """The file or folder ``text`` names under the data root; UserError when there is no root, or the path
+    leaves it (through ``..`` or a link) or names nothing."""
+    if root is None:
+        raise UserError("this server has no data root for server-side paths (dxgraph serve --data-root)")
+    try:
+        rel = relative_data_path(text)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    base = root.resolve()
+    full = (base / rel).resolve()
+    if not full.is_relative_to(base):
+        raise UserError(f"{text!r} leaves the data root")
+    if not full.exists():
+        raise UserError(f"no file or folder {text!r} under the data root")
+    return full
 
 
 class JobNotFound(UserError):
@@ -135,13 +170,63 @@ class JobResultRow(SQLModel, table=True):
 
 
 class JobImage(BaseModel):
-    """One image of a job: its bytes are an artifact of the store, its name only a hint of its format."""
+    """One image of a job: either bytes stored as an artifact of the store (an upload), or a file or DICOM
+    folder under the server's data root (``dxgraph serve --data-root``), with what is declared about it."""
 
     model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
     file_name: str = Field(min_length=1, max_length=255)
     """The uploaded file's name (untrusted: only a sanitised base name is ever used on disk)."""
-    sha256: str = Field(pattern=_SHA256)
-    """sha256 of the bytes, stored with ``TraceStore.put_bytes`` (``JobQueue.stage_image``)."""
+    sha256: str | None = Field(default=None, pattern=_SHA256)
+    """sha256 of uploaded bytes, stored with ``TraceStore.put_bytes`` (``JobQueue.stage_image``)."""
+    path: str | None = Field(default=None, min_length=1, max_length=4096)
+    """A server-side file or DICOM folder, relative to the data root (``/`` separated, never leaving it)."""
+    modality: str | None = Field(default=None, max_length=40)
+    """Declared modality of this image; None: the case's or the file's own."""
+    sequence: str | None = Field(default=None, max_length=40)
+    """MR sequence (``t1``, ``t1ce``, ``t2``, ``flair``), when declared."""
+    timepoint: Literal["current", "prior"] = "current"
+    """``current``, or ``prior`` for an earlier study of the same patient."""
+    study_date: str | None = Field(default=None, max_length=10)
+    """The study's date (ISO ``YYYY-MM-DD``), when known."""
+    view: str | None = Field(default=None, max_length=20)
+    """Declared radiograph projection (``PA``, ``AP``...)."""
+
+    @model_validator(mode="after")
+    def _one_source(self) -> JobImage:
+        if (self.sha256 is None) == (self.path is None):
+            raise ValueError("an image is either stored bytes (sha256) or a server-side path, not both")
+        if self.path is not None:
+            relative_data_path(self.path)
+        return self
+
+    def spec(self, path: Path) -> ImageSpec:
+        """The image as ``diagnose`` reads it, from ``path`` where the worker found or wrote it."""
+        return ImageSpec(
+            path=path,
+            modality=self.modality,
+            sequence=self.sequence,
+            timepoint=self.timepoint,
+            study_date=self.study_date,
+            view=self.view,
+        )
+
+
+class JobCohortCase(BaseModel):
+    """The cohort a job's case belongs to, and what its manifest says is true of it."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
+    cohort_id: str = Field(min_length=1, max_length=200)
+    """The cohort (a row of ``cohorts``)."""
+    line: int = Field(ge=1)
+    """The manifest line of the case."""
+    attempt: int = Field(default=1, ge=1)
+    """The cohort's attempt at the case (1; retries of failed cases count up)."""
+    truth_label: str | None = None
+    """The true label, mapped onto the task's criteria labels."""
+    truth_positive: bool | None = None
+    """Whether the true label is a positive finding."""
+    truth: dict[str, float] = {}
+    """True indicator values by indicator id."""
 
 
 class JobRequest(BaseModel):
@@ -162,6 +247,31 @@ class JobRequest(BaseModel):
     """Pseudonymous case id; None: derived from the images."""
     options: RunOptions = Field(default_factory=RunOptions)
     """How to run it: aggregator, planner, model, seed, tools, criteria, device."""
+    cohort: JobCohortCase | None = None
+    """The cohort the case belongs to (its outcome is recorded with its run); None for a single case."""
+
+    @model_validator(mode="after")
+    def _cohort_case_has_id(self) -> JobRequest:
+        if self.cohort is not None and not self.case_id:
+            raise ValueError("a cohort's case needs its case id")
+        return self
+
+    def cohort_case(self, images: Sequence[ImageSpec]) -> CohortCase:
+        """The cohort case this job runs (its images where the worker put them); ValueError without a cohort."""
+        if self.cohort is None or self.case_id is None:
+            raise ValueError("not a cohort's case")
+        c = self.cohort
+        return CohortCase(
+            case_id=self.case_id,
+            line=c.line,
+            images=tuple(images),
+            clinical_text=self.clinical_text,
+            modality=self.modality,
+            laterality=self.laterality,
+            truth_label=c.truth_label,
+            truth_positive=c.truth_positive,
+            truth=c.truth,
+        )
 
 
 class JobInfo(BaseModel):
@@ -260,7 +370,7 @@ class JobQueue:
         made: the same submitter and request get that job back, however often they are sent; another
         request under the same id is a UserError. UserError when an image's bytes are not in the store.
         """
-        missing = [im.file_name for im in request.images if not self._has_artifact(im.sha256)]
+        missing = [im.file_name for im in request.images if im.sha256 and not self._has_artifact(im.sha256)]
         if missing:
             raise UserError(
                 f"image bytes not in the store for {', '.join(repr(m) for m in missing)}: stage them first"
@@ -286,6 +396,36 @@ class JobQueue:
             return self.status(job_id)
         self.accepted.set()
         return self._info(row, [], None)
+
+    def submit_many(
+        self,
+        requests: Sequence[tuple[JobRequest, str]],
+        submitted_by: str,
+        with_rows: Sequence[SQLModel] = (),
+    ) -> list[JobInfo]:
+        """Accept many jobs (request, job id) and ``with_rows`` in one transaction: all of them or none.
+
+        DuplicateRecord when a job id (or a row of ``with_rows``) is stored already; UserError when an
+        image's bytes are not in the store.
+        """
+        digests = {im.sha256 for r, _ in requests for im in r.images if im.sha256}
+        missing = sorted(d for d in digests if not self._has_artifact(d))
+        if missing:
+            raise UserError(f"{len(missing)} images' bytes are not in the store: stage them first")
+        now = _now()
+        rows = [
+            JobRow(
+                job_id=job_id,
+                submitted_at=now,
+                submitted_by=submitted_by,
+                task=r.task,
+                request=r.model_dump_json(),
+            )
+            for r, job_id in requests
+        ]
+        self.store.insert([*with_rows, *rows])
+        self.accepted.set()
+        return [self._info(row, [], None) for row in rows]
 
     def _has_artifact(self, sha256: str) -> bool:
         with self.store.engine.connect() as conn:
@@ -334,6 +474,9 @@ class JobQueue:
                 conn.execute(
                     sa.insert(_RESULTS), [self._result(job_id, "failed", None, error, 0, worker, now)]
                 )
+                case = self._gave_up_case(request_json, error, worker)
+                if case is not None:
+                    conn.execute(sa.insert(type(case).__table__), [case.model_dump()])  # type: ignore[attr-defined]
                 return "ended"
             try:
                 request = JobRequest.model_validate_json(request_json)
@@ -359,6 +502,19 @@ class JobQueue:
         return ClaimedJob(
             job_id=job_id, attempt=attempts + 1, worker=worker, lease_until=_utc(lease_until), request=request
         )
+
+    @staticmethod
+    def _gave_up_case(request_json: str, error: str, worker: str) -> SQLModel | None:
+        """The failed cohort-case row of a job given up on; None when it is not a cohort's case."""
+        try:
+            request = JobRequest.model_validate_json(request_json)
+        except ValidationError:
+            return None
+        if request.cohort is None:
+            return None
+        case = request.cohort_case([])
+        outcome = failed_outcome(request.cohort.cohort_id, case, "bug", error, worker)
+        return case_row(outcome, request.cohort.attempt)
 
     def _candidates(self, now: datetime) -> sa.Select[Any]:
         """Unfinished jobs, oldest first, with no live lease: (job_id, attempts, request)."""
@@ -414,10 +570,11 @@ class JobQueue:
             **self._result(job.job_id, status, run_id, error, job.attempt, job.worker, _now())
         )
 
-    def fail(self, job: ClaimedJob, error: str) -> bool:
-        """End a claimed job as failed with this message; False when it had ended already."""
+    def fail(self, job: ClaimedJob, error: str, with_rows: Sequence[SQLModel] = ()) -> bool:
+        """End a claimed job as failed with this message (and ``with_rows``, in the same transaction);
+        False when it had ended already."""
         try:
-            self.store.insert([self.result_row(job, "failed", None, error)])
+            self.store.insert([self.result_row(job, "failed", None, error), *with_rows])
         except DuplicateRecord:
             return False
         return True
@@ -465,6 +622,15 @@ class JobQueue:
         if submitted_by is not None:
             q = q.where(_JOBS.c.submitted_by == submitted_by)
         return self._infos(q)
+
+    def infos(self, job_ids: Sequence[str]) -> dict[str, JobInfo]:
+        """The status of each of these jobs, by job id (unknown ids are left out)."""
+        out: dict[str, JobInfo] = {}
+        ids = list(job_ids)
+        for i in range(0, len(ids), 500):  # bounded IN lists
+            chunk = ids[i : i + 500]
+            out.update((j.job_id, j) for j in self._infos(sa.select(_JOBS).where(_JOBS.c.job_id.in_(chunk))))
+        return out
 
     def wait(self, job_id: str, timeout_s: float, poll_s: float = 0.2) -> JobInfo:
         """The job's status once it has ended, or as it stands after ``timeout_s`` seconds."""
@@ -569,6 +735,7 @@ class JobWorker:
         registry: ToolRegistry | None = None,
         batcher: ToolCaller | None = None,
         max_batch: int = 8,
+        data_root: Path | None = None,
     ) -> None:
         self.store = TraceStore(store_url)
         """The trace store (queue and runs)."""
@@ -580,6 +747,9 @@ class JobWorker:
         """The tools the jobs may use; None: the built-in tools and the installed plugins."""
         self.batcher: ToolCaller = batcher or BatchingDispatcher(max_batch=max_batch)
         """Runs the tool calls (shared by every job of this worker, models loaded once)."""
+        self.data_root = data_root
+        """Where the server-side paths of jobs are (``dxgraph serve --data-root``); None: uploads only."""
+        self._labels: dict[str, TaskLabels] = {}
 
     def run_one(self) -> JobInfo | None:
         """Claim one job and run it to its end; None when no job was waiting.
@@ -638,23 +808,37 @@ class JobWorker:
                 log.warning("job %s: lease renewal %d failed", job.job_id, beat, exc_info=True)
 
     def _run(self, job: ClaimedJob) -> None:
-        """Diagnose the job's case; its result row goes into the run's own transaction."""
+        """Diagnose the job's case; its result row (and its cohort case's) goes into the run's transaction."""
         r = job.request
         folder = Path(tempfile.mkdtemp(prefix="dxgraph-job-"))
         names: dict[str, str] = {}
         made: list[str] = []
+        specs: list[ImageSpec] = []
 
         def record(rec: TraceRecorder, diagnosis: Diagnosis | None, error: str | None) -> Sequence[SQLModel]:
             made.append(rec.run_id)
             status: Literal["completed", "failed"] = "completed" if diagnosis is not None else "failed"
-            return [self.queue.result_row(job, status, rec.run_id, error)]
+            rows: list[SQLModel] = [self.queue.result_row(job, status, rec.run_id, error)]
+            if r.cohort is not None:
+                c = r.cohort
+                outcome = recorded_outcome(
+                    c.cohort_id,
+                    r.cohort_case(specs),
+                    self._task_labels(c.cohort_id),
+                    rec,
+                    diagnosis,
+                    error,
+                    self.name,
+                )
+                rows.append(case_row(outcome, c.attempt))
+            return rows
 
         try:
             try:
-                paths = self._write_images(job, folder, names)
+                specs.extend(self._images(job, folder, names))
                 diagnose(
                     r.task,
-                    paths,
+                    specs,
                     r.options,
                     store=self.store,
                     modality=r.modality,
@@ -670,19 +854,42 @@ class JobWorker:
             except StoreError:
                 raise  # the store failed: no result, the lease lapses and the job is taken again
             except UserError as e:  # bad input: nothing was stored
-                self.queue.fail(job, _without_folder(str(e), folder, names))
+                message = _without_folder(str(e), folder, names)
+                self.queue.fail(job, message, self._cohort_failure(job, specs, "input", message))
             except Exception as e:  # a bug: its run is stored with status error, or the job fails
                 message = f"{type(e).__name__}: {_without_folder(str(e), folder, names)}"
                 if not made:
                     log.exception("job %s failed before its run was stored", job.job_id)
-                self.queue.fail(job, message)  # False when the run's transaction ended it already
+                # False when the run's transaction ended it already
+                self.queue.fail(job, message, self._cohort_failure(job, specs, "bug", message))
         finally:
             shutil.rmtree(folder, ignore_errors=True)
 
-    def _write_images(self, job: ClaimedJob, folder: Path, names: dict[str, str]) -> list[Path]:
-        """The job's images written under sanitised names, each in a folder of its own."""
-        paths = []
+    def _task_labels(self, cohort_id: str) -> TaskLabels:
+        """The labels of a cohort's task (read once per cohort)."""
+        if cohort_id not in self._labels:
+            self._labels[cohort_id] = CohortStore(self.store).info(cohort_id).labels
+        return self._labels[cohort_id]
+
+    def _cohort_failure(
+        self, job: ClaimedJob, specs: Sequence[ImageSpec], kind: Literal["input", "bug"], message: str
+    ) -> list[SQLModel]:
+        """The failed case row of a cohort's job ending without a run; nothing for a single case."""
+        c = job.request.cohort
+        if c is None:
+            return []
+        outcome = failed_outcome(c.cohort_id, job.request.cohort_case(specs), kind, message, self.name)
+        return [case_row(outcome, c.attempt)]
+
+    def _images(self, job: ClaimedJob, folder: Path, names: dict[str, str]) -> list[ImageSpec]:
+        """The job's images as ``diagnose`` reads them: uploads written under sanitised names, each in a
+        folder of its own; server-side paths found under the data root (checked again here)."""
+        specs = []
         for i, image in enumerate(job.request.images):
+            if image.path is not None:
+                specs.append(image.spec(resolve_data_path(self.data_root, image.path)))
+                continue
+            assert image.sha256 is not None  # one of the two, by JobImage's validator
             try:
                 data = self.store.get_bytes(image.sha256)
             except KeyError:
@@ -692,8 +899,12 @@ class JobWorker:
             path = sub / safe_file_name(image.file_name, f"image{i}")
             path.write_bytes(data)
             names[str(path)] = image.file_name
-            paths.append(path)
-        return paths
+            specs.append(image.spec(path))
+        if self.data_root is not None:
+            names.setdefault(
+                str(self.data_root.resolve()) + "/", ""
+            )  # messages name paths under the root only
+        return specs
 
 
 def _without_folder(message: str, folder: Path, names: dict[str, str]) -> str:

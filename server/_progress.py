@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Hashable
+from typing import Any, TypeVar
 
 import anyio.to_thread
 from fastapi import APIRouter, Request
@@ -29,6 +29,7 @@ KEEPALIVE_S = 15.0
 """Longest silence before a comment line keeps proxies from closing the stream, seconds."""
 RETRY_MS = 2000
 """How long a browser waits before it reconnects a broken stream, milliseconds."""
+T = TypeVar("T")
 
 
 def visible_job(queue: JobQueue, job_id: str, who: Principal) -> JobInfo:
@@ -46,24 +47,31 @@ def _frame(event: str, data: dict[str, Any], n: int) -> bytes:
     return f"id: {n}\nevent: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
 
 
-async def job_events(queue: JobQueue, job_id: str, poll_s: float | None = None) -> AsyncIterator[bytes]:
-    """The job's events as SSE frames: a ``status`` frame per change, then ``done``; ends with the job."""
+async def status_events(
+    fetch: Callable[[], T],
+    key: Callable[[T], Hashable],
+    is_done: Callable[[T], bool],
+    as_json: Callable[[T], dict[str, Any]],
+    done: Callable[[T], dict[str, Any]],
+    poll_s: float | None = None,
+) -> AsyncIterator[bytes]:
+    """SSE frames of something that changes until it ends: a ``status`` frame (``as_json``) each time its
+    ``key`` changes, then one ``done`` frame; ``fetch`` runs in a thread, every ``poll_s`` seconds."""
     poll_s = POLL_S if poll_s is None else poll_s
     yield f"retry: {RETRY_MS}\n\n".encode()
-    last: tuple[Any, ...] | None = None
+    last: Hashable | None = None
     n = 0
     quiet_since = time.monotonic()
     while True:
-        info = await anyio.to_thread.run_sync(queue.status, job_id)
-        key = (info.status, info.attempts, info.run_id, info.error)
-        if key != last:
+        state = await anyio.to_thread.run_sync(fetch)
+        now_key = key(state)
+        if now_key != last:
             n += 1
-            yield _frame("status", info.model_dump(mode="json"), n)
-            last, quiet_since = key, time.monotonic()
-        if info.done:
+            yield _frame("status", as_json(state), n)
+            last, quiet_since = now_key, time.monotonic()
+        if is_done(state):
             n += 1
-            done = {"job_id": info.job_id, "status": info.status, "run_id": info.run_id, "error": info.error}
-            yield _frame("done", done, n)
+            yield _frame("done", done(state), n)
             return
         if time.monotonic() - quiet_since >= KEEPALIVE_S:
             yield b": keep-alive\n\n"
@@ -71,13 +79,35 @@ async def job_events(queue: JobQueue, job_id: str, poll_s: float | None = None) 
         await anyio.sleep(poll_s)
 
 
-def event_stream(queue: JobQueue, job_id: str) -> StreamingResponse:
-    """The streaming response of a job's events (not buffered by proxies, never cached)."""
+def job_events(queue: JobQueue, job_id: str, poll_s: float | None = None) -> AsyncIterator[bytes]:
+    """The job's events as SSE frames: a ``status`` frame per change, then ``done``; ends with the job."""
+    return status_events(
+        lambda: queue.status(job_id),
+        lambda info: (info.status, info.attempts, info.run_id, info.error),
+        lambda info: info.done,
+        lambda info: info.model_dump(mode="json"),
+        lambda info: {
+            "job_id": info.job_id,
+            "status": info.status,
+            "run_id": info.run_id,
+            "error": info.error,
+        },
+        poll_s,
+    )
+
+
+def sse_response(frames: AsyncIterator[bytes]) -> StreamingResponse:
+    """A streaming response of SSE frames (not buffered by proxies, never cached)."""
     return StreamingResponse(
-        job_events(queue, job_id),
+        frames,
         media_type="text/event-stream",
         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
     )
+
+
+def event_stream(queue: JobQueue, job_id: str) -> StreamingResponse:
+    """The streaming response of a job's events."""
+    return sse_response(job_events(queue, job_id))
 
 
 def progress_router() -> APIRouter:

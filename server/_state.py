@@ -1,7 +1,9 @@
-"""What ``create_app`` keeps on the app's state, read back by the routes: the store, accounts and queue."""
+"""What ``create_app`` keeps on the app's state, read back by the routes: the store, accounts, queue and
+data root."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fastapi import Request
@@ -28,3 +30,9 @@ def queue_of(request: Request) -> JobQueue:
     """The job queue of that store."""
     queue: JobQueue = request.app.state.queue
     return queue
+
+
+def data_root_of(request: Request) -> Path | None:
+    """The folder server-side paths of submissions are under (``dxgraph serve --data-root``), or None."""
+    root: Path | None = getattr(request.app.state, "data_root", None)
+    return root

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, File, Form, Header, Query, Request, UploadFile
@@ -27,6 +28,7 @@ from dxgraph.server._auth import Reader, Researcher
 from dxgraph.server._errors import ApiError, error_body
 from dxgraph.server._jobs import (
     MAX_IMAGES,
+    JobImage,
     JobInfo,
     JobNotFound,
     JobQueue,
@@ -34,7 +36,9 @@ from dxgraph.server._jobs import (
     JobResultRow,
     JobRow,
     idempotent_job_id,
+    resolve_data_path,
 )
+from dxgraph.server._state import data_root_of
 from dxgraph.server._state import queue_of as _queue
 
 MAX_UPLOAD_BYTES = 512 * 1024 * 1024
@@ -126,7 +130,7 @@ class BodyLimit:
         await send({"type": "http.response.body", "body": body})
 
 
-def _options(raw: str | None) -> dict[str, Any]:
+def check_options(raw: str | None) -> dict[str, Any]:
     """The client's run options from their JSON text; 422 for bad JSON or an option it may not set."""
     if not raw:
         return {}
@@ -162,13 +166,17 @@ async def queue_case(
     form: Mapping[str, str | None],
     files: list[UploadFile],
     idempotency_key: str | None = None,
+    paths: Sequence[str] = (),
+    data_root: Path | None = None,
 ) -> JobInfo:
     """Check one case and queue it as ``who``'s job; ApiError(422) with the reason when it cannot be.
 
     ``form`` holds the case's fields (task, modality, laterality, clinical_text, case_id, options as JSON
-    text; empty means absent). The blocking work (criteria retrieval, storing images, the queue's write)
-    runs in the thread pool, so the server keeps answering while a large upload is stored. With an
-    ``idempotency_key``, a resent submission (its first answer lost) returns the job the first one made.
+    text; empty means absent). The images are uploaded ``files``, or ``paths`` of files (or DICOM folders)
+    under the server's ``data_root``, checked now and again when the job runs. The blocking work (criteria
+    retrieval, storing images, the queue's write) runs in the thread pool, so the server keeps answering
+    while a large upload is stored. With an ``idempotency_key``, a resent submission (its first answer
+    lost) returns the job the first one made.
     """
     from starlette.concurrency import run_in_threadpool
 
@@ -178,11 +186,19 @@ async def queue_case(
     task = field("task")
     if task is None:
         raise ApiError(422, "task: choose the question to answer")
-    if not files or len(files) > MAX_IMAGES:
+    if files and paths:
+        raise ApiError(422, "files: upload images or name server-side paths, not both")
+    if not 1 <= len(files or paths) <= MAX_IMAGES:
         raise ApiError(422, f"files: give 1 to {MAX_IMAGES} images")
-    chosen = _options(field("options"))
+    chosen = check_options(field("options"))
     await run_in_threadpool(_check_task, task, field("clinical_text"))
     images = []
+    for p in paths:
+        try:
+            found = resolve_data_path(data_root, p)
+        except UserError as e:
+            raise ApiError(422, f"paths: {e}") from None
+        images.append(JobImage(file_name=found.name, path=p))
     for f in files:
         data = await f.read()
         if not data:
@@ -218,7 +234,15 @@ def submit_router() -> APIRouter:
         request: Request,
         who: Researcher,
         task: Annotated[str, Form(min_length=1, max_length=200, description="The question, e.g. glaucoma.")],
-        files: Annotated[list[UploadFile], File(description="The case's images: DICOM, PNG, JPEG, NIfTI.")],
+        files: Annotated[
+            list[UploadFile], File(description="The case's images: DICOM, PNG, JPEG, NIfTI, a zipped series.")
+        ] = [],  # noqa: B006 -- FastAPI copies defaults
+        paths: Annotated[
+            list[str],
+            Form(
+                description="Instead of files: images under the server's data root (dxgraph serve --data-root)."
+            ),
+        ] = [],  # noqa: B006
         modality: Annotated[str | None, Form(max_length=40)] = None,
         laterality: Annotated[str | None, Form(pattern="^(OD|OS)$")] = None,
         clinical_text: Annotated[str | None, Form(max_length=20_000)] = None,
@@ -243,7 +267,9 @@ def submit_router() -> APIRouter:
             "case_id": case_id,
             "options": options,
         }
-        info = await queue_case(_queue(request), who, form, files, idempotency_key)
+        info = await queue_case(
+            _queue(request), who, form, files, idempotency_key, paths=paths, data_root=data_root_of(request)
+        )
         body = {**info.model_dump(mode="json"), "status_url": f"/v1/jobs/{info.job_id}"}
         return JSONResponse(body, status_code=202, headers={"Location": f"/v1/jobs/{info.job_id}"})
 

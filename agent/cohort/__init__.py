@@ -22,7 +22,7 @@ from dxgraph.agent.cohort._outcome import CaseCost, CaseOutcome, CohortInfo, Man
 from dxgraph.agent.cohort._progress import CohortProgress
 from dxgraph.agent.cohort._report import render_cohort_report
 from dxgraph.agent.cohort._runner import CohortResult, run_cohort
-from dxgraph.agent.cohort._store import CohortStore, case_row
+from dxgraph.agent.cohort._store import CohortRow, CohortStore, case_row, cohort_row
 from dxgraph.agent.cohort._worker import (
     CaseJob,
     CaseWorker,
@@ -44,6 +44,7 @@ __all__ = [
     "CohortMetrics",
     "CohortProgress",
     "CohortResult",
+    "CohortRow",
     "CohortSettings",
     "CohortStore",
     "CostTotals",
@@ -57,6 +58,7 @@ __all__ = [
     "agreement_pairs",
     "case_row",
     "check_rows",
+    "cohort_row",
     "compute_metrics",
     "default_workers",
     "failed_outcome",

@@ -54,6 +54,13 @@ class CohortCaseRow(SQLModel, table=True):
     """The CaseOutcome as JSON."""
 
 
+def cohort_row(info: CohortInfo) -> CohortRow:
+    """The row recording a cohort's description."""
+    return CohortRow(
+        cohort_id=info.cohort_id, created_at=info.created_at, task=info.task, info=info.model_dump_json()
+    )
+
+
 def case_row(outcome: CaseOutcome, attempt: int) -> CohortCaseRow:
     """The row recording one attempt's outcome."""
     return CohortCaseRow(
@@ -83,16 +90,7 @@ class CohortStore:
         the first case finished) holds nothing to protect: it takes the new description.
         """
         try:
-            self.store.insert(
-                [
-                    CohortRow(
-                        cohort_id=info.cohort_id,
-                        created_at=info.created_at,
-                        task=info.task,
-                        info=info.model_dump_json(),
-                    )
-                ]
-            )
+            self.store.insert([cohort_row(info)])
         except DuplicateRecord:
             stored = self.info(info.cohort_id)
             if self.n_rows(info.cohort_id) > 0:

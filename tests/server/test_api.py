@@ -13,6 +13,7 @@ from fastapi.testclient import TestClient
 import dxgraph
 from dxgraph.phantoms import fundus_phantom
 from dxgraph.server import ERROR_CODES, Accounts, create_app
+from dxgraph.testing.cohort_phantoms import write_glaucoma_cohort
 from dxgraph.traces import TraceStore
 
 from _helpers import write_rgb
@@ -55,6 +56,20 @@ def served(tmp_path_factory):
     return TestClient(app), result.run_id, tokens, accounts
 
 
+@pytest.fixture(scope="module")
+def alices_cohort(served, tmp_path_factory):
+    """A cohort of two phantoms alice submitted (queued: this app runs no worker)."""
+    client, _, tokens, _ = served
+    manifest = write_glaucoma_cohort(tmp_path_factory.mktemp("cohort"), 2, seed=4)
+    files = [("manifest", ("m.csv", manifest.read_bytes(), "text/csv"))]
+    files += [
+        ("files", (f"images/{p.name}", p.read_bytes(), "image/png")) for p in manifest.parent.glob("images/*")
+    ]
+    r = client.post("/v1/cohorts", headers=_headers(tokens, "alice"), data={"task": "glaucoma"}, files=files)
+    assert r.status_code == 202, r.text
+    return r.json()["cohort_id"]
+
+
 def _headers(tokens, who):
     if who == "none":
         return {}
@@ -88,6 +103,11 @@ ENDPOINTS = [
     ("GET", "/v1/jobs", None, {"alice": 200, "bob": 200, "auditor": 200, "admin": 403}),
     ("GET", "/v1/jobs/nonexistent-job", None, {"alice": 404, "bob": 404, "auditor": 404, "admin": 403}),
     ("POST", "/v1/diagnoses", None, {"alice": 422, "bob": 422, "auditor": 403, "admin": 403}),
+    ("GET", "/v1/cohorts", None, {"alice": 200, "bob": 200, "auditor": 200, "admin": 403}),
+    ("GET", "/v1/cohorts/{cohort}", None, READ_OWN),
+    ("GET", "/v1/cohorts/{cohort}/report", None, READ_OWN),
+    ("GET", "/v1/cohorts/nonexistent/events", None, {"alice": 404, "bob": 404, "auditor": 404, "admin": 403}),
+    ("POST", "/v1/cohorts", None, {"alice": 422, "bob": 422, "auditor": 403, "admin": 403}),
 ]
 CALLERS = ("none", "bad", "revoked", "alice", "bob", "auditor", "admin")
 
@@ -95,11 +115,11 @@ CALLERS = ("none", "bad", "revoked", "alice", "bob", "auditor", "admin")
 @pytest.mark.parametrize(
     ("method", "path", "body", "expected"), ENDPOINTS, ids=[f"{m} {p}" for m, p, _, _ in ENDPOINTS]
 )
-def test_role_matrix(served, method, path, body, expected):
+def test_role_matrix(served, alices_cohort, method, path, body, expected):
     client, run_id, tokens, accounts = served
     for who in CALLERS:
         victim = accounts.create_token("researcher")[0].name
-        url = path.format(run=run_id, victim=victim)
+        url = path.format(run=run_id, victim=victim, cohort=alices_cohort)
         r = client.request(method, url, headers=_headers(tokens, who), json=body)
         want = expected.get(who, 401)
         assert r.status_code == want, (who, url, r.status_code, r.text[:300])

@@ -42,6 +42,13 @@ ROUTES = [
     ("POST", "/v1/diagnoses"),
     ("GET", "/v1/jobs"),
     ("GET", "/v1/jobs/{word}"),
+    ("POST", "/v1/cohorts"),
+    ("POST", "/v1/cohorts"),
+    ("POST", "/v1/cohorts"),
+    ("GET", "/v1/cohorts"),
+    ("GET", "/v1/cohorts/{word}"),
+    ("GET", "/v1/cohorts/{word}/report"),
+    ("GET", "/v1/cohorts/{word}/events"),
     ("GET", "/v1/{word}"),
     ("POST", "/{word}"),
 ]
@@ -90,7 +97,7 @@ def _auth(rng: random.Random, tokens: list[str]) -> dict[str, str]:
 
 
 def _body(rng: random.Random) -> dict[str, object]:
-    kind = rng.randrange(10)
+    kind = rng.randrange(12)
     if kind == 0:
         return {"content": b"{not json", "headers": {"content-type": "application/json"}}
     if kind == 1:
@@ -121,6 +128,30 @@ def _body(rng: random.Random) -> dict[str, object]:
         return {"content": b"0" * 300_000}  # over this app's upload limit
     if kind == 8:
         return {"data": {"task": "glaucoma", "laterality": _word(rng)}}
+    if kind == 9:  # a cohort or a case named by a (hostile) path under the data root
+        where = rng.choice(["manifest_path", "paths", "image_root"])
+        return {
+            "data": {"task": "glaucoma", where: _word(rng) or ".", "manifest_path": _word(rng) or "m.csv"}
+        }
+    if kind == 10:  # a cohort upload: a fuzzed manifest naming fuzzed files
+        name = _word(rng) or "x.png"
+        manifest = f"case_id,image\n{_word(rng)[:40]},{name}\n".encode(errors="surrogatepass")
+        files = [("manifest", (rng.choice(["m.csv", "m.jsonl", _word(rng) or "m"]), manifest, "text/csv"))]
+        files += [
+            ("files", (name, bytes(rng.randrange(256) for _ in range(rng.randint(0, 80))), "image/png"))
+        ]
+        if rng.random() < 0.3:
+            files.append(
+                (
+                    "archive",
+                    (
+                        "a.zip",
+                        b"PK\x03\x04" + bytes(rng.randrange(256) for _ in range(60)),
+                        "application/zip",
+                    ),
+                )
+            )
+        return {"data": {"task": rng.choice(["glaucoma", _word(rng)])}, "files": files}
     return {}
 
 
@@ -132,7 +163,10 @@ def target(tmp_path_factory):
     store = TraceStore(db)
     accounts = Accounts(store)
     tokens = [accounts.create_token(role)[1] for role in ("researcher", "auditor", "admin")]
-    client = TestClient(create_app(store, max_upload_bytes=200_000), raise_server_exceptions=False)
+    root = tmp / "data_root"
+    root.mkdir()
+    app = create_app(store, max_upload_bytes=200_000, data_root=root)
+    client = TestClient(app, raise_server_exceptions=False)
     return client, run_id, tokens
 
 

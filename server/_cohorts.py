@@ -1,0 +1,746 @@
+"""Cohorts submitted to the server: a manifest becomes one queued job per case, accepted all together.
+
+``POST /v1/cohorts`` takes the task, the run options a client may set, and either a manifest uploaded
+with its images (files, or one zip archive unpacked without trusting it) or a manifest under the server's
+data root (``dxgraph serve --data-root``). The manifest is read and checked as ``dxgraph cohort run``
+reads it (rows with a problem are reported and left out), and the cohort, its runnable cases as jobs and
+the rows that tie them together are stored in one transaction: a cohort is accepted whole or not at all,
+and then each case ends exactly once like any job. Each case's outcome is recorded with its run, so the
+cohort's status, metrics and report (``GET /v1/cohorts/{id}``, ``/report``, ``/events``) are those of
+``dxgraph cohort status|report``. Researchers see their own cohorts; auditors see every cohort, also
+those run from the command line into the same store.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import secrets
+import shutil
+import tempfile
+import zipfile
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path, PurePosixPath
+from typing import Annotated, Any
+
+import sqlalchemy as sa
+from fastapi import APIRouter, File, Form, Header, Query, Request, UploadFile
+from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, ValidationError
+from sqlmodel import Field as SQLField
+from sqlmodel import SQLModel
+from starlette.concurrency import run_in_threadpool
+
+from dxgraph.agent import RunOptions
+from dxgraph.agent.cohort import (
+    CaseOutcome,
+    CohortCase,
+    CohortInfo,
+    CohortMetrics,
+    CohortRow,
+    CohortStore,
+    ManifestProblem,
+    cohort_row,
+    compute_metrics,
+    read_manifest,
+    render_cohort_report,
+    task_labels,
+)
+from dxgraph.errors import StoreError, UserError
+from dxgraph.server._accounts import Principal
+from dxgraph.server._auth import Reader, Researcher
+from dxgraph.server._errors import ApiError
+from dxgraph.server._jobs import (
+    JobCohortCase,
+    JobImage,
+    JobQueue,
+    JobRequest,
+    JobStatus,
+    idempotent_job_id,
+    resolve_data_path,
+    safe_file_name,
+)
+from dxgraph.server._progress import sse_response, status_events
+from dxgraph.server._state import accounts_of, data_root_of, queue_of
+from dxgraph.server._submit import check_options
+from dxgraph.traces import DuplicateRecord
+
+MAX_COHORT_CASES = 10_000
+"""Most runnable cases in one submitted cohort."""
+MAX_SERIES_FOLDER_BYTES = 2 * 1024**3
+"""Most bytes of one uploaded DICOM series folder (it is stored zipped, as one image)."""
+_ZIPPED = ".zip"
+
+
+class CohortJobRow(SQLModel, table=True):
+    """Which queued job runs which case of which submitted cohort, and who submitted it (insert-only)."""
+
+    __tablename__ = "cohort_jobs"
+    job_id: str = SQLField(primary_key=True)
+    """The job (a row of ``jobs``)."""
+    cohort_id: str = SQLField(index=True)
+    """The cohort (a row of ``cohorts``)."""
+    case_id: str
+    """The case's id from the manifest."""
+    submitted_by: str = SQLField(index=True)
+    """The submitting token's name."""
+
+
+class CohortSummary(BaseModel):
+    """A cohort in a list: what it asks and how far it has come."""
+
+    model_config = ConfigDict(frozen=True, use_attribute_docstrings=True)
+    cohort_id: str
+    """The cohort's id."""
+    task: str
+    """The question asked of every case."""
+    created_at: datetime
+    """When it was accepted (UTC)."""
+    submitted_by: str | None
+    """The submitting token's name; None for a cohort run from the command line."""
+    manifest: str
+    """The manifest's file name."""
+    n_cases: int
+    """Runnable cases."""
+    completed: int
+    """Cases that ended with a diagnosis (an abstention included)."""
+    failed: int
+    """Cases that ended without one."""
+    unfinished: int
+    """Cases still waiting or running."""
+    n_problems: int
+    """Manifest rows that could not run."""
+
+    @property
+    def done(self) -> bool:
+        """Whether every case has ended."""
+        return self.unfinished == 0
+
+
+class CohortCaseState(BaseModel):
+    """One case of a cohort: where its job is and, once ended, what it came to."""
+
+    model_config = ConfigDict(frozen=True, use_attribute_docstrings=True)
+    case_id: str
+    """The case's id from the manifest."""
+    line: int
+    """Its manifest line."""
+    status: JobStatus
+    """pending, running, completed or failed."""
+    job_id: str | None = None
+    """Its job; None for a cohort run from the command line."""
+    run_id: str | None = None
+    """The stored run, once there is one."""
+    label: str | None = None
+    """The predicted label."""
+    positive: bool | None = None
+    """Whether the label is a positive finding; None when it abstained or failed."""
+    confidence: float | None = None
+    """The diagnosis's confidence."""
+    abstained: bool = False
+    """Whether the run declined to decide."""
+    truth_label: str | None = None
+    """The manifest's true label, when given."""
+    error: str | None = None
+    """Why it failed."""
+
+
+class CohortStatus(BaseModel):
+    """A cohort whole: its summary, every case, the manifest's problems and the metrics so far."""
+
+    model_config = ConfigDict(frozen=True, use_attribute_docstrings=True)
+    summary: CohortSummary
+    """Counts."""
+    pending: int
+    """Cases waiting for a worker."""
+    running: int
+    """Cases a worker holds."""
+    done: bool
+    """Whether every case has ended."""
+    cases: list[CohortCaseState]
+    """Every case, in manifest order."""
+    problems: tuple[ManifestProblem, ...]
+    """Manifest rows that could not run."""
+    options: dict[str, str]
+    """The run options of every case."""
+    metrics: CohortMetrics | None
+    """Metrics over the ended cases against the manifest's labels and true values; None before any ended."""
+
+
+class CohortAccepted(BaseModel):
+    """The answer to a cohort submission."""
+
+    model_config = ConfigDict(frozen=True, use_attribute_docstrings=True)
+    cohort_id: str
+    """The cohort's id."""
+    task: str
+    """The question asked of every case."""
+    n_cases: int
+    """Cases queued."""
+    problems: tuple[ManifestProblem, ...]
+    """Manifest rows left out, with why."""
+    status_url: str
+    """Where its status is."""
+
+
+# -- submitting ------------------------------------------------------------------------------------
+
+
+def _upload_path(name: str) -> PurePosixPath:
+    """Where an uploaded file goes under the cohort's folder: its relative path, each part sanitised."""
+    parts = [p for p in name.replace("\\", "/").split("/") if p not in ("", ".")]
+    if ".." in parts or not parts:
+        raise ApiError(422, f"files: {name!r} is not a plain relative file name")
+    return PurePosixPath(*[safe_file_name(p, "file") for p in parts])
+
+
+async def _write_upload(
+    folder: Path, manifest: UploadFile, files: list[UploadFile], archive: UploadFile | None
+) -> Path:
+    """The uploaded manifest, images and archive written under ``folder``; the manifest's path."""
+    suffix = Path(manifest.filename or "").suffix.lower()
+    if suffix not in (".csv", ".jsonl", ".ndjson"):
+        raise ApiError(422, "manifest: a .csv or .jsonl file")
+    manifest_path = folder / f"manifest{suffix}"
+    manifest_path.write_bytes(await manifest.read())
+    images = folder / "images"
+    images.mkdir()
+    if archive is not None:
+        zipped = folder / "archive.zip"
+        zipped.write_bytes(await archive.read())
+        from dxgraph.imaging import extract_zip
+
+        try:
+            await run_in_threadpool(extract_zip, zipped, images)
+        except UserError as e:
+            raise ApiError(422, f"archive: {_without(str(e), folder)}") from None
+        zipped.unlink()
+    for f in files:
+        rel = _upload_path(f.filename or "")
+        target = images / rel
+        if target.exists():
+            raise ApiError(422, f"files: {str(rel)!r} is given twice")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(await f.read())
+    return manifest_path
+
+
+def _without(message: str, folder: Path) -> str:
+    """A message without the server's temporary folder (``images/`` paths become the client's own)."""
+    return (
+        message.replace(str(folder / "images") + "/", "")
+        .replace(str(folder) + "/", "")
+        .replace(str(folder), "")
+    )
+
+
+def _zipped_folder(folder: Path) -> bytes:
+    """A DICOM series folder as zip bytes (``read_image`` reads a zipped series)."""
+    buf = io.BytesIO()
+    total = 0
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
+        for f in sorted(folder.rglob("*")):
+            if f.is_file() and not f.is_symlink():
+                total += f.stat().st_size
+                if total > MAX_SERIES_FOLDER_BYTES:
+                    raise UserError(
+                        f"the series folder {folder.name} is over {MAX_SERIES_FOLDER_BYTES:,} bytes"
+                    )
+                zf.write(f, f.relative_to(folder).as_posix())
+    return buf.getvalue()
+
+
+def _job_images(
+    queue: JobQueue, case: CohortCase, root: Path, data_root: Path | None
+) -> tuple[JobImage, ...]:
+    """A case's images as a job's: uploads stored in the trace store, server-side files by their path."""
+    out = []
+    for spec in case.images:
+        declared = {
+            "modality": spec.modality,
+            "sequence": spec.sequence,
+            "timepoint": spec.timepoint,
+            "study_date": spec.study_date,
+            "view": spec.view,
+        }
+        rel = spec.path.relative_to(root).as_posix()
+        if data_root is not None:  # a manifest on the server: the job names the file
+            path = spec.path.relative_to(data_root.resolve()).as_posix()
+            out.append(JobImage(file_name=spec.path.name, path=path, **declared))
+        elif spec.path.is_dir():
+            staged = queue.stage_image(_zipped_folder(spec.path), rel + _ZIPPED, "application/zip")
+            out.append(JobImage(file_name=staged.file_name, sha256=staged.sha256, **declared))
+        else:
+            staged = queue.stage_image(spec.path.read_bytes(), rel)
+            out.append(JobImage(file_name=staged.file_name, sha256=staged.sha256, **declared))
+    return tuple(out)
+
+
+def _cohort_id(manifest_name: str, submitted_by: str, key: str | None) -> str:
+    """``<manifest stem>-<8 hex>``: random, or from the submitter's idempotency key (a resend finds it)."""
+    stem = safe_file_name(Path(manifest_name).stem, "cohort")[:40]
+    tail = (
+        secrets.token_hex(4)
+        if key is None
+        else hashlib.sha256(f"{submitted_by}\x00{key}".encode()).hexdigest()[:8]
+    )
+    return f"{stem}-{tail}"
+
+
+def queue_cohort(
+    queue: JobQueue,
+    who: Principal,
+    *,
+    task: str,
+    options: dict[str, Any],
+    manifest_path: Path,
+    manifest_name: str,
+    image_root: Path,
+    data_root: Path | None,
+    idempotency_key: str | None = None,
+) -> CohortAccepted:
+    """Read and check a manifest, stage its images and accept the cohort whole (blocking).
+
+    ``data_root`` set: the manifest is on the server and jobs name its files; None: an upload, whose
+    images are stored in the trace store. ApiError(422) when nothing can run or the key was used for
+    another cohort.
+    """
+    from dxgraph.criteria_kb import retrieve
+
+    try:
+        doc = retrieve(task)[0].criteria.document
+        manifest = read_manifest(manifest_path, doc, root=image_root)
+    except UserError as e:
+        raise ApiError(
+            422, _without(str(e), image_root.parent if data_root is None else image_root)
+        ) from None
+    problems = tuple(
+        p.model_copy(update={"message": _without(p.message, manifest_path.parent)}) for p in manifest.problems
+    )
+    if not manifest.cases:
+        shown = "; ".join(f"line {p.line}: {p.message}" for p in problems[:3])
+        raise ApiError(422, f"manifest: no case can run ({shown})")
+    if len(manifest.cases) > MAX_COHORT_CASES:
+        raise ApiError(422, f"manifest: {len(manifest.cases):,} cases, more than {MAX_COHORT_CASES:,}")
+    try:
+        run_options = RunOptions.model_validate(options)
+    except ValidationError as e:
+        raise ApiError(422, f"options: {e.errors()[0]['msg']}") from None
+    cohort_id = _cohort_id(manifest_name, who.name, idempotency_key)
+    info = CohortInfo(
+        cohort_id=cohort_id,
+        task=task,
+        created_at=datetime.now(UTC),
+        manifest=safe_file_name(manifest_name, "manifest"),
+        manifest_sha256=manifest.sha256,
+        n_rows=len(manifest.cases),
+        problems=problems,
+        options={
+            k: json.dumps(v, default=str) for k, v in sorted(run_options.model_dump(mode="json").items())
+        },
+        labels=task_labels(doc),
+    )
+    requests = []
+    links = []
+    for case in manifest.cases:
+        try:
+            images = _job_images(queue, case, image_root, data_root)
+        except UserError as e:
+            raise ApiError(422, f"case {case.case_id}: {_without(str(e), image_root)}") from None
+        request = JobRequest(
+            task=task,
+            images=images,
+            modality=case.modality,
+            laterality=case.laterality,
+            clinical_text=case.clinical_text,
+            case_id=case.case_id,
+            options=run_options,
+            cohort=JobCohortCase(
+                cohort_id=cohort_id,
+                line=case.line,
+                truth_label=case.truth_label,
+                truth_positive=case.truth_positive,
+                truth=case.truth,
+            ),
+        )
+        job_id = (
+            secrets.token_hex(16)
+            if idempotency_key is None
+            else idempotent_job_id(who.name, f"{idempotency_key}\x00{case.case_id}")
+        )
+        requests.append((request, job_id))
+        links.append(
+            CohortJobRow(job_id=job_id, cohort_id=cohort_id, case_id=case.case_id, submitted_by=who.name)
+        )
+    try:
+        queue.submit_many(requests, who.name, with_rows=[cohort_row(info), *links])
+    except DuplicateRecord:
+        return _resent(queue, who, info)
+    return CohortAccepted(
+        cohort_id=cohort_id,
+        task=task,
+        n_cases=len(requests),
+        problems=problems,
+        status_url=f"/v1/cohorts/{cohort_id}",
+    )
+
+
+def _resent(queue: JobQueue, who: Principal, info: CohortInfo) -> CohortAccepted:
+    """The cohort a resent submission made the first time; 422 when its key was used for another one."""
+    try:
+        stored = CohortStore(queue.store).info(info.cohort_id)
+    except StoreError:
+        stored = None
+    owner = _owner(queue, info.cohort_id)
+    if (
+        stored is None
+        or owner != who.name
+        or stored.manifest_sha256 != info.manifest_sha256
+        or stored.task != info.task
+    ):
+        raise ApiError(422, "the idempotency key was already used for another cohort")
+    return CohortAccepted(
+        cohort_id=stored.cohort_id,
+        task=stored.task,
+        n_cases=stored.n_rows,
+        problems=stored.problems,
+        status_url=f"/v1/cohorts/{stored.cohort_id}",
+    )
+
+
+# -- reading ---------------------------------------------------------------------------------------
+
+_LINKS = CohortJobRow.__table__  # type: ignore[attr-defined]
+
+
+def _owner(queue: JobQueue, cohort_id: str) -> str | None:
+    """Who submitted the cohort to the server; None for a cohort run from the command line."""
+    with queue.store.engine.connect() as conn:
+        return conn.execute(
+            sa.select(_LINKS.c.submitted_by).where(_LINKS.c.cohort_id == cohort_id).limit(1)
+        ).scalar()
+
+
+def _job_ids(queue: JobQueue, cohort_id: str) -> dict[str, str]:
+    """Case id -> job id of a submitted cohort."""
+    with queue.store.engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(_LINKS.c.case_id, _LINKS.c.job_id).where(_LINKS.c.cohort_id == cohort_id)
+        )
+        return {case_id: job_id for case_id, job_id in rows}
+
+
+def visible_cohort(queue: JobQueue, who: Principal, cohort_id: str) -> CohortInfo:
+    """The cohort, when ``who`` may read it (its submitter, or an auditor); 404 otherwise.
+
+    Auditors may give a unique prefix of the id; researchers give the whole id."""
+    cohorts = CohortStore(queue.store)
+    try:
+        full = cohorts.resolve(cohort_id) if who.role == "auditor" else cohort_id
+        info = cohorts.info(full)
+    except (StoreError, AssertionError):
+        info = None
+    mine = info is not None and info.cohort_id == cohort_id and _owner(queue, cohort_id) == who.name
+    if info is None or (who.role != "auditor" and not mine):
+        raise ApiError(404, f"no cohort {cohort_id!r} of yours")
+    return info
+
+
+def cohort_summaries(queue: JobQueue, who: Principal, limit: int = 100) -> list[CohortSummary]:
+    """The cohorts ``who`` may see, newest first: their own, or every cohort for an auditor."""
+    results = sa.table("job_results", sa.column("job_id"), sa.column("status"))
+    cohorts = CohortRow.__table__  # type: ignore[attr-defined]
+    counts = (
+        sa.select(
+            _LINKS.c.cohort_id,
+            sa.func.min(_LINKS.c.submitted_by).label("submitted_by"),
+            sa.func.count().label("n"),
+            sa.func.sum(sa.case((results.c.status == "completed", 1), else_=0)).label("completed"),
+            sa.func.sum(sa.case((results.c.status == "failed", 1), else_=0)).label("failed"),
+        )
+        .select_from(_LINKS.outerjoin(results, results.c.job_id == _LINKS.c.job_id))
+        .group_by(_LINKS.c.cohort_id)
+        .subquery("counts")
+    )
+    q = (
+        sa.select(cohorts.c.info, counts.c.submitted_by, counts.c.n, counts.c.completed, counts.c.failed)
+        .select_from(cohorts.outerjoin(counts, counts.c.cohort_id == cohorts.c.cohort_id))
+        .order_by(cohorts.c.created_at.desc(), cohorts.c.cohort_id)
+        .limit(limit)
+    )
+    if who.role != "auditor":
+        q = q.where(counts.c.submitted_by == who.name)
+    with queue.store.engine.connect() as conn:
+        rows = conn.execute(q).all()
+    out = []
+    for info_json, submitted_by, n, completed, failed in rows:
+        info = CohortInfo.model_validate_json(info_json)
+        if n is None:  # run from the command line: its case rows say how far it came
+            outcomes = CohortStore(queue.store).outcomes(info.cohort_id)
+            completed = sum(1 for o in outcomes if o.status == "completed")
+            failed = len(outcomes) - completed
+            n = max(info.n_rows, len(outcomes))
+        out.append(_summary(info, submitted_by, int(n), int(completed or 0), int(failed or 0)))
+    return out
+
+
+def _summary(
+    info: CohortInfo, submitted_by: str | None, n: int, completed: int, failed: int
+) -> CohortSummary:
+    return CohortSummary(
+        cohort_id=info.cohort_id,
+        task=info.task,
+        created_at=info.created_at,
+        submitted_by=submitted_by,
+        manifest=info.manifest,
+        n_cases=n,
+        completed=completed,
+        failed=failed,
+        unfinished=max(0, n - completed - failed),
+        n_problems=len(info.problems),
+    )
+
+
+def cohort_status(queue: JobQueue, info: CohortInfo) -> CohortStatus:
+    """The cohort's cases, counts and metrics as they stand."""
+    outcomes = {o.case_id: o for o in CohortStore(queue.store).outcomes(info.cohort_id)}
+    job_ids = _job_ids(queue, info.cohort_id)
+    jobs = queue.infos(list(job_ids.values()))
+    cases: list[CohortCaseState] = []
+    for case_id, job_id in job_ids.items():
+        job = jobs.get(job_id)
+        o = outcomes.get(case_id)
+        status: JobStatus = job.status if job is not None else "pending"
+        if o is not None:
+            status = "completed" if o.status == "completed" else "failed"
+        cases.append(_case_state(case_id, o, status, job_id, job.error if job else None))
+    for case_id, o in outcomes.items():  # a cohort run from the command line has no jobs
+        if case_id not in job_ids:
+            cases.append(
+                _case_state(case_id, o, "completed" if o.status == "completed" else "failed", None, None)
+            )
+    cases.sort(key=lambda c: (c.line, c.case_id))
+    completed = sum(1 for c in cases if c.status == "completed")
+    failed = sum(1 for c in cases if c.status == "failed")
+    pending = sum(1 for c in cases if c.status == "pending")
+    running = sum(1 for c in cases if c.status == "running")
+    n = max(info.n_rows, len(cases))
+    pending += n - len(cases)  # a command-line cohort's cases not yet recorded
+    finished = list(outcomes.values())
+    return CohortStatus(
+        summary=_summary(info, _owner(queue, info.cohort_id), n, completed, failed),
+        pending=pending,
+        running=running,
+        done=completed + failed >= n,
+        cases=cases,
+        problems=info.problems,
+        options=info.options,
+        metrics=compute_metrics(finished, info.labels) if finished else None,
+    )
+
+
+def _case_state(
+    case_id: str, o: CaseOutcome | None, status: JobStatus, job_id: str | None, job_error: str | None
+) -> CohortCaseState:
+    if o is None:
+        return CohortCaseState(case_id=case_id, line=1, status=status, job_id=job_id, error=job_error)
+    return CohortCaseState(
+        case_id=case_id,
+        line=o.line,
+        status=status,
+        job_id=job_id,
+        run_id=o.run_id,
+        label=o.label,
+        positive=o.positive,
+        confidence=o.confidence,
+        abstained=o.abstained,
+        truth_label=o.truth_label,
+        error=o.error or job_error,
+    )
+
+
+def cohort_report(queue: JobQueue, info: CohortInfo, run_link: str = "/runs/{run_id}") -> str:
+    """The cohort's HTML report over its ended cases, each case linked to its run."""
+    outcomes = CohortStore(queue.store).outcomes(info.cohort_id)
+    links = {o.case_id: run_link.format(run_id=o.run_id) for o in outcomes if o.run_id}
+    return render_cohort_report(info, outcomes, compute_metrics(outcomes, info.labels), links)
+
+
+def cohort_events(queue: JobQueue, info: CohortInfo) -> StreamingResponse:
+    """The cohort's progress as SSE: ``status`` (its summary, pending and running) at each change, then ``done``."""
+
+    def fetch() -> CohortStatus:
+        return cohort_status(queue, info)
+
+    def as_json(s: CohortStatus) -> dict[str, Any]:
+        return {
+            **s.summary.model_dump(mode="json"),
+            "pending": s.pending,
+            "running": s.running,
+            "done": s.done,
+        }
+
+    return sse_response(
+        status_events(
+            fetch,
+            lambda s: (s.pending, s.running, s.summary.completed, s.summary.failed),
+            lambda s: s.done,
+            as_json,
+            lambda s: {
+                "cohort_id": s.summary.cohort_id,
+                "completed": s.summary.completed,
+                "failed": s.summary.failed,
+            },
+            poll_s=1.0,
+        )
+    )
+
+
+# -- the routes ------------------------------------------------------------------------------------
+
+
+async def submit_cohort(
+    request: Request,
+    who: Principal,
+    *,
+    task: str,
+    options: str | None,
+    manifest: UploadFile | None,
+    files: Sequence[UploadFile],
+    archive: UploadFile | None,
+    manifest_path: str | None,
+    image_root: str | None,
+    idempotency_key: str | None,
+) -> CohortAccepted:
+    """Check a cohort submission (upload or server-side manifest) and queue it; ApiError(422) otherwise."""
+    queue = queue_of(request)
+    chosen = check_options(options)
+    if (manifest is None) == (manifest_path is None):
+        raise ApiError(422, "manifest: upload a manifest file, or give manifest_path on the server, not both")
+    if manifest_path is not None:
+        if files or archive is not None:
+            raise ApiError(422, "files: a manifest on the server names server-side images; upload none")
+        data_root = data_root_of(request)
+        try:
+            path = resolve_data_path(data_root, manifest_path)
+            root = resolve_data_path(data_root, image_root) if image_root else path.parent
+        except UserError as e:
+            raise ApiError(422, f"manifest_path: {e}") from None
+        assert data_root is not None  # resolve_data_path refuses without one
+        return await run_in_threadpool(
+            lambda: queue_cohort(
+                queue,
+                who,
+                task=task,
+                options=chosen,
+                manifest_path=path,
+                manifest_name=path.name,
+                image_root=root,
+                data_root=data_root,
+                idempotency_key=idempotency_key,
+            )
+        )
+    assert manifest is not None
+    if image_root:
+        raise ApiError(422, "image_root: only for a manifest on the server")
+    folder = Path(tempfile.mkdtemp(prefix="dxgraph-cohort-"))
+    try:
+        written = await _write_upload(folder, manifest, list(files), archive)
+        return await run_in_threadpool(
+            lambda: queue_cohort(
+                queue,
+                who,
+                task=task,
+                options=chosen,
+                manifest_path=written,
+                manifest_name=manifest.filename or written.name,
+                image_root=folder / "images",
+                data_root=None,
+                idempotency_key=idempotency_key,
+            )
+        )
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def cohorts_router() -> APIRouter:
+    """``/v1/cohorts``: submit, list, status, report and progress."""
+    v1 = APIRouter(prefix="/v1", tags=["cohorts"])
+
+    @v1.post("/cohorts", status_code=202)
+    async def submit(
+        request: Request,
+        who: Researcher,
+        task: Annotated[str, Form(min_length=1, max_length=200, description="The question, e.g. glaucoma.")],
+        manifest: Annotated[UploadFile | None, File(description="A CSV or JSONL manifest.")] = None,
+        files: Annotated[
+            list[UploadFile], File(description="The manifest's images, named by their paths in it.")
+        ] = [],  # noqa: B006 -- FastAPI copies defaults
+        archive: Annotated[UploadFile | None, File(description="A zip of the manifest's images.")] = None,
+        manifest_path: Annotated[
+            str | None, Form(max_length=4096, description="A manifest under the server's data root.")
+        ] = None,
+        image_root: Annotated[
+            str | None, Form(max_length=4096, description="Its images' folder under the data root.")
+        ] = None,
+        options: Annotated[str | None, Form(max_length=20_000, description="Run options as JSON.")] = None,
+        idempotency_key: Annotated[
+            str | None,
+            Header(
+                alias="Idempotency-Key",
+                pattern=r"^[A-Za-z0-9._:-]{1,200}$",
+                description="Resending the submission with the same key returns the same cohort.",
+            ),
+        ] = None,
+    ) -> JSONResponse:
+        """Queue a cohort: every runnable case of the manifest becomes a job; 202 with the cohort."""
+        accepted = await submit_cohort(
+            request,
+            who,
+            task=task,
+            options=options,
+            manifest=manifest,
+            files=files,
+            archive=archive,
+            manifest_path=manifest_path,
+            image_root=image_root,
+            idempotency_key=idempotency_key,
+        )
+        return JSONResponse(
+            accepted.model_dump(mode="json"), status_code=202, headers={"Location": accepted.status_url}
+        )
+
+    @v1.get("/cohorts")
+    def cohorts(request: Request, who: Reader, limit: int = Query(100, ge=1, le=1000)) -> list[CohortSummary]:
+        """Cohorts, newest first: every cohort for an auditor, their own for a researcher."""
+        return cohort_summaries(queue_of(request), who, limit)
+
+    @v1.get("/cohorts/{cohort_id}")
+    def status(request: Request, cohort_id: str, who: Reader) -> CohortStatus:
+        """A cohort's cases, counts and metrics as they stand (its submitter, or an auditor)."""
+        queue = queue_of(request)
+        info = visible_cohort(queue, who, cohort_id)
+        accounts_of(request).log_access(who, "read_cohort", info.cohort_id)
+        return cohort_status(queue, info)
+
+    @v1.get("/cohorts/{cohort_id}/report", response_class=HTMLResponse)
+    def report(request: Request, cohort_id: str, who: Reader) -> HTMLResponse:
+        """The cohort's HTML report over its ended cases."""
+        queue = queue_of(request)
+        info = visible_cohort(queue, who, cohort_id)
+        accounts_of(request).log_access(who, "read_cohort_report", info.cohort_id)
+        return HTMLResponse(cohort_report(queue, info))
+
+    @v1.get(
+        "/cohorts/{cohort_id}/events",
+        response_class=StreamingResponse,
+        responses={200: {"content": {"text/event-stream": {}}, "description": "The cohort's progress."}},
+    )
+    def events(request: Request, cohort_id: str, who: Reader) -> StreamingResponse:
+        """The cohort's progress as Server-Sent Events: ``status`` at each change, then ``done``."""
+        queue = queue_of(request)
+        return cohort_events(queue, visible_cohort(queue, who, cohort_id))
+
+    return v1
