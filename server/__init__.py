@@ -18,10 +18,9 @@ from dxgraph.server._accounts import (
     TokenInfo,
 )
 from dxgraph.server._api import NoOwnership, RunOwnership, create_app
+from dxgraph.server._cohort_submit import CohortAccepted, CohortJobRow
 from dxgraph.server._cohorts import (
-    CohortAccepted,
     CohortCaseState,
-    CohortJobRow,
     CohortStatus,
     CohortSummary,
     cohorts_router,
