@@ -627,6 +627,9 @@ def web_router() -> APIRouter:
         _accounts(request).log_access(who, "revoke_token", name)
         return RedirectResponse(f"/tokens?revoked={quote(name, safe='')}", status_code=303)
 
+    from dxgraph.server._web_cohorts import add_cohort_pages  # here: that module imports this one
+
+    add_cohort_pages(web, need)
     return web
 
 

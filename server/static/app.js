@@ -1,4 +1,5 @@
-/* dxgraph web app: the drop zone of the submit form and the live progress of a job (Server-Sent Events).
+/* dxgraph web app: the drop zone of the submit forms and the live progress of a job or a cohort
+   (Server-Sent Events).
    No framework; the pages work without it except for the live updates. */
 "use strict";
 
@@ -75,7 +76,35 @@ function jobProgress(section) {
   });
 }
 
+function cohortProgress(section) {
+  var url = section.getAttribute("data-cohort-events");
+  if (!url || !window.EventSource || section.getAttribute("data-done") === "true") { return; }
+  var bar = document.getElementById("cohort-progress");
+  function set(id, value) {
+    var el = document.getElementById(id);
+    if (el) { el.textContent = String(value); }
+  }
+  var source = new EventSource(url);
+  source.addEventListener("status", function (e) {
+    var s = JSON.parse(e.data);
+    var ended = s.completed + s.failed;
+    bar.value = ended;
+    bar.textContent = ended + " of " + s.n_cases;
+    set("cohort-ended", ended);
+    set("cohort-completed", s.completed);
+    set("cohort-failed", s.failed);
+    set("cohort-running", s.running);
+    set("cohort-pending", s.pending);
+  });
+  source.addEventListener("done", function () {
+    source.close();
+    section.setAttribute("data-done", "true");
+    window.location.reload();  /* the final cases, metrics and report link, as the server renders them */
+  });
+}
+
 document.addEventListener("DOMContentLoaded", function () {
   document.querySelectorAll("[data-drop-zone]").forEach(dropZone);
   document.querySelectorAll("[data-job-events]").forEach(jobProgress);
+  document.querySelectorAll("[data-cohort-events]").forEach(cohortProgress);
 });

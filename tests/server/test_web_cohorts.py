@@ -1,0 +1,141 @@
+"""The web app's cohort pages over TestClient: submit a cohort from the form, follow its progress, read its
+cases, metrics and sandboxed report; only its submitter and auditors see it; hostile names stay text."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from dxgraph.server import Accounts, JobWorker, create_app
+from dxgraph.server._web import REPORT_CSP
+from dxgraph.testing.cohort_phantoms import write_glaucoma_cohort
+from dxgraph.traces import TraceStore
+
+HOSTILE = "<script>alert(1)</script>"
+
+
+def _csrf(html: str) -> str:
+    m = re.search(r'name="csrf_token" value="([^"]+)"', html)
+    assert m, html[:500]
+    return m.group(1)
+
+
+def _sign_in(client: TestClient, token: str) -> str:
+    form = client.get("/signin")
+    r = client.post("/signin", data={"token": token, "csrf_token": _csrf(form.text)}, follow_redirects=False)
+    assert r.status_code == 303, r.text
+    return _csrf(client.get(r.headers["location"]).text)
+
+
+def _files(manifest: Path, name: str = "cohort.csv") -> list:
+    files = [("manifest", (name, manifest.read_bytes(), "text/csv"))]
+    files += [
+        ("files", (f"images/{p.name}", p.read_bytes(), "image/png"))
+        for p in sorted((manifest.parent / "images").glob("*.png"))
+    ]
+    return files
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> dict:
+    store = TraceStore(str(tmp_path / "traces.db"))
+    accounts = Accounts(store)
+    tokens = {
+        name: accounts.create_token(role, name)[1]
+        for role, name in (
+            ("researcher", "alice"),
+            ("researcher", "bob"),
+            ("auditor", "audrey"),
+            ("admin", "root"),
+        )
+    }
+    root = tmp_path / "data"
+    manifest = write_glaucoma_cohort(root / "gc", 3, seed=6)
+    return {"store": store, "tokens": tokens, "manifest": manifest, "root": root}
+
+
+def test_a_cohort_submitted_from_the_form_shows_its_progress_cases_and_report(site):
+    store, tokens = site["store"], site["tokens"]
+    alice = TestClient(create_app(store))
+    csrf = _sign_in(alice, tokens["alice"])
+    form = alice.get("/cohorts/new")
+    assert form.status_code == 200 and 'name="manifest"' in form.text and "manifest_path" not in form.text
+    r = alice.post(
+        "/cohorts/new",
+        data={"csrf_token": csrf, "task": "glaucoma", "options": '{"review_rounds": 0}'},
+        files=_files(site["manifest"], f"{HOSTILE}.csv"),
+        follow_redirects=False,
+    )
+    assert r.status_code == 303, r.text
+    page_url = r.headers["location"]
+    cid = page_url.rsplit("/", 1)[1]
+    waiting = alice.get(page_url)
+    assert waiting.status_code == 200 and "0</span> of 3 cases ended" in waiting.text
+    assert (
+        f'data-cohort-events="/cohorts/{cid}/events"' in waiting.text and 'data-done="false"' in waiting.text
+    )
+    assert HOSTILE not in waiting.text and HOSTILE not in alice.get("/cohorts").text
+
+    worker = JobWorker(store.url)
+    while worker.run_one() is not None:
+        pass
+    done = alice.get(page_url)
+    assert 'data-done="true"' in done.text and "3</span> completed" in done.text
+    assert 'id="cohort-metrics"' in done.text and done.text.count('href="/runs/') == 3
+    listed = alice.get("/cohorts")
+    assert cid in listed.text and ">alice<" in listed.text
+    report = alice.get(f"/cohorts/{cid}/report")
+    assert report.status_code == 200 and report.headers["content-security-policy"] == REPORT_CSP
+    assert all(f"phantom-00{i}" in report.text for i in range(3))
+    events = alice.get(f"/cohorts/{cid}/events")
+    assert "event: done" in events.text and '"completed":3' in events.text
+
+    bob = TestClient(create_app(store))
+    _sign_in(bob, tokens["bob"])
+    assert bob.get(page_url).status_code == 404 and cid not in bob.get("/cohorts").text
+    audrey = TestClient(create_app(store))
+    _sign_in(audrey, tokens["audrey"])
+    assert audrey.get(page_url).status_code == 200
+    assert audrey.get("/cohorts/new").status_code == 403
+    log = audrey.get(f"/access-log?target={cid}").text
+    assert "read_cohort" in log and "read_cohort_report" in log
+    root = TestClient(create_app(store))
+    _sign_in(root, tokens["root"])
+    assert root.get("/cohorts").status_code == 403
+
+
+def test_the_cohort_form_refuses_without_csrf_and_explains_bad_input(site):
+    store, tokens = site["store"], site["tokens"]
+    alice = TestClient(create_app(store))
+    csrf = _sign_in(alice, tokens["alice"])
+    r = alice.post("/cohorts/new", data={"task": "glaucoma"}, files=_files(site["manifest"]))
+    assert r.status_code == 403
+    r = alice.post("/cohorts/new", data={"csrf_token": csrf, "task": "glaucoma"})
+    assert r.status_code == 422 and "upload a manifest" in r.text and 'id="cohort-form"' in r.text
+    r = alice.post(
+        "/cohorts/new",
+        data={"csrf_token": csrf, "task": "glaucoma"},
+        files=[("manifest", ("m.csv", f"case_id,image\n{HOSTILE},missing.png\n".encode(), "text/csv"))],
+    )
+    assert r.status_code == 422 and "no case can run" in r.text and HOSTILE not in r.text
+
+
+def test_a_server_with_a_data_root_offers_its_manifests(site):
+    store, tokens = site["store"], site["tokens"]
+    alice = TestClient(create_app(store, data_root=site["root"]))
+    csrf = _sign_in(alice, tokens["alice"])
+    assert 'name="manifest_path"' in alice.get("/cohorts/new").text
+    r = alice.post(
+        "/cohorts/new",
+        data={"csrf_token": csrf, "task": "glaucoma", "manifest_path": "gc/manifest.csv"},
+        follow_redirects=False,
+    )
+    assert r.status_code == 303, r.text
+    r = alice.post(
+        "/cohorts/new",
+        data={"csrf_token": csrf, "task": "glaucoma", "manifest_path": "../../etc/passwd"},
+    )
+    assert r.status_code == 422 and "without &#39;..&#39;" in r.text
