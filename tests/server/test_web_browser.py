@@ -9,6 +9,7 @@ import base64
 import socket
 import threading
 import time
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -201,3 +202,52 @@ def _all_decoded():  # type: ignore[no-untyped-def]
     import re
 
     return re.compile(r"^([1-9]\d*)/\1$")
+
+
+def test_researcher_submits_a_cohort_and_watches_it_finish(server, tmp_path: Path) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    from dxgraph.testing.cohort_phantoms import write_glaucoma_cohort
+
+    base, tokens = server
+    exe = chromium_or_skip()
+    manifest = write_glaucoma_cohort(tmp_path / "cohort", 3, seed=12)
+    images = sorted((manifest.parent / "images").glob("*.png"))
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=exe, args=CHROMIUM_ARGS)
+        try:
+            context = browser.new_context(viewport={"width": 1280, "height": 1000})
+            context.set_default_timeout(TIMEOUT_MS)
+            page = context.new_page()
+            errors: list[str] = []
+            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+            _sign_in(page, base, tokens["alice"])
+            page.get_by_role("navigation", name="Main").get_by_role("link", name="Submit a cohort").click()
+            page.get_by_label("Task").select_option("glaucoma")
+            page.locator("#manifest").set_input_files(str(manifest))
+            # the images as the manifest names them (images/...): a browser sends base names, so zip them
+            archive = tmp_path / "images.zip"
+            with zipfile.ZipFile(archive, "w") as zf:
+                for image in images:
+                    zf.write(image, f"images/{image.name}")
+            page.locator("#archive").set_input_files(str(archive))
+            page.locator("details summary").click()
+            page.get_by_label("Run options as JSON").fill('{"review_rounds": 0}')
+            page.get_by_role("button", name="Submit the cohort").click()
+
+            page.wait_for_url(f"{base}/cohorts/*")
+            expect(page.locator("#cohort")).to_have_attribute(
+                "data-done", "true"
+            )  # the page reloads when done
+            expect(page.locator("#cohort-completed")).to_have_text("3")
+            expect(page.locator("#cohort-progress")).to_have_attribute("value", "3")
+            expect(page.locator("#cohort-metrics")).to_be_visible()
+            expect(page.locator("#cohort-cases tbody tr")).to_have_count(3)
+            shot = tmp_path / "cohort.png"
+            page.screenshot(path=str(shot), full_page=True)
+            page.locator("#cohort-report-link").click()
+            expect(page.locator("body")).to_contain_text("phantom-002")
+            assert not [e for e in errors if "Content Security Policy" in e or "Refused" in e], errors
+        finally:
+            browser.close()
+    _not_blank(shot)
