@@ -106,6 +106,49 @@ def cohort_owner(queue: JobQueue, cohort_id: str) -> str | None:
         ).scalar()
 
 
+def cohort_job_ids(queue: JobQueue, cohort_id: str) -> dict[str, str]:
+    """Case id -> the latest job of that case in a submitted cohort (a retry's, once retried)."""
+    jobs = sa.table("jobs", sa.column("job_id"), sa.column("submitted_at"))
+    with queue.store.engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(_LINKS.c.case_id, _LINKS.c.job_id)
+            .join(jobs, jobs.c.job_id == _LINKS.c.job_id)
+            .where(_LINKS.c.cohort_id == cohort_id)
+            .order_by(jobs.c.submitted_at, _LINKS.c.job_id)
+        )
+        return {case_id: job_id for case_id, job_id in rows}
+
+
+def retry_failed_cases(queue: JobQueue, who: Principal, cohort_id: str) -> int:
+    """Queue the failed cases of ``who``'s ended cohort again, each as its next attempt; how many.
+
+    The new jobs' ids follow from the cohort, case and attempt, so a retry sent twice queues each case
+    once (the second finds them queued and queues nothing). ApiError(409) while cases are unfinished.
+    """
+    job_ids = cohort_job_ids(queue, cohort_id)
+    infos = queue.infos(list(job_ids.values()))
+    if any(not i.done for i in infos.values()):
+        raise ApiError(409, f"cohort {cohort_id} still has unfinished cases: retry once they have ended")
+    requests, links = [], []
+    for case_id, job_id in job_ids.items():
+        if infos[job_id].status != "failed":
+            continue
+        old = queue.request(job_id)
+        assert old.cohort is not None  # every job of cohort_jobs is a cohort's case
+        attempt = old.cohort.attempt + 1
+        new = old.model_copy(update={"cohort": old.cohort.model_copy(update={"attempt": attempt})})
+        new_id = "r" + hashlib.sha256(f"{cohort_id}\x00{case_id}\x00{attempt}".encode()).hexdigest()[:31]
+        requests.append((new, new_id))
+        links.append(CohortJobRow(job_id=new_id, cohort_id=cohort_id, case_id=case_id, submitted_by=who.name))
+    if not requests:
+        return 0
+    try:
+        queue.submit_many(requests, who.name, with_rows=links)
+    except DuplicateRecord:
+        return 0  # another retry queued them first
+    return len(requests)
+
+
 def _upload_path(name: str) -> PurePosixPath:
     """Where an uploaded file goes under the cohort's folder: its relative path, each part sanitised."""
     parts = [p for p in name.replace("\\", "/").split("/") if p not in ("", ".")]

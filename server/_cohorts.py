@@ -33,7 +33,13 @@ from dxgraph.agent.cohort import (
 from dxgraph.errors import StoreError
 from dxgraph.server._accounts import Principal
 from dxgraph.server._auth import Reader, Researcher
-from dxgraph.server._cohort_submit import CohortJobRow, cohort_owner, submit_cohort
+from dxgraph.server._cohort_submit import (
+    CohortJobRow,
+    cohort_job_ids,
+    cohort_owner,
+    retry_failed_cases,
+    submit_cohort,
+)
 from dxgraph.server._errors import ApiError
 from dxgraph.server._jobs import JobQueue, JobStatus
 from dxgraph.server._progress import sse_response, status_events
@@ -121,16 +127,19 @@ class CohortStatus(BaseModel):
     """Metrics over the ended cases against the manifest's labels and true values; None before any ended."""
 
 
+class CohortRetried(BaseModel):
+    """The answer to a retry of a cohort's failed cases."""
+
+    model_config = ConfigDict(frozen=True, use_attribute_docstrings=True)
+    cohort_id: str
+    """The cohort."""
+    requeued: int
+    """Failed cases queued again (0: none had failed, or an earlier retry queued them)."""
+    status_url: str
+    """Where its status is."""
+
+
 _LINKS = CohortJobRow.__table__  # type: ignore[attr-defined]
-
-
-def _job_ids(queue: JobQueue, cohort_id: str) -> dict[str, str]:
-    """Case id -> job id of a submitted cohort."""
-    with queue.store.engine.connect() as conn:
-        rows = conn.execute(
-            sa.select(_LINKS.c.case_id, _LINKS.c.job_id).where(_LINKS.c.cohort_id == cohort_id)
-        )
-        return {case_id: job_id for case_id, job_id in rows}
 
 
 def visible_cohort(queue: JobQueue, who: Principal, cohort_id: str) -> CohortInfo:
@@ -207,14 +216,14 @@ def _summary(
 def cohort_status(queue: JobQueue, info: CohortInfo) -> CohortStatus:
     """The cohort's cases, counts and metrics as they stand."""
     outcomes = {o.case_id: o for o in CohortStore(queue.store).outcomes(info.cohort_id)}
-    job_ids = _job_ids(queue, info.cohort_id)
+    job_ids = cohort_job_ids(queue, info.cohort_id)
     jobs = queue.infos(list(job_ids.values()))
     cases: list[CohortCaseState] = []
     for case_id, job_id in job_ids.items():
         job = jobs.get(job_id)
         o = outcomes.get(case_id)
         status: JobStatus = job.status if job is not None else "pending"
-        if o is not None:
+        if o is not None and (job is None or job.done):  # a retried case is its new job's until that ends
             status = "completed" if o.status == "completed" else "failed"
         cases.append(_case_state(case_id, o, status, job_id, job.error if job else None))
     for case_id, o in outcomes.items():  # a cohort run from the command line has no jobs
@@ -348,6 +357,14 @@ def cohorts_router() -> APIRouter:
         return JSONResponse(
             accepted.model_dump(mode="json"), status_code=202, headers={"Location": accepted.status_url}
         )
+
+    @v1.post("/cohorts/{cohort_id}/retry", status_code=202)
+    def retry(request: Request, cohort_id: str, who: Researcher) -> CohortRetried:
+        """Queue the failed cases of one's ended cohort again (409 while cases are unfinished)."""
+        queue = queue_of(request)
+        info = visible_cohort(queue, who, cohort_id)
+        n = retry_failed_cases(queue, who, info.cohort_id)
+        return CohortRetried(cohort_id=info.cohort_id, requeued=n, status_url=f"/v1/cohorts/{info.cohort_id}")
 
     @v1.get("/cohorts")
     def cohorts(request: Request, who: Reader, limit: int = Query(100, ge=1, le=1000)) -> list[CohortSummary]:

@@ -15,7 +15,7 @@ from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from dxgraph.server._accounts import Principal
-from dxgraph.server._cohort_submit import submit_cohort
+from dxgraph.server._cohort_submit import retry_failed_cases, submit_cohort
 from dxgraph.server._cohorts import (
     cohort_events,
     cohort_report,
@@ -107,6 +107,18 @@ def add_cohort_pages(web: APIRouter, need: Need) -> None:
         info = visible_cohort(queue, who, cohort_id)
         accounts_of(request).log_access(who, "read_cohort", info.cohort_id)
         return _render(request, "cohort.html.j2", info=info, status=cohort_status(queue, info))
+
+    @web.post("/cohorts/{cohort_id}/retry")
+    def retry_cohort(
+        request: Request, cohort_id: str, csrf_token: Annotated[str, Form(max_length=200)] = ""
+    ) -> Response:
+        """Queue the failed cases of one's ended cohort again, then back to its page."""
+        s, who = need(request, "researcher")
+        _check_csrf(s, csrf_token)
+        queue = queue_of(request)
+        info = visible_cohort(queue, who, cohort_id)
+        retry_failed_cases(queue, who, info.cohort_id)
+        return RedirectResponse(f"/cohorts/{quote(info.cohort_id, safe='')}", status_code=303)
 
     @web.get("/cohorts/{cohort_id}/report")
     def cohort_report_page(request: Request, cohort_id: str) -> Response:

@@ -108,6 +108,7 @@ ENDPOINTS = [
     ("GET", "/v1/cohorts/{cohort}/report", None, READ_OWN),
     ("GET", "/v1/cohorts/nonexistent/events", None, {"alice": 404, "bob": 404, "auditor": 404, "admin": 403}),
     ("POST", "/v1/cohorts", None, {"alice": 422, "bob": 422, "auditor": 403, "admin": 403}),
+    ("POST", "/v1/cohorts/{cohort}/retry", None, {"alice": 409, "bob": 404, "auditor": 403, "admin": 403}),
 ]
 CALLERS = ("none", "bad", "revoked", "alice", "bob", "auditor", "admin")
 

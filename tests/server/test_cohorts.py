@@ -14,6 +14,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
 from dxgraph.agent.cohort import CohortStore, run_cohort
@@ -388,6 +389,57 @@ def test_a_cohort_case_whose_workers_keep_dying_is_recorded_failed(setup, cohort
     assert outcome.status == "failed" and "gave up after 1 attempts" in (outcome.error or "")
     status = client.get(f"/v1/cohorts/{cid}", headers=_h(tokens, "alice")).json()
     assert status["done"] and status["summary"]["failed"] == 1
+
+    # the failed case is retried as its second attempt, once however often the retry is sent
+    assert client.post(f"/v1/cohorts/{cid}/retry", headers=_h(tokens, "bob")).status_code == 404
+    assert client.post(f"/v1/cohorts/{cid}/retry", headers=_h(tokens, "audrey")).status_code == 403
+    r = client.post(f"/v1/cohorts/{cid}/retry", headers=_h(tokens, "alice"))
+    assert r.status_code == 202 and r.json()["requeued"] == 1
+    again = client.post(f"/v1/cohorts/{cid}/retry", headers=_h(tokens, "alice"))
+    assert again.status_code == 409 and "unfinished" in again.json()["error"]["message"]
+    pending = client.get(f"/v1/cohorts/{cid}", headers=_h(tokens, "alice")).json()
+    assert (pending["done"], pending["pending"], pending["cases"][0]["status"]) == (False, 1, "pending")
+    assert _drain(store) == 1
+    status = client.get(f"/v1/cohorts/{cid}", headers=_h(tokens, "alice")).json()
+    assert status["done"] and (status["summary"]["completed"], status["summary"]["failed"]) == (1, 0)
+    assert CohortStore(store).attempts(cid) == {"phantom-000": (2, "completed")}
+    assert client.post(f"/v1/cohorts/{cid}/retry", headers=_h(tokens, "alice")).json()["requeued"] == 0
+
+
+def test_two_workers_run_each_case_of_a_cohort_exactly_once(url, tmp_path):
+    import threading
+
+    store = TraceStore(url)
+    accounts = Accounts(store)
+    token = accounts.create_token("researcher", "alice")[1]
+    client = TestClient(create_app(store))
+    manifest = write_glaucoma_cohort(tmp_path / "c", 6, seed=8)
+    cid = client.post(
+        "/v1/cohorts",
+        headers={"Authorization": f"Bearer {token}"},
+        data={"task": "glaucoma", "options": FAST},
+        files=_upload(manifest),
+    ).json()["cohort_id"]
+    ran = [0, 0]
+
+    def drain(i: int) -> None:
+        worker = JobWorker(store.url)
+        while worker.run_one() is not None:
+            ran[i] += 1
+
+    threads = [threading.Thread(target=drain, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sum(ran) == 6
+    with store.engine.connect() as conn:
+        rows = conn.execute(sa.text("SELECT case_id, COUNT(*) FROM cohort_cases GROUP BY case_id")).all()
+        results = conn.execute(sa.text("SELECT COUNT(*) FROM job_results")).scalar()
+        runs = conn.execute(sa.text("SELECT COUNT(*) FROM runs")).scalar()
+    assert sorted(n for _, n in rows) == [1] * 6 and results == runs == 6
+    status = client.get(f"/v1/cohorts/{cid}", headers={"Authorization": f"Bearer {token}"}).json()
+    assert status["done"] and status["summary"]["completed"] == 6
 
 
 def test_auditors_see_cohorts_run_from_the_command_line(setup, cohort_dir):

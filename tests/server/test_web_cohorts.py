@@ -139,3 +139,25 @@ def test_a_server_with_a_data_root_offers_its_manifests(site):
         data={"csrf_token": csrf, "task": "glaucoma", "manifest_path": "../../etc/passwd"},
     )
     assert r.status_code == 422 and "without &#39;..&#39;" in r.text
+
+
+def test_the_submitter_retries_failed_cases_from_the_cohort_page(site):
+    store, tokens = site["store"], site["tokens"]
+    manifest = site["manifest"]
+    (manifest.parent / "images" / "phantom_001.png").write_bytes(b"broken")
+    alice = TestClient(create_app(store))
+    csrf = _sign_in(alice, tokens["alice"])
+    r = alice.post("/cohorts/new", data={"csrf_token": csrf, "task": "glaucoma"}, files=_files(manifest))
+    cid = str(r.url).rsplit("/", 1)[1]
+    worker = JobWorker(store.url)
+    while worker.run_one() is not None:
+        pass
+    page = alice.get(f"/cohorts/{cid}").text
+    assert 'id="cohort-retry"' in page and "Retry the 1 failed case" in page
+    audrey = TestClient(create_app(store))
+    _sign_in(audrey, tokens["audrey"])
+    assert 'id="cohort-retry"' not in audrey.get(f"/cohorts/{cid}").text
+    assert alice.post(f"/cohorts/{cid}/retry", data={}).status_code == 403  # no CSRF token
+    retried = alice.post(f"/cohorts/{cid}/retry", data={"csrf_token": csrf})
+    assert retried.status_code == 200 and 'data-done="false"' in retried.text
+    assert "1</span> waiting" in retried.text
