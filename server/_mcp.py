@@ -33,7 +33,7 @@ import anyio
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.server.transport_security import TransportSecuritySettings
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from starlette.datastructures import Headers, State
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -43,7 +43,15 @@ from dxgraph.errors import StoreError, UserError
 from dxgraph.server._accounts import Accounts, Principal, Role
 from dxgraph.server._api import RunSummary, VerifyResult
 from dxgraph.server._errors import error_body
-from dxgraph.server._jobs import MAX_IMAGES, JobInfo, JobNotFound, JobQueue, JobRequest
+from dxgraph.server._jobs import (
+    MAX_IMAGES,
+    JobImage,
+    JobInfo,
+    JobNotFound,
+    JobQueue,
+    JobRequest,
+    resolve_data_path,
+)
 from dxgraph.server._submit import CLIENT_OPTIONS
 from dxgraph.traces import RunRow, TraceStore
 
@@ -67,13 +75,23 @@ def mcp_body_limit(max_image_bytes: int) -> int:
 
 
 class ImageInput(BaseModel):
-    """One image of a case, its bytes base64-encoded."""
+    """One image of a case: its bytes base64-encoded, or its path under the server's data root."""
 
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
-    file_name: str = Field(min_length=1, max_length=255)
-    """The file's name; its suffix tells the format (.png, .jpg, .dcm, .nii.gz, .zip of a DICOM series)."""
-    data_base64: str = Field(min_length=1)
+    file_name: str | None = Field(default=None, min_length=1, max_length=255)
+    """The file's name, with the bytes; its suffix tells the format (.png, .jpg, .dcm, .nii.gz, .zip)."""
+    data_base64: str | None = Field(default=None, min_length=1)
     """The file's bytes, base64-encoded (standard alphabet, padded)."""
+    path: str | None = Field(default=None, min_length=1, max_length=4096)
+    """Instead of bytes: a file or DICOM folder under the server's data root (``dxgraph serve --data-root``)."""
+
+    @model_validator(mode="after")
+    def _bytes_or_path(self) -> ImageInput:
+        if (self.data_base64 is None) == (self.path is None):
+            raise ValueError("give an image's data_base64 (with its file_name) or its path, not both")
+        if self.data_base64 is not None and self.file_name is None:
+            raise ValueError("an image's bytes need its file_name (the suffix tells the format)")
+        return self
 
 
 class EvidenceValue(BaseModel):
@@ -339,23 +357,33 @@ class McpEndpoint:
             retrieve(task, fields.get("clinical_text"))
         except UserError as e:
             raise ToolError(str(e)) from None
-        total = sum(len(im.data_base64) // 4 * 3 for im in images)
+        total = sum(len(im.data_base64 or "") // 4 * 3 for im in images)
         if total > self.max_image_bytes + 3 * len(images):
             raise ToolError(
                 f"images: {total:,} bytes in all, more than this server accepts ({self.max_image_bytes:,} bytes)"
             )
-        decoded = []
+        decoded: list[tuple[str, bytes | None, str | None]] = []
         for i, im in enumerate(images):
+            if im.path is not None:
+                try:
+                    found = resolve_data_path(getattr(self.state, "data_root", None), im.path)
+                except UserError as e:
+                    raise ToolError(f"images[{i}]: {e}") from None
+                decoded.append((found.name, None, im.path))
+                continue
             try:
-                data = base64.b64decode(im.data_base64, validate=True)
+                data = base64.b64decode(im.data_base64 or "", validate=True)
             except (binascii.Error, ValueError) as e:
                 raise ToolError(f"images[{i}] ({im.file_name}): not base64 ({e})") from None
             if not data:
                 raise ToolError(f"images[{i}] ({im.file_name}): empty")
-            decoded.append((im.file_name, data))
-        if sum(len(d) for _, d in decoded) > self.max_image_bytes:
+            decoded.append((im.file_name or "image", data, None))
+        if sum(len(d or b"") for _, d, _ in decoded) > self.max_image_bytes:
             raise ToolError(f"images: more than this server accepts ({self.max_image_bytes:,} bytes)")
-        staged = [self.queue.stage_image(data, name) for name, data in decoded]
+        staged = [
+            self.queue.stage_image(data, name) if data is not None else JobImage(file_name=name, path=path)
+            for name, data, path in decoded
+        ]
         try:
             return JobRequest.model_validate({**fields, "task": task, "images": staged, "options": options})
         except ValidationError as e:
@@ -406,7 +434,11 @@ class McpEndpoint:
             ],
             images: Annotated[
                 list[ImageInput],
-                Field(min_length=1, max_length=MAX_IMAGES, description="The case's images, base64-encoded."),
+                Field(
+                    min_length=1,
+                    max_length=MAX_IMAGES,
+                    description="The case's images, base64-encoded, or paths under the server's data root.",
+                ),
             ],
             modality: Annotated[
                 str | None,

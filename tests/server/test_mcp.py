@@ -59,7 +59,10 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
             ("admin", "root"),
         )
     }
-    app = create_app(store, workers=1, max_upload_bytes=MAX_UPLOAD_BYTES)
+    root = tmp_path_factory.mktemp("data_root")
+    (root / "eyes").mkdir()
+    (root / "eyes" / "od.png").write_bytes(base64.b64decode(_png(0.58, seed=5)))
+    app = create_app(store, workers=1, max_upload_bytes=MAX_UPLOAD_BYTES, data_root=root)
     port = _free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
@@ -239,6 +242,24 @@ def test_a_fundus_case_is_diagnosed_read_logged_and_verified(served):
     }
     actions = {(r.token_name, r.action) for r in Accounts(served.store).access_log(target=run_id)}
     assert {("audrey", "read_run"), ("audrey", "verify_run")} <= actions
+
+
+def test_a_case_named_by_its_path_under_the_data_root(served):
+    (done,) = call(served, "alice", ("diagnose", _case(images=[{"path": "eyes/od.png"}])))
+    assert not done.is_error, _text(done)
+    vcdr = next(
+        e for e in done.structured_content["diagnosis"]["decisive_evidence"] if e["indicator"] == "vcdr"
+    )
+    assert abs(vcdr["value"] - 0.58) < 0.08, vcdr
+    refused = call(
+        served,
+        "alice",
+        ("diagnose", _case(images=[{"path": "../mcp/traces.db"}])),
+        ("diagnose", _case(images=[{"path": "eyes/none.png"}])),
+        ("diagnose", _case(images=[{"path": "eyes/od.png", "file_name": "x.png", "data_base64": _png(0.5)}])),
+    )
+    for result, reason in zip(refused, ("without '..'", "no file or folder", "not both"), strict=True):
+        assert result.is_error and reason in _text(result), _text(result)
 
 
 def test_bad_input_is_a_tool_error_with_the_reason(served):
