@@ -5,7 +5,9 @@ Prints, measured in one run on this machine:
 1. events appended per second: hash-chained emission in memory (``TraceRecorder.emit``) and persisting
    them (``TraceStore.save``, one transaction), for a run of ``--events`` events (default 10,000);
 2. the time ``TraceStore.verify`` takes on that run (every hash recomputed, artifacts re-hashed);
-3. ``replay --mode recorded`` time against the original run's time, as a ratio, on fundus phantoms
+3. events imported per second from that run's ``.dxtrace`` (``import_run``: the whole file checked, then one
+   transaction) into a fresh store;
+4. ``replay --mode recorded`` time against the original run's time, as a ratio, on fundus phantoms
    with the default (real) tools.
 
 Usage (from the project root)::
@@ -28,7 +30,15 @@ from dxgraph.agent import run_header
 from dxgraph.imaging import load_case
 from dxgraph.phantoms import fundus_phantom
 from dxgraph.tools import default_tools
-from dxgraph.traces import RunFinished, RunStarted, ToolCalled, TraceRecorder, TraceStore
+from dxgraph.traces import (
+    RunFinished,
+    RunStarted,
+    ToolCalled,
+    TraceRecorder,
+    TraceStore,
+    export_run,
+    import_run,
+)
 
 
 def long_run(folder: Path, n_events: int) -> tuple[TraceRecorder, float]:
@@ -56,7 +66,7 @@ def long_run(folder: Path, n_events: int) -> tuple[TraceRecorder, float]:
 
 
 def main() -> None:
-    """Run the three measurements and print them."""
+    """Run the four measurements and print them."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--events", type=int, default=10_000)
     ap.add_argument("--cases", type=int, default=3)
@@ -80,6 +90,16 @@ def main() -> None:
             f"[{store.url.split(':')[0]}] {args.events} events: emitted (hash-chained) {args.events / emit_s:,.0f} events/s, "
             f"saved {args.events / save_s:,.0f} events/s, verified in {verify_s:.3f} s "
             f"({args.events / verify_s:,.0f} events/s)"
+        )
+        portable = export_run(store, rec.run_id, folder / "long.dxtrace")
+        target = TraceStore(str(folder / "imported.db"))
+        t0 = time.perf_counter()
+        import_run(target, portable)
+        import_s = time.perf_counter() - t0
+        assert target.verify(rec.run_id).ok
+        print(
+            f"imported its .dxtrace ({portable.stat().st_size / 1e6:.1f} MB) into a fresh SQLite store in "
+            f"{import_s:.3f} s ({args.events / import_s:,.0f} events/s, file checked and inserted)"
         )
 
         try:

@@ -124,6 +124,30 @@ def test_importing_the_same_run_twice_is_a_no_op(source, tmp_path):
     assert len(target.raw_events(run_id)) == 8 and target.verify(run_id).ok
 
 
+def test_an_import_that_fails_midway_leaves_nothing_behind(source, tmp_path):
+    """The events go in as one batch, in the transaction that holds the run row and the artifacts."""
+    store, run_id = source
+    out = export_run(store, run_id, tmp_path / "run.dxtrace")
+    target = TraceStore(str(tmp_path / "other.db"))
+    with target.engine.begin() as conn:
+        conn.exec_driver_sql(
+            "CREATE TRIGGER fail_at_5 BEFORE INSERT ON events WHEN NEW.seq = 5 BEGIN SELECT RAISE(ABORT, 'disk'); END"
+        )
+    with pytest.raises(
+        StoreError, match=f"run {run_id} could not be imported, nothing of it was written: disk"
+    ):
+        import_run(target, out)
+    with target.engine.connect() as conn:
+        counts = [
+            conn.exec_driver_sql(f"SELECT count(*) FROM {t}").scalar()
+            for t in ("runs", "events", "artifacts")
+        ]
+    assert counts == [0, 0, 0]
+    with target.engine.begin() as conn:
+        conn.exec_driver_sql("DROP TRIGGER fail_at_5")
+    assert import_run(target, out) == run_id and target.verify(run_id).ok
+
+
 def _flip_in_value(data: bytes, needle: bytes) -> bytes:
     i = data.index(needle)
     return data[:i] + needle.replace(b"0.", b"1.", 1) + data[i + len(needle) :]
