@@ -17,6 +17,7 @@ import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
+from dxgraph.agent import RunOptions
 from dxgraph.agent.cohort import CohortStore, run_cohort
 from dxgraph.server import Accounts, JobQueue, JobWorker, create_app
 from dxgraph.testing.cohort_phantoms import write_glaucoma_cohort
@@ -450,7 +451,7 @@ def test_auditors_see_cohorts_run_from_the_command_line(setup, cohort_dir):
         db=store.url,
         workers=1,
         executor="local",
-        options=__import__("dxgraph").RunOptions(review_rounds=0),
+        options=RunOptions(review_rounds=0),
     )
     client = TestClient(create_app(store))
     listed = client.get("/v1/cohorts", headers=_h(tokens, "audrey")).json()
@@ -461,3 +462,28 @@ def test_auditors_see_cohorts_run_from_the_command_line(setup, cohort_dir):
     assert status["done"] and status["metrics"]["n_cases"] == 4
     assert client.get(f"/v1/cohorts/{result.cohort_id}", headers=_h(tokens, "alice")).status_code == 404
     assert client.get("/v1/cohorts", headers=_h(tokens, "alice")).json() == []
+
+
+def test_a_server_cohort_measures_and_scores_as_the_command_line_does(setup, cohort_dir, tmp_path):
+    store, tokens = setup
+    manifest = cohort_dir / "gc" / "manifest.csv"
+    options = RunOptions(review_rounds=0, seed=1)
+    cli = run_cohort(manifest, task="glaucoma", db=str(tmp_path / "cli.db"), workers=1, options=options)
+    client = TestClient(create_app(store))
+    cid = client.post(
+        "/v1/cohorts",
+        headers=_h(tokens, "alice"),
+        data={"task": "glaucoma", "options": FAST},
+        files=_upload(manifest),
+    ).json()["cohort_id"]
+    _drain(store)
+    served = {o.case_id: o for o in CohortStore(store).outcomes(cid)}
+    for o in cli.outcomes:
+        s = served[o.case_id]
+        assert (s.label, s.positive, s.truth_label) == (o.label, o.positive, o.truth_label)
+        assert s.measured == pytest.approx(o.measured, abs=1e-9) and s.confidence == pytest.approx(
+            o.confidence
+        )
+    metrics = client.get(f"/v1/cohorts/{cid}", headers=_h(tokens, "alice")).json()["metrics"]
+    assert metrics["accuracy"] == pytest.approx(cli.metrics.accuracy)
+    assert metrics["n_scored"] == cli.metrics.n_scored
