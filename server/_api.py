@@ -30,6 +30,7 @@ from pydantic import BaseModel, Field
 from dxgraph._version import __version__
 from dxgraph.errors import StoreError, UserError
 from dxgraph.server._accounts import ROLES, AccessRecord, Accounts, Principal, TokenInfo
+from dxgraph.server._artifacts import artifacts_router
 from dxgraph.server._auth import Admin, Anyone, Auditor, Reader
 from dxgraph.server._cohorts import cohorts_router
 from dxgraph.server._errors import ApiError, install_error_handlers
@@ -446,6 +447,7 @@ def create_app(
     app.include_router(_v1())
     app.include_router(submit_router())
     app.include_router(cohorts_router())
+    app.include_router(artifacts_router())
     app.include_router(progress_router())
     app.include_router(web_router())
     app.add_middleware(BodyLimit, max_bytes=max_upload_bytes)

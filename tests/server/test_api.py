@@ -70,6 +70,12 @@ def alices_cohort(served, tmp_path_factory):
     return r.json()["cohort_id"]
 
 
+def _first_artifact(accounts, run_id):
+    from dxgraph.server._artifacts import run_artifacts
+
+    return run_artifacts(accounts.store, run_id)[0].sha256
+
+
 def _headers(tokens, who):
     if who == "none":
         return {}
@@ -92,6 +98,8 @@ ENDPOINTS = [
     ("GET", "/v1/runs/{run}", None, READ_OWN),
     ("GET", "/v1/runs/{run}/events", None, READ_OWN),
     ("GET", "/v1/runs/{run}/report", None, READ_OWN),
+    ("GET", "/v1/runs/{run}/artifacts", None, READ_OWN),
+    ("GET", "/v1/runs/{run}/artifacts/{artifact}", None, READ_OWN),
     ("GET", "/v1/runs/{run}/export", None, AUDIT),
     ("GET", "/v1/runs/{run}/export?format=fhir", None, AUDIT),
     ("POST", "/v1/runs/{run}/verify", None, AUDIT),
@@ -120,7 +128,9 @@ def test_role_matrix(served, alices_cohort, method, path, body, expected):
     client, run_id, tokens, accounts = served
     for who in CALLERS:
         victim = accounts.create_token("researcher")[0].name
-        url = path.format(run=run_id, victim=victim, cohort=alices_cohort)
+        url = path.format(
+            run=run_id, victim=victim, cohort=alices_cohort, artifact=_first_artifact(accounts, run_id)
+        )
         r = client.request(method, url, headers=_headers(tokens, who), json=body)
         want = expected.get(who, 401)
         assert r.status_code == want, (who, url, r.status_code, r.text[:300])
@@ -295,3 +305,38 @@ def test_a_verify_is_recorded_and_runs_filter_by_their_latest_verification(serve
     assert client.get("/v1/runs?verified=yes", headers=_headers(tokens, "bob")).json() == []
     r = client.get("/v1/runs?verified=perhaps", headers=h)
     assert r.status_code == 422 and r.json()["error"]["code"] == ERROR_CODES[422]
+
+
+def test_a_runs_artifacts_are_listed_and_downloaded_as_its_trace_names_them(served):
+    import hashlib
+
+    import cv2
+    import numpy as np
+
+    client, run_id, tokens, _ = served
+    listed = client.get(f"/v1/runs/{run_id}/artifacts", headers=_headers(tokens, "alice")).json()
+    assert listed and all(a["url"] == f"/v1/runs/{run_id}/artifacts/{a['sha256']}" for a in listed)
+    pngs = [a for a in listed if a["media_type"] == "image/png"]
+    assert pngs, listed  # the optic disc and cup masks at least
+    for a in listed:
+        r = client.get(a["url"], headers=_headers(tokens, "alice"))
+        assert r.status_code == 200 and hashlib.sha256(r.content).hexdigest() == a["sha256"]
+        assert len(r.content) == a["size_bytes"] and r.headers["content-type"].startswith(a["media_type"])
+        assert r.headers["content-disposition"].startswith("attachment;")
+        assert r.headers["x-content-type-options"] == "nosniff"
+    mask = cv2.imdecode(
+        np.frombuffer(client.get(pngs[0]["url"], headers=_headers(tokens, "alice")).content, np.uint8),
+        cv2.IMREAD_UNCHANGED,
+    )
+    assert mask is not None and mask.size > 0
+    other = "0" * 64
+    r = client.get(f"/v1/runs/{run_id}/artifacts/{other}", headers=_headers(tokens, "alice"))
+    assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
+    r = client.get(f"/v1/runs/{run_id}/artifacts/../../etc", headers=_headers(tokens, "alice"))
+    assert r.status_code in (404, 422)
+    r = client.get(f"/v1/runs/{run_id}/artifacts/XYZ", headers=_headers(tokens, "alice"))
+    assert r.status_code == 422
+    r = client.get(pngs[0]["url"], headers=_headers(tokens, "bob"))
+    assert r.status_code == 404 and pngs[0]["sha256"] not in r.text
+    log = client.get(f"/v1/access-log?target={run_id}", headers=_headers(tokens, "auditor")).json()
+    assert any(e["token_name"] == "alice" and e["action"] == "read_artifact" for e in log)
