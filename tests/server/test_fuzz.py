@@ -30,6 +30,8 @@ ROUTES = [
     ("GET", "/v1/runs/{run}/events"),
     ("GET", "/v1/runs/{run}/report"),
     ("GET", "/v1/runs/{run}/export"),
+    ("GET", "/v1/runs/{run}/artifacts"),
+    ("GET", "/v1/runs/{run}/artifacts/{word}"),
     ("POST", "/v1/runs/{run}/verify"),
     ("POST", "/v1/runs/{run}/replay"),
     ("POST", "/v1/runs/{word}/replay"),
