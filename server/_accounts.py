@@ -214,6 +214,14 @@ class Accounts:
             return None
         return Principal(token_id=row.token_id, name=row.name, role=row.role)
 
+    def principal_by_id(self, token_id: str) -> Principal | None:
+        """The principal of a token by its public id, or None when there is none or it is revoked."""
+        with Session(self.store.engine) as s:
+            row = s.get(ApiTokenRow, token_id)
+            if row is None or s.get(TokenRevocationRow, token_id) is not None:
+                return None
+        return Principal(token_id=row.token_id, name=row.name, role=row.role)
+
     def log_access(self, who: Principal, action: str, target: str) -> None:
         """Append one line to the access log."""
         row = AccessRow(

@@ -1,9 +1,11 @@
 """The web app: server-rendered pages over the same store, roles and access log as the HTTP API.
 
-Sign in with a token (``/signin``): the server checks it once and keeps, in memory, an opaque random
-session id that stands for the token's principal; the browser holds only that id, in an ``HttpOnly``,
-``SameSite=Strict`` cookie (``Secure`` over https). Every form carries the session's CSRF token in a hidden
-field and a POST without the right one is refused with 403. A revoked token ends its sessions.
+Sign in with a token (``/signin``): the server checks it once and answers with a signed session cookie
+(``_sessions``: the token's public id, an expiry and a nonce, signed with the store's key, never the
+token's secret), ``HttpOnly``, ``SameSite=Strict`` (``Secure`` over https), that every server of the store
+accepts and a restart keeps. Every form carries the session's CSRF token in a hidden field and a POST
+without the right one is refused with 403. Signing out ends the session everywhere; a revoked token ends
+its sessions.
 
 | page | who |
 |---|---|
@@ -11,6 +13,7 @@ field and a POST without the right one is refused with 403. A revoked token ends
 | ``/runs/{id}/verify`` (POST, recorded), ``/runs/{id}/replay`` (POST) | auditors |
 | ``/submit`` (drag-and-drop upload), ``/jobs``, ``/jobs/{id}`` (live progress over SSE) | researchers; auditors read jobs |
 | ``/access-log`` | auditors |
+| ``/cohorts``, ``/cohorts/new`` (submit), ``/cohorts/{id}`` (live progress, metrics, cases, report, retry) | researchers (their own), auditors (all) |
 | ``/tokens`` (list; POST: create, the new token shown once), ``/tokens/revoke`` (POST, confirmed) | admins |
 
 Each page view of a run is logged in the access log, as the API logs each read. Pages send a strict
@@ -22,12 +25,7 @@ from __future__ import annotations
 
 import functools
 import hmac
-import secrets
-import threading
-import time
-from collections import OrderedDict
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from importlib import resources
 from typing import Annotated, Any, Literal
@@ -38,29 +36,23 @@ from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.routing import APIRoute
-from sqlmodel import Session as DbSession
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from dxgraph.errors import StoreError, UserError
-from dxgraph.server._accounts import ROLES, Principal, Role, TokenRevocationRow
+from dxgraph.server._accounts import ROLES, Principal, Role
 from dxgraph.server._errors import ApiError
 from dxgraph.server._jobs import MAX_IMAGES
 from dxgraph.server._progress import event_stream, visible_job
+from dxgraph.server._sessions import SignedSessions, WebSession
 from dxgraph.server._state import accounts_of as _accounts
 from dxgraph.server._state import queue_of as _queue
 from dxgraph.server._state import store_of as _store
 from dxgraph.server._submit import queue_case
 from dxgraph.server._verifications import VERIFIED_STATES, Verified, latest_verifications, record_verification
-from dxgraph.traces import RunRow, TraceStore
+from dxgraph.traces import RunRow
 
 SESSION_COOKIE = "dxgraph_session"
 """The name of the web app's session cookie."""
-SESSION_IDLE_S = 8 * 3600.0
-"""A signed-in session ends after this long without a request, seconds."""
-ANONYMOUS_TTL_S = 1800.0
-"""A sign-in form's session (its CSRF token only) lasts this long, seconds."""
-MAX_SESSIONS = 10_000
-"""Most sessions kept at once; the least recently used go first."""
 PAGE_CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
     "frame-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
@@ -80,64 +72,6 @@ _HEADERS = {
 _STATIC = {"app.css": "text/css; charset=utf-8", "app.js": "text/javascript; charset=utf-8"}
 _STATUSES = ("completed", "failed", "error")
 _READERS: tuple[Role, ...] = ("researcher", "auditor")
-
-
-@dataclass
-class WebSession:
-    """One browser's session: its CSRF token and, once signed in, its principal."""
-
-    session_id: str
-    """The opaque random id the cookie holds."""
-    csrf: str
-    """The token every form of this session carries."""
-    principal: Principal | None
-    """Who signed in; None before signing in."""
-    expires_at: float
-    """When it ends unless used (``time.monotonic`` seconds)."""
-
-
-class Sessions:
-    """The web sessions of one app, in memory (a restart signs everyone out)."""
-
-    def __init__(self, max_sessions: int = MAX_SESSIONS) -> None:
-        self._lock = threading.Lock()
-        self._by_id: OrderedDict[str, WebSession] = OrderedDict()
-        self.max_sessions = max_sessions
-        """Most sessions kept at once."""
-
-    def new(self, principal: Principal | None) -> WebSession:
-        """A fresh session with a new id and CSRF token."""
-        ttl = SESSION_IDLE_S if principal is not None else ANONYMOUS_TTL_S
-        s = WebSession(
-            secrets.token_urlsafe(32), secrets.token_urlsafe(32), principal, time.monotonic() + ttl
-        )
-        with self._lock:
-            self._by_id[s.session_id] = s
-            while len(self._by_id) > self.max_sessions:
-                self._by_id.popitem(last=False)
-        return s
-
-    def get(self, session_id: str | None) -> WebSession | None:
-        """The live session of this id (its idle time restarts), or None."""
-        if not session_id:
-            return None
-        now = time.monotonic()
-        with self._lock:
-            s = self._by_id.get(session_id)
-            if s is None:
-                return None
-            if s.expires_at < now:
-                del self._by_id[session_id]
-                return None
-            if s.principal is not None:
-                s.expires_at = now + SESSION_IDLE_S
-            self._by_id.move_to_end(session_id)
-            return s
-
-    def drop(self, session_id: str) -> None:
-        """End a session."""
-        with self._lock:
-            self._by_id.pop(session_id, None)
 
 
 class _SignInFirst(Exception):
@@ -232,11 +166,6 @@ class _WebRoute(APIRoute):
         return web_handler
 
 
-def _revoked(store: TraceStore, token_id: str) -> bool:
-    with DbSession(store.engine) as db:
-        return db.get(TokenRevocationRow, token_id) is not None
-
-
 def _check_csrf(s: WebSession | None, sent: str) -> WebSession:
     if s is None or not sent or not hmac.compare_digest(sent.encode(), s.csrf.encode()):
         raise ApiError(
@@ -294,13 +223,17 @@ def _verified(text: str | None) -> Verified | None:
 def web_router() -> APIRouter:
     """The web app's pages, its static files and its job event stream (outside ``/v1``)."""
     web = APIRouter(route_class=_WebRoute, include_in_schema=False)
-    sessions = Sessions()
+
+    def sessions_of(request: Request) -> SignedSessions:
+        """The app's sessions (signed with its store's key), made on first use."""
+        state = request.app.state
+        if getattr(state, "web_sessions", None) is None:
+            state.web_sessions = SignedSessions(_store(request))
+        found: SignedSessions = state.web_sessions
+        return found
 
     def session(request: Request) -> WebSession | None:
-        s = sessions.get(request.cookies.get(SESSION_COOKIE))
-        if s is not None and s.principal is not None and _revoked(_store(request), s.principal.token_id):
-            sessions.drop(s.session_id)
-            s = None
+        s = sessions_of(request).get(request.cookies.get(SESSION_COOKIE))
         request.state.web_session = s
         return s
 
@@ -337,7 +270,7 @@ def web_router() -> APIRouter:
             return RedirectResponse(_safe_next(next) or _home(s.principal), status_code=303)
         fresh = s is None
         if fresh:
-            s = request.state.web_session = sessions.new(None)
+            s = request.state.web_session = sessions_of(request).new(None)
         response = _render(request, "signin.html.j2", next=_safe_next(next) or "", error=None)
         if fresh:
             assert s is not None
@@ -362,8 +295,8 @@ def web_router() -> APIRouter:
                 next=_safe_next(next) or "",
                 error="That token is not valid (unknown, mistyped or revoked).",
             )
-        sessions.drop(old.session_id)  # a new id once signed in: no session fixation
-        s = request.state.web_session = sessions.new(who)
+        sessions_of(request).drop(old.session_id)  # a new id once signed in: no session fixation
+        s = request.state.web_session = sessions_of(request).new(who)
         _accounts(request).log_access(who, "sign_in", "web")
         response = RedirectResponse(_safe_next(next) or _home(who), status_code=303)
         _set_cookie(request, response, s)
@@ -373,7 +306,7 @@ def web_router() -> APIRouter:
     def signout(request: Request, csrf_token: Annotated[str, Form(max_length=200)] = "") -> Response:
         """End the session."""
         s = _check_csrf(session(request), csrf_token)
-        sessions.drop(s.session_id)
+        sessions_of(request).drop(s.session_id)
         response = RedirectResponse("/signin", status_code=303)
         response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="strict")
         return response
@@ -633,4 +566,4 @@ def web_router() -> APIRouter:
     return web
 
 
-__all__ = ["SESSION_COOKIE", "Sessions", "WebSession", "web_router"]
+__all__ = ["SESSION_COOKIE", "WebSession", "web_router"]

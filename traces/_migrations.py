@@ -188,6 +188,26 @@ def _m007_run_verifications(conn: sa.Connection) -> None:
     md.create_all(conn)
 
 
+def _m008_web_sessions(conn: sa.Connection) -> None:
+    """The web app's sessions (insert-only): the key that signs session cookies, shared by every server of
+    the store, and the sessions ended by signing out before they expired."""
+    md = sa.MetaData()
+    sa.Table(
+        "web_session_keys",
+        md,
+        sa.Column("key_id", sa.String, primary_key=True),
+        sa.Column("created_at", sa.DateTime, nullable=False, index=True),
+        sa.Column("key_hex", sa.String, nullable=False),
+    )
+    sa.Table(
+        "web_session_ends",
+        md,
+        sa.Column("nonce", sa.String, primary_key=True),
+        sa.Column("ended_at", sa.DateTime, nullable=False),
+    )
+    md.create_all(conn)
+
+
 MIGRATIONS: dict[int, Callable[[sa.Connection], None]] = {
     1: _m001_initial,
     2: _m002_lookup_indexes,
@@ -196,6 +216,7 @@ MIGRATIONS: dict[int, Callable[[sa.Connection], None]] = {
     5: _m005_jobs,
     6: _m006_server_cohorts,
     7: _m007_run_verifications,
+    8: _m008_web_sessions,
 }
 """Schema version -> the migration that brings the previous version to it."""
 SCHEMA_VERSION = max(MIGRATIONS)
