@@ -16,7 +16,7 @@ from datetime import datetime
 from typing import Annotated, Any
 
 import sqlalchemy as sa
-from fastapi import APIRouter, File, Form, Header, Query, Request, UploadFile
+from fastapi import APIRouter, File, Form, Query, Request, UploadFile
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict
 
@@ -44,6 +44,7 @@ from dxgraph.server._errors import ApiError
 from dxgraph.server._jobs import JobQueue, JobStatus
 from dxgraph.server._progress import sse_response, status_events
 from dxgraph.server._state import accounts_of, queue_of
+from dxgraph.server._submit import IdempotencyKey
 
 
 class CohortSummary(BaseModel):
@@ -332,14 +333,7 @@ def cohorts_router() -> APIRouter:
             str | None, Form(max_length=4096, description="Its images' folder under the data root.")
         ] = None,
         options: Annotated[str | None, Form(max_length=20_000, description="Run options as JSON.")] = None,
-        idempotency_key: Annotated[
-            str | None,
-            Header(
-                alias="Idempotency-Key",
-                pattern=r"^[A-Za-z0-9._:-]{1,200}$",
-                description="Resending the submission with the same key returns the same cohort.",
-            ),
-        ] = None,
+        idempotency_key: IdempotencyKey = None,
     ) -> JSONResponse:
         """Queue a cohort: every runnable case of the manifest becomes a job; 202 with the cohort."""
         accepted = await submit_cohort(

@@ -48,6 +48,18 @@ CLIENT_OPTIONS = frozenset({"aggregator", "planner", "seed", "prefer_tools", "re
 server's own configuration."""
 
 
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        pattern=r"^[A-Za-z0-9._:-]{1,200}$",
+        description="Any unique string of the client's: resending the submission with it returns what the"
+        " first one made (its job or cohort) instead of a second one.",
+    ),
+]
+"""The ``Idempotency-Key`` header of a submission."""
+
+
 class QueueOwnership:
     """Run ownership from the queue: a run belongs to the token that submitted its job."""
 
@@ -248,15 +260,7 @@ def submit_router() -> APIRouter:
         clinical_text: Annotated[str | None, Form(max_length=20_000)] = None,
         case_id: Annotated[str | None, Form(max_length=200)] = None,
         options: Annotated[str | None, Form(max_length=20_000, description="Run options as JSON.")] = None,
-        idempotency_key: Annotated[
-            str | None,
-            Header(
-                alias="Idempotency-Key",
-                pattern=r"^[A-Za-z0-9._:-]{1,200}$",
-                description="Any unique string of the client's: resending the submission with it returns"
-                " the same job instead of a second one.",
-            ),
-        ] = None,
+        idempotency_key: IdempotencyKey = None,
     ) -> JSONResponse:
         """Queue one case for diagnosis; answers 202 with the job, whose status is at ``/v1/jobs/{id}``."""
         form = {

@@ -253,3 +253,32 @@ def rules_decide(vcdr=None, rdr=0.3, isnt=False, missing=None, flags=()):
     d = RulesAggregator().aggregate(bundle)
     check_citations(d, evidence)
     return d
+
+
+def web_csrf(html: str) -> str:
+    """The CSRF token of a web page's forms."""
+    import re
+
+    m = re.search(r'name="csrf_token" value="([^"]+)"', html)
+    assert m, html[:500]
+    return m.group(1)
+
+
+def web_sign_in(client, token: str) -> str:  # type: ignore[no-untyped-def]
+    """Sign a TestClient in to the web app with a token; the signed-in page's CSRF token."""
+    form = client.get("/signin")
+    r = client.post(
+        "/signin", data={"token": token, "csrf_token": web_csrf(form.text)}, follow_redirects=False
+    )
+    assert r.status_code == 303, r.text
+    return web_csrf(client.get(r.headers["location"]).text)
+
+
+def cohort_upload(manifest: Path, name: str = "cohort.csv") -> list:  # type: ignore[type-arg]
+    """The multipart files of a cohort upload: the manifest and the images beside it, named as it names them."""
+    files = [("manifest", (name, manifest.read_bytes(), "text/csv"))]
+    files += [
+        ("files", (f"images/{p.name}", p.read_bytes(), "image/png"))
+        for p in sorted((manifest.parent / "images").glob("*.png"))
+    ]
+    return files

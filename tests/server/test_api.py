@@ -16,7 +16,7 @@ from dxgraph.server import ERROR_CODES, Accounts, create_app
 from dxgraph.testing.cohort_phantoms import write_glaucoma_cohort
 from dxgraph.traces import TraceStore
 
-from _helpers import write_rgb
+from _helpers import cohort_upload, write_rgb
 
 
 class Owners:
@@ -61,10 +61,7 @@ def alices_cohort(served, tmp_path_factory):
     """A cohort of two phantoms alice submitted (queued: this app runs no worker)."""
     client, _, tokens, _ = served
     manifest = write_glaucoma_cohort(tmp_path_factory.mktemp("cohort"), 2, seed=4)
-    files = [("manifest", ("m.csv", manifest.read_bytes(), "text/csv"))]
-    files += [
-        ("files", (f"images/{p.name}", p.read_bytes(), "image/png")) for p in manifest.parent.glob("images/*")
-    ]
+    files = cohort_upload(manifest)
     r = client.post("/v1/cohorts", headers=_headers(tokens, "alice"), data={"task": "glaucoma"}, files=files)
     assert r.status_code == 202, r.text
     return r.json()["cohort_id"]

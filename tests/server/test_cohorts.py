@@ -23,6 +23,8 @@ from dxgraph.server import Accounts, JobQueue, JobWorker, create_app
 from dxgraph.testing.cohort_phantoms import write_glaucoma_cohort
 from dxgraph.traces import TraceStore
 
+from _helpers import cohort_upload
+
 FAST = json.dumps({"review_rounds": 0, "seed": 1})
 
 
@@ -51,18 +53,13 @@ def _h(tokens, who):
 
 def _upload(manifest: Path, *, archive: bool = False, drop: str | None = None):
     """The multipart files of a cohort upload: the manifest and its images (or one zip of them)."""
-    images = sorted((manifest.parent / "images").glob("*.png"))
-    files = [("manifest", ("my cohort.csv", manifest.read_bytes(), "text/csv"))]
+    files = [f for f in cohort_upload(manifest, "my cohort.csv") if f[1][0] != f"images/{drop}"]
     if archive:
         buf = io.BytesIO()
         with zipfile.ZipFile(buf, "w") as zf:
-            for p in images:
+            for p in sorted((manifest.parent / "images").glob("*.png")):
                 zf.write(p, f"images/{p.name}")
-        files.append(("archive", ("images.zip", buf.getvalue(), "application/zip")))
-    else:
-        files += [
-            ("files", (f"images/{p.name}", p.read_bytes(), "image/png")) for p in images if p.name != drop
-        ]
+        files = [*files[:1], ("archive", ("images.zip", buf.getvalue(), "application/zip"))]
     return files
 
 

@@ -4,7 +4,6 @@ revoked token, signs nobody in."""
 
 from __future__ import annotations
 
-import re
 import threading
 
 import pytest
@@ -16,11 +15,7 @@ from dxgraph.server._sessions import SESSION_TTL_S, SignedSessions
 from dxgraph.server._web import SESSION_COOKIE
 from dxgraph.traces import TraceStore
 
-
-def _csrf(html: str) -> str:
-    m = re.search(r'name="csrf_token" value="([^"]+)"', html)
-    assert m, html[:300]
-    return m.group(1)
+from _helpers import web_csrf
 
 
 @pytest.fixture
@@ -36,7 +31,9 @@ def store_and_tokens(url):
 
 def _signed_in(client: TestClient, token: str) -> str:
     form = client.get("/signin")
-    r = client.post("/signin", data={"token": token, "csrf_token": _csrf(form.text)}, follow_redirects=False)
+    r = client.post(
+        "/signin", data={"token": token, "csrf_token": web_csrf(form.text)}, follow_redirects=False
+    )
     assert r.status_code == 303
     return client.cookies[SESSION_COOKIE]
 
@@ -57,7 +54,7 @@ def test_a_session_works_on_every_server_of_the_store_and_after_a_restart(store_
     page = second.get("/runs")
     assert page.status_code == 200 and ">alice</b> (researcher)" in page.text
     # a form served by one server is accepted by the other
-    r = first.post("/signout", data={"csrf_token": _csrf(page.text)}, follow_redirects=False)
+    r = first.post("/signout", data={"csrf_token": web_csrf(page.text)}, follow_redirects=False)
     assert r.status_code == 303
     for client in (_on(store, cookie), second):  # ended everywhere
         assert client.get("/runs", follow_redirects=False).headers["location"].startswith("/signin")

@@ -19,6 +19,8 @@ from dxgraph.server import _progress as progress
 from dxgraph.server._web import PAGE_CSP, REPORT_CSP, SESSION_COOKIE
 from dxgraph.traces import TraceStore
 
+from _helpers import web_csrf, web_sign_in
+
 HOSTILE = "<script>alert(1)</script>"
 
 
@@ -26,20 +28,6 @@ def _png(vcdr: float = 0.55, seed: int = 3) -> bytes:
     ok, buf = cv2.imencode(".png", fundus_phantom(vcdr, seed=seed).rgb[..., ::-1])
     assert ok
     return buf.tobytes()
-
-
-def _csrf(html: str) -> str:
-    m = re.search(r'name="csrf_token" value="([^"]+)"', html)
-    assert m, html[:500]
-    return m.group(1)
-
-
-def _sign_in(client: TestClient, token: str) -> str:
-    """Sign in; the session's CSRF token."""
-    form = client.get("/signin")
-    r = client.post("/signin", data={"token": token, "csrf_token": _csrf(form.text)}, follow_redirects=False)
-    assert r.status_code == 303, r.text
-    return _csrf(client.get(r.headers["location"]).text)
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +48,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
             )
         }
         client = TestClient(create_app(store))
-        csrf = _sign_in(client, tokens["alice"])
+        csrf = web_sign_in(client, tokens["alice"])
         r = client.post(
             "/submit",
             data={
@@ -84,7 +72,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
 
 def _client(site: dict, who: str | None = None, **kw) -> tuple[TestClient, str]:
     client = TestClient(create_app(site["store"]), **kw)
-    return client, (_sign_in(client, site["tokens"][who]) if who else "")
+    return client, (web_sign_in(client, site["tokens"][who]) if who else "")
 
 
 def test_sign_in_gives_an_opaque_httponly_strict_cookie_and_sign_out_ends_the_session(site):
@@ -94,12 +82,12 @@ def test_sign_in_gives_an_opaque_httponly_strict_cookie_and_sign_out_ends_the_se
     form = client.get("/signin?next=/runs")
     assert form.status_code == 200 and 'autocomplete="current-password"' in form.text
     anonymous = client.cookies[SESSION_COOKIE]
-    bad = client.post("/signin", data={"token": "dxg_nope", "csrf_token": _csrf(form.text)})
+    bad = client.post("/signin", data={"token": "dxg_nope", "csrf_token": web_csrf(form.text)})
     assert bad.status_code == 401 and "not valid" in bad.text
     token = site["tokens"]["alice"]
     r = client.post(
         "/signin",
-        data={"token": token, "csrf_token": _csrf(form.text), "next": "/runs"},
+        data={"token": token, "csrf_token": web_csrf(form.text), "next": "/runs"},
         follow_redirects=False,
     )
     assert r.status_code == 303 and r.headers["location"] == "/runs"
@@ -111,7 +99,7 @@ def test_sign_in_gives_an_opaque_httponly_strict_cookie_and_sign_out_ends_the_se
     assert page.status_code == 200 and ">alice</b> (researcher)" in page.text
     assert page.headers["content-security-policy"] == PAGE_CSP and page.headers["cache-control"] == "no-store"
     assert client.post("/signout", data={"csrf_token": "forged"}).status_code == 403
-    r = client.post("/signout", data={"csrf_token": _csrf(page.text)}, follow_redirects=False)
+    r = client.post("/signout", data={"csrf_token": web_csrf(page.text)}, follow_redirects=False)
     assert r.status_code == 303 and r.headers["location"] == "/signin"
     client.cookies.set(SESSION_COOKIE, session_id)  # the old id is dead server-side
     assert client.get("/runs", follow_redirects=False).status_code == 303
@@ -123,7 +111,11 @@ def test_the_cookie_is_secure_over_https_and_next_never_leaves_the_site(site):
     assert "Secure" in form.headers["set-cookie"]
     r = client.post(
         "/signin",
-        data={"token": site["tokens"]["audrey"], "csrf_token": _csrf(form.text), "next": "//evil.example/x"},
+        data={
+            "token": site["tokens"]["audrey"],
+            "csrf_token": web_csrf(form.text),
+            "next": "//evil.example/x",
+        },
         follow_redirects=False,
     )
     assert r.status_code == 303 and r.headers["location"] == "/runs" and "Secure" in r.headers["set-cookie"]
@@ -133,7 +125,7 @@ def test_a_revoked_token_ends_its_sessions(site):
     store = site["store"]
     info, token = Accounts(store).create_token("researcher", "carol")
     client = TestClient(create_app(store))
-    _sign_in(client, token)
+    web_sign_in(client, token)
     assert client.get("/runs").status_code == 200
     Accounts(store).revoke(info.name)
     assert client.get("/runs", follow_redirects=False).status_code == 303
@@ -315,7 +307,7 @@ def test_an_admin_creates_a_token_shown_once_that_signs_in_at_once(site):
     who = Accounts(store).authenticate(token.group(1))
     assert who is not None and (who.name, who.role) == ("dana", "auditor")
     dana = TestClient(create_app(store))
-    _sign_in(dana, token.group(1))
+    web_sign_in(dana, token.group(1))
     assert dana.get("/access-log").status_code == 200
     listed = root.get("/tokens")
     assert "dana" in listed.text and token.group(1) not in listed.text  # never shown again
@@ -334,7 +326,7 @@ def test_an_admin_revokes_a_token_after_confirming_and_it_stops_working(site):
     store = site["store"]
     _, token = Accounts(store).create_token("researcher", "erin")
     erin = TestClient(create_app(store))
-    _sign_in(erin, token)
+    web_sign_in(erin, token)
     root, csrf = _client(site, "root")
     ask = root.post("/tokens/revoke", data={"csrf_token": csrf, "name": "erin"})
     assert ask.status_code == 200 and 'id="confirm-revoke"' in ask.text and "cannot be undone" in ask.text

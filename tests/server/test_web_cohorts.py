@@ -3,7 +3,6 @@ cases, metrics and sandboxed report; only its submitter and auditors see it; hos
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import pytest
@@ -14,29 +13,9 @@ from dxgraph.server._web import REPORT_CSP
 from dxgraph.testing.cohort_phantoms import write_glaucoma_cohort
 from dxgraph.traces import TraceStore
 
+from _helpers import cohort_upload, web_sign_in
+
 HOSTILE = "<script>alert(1)</script>"
-
-
-def _csrf(html: str) -> str:
-    m = re.search(r'name="csrf_token" value="([^"]+)"', html)
-    assert m, html[:500]
-    return m.group(1)
-
-
-def _sign_in(client: TestClient, token: str) -> str:
-    form = client.get("/signin")
-    r = client.post("/signin", data={"token": token, "csrf_token": _csrf(form.text)}, follow_redirects=False)
-    assert r.status_code == 303, r.text
-    return _csrf(client.get(r.headers["location"]).text)
-
-
-def _files(manifest: Path, name: str = "cohort.csv") -> list:
-    files = [("manifest", (name, manifest.read_bytes(), "text/csv"))]
-    files += [
-        ("files", (f"images/{p.name}", p.read_bytes(), "image/png"))
-        for p in sorted((manifest.parent / "images").glob("*.png"))
-    ]
-    return files
 
 
 @pytest.fixture
@@ -60,13 +39,13 @@ def site(tmp_path: Path) -> dict:
 def test_a_cohort_submitted_from_the_form_shows_its_progress_cases_and_report(site):
     store, tokens = site["store"], site["tokens"]
     alice = TestClient(create_app(store))
-    csrf = _sign_in(alice, tokens["alice"])
+    csrf = web_sign_in(alice, tokens["alice"])
     form = alice.get("/cohorts/new")
     assert form.status_code == 200 and 'name="manifest"' in form.text and "manifest_path" not in form.text
     r = alice.post(
         "/cohorts/new",
         data={"csrf_token": csrf, "task": "glaucoma", "options": '{"review_rounds": 0}'},
-        files=_files(site["manifest"], f"{HOSTILE}.csv"),
+        files=cohort_upload(site["manifest"], f"{HOSTILE}.csv"),
         follow_redirects=False,
     )
     assert r.status_code == 303, r.text
@@ -94,24 +73,24 @@ def test_a_cohort_submitted_from_the_form_shows_its_progress_cases_and_report(si
     assert "event: done" in events.text and '"completed":3' in events.text
 
     bob = TestClient(create_app(store))
-    _sign_in(bob, tokens["bob"])
+    web_sign_in(bob, tokens["bob"])
     assert bob.get(page_url).status_code == 404 and cid not in bob.get("/cohorts").text
     audrey = TestClient(create_app(store))
-    _sign_in(audrey, tokens["audrey"])
+    web_sign_in(audrey, tokens["audrey"])
     assert audrey.get(page_url).status_code == 200
     assert audrey.get("/cohorts/new").status_code == 403
     log = audrey.get(f"/access-log?target={cid}").text
     assert "read_cohort" in log and "read_cohort_report" in log
     root = TestClient(create_app(store))
-    _sign_in(root, tokens["root"])
+    web_sign_in(root, tokens["root"])
     assert root.get("/cohorts").status_code == 403
 
 
 def test_the_cohort_form_refuses_without_csrf_and_explains_bad_input(site):
     store, tokens = site["store"], site["tokens"]
     alice = TestClient(create_app(store))
-    csrf = _sign_in(alice, tokens["alice"])
-    r = alice.post("/cohorts/new", data={"task": "glaucoma"}, files=_files(site["manifest"]))
+    csrf = web_sign_in(alice, tokens["alice"])
+    r = alice.post("/cohorts/new", data={"task": "glaucoma"}, files=cohort_upload(site["manifest"]))
     assert r.status_code == 403
     r = alice.post("/cohorts/new", data={"csrf_token": csrf, "task": "glaucoma"})
     assert r.status_code == 422 and "upload a manifest" in r.text and 'id="cohort-form"' in r.text
@@ -126,7 +105,7 @@ def test_the_cohort_form_refuses_without_csrf_and_explains_bad_input(site):
 def test_a_server_with_a_data_root_offers_its_manifests(site):
     store, tokens = site["store"], site["tokens"]
     alice = TestClient(create_app(store, data_root=site["root"]))
-    csrf = _sign_in(alice, tokens["alice"])
+    csrf = web_sign_in(alice, tokens["alice"])
     assert 'name="manifest_path"' in alice.get("/cohorts/new").text
     r = alice.post(
         "/cohorts/new",
@@ -146,8 +125,10 @@ def test_the_submitter_retries_failed_cases_from_the_cohort_page(site):
     manifest = site["manifest"]
     (manifest.parent / "images" / "phantom_001.png").write_bytes(b"broken")
     alice = TestClient(create_app(store))
-    csrf = _sign_in(alice, tokens["alice"])
-    r = alice.post("/cohorts/new", data={"csrf_token": csrf, "task": "glaucoma"}, files=_files(manifest))
+    csrf = web_sign_in(alice, tokens["alice"])
+    r = alice.post(
+        "/cohorts/new", data={"csrf_token": csrf, "task": "glaucoma"}, files=cohort_upload(manifest)
+    )
     cid = str(r.url).rsplit("/", 1)[1]
     worker = JobWorker(store.url)
     while worker.run_one() is not None:
@@ -155,7 +136,7 @@ def test_the_submitter_retries_failed_cases_from_the_cohort_page(site):
     page = alice.get(f"/cohorts/{cid}").text
     assert 'id="cohort-retry"' in page and "Retry the 1 failed case" in page
     audrey = TestClient(create_app(store))
-    _sign_in(audrey, tokens["audrey"])
+    web_sign_in(audrey, tokens["audrey"])
     assert 'id="cohort-retry"' not in audrey.get(f"/cohorts/{cid}").text
     assert alice.post(f"/cohorts/{cid}/retry", data={}).status_code == 403  # no CSRF token
     retried = alice.post(f"/cohorts/{cid}/retry", data={"csrf_token": csrf})
