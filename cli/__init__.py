@@ -13,7 +13,7 @@ import sys
 import typer
 from rich.console import Console
 
-from dxgraph.cli import _audit, _cohort, _registry, _run, _serve, _tokens, _train  # noqa: F401 -- each adds its commands
+from dxgraph.cli import _audit, _cohort, _pacs, _registry, _run, _serve, _tokens, _train  # noqa: F401 -- each adds its commands
 from dxgraph.cli._app import app
 from dxgraph.errors import UserError
 

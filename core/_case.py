@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
 
 from dxgraph.core._artifacts import ArtifactRef
 from dxgraph.core._images import Dims, ImageFormat
@@ -22,6 +22,21 @@ TIMEPOINTS = ("current", "prior")
 """Study timepoints: the study asked about, and an earlier study of the same patient."""
 KNOWN_VIEWS = ("PA", "AP", "LL", "RL")
 """Radiograph projections dxgraph records."""
+
+
+class ImageSource(BaseModel):
+    """Where an image was retrieved from, when not from a local file: the PACS and the DICOM UIDs it read."""
+
+    model_config = ConfigDict(frozen=True, use_attribute_docstrings=True)
+
+    pacs_url: str
+    """DICOMweb base URL of the PACS (never with credentials)."""
+    study_uid: str
+    """StudyInstanceUID of the study."""
+    series_uid: str
+    """SeriesInstanceUID of the series."""
+    sop_instance_uids: tuple[str, ...]
+    """SOPInstanceUIDs of the instances read, in the order retrieved."""
 
 
 class ImageSpec(BaseModel):
@@ -41,6 +56,8 @@ class ImageSpec(BaseModel):
     """Date of the study the image belongs to (ISO ``YYYY-MM-DD``), when known."""
     view: str | None = None
     """Declared radiograph projection (``PA``, ``AP``...); None to take the DICOM ViewPosition."""
+    source: ImageSource | None = None
+    """Where the file was retrieved from (a PACS), recorded with the image; None for a local file."""
 
     @classmethod
     def parse(cls, text: str) -> ImageSpec:
@@ -100,6 +117,16 @@ class CaseImage(BaseModel):
     planner measures nothing of those modalities on this image."""
     modality_doubt: str | None = None
     """What the modality guard doubted about an image whose modality the user stated; it is measured anyway."""
+    source: ImageSource | None = None
+    """Where the image was retrieved from (a PACS and the DICOM UIDs); None for a local file."""
+
+    @model_serializer(mode="wrap")
+    def _without_absent_source(self, handler: SerializerFunctionWrapHandler) -> Any:
+        """A local image serialises as before ``source`` existed (no ``"source": null``)."""
+        data = handler(self)
+        if self.source is None and isinstance(data, dict):
+            data.pop("source", None)
+        return data
 
 
 class Case(BaseModel):

@@ -72,6 +72,7 @@ def load_case(
                 pixels=save_array(artifacts, decoded.array, "image"),
                 implausible={} if source == "declared" else doubts,
                 modality_doubt=doubts.get(mod) if source == "declared" and mod is not None else None,
+                source=spec.source,
             )
         )
     return Case(

@@ -1,0 +1,200 @@
+"""``dxgraph pacs find|pull``: studies in a PACS over DICOMweb, and diagnosing one of them.
+
+Credentials come from ``DXGRAPH_PACS_USERNAME``/``DXGRAPH_PACS_PASSWORD``, ``DXGRAPH_PACS_TOKEN`` or the PACS
+config file (``$DXGRAPH_PACS_CONFIG``, ``~/.config/dxgraph/pacs.yaml``), never from the command line. A PACS
+that is down, refuses the credentials or answers nonsense is one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.table import Table
+from rich.text import Text
+
+from dxgraph.agent import RunOptions
+from dxgraph.cli._app import app, out, print_json, progress_out
+from dxgraph.cli._options import FROM_FLAGS, DbOpt, JsonOpt, with_run_options
+from dxgraph.errors import UserError
+
+if TYPE_CHECKING:
+    from dxgraph.agent import RunResult
+    from dxgraph.pacs import PacsClient  # type: ignore[attr-defined]  # the face exports it (issue 19)
+
+pacs_app = typer.Typer(
+    help="A PACS over DICOMweb: find studies, pull one and diagnose it."
+    " Credentials: $DXGRAPH_PACS_USERNAME/$DXGRAPH_PACS_PASSWORD, $DXGRAPH_PACS_TOKEN or ~/.config/dxgraph/pacs.yaml.",
+    no_args_is_help=True,
+)
+app.add_typer(pacs_app, name="pacs")
+
+UrlOpt = Annotated[
+    str,
+    typer.Option(
+        "--url",
+        envvar="DXGRAPH_PACS_URL",
+        help="DICOMweb base URL of the PACS, e.g. https://pacs.example.org/dicom-web/ (or $DXGRAPH_PACS_URL).",
+    ),
+]
+
+
+def _client(url: str) -> PacsClient:
+    from dxgraph.pacs import PacsClient, PacsConfig  # type: ignore[attr-defined]  # the face exports them
+
+    return PacsClient(PacsConfig.load(url))
+
+
+def _since(text: str | None) -> date | None:
+    if text is None:
+        return None
+    try:
+        return datetime.strptime(text, "%Y-%m-%d").date()
+    except ValueError:
+        raise UserError(f"--since must be a date YYYY-MM-DD, not {text!r}") from None
+
+
+@pacs_app.command("find")
+def find(
+    url: UrlOpt,
+    patient_id: Annotated[
+        str | None, typer.Option("--patient-id", help="Only this patient's studies.")
+    ] = None,
+    modality: Annotated[
+        str | None, typer.Option(help="Only studies holding this modality (CT, MR, DX, CR...).")
+    ] = None,
+    since: Annotated[
+        str | None, typer.Option(help="Only studies on or after this date (YYYY-MM-DD).")
+    ] = None,
+    study: Annotated[
+        str | None, typer.Option("--study", help="List this study's series instead of searching studies.")
+    ] = None,
+    limit: Annotated[int, typer.Option(help="At most this many studies.", min=1)] = 100,
+    as_json: JsonOpt = False,
+) -> None:
+    """Search the PACS for studies (QIDO-RS), or list one study's series."""
+    since_date = _since(since)
+    with _client(url) as client:
+        if study is not None:
+            series = client.find_series(study, modality=modality)
+            if as_json:
+                print_json([s.model_dump(mode="json") for s in series])
+                return
+            if not series:
+                out.print(f"no series in study {study}")
+                return
+            for s in series:  # a line per series, its UID on its own line (UIDs are too long for a table)
+                n = "?" if s.n_instances is None else str(s.n_instances)
+                head = f"#{s.series_number if s.series_number is not None else '?'}  {s.modality or '?'}  {n} instances"
+                out.print("  ".join(p for p in (head, s.body_part, s.description) if p))
+                out.print(f"    series {s.series_uid}")
+            return
+        studies = client.find_studies(patient_id=patient_id, modality=modality, since=since_date, limit=limit)
+    if as_json:
+        print_json([s.model_dump(mode="json") for s in studies])
+        return
+    if not studies:
+        out.print("no study matches")
+        return
+    for st in studies:  # two lines per study: what it is, then its UID (too long for a table)
+        n_series = "?" if st.n_series is None else str(st.n_series)
+        n_instances = "?" if st.n_instances is None else str(st.n_instances)
+        head = (
+            f"{st.study_date.isoformat() if st.study_date else '????-??-??'}  {','.join(st.modalities) or '?'}"
+            f"  {n_series} series, {n_instances} instances  patient {st.patient_id or '?'}"
+            f"{f' ({st.patient_name})' if st.patient_name else ''}"
+        )
+        out.print("  ".join(p for p in (head, st.description) if p))
+        out.print(f"    study {st.study_uid}")
+    progress_out.print(
+        f"{len(studies)} stud{'y' if len(studies) == 1 else 'ies'}; series: dxgraph pacs find --study UID"
+    )
+
+
+@pacs_app.command("pull")
+@with_run_options()
+def pull(
+    url: UrlOpt,
+    study: Annotated[str, typer.Option("--study", help="StudyInstanceUID of the study to diagnose.")],
+    task: Annotated[str, typer.Option("--task", "-t", help="Question or task, such as 'pulmonary_nodule'.")],
+    series: Annotated[
+        str | None,
+        typer.Option(
+            "--series", help="SeriesInstanceUID to read (default: the series the task needs, chosen)."
+        ),
+    ] = None,
+    clinical_text: Annotated[
+        str | None, typer.Option("--clinical-text", help="Free-text clinical information.")
+    ] = None,
+    report: Annotated[
+        Path | None, typer.Option("--report", "-o", help="Also write the HTML report here.")
+    ] = None,
+    options: RunOptions = FROM_FLAGS,
+    db: DbOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Retrieve a study's series from the PACS (WADO-RS) and diagnose it; print the diagnosis and run id."""
+    from dxgraph.cli._audit import write_report
+    from dxgraph.pacs import pull as run_pull  # type: ignore[attr-defined]  # the face exports it
+
+    def progress(done: int, total: int | None) -> None:
+        if done == 1 or done == total or done % 25 == 0:
+            progress_out.print(f"retrieved {done}{'' if total is None else f'/{total}'} instances")
+
+    with _client(url) as client:
+        result = run_pull(
+            client, study, series, task, options, db=db, clinical_text=clinical_text, progress=progress
+        )
+    chosen = result.choice.series
+    progress_out.print(
+        f"series {chosen.series_uid} ({chosen.modality}{f', {chosen.description}' if chosen.description else ''}):"
+        f" {result.choice.reason}; {result.n_instances} instances in {result.retrieve_s:.1f} s"
+    )
+    if report is not None:
+        write_report(result.run.store_url, result.run.run_id, report)
+    if as_json:
+        print_json(
+            result.run.to_json()
+            | {
+                "pacs": {
+                    "url": client.config.host,
+                    "study_uid": study,
+                    "series_uid": chosen.series_uid,
+                    "series_reason": result.choice.reason,
+                    "n_instances": result.n_instances,
+                }
+            }
+        )
+        return
+    _print_run(result.run)
+
+
+def _print_run(result: RunResult) -> None:
+    """The diagnosis, its indicators and the run id, as ``dxgraph diagnose`` prints them (in short)."""
+    d = result.diagnosis
+    out.print(
+        Text.assemble(
+            (d.label, "bold"), f"  confidence {d.confidence:.2f}{'  (abstained)' if d.abstained else ''}"
+        )
+    )
+    table = Table("indicator", "value", "finding", "rule", "evidence")
+    for cv in d.criteria[:1]:
+        for v in cv.indicators:
+            value = (
+                "—" if v.value is None else (f"{v.value:.3f}" if isinstance(v.value, float) else str(v.value))
+            )
+            finding = v.finding if not v.reason else f"{v.finding}: {v.reason}"
+            table.add_row(v.name, value, finding, v.rule, ", ".join(v.evidence_ids))
+    out.print(table)
+    if d.missing_indicators:
+        out.print(Text.assemble(("not assessable: ", "bold"), ", ".join(d.missing_indicators)))
+    out.print(d.rationale)
+    out.print(
+        Text.assemble(
+            "run ",
+            (result.run_id, "bold"),
+            f"   (dxgraph trace show {result.run_id} · dxgraph report {result.run_id} -o report.html)",
+        )
+    )
