@@ -22,7 +22,7 @@ from dxgraph.errors import UserError
 
 if TYPE_CHECKING:
     from dxgraph.agent import RunResult
-    from dxgraph.pacs import PacsClient  # type: ignore[attr-defined]  # the face exports it (issue 19)
+    from dxgraph.pacs import PacsClient
 
 pacs_app = typer.Typer(
     help="A PACS over DICOMweb: find studies, pull one and diagnose it."
@@ -42,7 +42,7 @@ UrlOpt = Annotated[
 
 
 def _client(url: str) -> PacsClient:
-    from dxgraph.pacs import PacsClient, PacsConfig  # type: ignore[attr-defined]  # the face exports them
+    from dxgraph.pacs import PacsClient, PacsConfig
 
     return PacsClient(PacsConfig.load(url))
 
@@ -137,7 +137,7 @@ def pull(
 ) -> None:
     """Retrieve a study's series from the PACS (WADO-RS) and diagnose it; print the diagnosis and run id."""
     from dxgraph.cli._audit import write_report
-    from dxgraph.pacs import pull as run_pull  # type: ignore[attr-defined]  # the face exports it
+    from dxgraph.pacs import pull as run_pull
 
     def progress(done: int, total: int | None) -> None:
         if done == 1 or done == total or done % 25 == 0:

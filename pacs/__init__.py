@@ -1,6 +1,27 @@
 """The hospital's own systems: studies pulled from a PACS over DICOMweb, results pushed back as DICOM.
 
-Built up by issue 19; its public names are added here as its parts land.
+* ``PacsConfig`` / ``PacsAuth``: where the PACS is and how to reach it (credentials from the environment
+  or a private config file, never the command line or the trace; TLS verified; timeouts and retries).
+* ``PacsClient``: QIDO-RS search (``find_studies``, ``find_series``), WADO-RS retrieve
+  (``retrieve_series``) and STOW-RS store (``store``); every failure is one clear ``UserError``.
+* ``pull``: retrieve a study's series (``choose_series`` picks the one a task measures on) and diagnose it
+  through the same readers as local files; the trace records the Study/Series/SOP Instance UIDs.
 """
 
-__all__: list[str] = []
+from dxgraph.pacs._config import PacsAuth, PacsConfig
+from dxgraph.pacs._dicomweb import PacsClient, RefusedInstance, SeriesSummary, StoreResult, StudySummary
+from dxgraph.pacs._pull import PullResult, SeriesChoice, choose_series, pull
+
+__all__ = [
+    "PacsAuth",
+    "PacsClient",
+    "PacsConfig",
+    "PullResult",
+    "RefusedInstance",
+    "SeriesChoice",
+    "SeriesSummary",
+    "StoreResult",
+    "StudySummary",
+    "choose_series",
+    "pull",
+]

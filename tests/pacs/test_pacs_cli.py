@@ -8,13 +8,6 @@ from pathlib import Path
 
 import pytest
 
-import dxgraph.pacs
-
-pytestmark = pytest.mark.skipif(
-    not all(hasattr(dxgraph.pacs, name) for name in ("PacsClient", "PacsConfig", "pull")),
-    reason="the dxgraph.pacs face does not export PacsClient, PacsConfig and pull yet",
-)
-
 
 def _cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
     """Run the CLI in-process: exit code, stdout, stderr."""
