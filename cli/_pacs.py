@@ -12,16 +12,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.table import Table
-from rich.text import Text
 
 from dxgraph.agent import RunOptions
 from dxgraph.cli._app import app, out, print_json, progress_out
 from dxgraph.cli._options import FROM_FLAGS, DbOpt, JsonOpt, with_run_options
+from dxgraph.cli._run import print_run
 from dxgraph.errors import UserError
 
 if TYPE_CHECKING:
-    from dxgraph.agent import RunResult
     from dxgraph.pacs import PacsClient
 
 pacs_app = typer.Typer(
@@ -168,33 +166,4 @@ def pull(
             }
         )
         return
-    _print_run(result.run)
-
-
-def _print_run(result: RunResult) -> None:
-    """The diagnosis, its indicators and the run id, as ``dxgraph diagnose`` prints them (in short)."""
-    d = result.diagnosis
-    out.print(
-        Text.assemble(
-            (d.label, "bold"), f"  confidence {d.confidence:.2f}{'  (abstained)' if d.abstained else ''}"
-        )
-    )
-    table = Table("indicator", "value", "finding", "rule", "evidence")
-    for cv in d.criteria[:1]:
-        for v in cv.indicators:
-            value = (
-                "—" if v.value is None else (f"{v.value:.3f}" if isinstance(v.value, float) else str(v.value))
-            )
-            finding = v.finding if not v.reason else f"{v.finding}: {v.reason}"
-            table.add_row(v.name, value, finding, v.rule, ", ".join(v.evidence_ids))
-    out.print(table)
-    if d.missing_indicators:
-        out.print(Text.assemble(("not assessable: ", "bold"), ", ".join(d.missing_indicators)))
-    out.print(d.rationale)
-    out.print(
-        Text.assemble(
-            "run ",
-            (result.run_id, "bold"),
-            f"   (dxgraph trace show {result.run_id} · dxgraph report {result.run_id} -o report.html)",
-        )
-    )
+    print_run(result.run, options.planner)

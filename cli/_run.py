@@ -13,7 +13,7 @@ from rich import box
 from rich.table import Column, Table
 from rich.text import Text
 
-from dxgraph.agent import RunOptions
+from dxgraph.agent import RunOptions, RunResult
 from dxgraph.cli._app import app, out, print_json
 from dxgraph.cli._audit import write_report
 from dxgraph.cli._options import FROM_FLAGS, DbOpt, JsonOpt, with_run_options
@@ -91,6 +91,12 @@ def diagnose(
     if as_json:
         print_json(result.to_json())
         return
+    print_run(result, options.planner)
+
+
+def print_run(result: RunResult, planner: str) -> None:
+    """A run's diagnosis for a person: the label, each indicator's value and finding, flags, review rounds,
+    the rationale and the run id (``planner``: the one asked for, to say when its draft was rejected)."""
     d = result.diagnosis
     out.print(
         Text.assemble(
@@ -123,7 +129,7 @@ def diagnose(
             f" (the language model proposed {d.model_label}; the rule stands)" if d.model_label else ""
         )
         out.print(Text.assemble(("flags: ", "bold"), ", ".join(d.flags), overruled))
-    if result.plan.planner != options.planner:
+    if result.plan.planner != planner:
         out.print(
             Text.assemble(
                 ("plan: ", "bold"), f"{result.plan.planner} (the language model's draft was rejected)"
