@@ -1,0 +1,349 @@
+"""The masks a run's evidence rests on, as a DICOM Segmentation (BINARY) over the source series.
+
+One segment per structure: each mask artifact of the evidence the diagnosis cites (heart and lungs,
+nodule, LV cavity, disc and cup, lesions) becomes a segment, a label map one segment per label. Each
+segment's ``TrackingID`` is the mask artifact's sha256 (``<sha256>#<label>`` for a label of a label map),
+so a reader goes from a segment to the artifact in the trace store; ``ContentDescription`` names the
+run. The masks are on the grid of the image the reader decoded (a whole-image mask on another grid
+is brought back by nearest neighbour); their planes go to the source instances in the order the reader
+stacked them (``_run_sources``), so every SEG frame lies on its source instance's own plane.
+
+Patient, study and frame of reference are copied from the sources by highdicom, never invented; the
+SEG gets a new series and SOP instance UID.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from dxgraph._version import __version__
+from dxgraph.errors import UserError
+from dxgraph.pacs._codes import declare_private_scheme, segment_coding
+from dxgraph.pacs._run_sources import (
+    MaskArtifact,
+    RunSources,
+    SourceImage,
+    load_mask,
+    load_run_sources,
+    mask_on_source_grid,
+)
+from dxgraph.traces import TraceStore
+
+if TYPE_CHECKING:
+    import highdicom as hd
+    from pydicom import Dataset
+
+SEG_SERIES_NUMBER = 9701
+"""Series number of the SEG series dxgraph writes (any number a viewer can sort by)."""
+
+
+@dataclass(frozen=True)
+class SegmentSource:
+    """What one segment of the SEG holds."""
+
+    segment_number: int
+    """Segment number in the SEG (from 1)."""
+    mask: MaskArtifact
+    """The mask artifact it comes from."""
+    label_value: int | None
+    """The label of a label-map mask it is; None for a binary mask (every non-zero pixel)."""
+    time_index: int | None
+    """For a cine mask, the frame (time point) it is: end-diastole or end-systole; None otherwise."""
+    phase: str | None
+    """``end-diastole`` or ``end-systole`` for a cine mask's segment; None otherwise."""
+    evidence_ids: tuple[str, ...]
+    """Evidence that rests on the mask."""
+    tracking_id: str
+    """The segment's TrackingID: the mask's sha256, with ``#<label>`` for a label map and ``@t<frame>``
+    for a cine frame."""
+
+
+@dataclass(frozen=True)
+class SegmentationPlan:
+    """The segments of a run's SEG, the image they lie on and their pixels on its instances."""
+
+    image: SourceImage
+    """The source image (series) the SEG references."""
+    segments: tuple[SegmentSource, ...]
+    """One per segment, in segment-number order."""
+    reference: tuple[Dataset, ...]
+    """The instances the SEG frames are built on: the image's, or for a cine those of the first segment's
+    time point."""
+    pixels: np.ndarray
+    """(frames, rows, cols, segments) booleans, frames in the order of ``reference``."""
+    skipped: tuple[str, ...]
+    """Masks left out, each with the reason (on another image, not on the image's grid)."""
+
+
+def deciding_evidence_ids(sources: RunSources) -> list[str]:
+    """Ids of the evidence the diagnosis rests on (cited, or read by a verdict), the replacing one for a
+    superseded measurement, in first-cited order."""
+    d = sources.made.diagnosis
+    ids = list(d.cited_evidence)
+    for crit in d.criteria:
+        for ind in crit.indicators:
+            ids += ind.evidence_ids
+    by_id = {e.evidence_id: e for e in sources.made.evidence}
+    out: list[str] = []
+    for i in ids:
+        seen: set[str] = set()
+        while i in by_id and i not in seen and (nxt := by_id[i].superseded_by):
+            seen.add(i)
+            i = nxt
+        if i in by_id and i not in out:
+            out.append(i)
+    return out
+
+
+def _image_ids_in(obj: Any) -> list[str]:
+    if isinstance(obj, dict):
+        if isinstance(obj.get("image_id"), str) and isinstance(obj.get("pixels"), dict):
+            return [obj["image_id"]]
+        return [i for v in obj.values() for i in _image_ids_in(v)]
+    if isinstance(obj, list):
+        return [i for v in obj for i in _image_ids_in(v)]
+    return []
+
+
+def _image_of(sources: RunSources, mask: MaskArtifact, shape: tuple[int, ...]) -> SourceImage | None:
+    """The source image a mask is drawn on: of its shape (or its number of axes), of the study its field
+    names (``baseline_``/``followup_``), among those the tool read first."""
+
+    def spatial(s: SourceImage) -> tuple[int, ...]:
+        return tuple(s.image.shape[:2]) if s.image.dims == "2d" else tuple(s.image.shape)
+
+    cands = [s for s in sources.images if spatial(s) == shape] or [
+        s for s in sources.images if len(spatial(s)) == len(shape)
+    ]
+    field = mask.field.lower()
+    if field.startswith(("baseline_", "prior_")):
+        cands = [s for s in cands if s.image.timepoint == "prior"]
+    elif field.startswith(("followup_", "current_")):
+        cands = [s for s in cands if s.image.timepoint == "current"]
+    call = next((c for c in sources.calls if c.step_id == mask.step_id), None)
+    taken = _image_ids_in(call.inputs) if call is not None else []
+    read = [s for s in cands if s.image.image_id in taken]
+    chosen = read or cands
+    return chosen[0] if chosen else None
+
+
+def _cine_phases(sources: RunSources, sha: str, grid: np.ndarray) -> list[tuple[int, str]]:
+    """(frame, phase) of end-diastole and end-systole for a cine mask: as the tool that measured the
+    ejection fraction from it said (``ed_frame``/``es_frame``), else the largest and smallest mask volume."""
+    from dxgraph.core import artifact_hashes
+    from dxgraph.traces import ed_es_frames
+
+    for c in sources.calls:
+        out = c.outputs or {}
+        if c.status == "ok" and sha in artifact_hashes(c.inputs) and "ed_frame" in out and "es_frame" in out:
+            return [(int(out["ed_frame"]), "end-diastole"), (int(out["es_frame"]), "end-systole")]
+    found = ed_es_frames(grid)
+    return [] if found is None else [(found[0], "end-diastole"), (found[1], "end-systole")]
+
+
+def plan_segmentation(store: TraceStore, sources: RunSources) -> SegmentationPlan:
+    """The segments of a run's SEG; UserError when its evidence rests on no mask of a DICOM image.
+
+    A cine mask (t, z, y, x) becomes two segments, at end-diastole and end-systole (what an ejection
+    fraction rests on): a SEG cannot hold two frames of one segment at one plane position."""
+    masks = sources.masks()
+    by_id = {e.evidence_id: e for e in sources.made.evidence}
+    wanted: dict[str, list[str]] = {}
+    for eid in deciding_evidence_ids(sources):
+        for ref in by_id[eid].artifacts:
+            if ref.kind == "mask" and ref.sha256 in masks:
+                wanted.setdefault(ref.sha256, []).append(eid)
+    if not wanted:
+        raise UserError(f"the evidence of run {sources.run_id} rests on no mask: there is no SEG to write")
+    target: SourceImage | None = None
+    planes: list[np.ndarray] = []
+    segments: list[SegmentSource] = []
+    skipped: list[str] = []
+    for sha, eids in wanted.items():
+        m = masks[sha]
+        arr = load_mask(store, m.ref)
+        image = _image_of(sources, m, tuple(arr.shape))
+        if image is None or (target is not None and image is not target):
+            skipped.append(f"{m.field} ({m.step_id} {m.tool}): not on the image the SEG references")
+            continue
+        grid = mask_on_source_grid(arr, image)
+        if grid is None or grid.shape[0] != len(image.datasets):
+            skipped.append(f"{m.field} ({m.step_id} {m.tool}): not on the source image's grid")
+            continue
+        phases: list[tuple[int | None, str | None]] = [(None, None)]
+        if len(image.frames) == 2:
+            n_t, n_z = image.frames
+            phases = list(_cine_phases(sources, sha, grid.reshape(n_t, n_z, *grid.shape[1:])))
+            if not phases:
+                skipped.append(f"{m.field} ({m.step_id} {m.tool}): empty in every frame")
+                continue
+        target = image
+        labels = [int(v) for v in np.unique(grid) if v != 0] if grid.dtype.kind in "iu" else []
+        values: list[int | None] = list(labels) if len(labels) > 1 else [None]
+        for t, phase in phases:
+            plane = grid if t is None else grid[t * image.frames[1] : (t + 1) * image.frames[1]]
+            for v in values:
+                planes.append(plane == v if v is not None else plane != 0)
+                tracking = sha + ("" if v is None else f"#{v}") + ("" if t is None else f"@t{t}")
+                segments.append(SegmentSource(len(segments) + 1, m, v, t, phase, tuple(eids), tracking))
+    if target is None:
+        raise UserError(
+            f"no mask of run {sources.run_id} lies on a source image's grid: " + "; ".join(skipped)
+        )
+    reference = target.datasets
+    if len(target.frames) == 2:  # the frames are built on the first segment's time point
+        n_z, t = target.frames[1], segments[0].time_index or 0
+        reference = target.datasets[t * n_z : (t + 1) * n_z]
+    return SegmentationPlan(target, tuple(segments), reference, np.stack(planes, axis=-1), tuple(skipped))
+
+
+def _instances_of(plan: SegmentationPlan, seg: SegmentSource) -> tuple[Dataset, ...]:
+    """The source instances a segment's frames lie on (its own time point's, for a cine)."""
+    if seg.time_index is None:
+        return plan.reference
+    n_z = plan.image.frames[1]
+    return plan.image.datasets[seg.time_index * n_z : (seg.time_index + 1) * n_z]
+
+
+def _position(values: Sequence[Any]) -> tuple[float, ...]:
+    return tuple(round(float(v), 3) for v in values)
+
+
+def _retarget_cine_frames(seg_ds: Dataset, plan: SegmentationPlan) -> None:
+    """Make each frame of a cine segment derive from the one instance of its own time point at its plane.
+
+    highdicom derives a frame from every source instance at the frame's position, whatever its time
+    point; a cine has one per time point at each position."""
+    by_segment = {s.segment_number: s for s in plan.segments}
+    own = {
+        s.segment_number: {_position(ds.ImagePositionPatient): ds for ds in _instances_of(plan, s)}
+        for s in plan.segments
+    }
+    shared = seg_ds.SharedFunctionalGroupsSequence[0]
+    for frame in seg_ds.PerFrameFunctionalGroupsSequence:
+        ident = frame.get("SegmentIdentificationSequence") or shared.SegmentIdentificationSequence
+        number = int(ident[0].ReferencedSegmentNumber)
+        if by_segment[number].time_index is None:
+            continue
+        position = (frame.get("PlanePositionSequence") or shared.PlanePositionSequence)[0]
+        instance = own[number].get(_position(position.ImagePositionPatient))
+        if instance is None:
+            raise UserError("the cine's time points are not acquired at the same slice positions")
+        frame.DerivationImageSequence = [copy.deepcopy(d) for d in frame.DerivationImageSequence]  # shared
+        for derivation in frame.DerivationImageSequence:
+            item = derivation.SourceImageSequence[0]
+            item.ReferencedSOPClassUID = instance.SOPClassUID
+            item.ReferencedSOPInstanceUID = instance.SOPInstanceUID
+            derivation.SourceImageSequence = [item]
+
+
+def _check_sources(image: SourceImage) -> None:
+    """UserError when the instances lack what a SEG must copy from them (never invented)."""
+    first = image.datasets[0]
+    for tag in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID"):
+        if not first.get(tag):
+            raise UserError(f"the source instances have no {tag}: a SEG cannot reference them")
+    if len(image.datasets) > 1 and not first.get("FrameOfReferenceUID"):
+        raise UserError("the source series has no FrameOfReferenceUID: a SEG over a volume needs one")
+
+
+def _same_structure(a: SegmentSource, b: SegmentSource) -> bool:
+    """Whether two segments would get the same label (one structure, as two tools segmented it)."""
+    return (a.mask.field, a.label_value, a.time_index) == (b.mask.field, b.label_value, b.time_index)
+
+
+def _description(seg: SegmentSource, run_id: str, duplicate: bool) -> hd.seg.SegmentDescription:
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    label, category, kind, modifiers = segment_coding(seg.mask.field)
+    if duplicate:
+        label = f"{label} ({seg.mask.tool})"
+    if seg.label_value is not None:
+        label = f"{label} {seg.label_value}"
+    if seg.phase is not None:
+        label = f"{label} {seg.phase} (frame {seg.time_index})"
+    learned = "unet" in seg.mask.tool or "net" in seg.mask.tool.split("_")
+    desc = hd.seg.SegmentDescription(
+        segment_number=seg.segment_number,
+        segment_label=label[:64],
+        segmented_property_category=category,
+        segmented_property_type=kind,
+        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+        algorithm_identification=hd.AlgorithmIdentificationSequence(
+            name=seg.mask.tool[:64],
+            family=codes.cid7162.ArtificialIntelligence if learned else codes.cid7162.MorphologicalOperations,
+            version=seg.mask.tool_version[:64],
+            parameters={"run_id": run_id, "step": seg.mask.step_id},
+        ),
+        tracking_uid=hd.UID(),
+        tracking_id=seg.tracking_id,
+    )
+    if modifiers:
+        desc.SegmentedPropertyTypeCodeSequence[0].SegmentedPropertyTypeModifierCodeSequence = [
+            hd.sr.CodedConcept.from_code(c) for c in modifiers
+        ]
+    return desc
+
+
+def build_segmentation(
+    store: TraceStore, sources: RunSources
+) -> tuple[hd.seg.Segmentation, SegmentationPlan]:
+    """The SEG of a loaded run, with the plan that says what each segment holds."""
+    import highdicom as hd
+
+    plan = plan_segmentation(store, sources)
+    _check_sources(plan.image)
+    others = [ds for ds in plan.image.datasets if all(ds is not r for r in plan.reference)]
+    used = {id(ds) for s in plan.segments for ds in _instances_of(plan, s)}
+    seg = hd.seg.Segmentation(
+        source_images=list(plan.reference),
+        further_source_images=[ds for ds in others if id(ds) in used] or None,
+        pixel_array=plan.pixels.astype(np.uint8),
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=[
+            _description(s, sources.run_id, sum(_same_structure(s, t) for t in plan.segments) > 1)
+            for s in plan.segments
+        ],
+        series_instance_uid=hd.UID(),
+        series_number=SEG_SERIES_NUMBER,
+        sop_instance_uid=hd.UID(),
+        instance_number=1,
+        manufacturer="dxgraph",
+        manufacturer_model_name="dxgraph",
+        software_versions=__version__,
+        device_serial_number="none",
+        content_description=f"dxgraph run {sources.run_id}"[:64],
+        content_label="DXGRAPH",
+        series_description="dxgraph segmentation",
+    )
+    if any(s.time_index is not None for s in plan.segments):
+        _retarget_cine_frames(seg, plan)
+    if "FrameOfReferenceUID" not in seg and "PixelMeasuresSequence" in seg.SharedFunctionalGroupsSequence[0]:
+        # A SEG over a radiograph (no frame of reference) needs no Pixel Measures: highdicom copies the
+        # source's PixelSpacing without a SliceThickness, which its own reader then refuses, or a
+        # PixelSpacing of 0 ("not calibrated", as RG1_UNCR has), which dciodvfy calls an error.
+        del seg.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence
+    if "FrameOfReferenceUID" not in seg and "PatientOrientation" not in seg:
+        # General Image type 2C without a frame of reference: the source's, empty when it has none
+        seg.PatientOrientation = plan.image.datasets[0].get("PatientOrientation", "")
+    declare_private_scheme(seg)
+    return seg, plan
+
+
+def segmentation(
+    store: TraceStore, run_id: str, sources: Sequence[Dataset | str | Path]
+) -> hd.seg.Segmentation:
+    """The masks the evidence of a stored run rests on, as a BINARY SEG referencing the source series.
+
+    ``sources`` are the run's DICOM instances (Datasets read from files, files or series folders); a
+    UserError says when they are not the images the run read, or when its evidence rests on no mask.
+    """
+    seg, _ = build_segmentation(store, load_run_sources(store, run_id, sources))
+    return seg

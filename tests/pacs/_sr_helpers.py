@@ -1,0 +1,164 @@
+"""Diagnosed DICOM studies for the SR and SEG tests: phantoms given the identity a PACS instance has, and
+the real radiograph RG1_UNCR; each diagnosed into a store, with the source files to build from.
+
+Loaded by path from the test modules (``load_helpers``): the tests folder is not a package.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from pydicom.uid import generate_uid
+
+from dxgraph.testing.phi import pydicom_data_file
+
+RG1 = pydicom_data_file("RG1_UNCR.dcm")
+"""The real chest radiograph of pydicom-data, or None when it is not installed."""
+
+IDENTITY = {
+    "PatientName": "Testpatient^Sr",
+    "PatientID": "SRTEST0001",
+    "PatientBirthDate": "19600101",
+    "PatientSex": "O",
+    "StudyDate": "20260101",
+    "StudyTime": "101010",
+    "AccessionNumber": "ACC0001",
+    "StudyID": "1",
+    "ReferringPhysicianName": "",
+}
+"""What the phantoms lack and a PACS instance has: patient and study identity (made up, for the tests)."""
+
+
+def identify(path: Path) -> None:
+    """Give a phantom DICOM file, or every file of a series folder, a patient, a study, a series (UID and number)
+    and (for a series) a frame of reference, as an archived instance has them; in place."""
+    files = sorted(f for f in path.iterdir() if f.is_file()) if path.is_dir() else [path]
+    study, series, frame = generate_uid(), generate_uid(), generate_uid()
+    for f in files:
+        ds = pydicom.dcmread(f)
+        for key, value in IDENTITY.items():
+            setattr(ds, key, value)
+        ds.StudyInstanceUID = study
+        if "SeriesInstanceUID" not in ds:
+            ds.SeriesInstanceUID = series
+        ds.SeriesNumber = 1
+        ds.Manufacturer = "phantom"
+        if len(files) > 1:
+            ds.FrameOfReferenceUID = frame
+            ds.PositionReferenceIndicator = ""
+        ds.save_as(f, enforce_file_format=True)
+
+
+@dataclass
+class Diagnosed:
+    """One diagnosed study."""
+
+    run_id: str
+    """The run."""
+    path: Path
+    """The file or series folder diagnosed."""
+    files: list[Path]
+    """Its DICOM files."""
+
+    def datasets(self) -> list[pydicom.Dataset]:
+        """The source instances as Datasets (read from the files, as a caller holds them)."""
+        return [pydicom.dcmread(f) for f in self.files]
+
+
+def diagnose_study(store, kind: str, folder: Path) -> Diagnosed:
+    """Write (or copy) the study of ``kind`` (``cxr``, ``rg1``, ``ct``, ``cine``) and diagnose it."""
+    from dxgraph import diagnose
+    from dxgraph.phantoms import write_cardiomegaly_case, write_lvef_case, write_nodule_case
+
+    if kind == "rg1":
+        assert RG1 is not None
+        path = folder / "RG1_UNCR.dcm"
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.copy(RG1, path)
+        question, modality = "cardiomegaly", "cxr"
+    else:
+        case = {
+            "cxr": lambda: write_cardiomegaly_case(folder, 3, ctr=0.58),
+            "ct": lambda: write_nodule_case(folder, 5, dicom=True),
+            "cine": lambda: write_lvef_case(folder, 2, as_dicom=True),
+        }[kind]()
+        path, modality = case.images[0].path, case.images[0].modality
+        question = case.question
+        identify(path)
+    result = diagnose(question, [str(path)], store=store, modality=modality)
+    files = sorted(f for f in path.iterdir() if f.is_file()) if path.is_dir() else [path]
+    return Diagnosed(result.run_id, path, files)
+
+
+def evidence_masks(store, run_id: str) -> dict[str, np.ndarray]:
+    """Every mask artifact of the run's evidence, by sha256."""
+    from dxgraph.core import load_array
+    from dxgraph.traces import DiagnosisMade
+
+    made = next(e for e in store.events(run_id) if isinstance(e, DiagnosisMade))
+    return {a.sha256: load_array(store, a) for e in made.evidence for a in e.artifacts if a.kind == "mask"}
+
+
+_CACHE: dict[str, object] = {}
+
+
+def shared_study(kind: str, tmp_path_factory) -> tuple[object, Diagnosed]:
+    """(store, diagnosed study) of ``kind``, diagnosed once per test session into one shared store."""
+    from dxgraph.traces import TraceStore
+
+    if "store" not in _CACHE:
+        root = tmp_path_factory.mktemp("pacs_sr")
+        _CACHE["root"] = root
+        _CACHE["store"] = TraceStore(f"sqlite:///{root / 'traces.db'}")
+    store, root = _CACHE["store"], _CACHE["root"]
+    if kind not in _CACHE:
+        _CACHE[kind] = diagnose_study(store, kind, root / kind)
+    return store, _CACHE[kind]  # type: ignore[return-value]
+
+
+def walk(ds, keyword: str):
+    """Every item of every sequence under ``ds`` (depth first) that has ``keyword``."""
+    for elem in ds:
+        if elem.VR != "SQ":
+            continue
+        for item in elem.value:
+            if keyword in item:
+                yield item
+            yield from walk(item, keyword)
+
+
+def _code(item) -> str:
+    """A coded entry's value, short or long."""
+    return str(item.get("CodeValue") or item.get("LongCodeValue"))
+
+
+def measurement_groups(sr) -> list[dict]:
+    """The SR's TID 1501/1410/1411 groups: tracking text and uid, NUM (code -> (value, unit)), CODE
+    (code -> value code), algorithm parameters, and the SOP instances the group references."""
+    groups = []
+    for item in walk(sr, "ConceptNameCodeSequence"):
+        if _code(item.ConceptNameCodeSequence[0]) != "125007":  # Measurement Group
+            continue
+        g: dict = {"nums": {}, "codes": {}, "params": [], "refs": set(), "tracking": None, "uid": None}
+        for child in item.ContentSequence:
+            code = _code(child.ConceptNameCodeSequence[0])
+            if child.ValueType == "TEXT" and code == "112039":
+                g["tracking"] = child.TextValue
+            elif child.ValueType == "UIDREF" and code == "112040":
+                g["uid"] = child.UID
+            elif child.ValueType == "NUM":
+                mv = child.MeasuredValueSequence[0]
+                g["nums"][code] = (mv.FloatingPointValue, mv.MeasurementUnitsCodeSequence[0].CodeValue)
+            elif child.ValueType == "CODE":
+                g["codes"][code] = _code(child.ConceptCodeSequence[0])
+        for sub in walk(item, "TextValue"):
+            if _code(sub.ConceptNameCodeSequence[0]) == "111002":  # Algorithm Parameters
+                g["params"].append(sub.TextValue)
+        for sub in walk(item, "ReferencedSOPSequence"):
+            g["refs"].update(r.ReferencedSOPInstanceUID for r in sub.ReferencedSOPSequence)
+        groups.append(g)
+    return groups

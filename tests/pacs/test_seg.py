@@ -1,0 +1,141 @@
+"""The SEG of a stored run: the evidence masks, pixel for pixel on the source instances, valid DICOM.
+
+Diagnosed studies (``_sr_helpers``): the CXR phantom and the real RG1_UNCR radiograph (cardiomegaly), the
+CT nodule phantom series (pulmonary nodule) and the cine MR phantom series (LVEF), each as DICOM files
+with a patient and study identity.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import highdicom as hd
+import numpy as np
+import pydicom
+import pytest
+
+from dxgraph.errors import UserError
+from dxgraph.pacs._run_sources import load_run_sources, mask_on_source_grid
+from dxgraph.pacs._seg import build_segmentation, segmentation
+from dxgraph.pacs._validate import dciodvfy, unexpected_warnings
+
+
+def _helpers():
+    name = "dxgraph_pacs_sr_test_helpers"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("_sr_helpers.py"))
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+H = _helpers()
+KINDS = [
+    pytest.param("ct", id="ct-nodule"),
+    pytest.param("cine", id="cine-lvef"),
+    pytest.param("cxr", id="cxr-phantom", marks=pytest.mark.slow),
+    pytest.param(
+        "rg1",
+        id="rg1-real",
+        marks=[pytest.mark.slow, pytest.mark.skipif(H.RG1 is None, reason="pydicom-data is not installed")],
+    ),
+]
+
+
+@pytest.fixture(scope="module", params=KINDS)
+def built(request, tmp_path_factory):
+    """(store, study, SEG re-read from its file, plan, the file) for each diagnosed study."""
+    store, study = H.shared_study(request.param, tmp_path_factory)
+    sources = load_run_sources(store, study.run_id, study.datasets())
+    seg, plan = build_segmentation(store, sources)
+    path = tmp_path_factory.mktemp("seg") / "seg.dcm"
+    seg.save_as(path)
+    return store, study, path, plan, sources
+
+
+def test_seg_masks_equal_the_evidence_masks_on_the_source_grid(built) -> None:
+    store, study, path, plan, _sources = built
+    seg = hd.seg.segread(path)
+    masks = H.evidence_masks(store, study.run_id)
+    assert plan.segments and not plan.skipped
+    for s in plan.segments:
+        assert s.mask.ref.sha256 in masks
+        grid = mask_on_source_grid(masks[s.mask.ref.sha256], plan.image)
+        if s.time_index is not None:
+            n_z = plan.image.frames[1]
+            grid = grid[s.time_index * n_z : (s.time_index + 1) * n_z]
+            instances = plan.image.datasets[s.time_index * n_z : (s.time_index + 1) * n_z]
+        else:
+            instances = plan.image.datasets
+        want = grid == s.label_value if s.label_value is not None else grid != 0
+        got = seg.get_pixels_by_source_instance(
+            [ds.SOPInstanceUID for ds in instances], segment_numbers=[s.segment_number]
+        )[..., 0]
+        assert got.shape == want.shape
+        assert np.array_equal(got.astype(bool), want), s.tracking_id
+        assert want.any()
+        assert seg.get_segment_description(s.segment_number).TrackingID == s.tracking_id
+
+
+def test_seg_passes_dciodvfy_and_rereads(built) -> None:
+    _, _, path, plan, _ = built
+    errors, warnings = dciodvfy(path)
+    assert errors == []
+    assert unexpected_warnings(warnings) == []
+    ds = pydicom.dcmread(path)
+    assert ds.Modality == "SEG" and ds.SegmentationType == "BINARY"
+    assert len(ds.SegmentSequence) == len(plan.segments)
+    assert ds.ContentDescription == f"dxgraph run {built[1].run_id}"
+
+
+def test_seg_patient_and_study_are_the_sources(built) -> None:
+    _, study, path, _plan, _ = built
+    ds = pydicom.dcmread(path)
+    src = pydicom.dcmread(study.files[0])
+    for tag in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyInstanceUID"):
+        assert ds.get(tag) == src.get(tag), tag
+    assert ds.SeriesInstanceUID != src.SeriesInstanceUID
+    referenced = {
+        r.ReferencedSOPInstanceUID for s in ds.ReferencedSeriesSequence for r in s.ReferencedInstanceSequence
+    }
+    assert referenced <= {pydicom.dcmread(f).SOPInstanceUID for f in study.files}
+
+
+def test_cine_seg_holds_end_diastole_and_end_systole(tmp_path_factory) -> None:
+    store, study = H.shared_study("cine", tmp_path_factory)
+    seg = segmentation(store, study.run_id, study.files)
+    labels = [s.SegmentLabel for s in seg.SegmentSequence]
+    assert [lb.split(" (")[0] for lb in labels] == ["lv end-diastole", "lv end-systole"]
+
+
+def test_sources_that_are_not_the_run_s_images_are_refused(tmp_path_factory) -> None:
+    store, ct = H.shared_study("ct", tmp_path_factory)
+    _, cine = H.shared_study("cine", tmp_path_factory)
+    with pytest.raises(UserError, match="not the images run"):
+        segmentation(store, ct.run_id, cine.datasets())
+    with pytest.raises(UserError, match="not the images run"):
+        segmentation(store, ct.run_id, ct.datasets()[1:])  # a slice missing
+    with pytest.raises(UserError, match="not among the images"):
+        segmentation(store, ct.run_id, ct.datasets() + cine.datasets()[:1])
+    changed = ct.datasets()
+    changed[0].PatientID = "SOMEONE_ELSE"
+    changed[0].filename = None  # held in memory, no longer the file it was read from
+    with pytest.raises(UserError, match="not the images run"):
+        segmentation(store, ct.run_id, changed)
+
+
+def test_the_store_stays_free_of_the_sources_identity(tmp_path_factory) -> None:
+    """The SEG carries the patient; the trace store, which read the same files, holds none of it."""
+    store, study = H.shared_study("ct", tmp_path_factory)
+    runs = [r.run_id for r in store.list_runs()]
+    seg = segmentation(store, study.run_id, study.files)
+    assert seg.PatientID == H.IDENTITY["PatientID"]
+    assert [r.run_id for r in store.list_runs()] == runs
+    db = Path(store.url.removeprefix("sqlite:///"))
+    data = b"".join(p.read_bytes() for p in db.parent.glob(db.name + "*"))
+    for value in ("Testpatient", H.IDENTITY["PatientID"], H.IDENTITY["AccessionNumber"]):
+        assert value.encode() not in data

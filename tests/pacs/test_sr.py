@@ -1,0 +1,178 @@
+"""The TID 1500 Measurement Report of a stored run: the trace's values exactly, coded, with the finding,
+the diagnosis, references to the sources and the SEG, and the run id and head hash for an auditor.
+
+Diagnosed studies (``_sr_helpers``): the CXR phantom and the real RG1_UNCR radiograph (cardiomegaly), the
+CT nodule phantom series (pulmonary nodule) and the cine MR phantom series (LVEF).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import highdicom as hd
+import pydicom
+import pytest
+
+from dxgraph.errors import UserError
+from dxgraph.pacs._codes import indicator_coding, label_code
+from dxgraph.pacs._run_sources import load_run_sources
+from dxgraph.pacs._seg import deciding_evidence_ids, segmentation
+from dxgraph.pacs._sr import hash_uid, measurement_report
+from dxgraph.pacs._validate import dciodvfy, unexpected_warnings
+
+
+def _helpers():
+    name = "dxgraph_pacs_sr_test_helpers"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("_sr_helpers.py"))
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+H = _helpers()
+KINDS = [
+    pytest.param("ct", id="ct-nodule"),
+    pytest.param("cine", id="cine-lvef"),
+    pytest.param("cxr", id="cxr-phantom", marks=pytest.mark.slow),
+    pytest.param(
+        "rg1",
+        id="rg1-real",
+        marks=[pytest.mark.slow, pytest.mark.skipif(H.RG1 is None, reason="pydicom-data is not installed")],
+    ),
+]
+
+
+@pytest.fixture(scope="module", params=KINDS)
+def written(request, tmp_path_factory):
+    """(store, study, SR file, SEG file) for each diagnosed study: the SEG, then the SR referencing it."""
+    store, study = H.shared_study(request.param, tmp_path_factory)
+    folder = tmp_path_factory.mktemp(f"sr_{request.param}")
+    seg = segmentation(store, study.run_id, study.datasets())
+    seg.save_as(folder / "seg.dcm")
+    sr = measurement_report(store, study.run_id, study.datasets(), segmentation=seg)
+    sr.save_as(folder / "sr.dcm")
+    return store, study, folder / "sr.dcm", folder / "seg.dcm"
+
+
+def test_sr_values_are_the_trace_s_exactly(written) -> None:
+    store, study, path, _ = written
+    sources = load_run_sources(store, study.run_id, study.files)
+    groups = H.measurement_groups(pydicom.dcmread(path))
+    by_id = {e.evidence_id: e for e in sources.made.evidence}
+    numeric = 0
+    for eid in deciding_evidence_ids(sources):
+        ev = by_id[eid]
+        group = next(g for g in groups if f"evidence_id={eid}" in g["params"])
+        code = indicator_coding(ev.indicator, ev.name).concept.value
+        if isinstance(ev.value, (bool, str)):
+            assert code in group["codes"]
+            continue
+        value, unit = group["nums"][code]
+        assert value == ev.value  # exactly: the IEEE double, not a decimal string's rounding
+        assert unit in {"1", "%", "mm", "mL", "mm3"}
+        numeric += 1
+    assert numeric >= 1
+
+
+def test_sr_holds_the_finding_and_the_diagnosis(written) -> None:
+    store, study, path, _ = written
+    sources = load_run_sources(store, study.run_id, study.files)
+    d = sources.made.diagnosis
+    groups = H.measurement_groups(pydicom.dcmread(path))
+    diagnosis = next(g for g in groups if "diagnosis" in g["codes"])
+    assert diagnosis["codes"]["diagnosis"] == label_code(d.label).value
+    assert diagnosis["codes"]["abstained"] == ("373066001" if d.abstained else "373067005")
+    assert diagnosis["nums"]["122157"][0] == d.confidence
+    findings = {"normal": "17621005", "abnormal": "263654008", "borderline": "111848"}
+    verdicts = [ind for crit in d.criteria for ind in crit.indicators if ind.evidence_ids]
+    for ind in verdicts:
+        group = next(g for g in groups if g["tracking"] and g["tracking"].startswith(f"{ind.indicator} ("))
+        assert group["codes"]["121071"] == findings.get(ind.finding, ind.finding)
+
+
+def test_sr_names_the_run_and_the_trace_head(written) -> None:
+    store, study, path, _ = written
+    head = store.run(study.run_id).head_sha256
+    groups = H.measurement_groups(pydicom.dcmread(path))
+    diagnosis = next(g for g in groups if "diagnosis" in g["codes"])
+    assert study.run_id in diagnosis["tracking"] and head in diagnosis["tracking"]
+    assert diagnosis["uid"] == hash_uid(head)
+    for g in groups:
+        assert f"run_id={study.run_id}" in g["params"] and f"trace_head_sha256={head}" in g["params"]
+
+
+def test_sr_references_the_sources_and_the_seg(written) -> None:
+    _, study, path, seg_path = written
+    sr = pydicom.dcmread(path)
+    seg = pydicom.dcmread(seg_path)
+    sources = {pydicom.dcmread(f).SOPInstanceUID for f in study.files}
+    evidence = {
+        i.ReferencedSOPInstanceUID
+        for s in sr.CurrentRequestedProcedureEvidenceSequence
+        for series in s.ReferencedSeriesSequence
+        for i in series.ReferencedSOPSequence
+    }
+    assert sources | {seg.SOPInstanceUID} == evidence
+    groups = H.measurement_groups(sr)
+    measured = [g for g in groups if "diagnosis" not in g["codes"] and g["nums"]]
+    assert measured and all(seg.SOPInstanceUID in g["refs"] for g in measured)
+
+
+def test_sr_passes_dciodvfy_and_rereads(written) -> None:
+    _, _, path, _ = written
+    errors, warnings = dciodvfy(path)
+    assert errors == []
+    assert unexpected_warnings(warnings) == []
+    report = hd.sr.srread(path)
+    assert isinstance(report, hd.sr.Comprehensive3DSR)
+    assert report.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.34"  # Comprehensive 3D SR Storage
+    assert pydicom.dcmread(path).ContentTemplateSequence[0].TemplateIdentifier == "1500"
+
+
+def test_sr_patient_and_study_are_the_sources(written) -> None:
+    _, study, path, _ = written
+    sr = pydicom.dcmread(path)
+    src = pydicom.dcmread(study.files[0])
+    for tag in (
+        "PatientName",
+        "PatientID",
+        "PatientBirthDate",
+        "PatientSex",
+        "StudyInstanceUID",
+        "AccessionNumber",
+    ):
+        assert sr.get(tag) == src.get(tag), tag
+    assert sr.SeriesInstanceUID != src.SeriesInstanceUID and sr.SOPInstanceUID != src.SOPInstanceUID
+
+
+def test_sr_without_a_seg_references_the_source_images(tmp_path, tmp_path_factory) -> None:
+    store, study = H.shared_study("ct", tmp_path_factory)
+    sr = measurement_report(store, study.run_id, study.files)
+    sr.save_as(tmp_path / "sr.dcm")
+    errors, _ = dciodvfy(tmp_path / "sr.dcm")
+    assert errors == []
+    sources = {pydicom.dcmread(f).SOPInstanceUID for f in study.files}
+    measured = [g for g in H.measurement_groups(sr) if "diagnosis" not in g["codes"]]
+    assert measured and all(g["refs"] == sources for g in measured)
+
+
+def test_sr_refuses_sources_the_run_did_not_read(tmp_path_factory) -> None:
+    store, ct = H.shared_study("ct", tmp_path_factory)
+    _, cine = H.shared_study("cine", tmp_path_factory)
+    with pytest.raises(UserError, match="not the images run"):
+        measurement_report(store, ct.run_id, cine.files)
+    with pytest.raises(UserError, match="no run"):
+        measurement_report(store, "20000101T000000-000000", ct.files)
+
+
+def test_sr_refuses_a_seg_of_another_run(tmp_path_factory) -> None:
+    store, ct = H.shared_study("ct", tmp_path_factory)
+    _, cine = H.shared_study("cine", tmp_path_factory)
+    other = segmentation(store, cine.run_id, cine.files)
+    with pytest.raises(UserError, match="not a mask of run"):
+        measurement_report(store, ct.run_id, ct.files, segmentation=other)
