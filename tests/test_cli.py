@@ -224,7 +224,7 @@ def test_diagnose_shows_the_image_quality_beside_each_finding(capsys, tmp_path, 
     [
         (["diagnoze"], "No such command 'diagnoze'. Did you mean 'diagnose'?"),
         (["diagnose", "--tsk", "x"], "No such option: --tsk (Possible options: --task)"),
-        (["pacs"], "No such command 'pacs'."),
+        (["pacs", "fnd"], "No such command 'fnd'. Did you mean 'find'?"),
         (["tools", "lst"], "No such command 'lst'. Did you mean 'list'?"),
     ],
 )
