@@ -39,6 +39,7 @@ from dxgraph.traces._fhir import (
 )
 from dxgraph.traces._migrations import SCHEMA_VERSION, apply_migrations, current_version
 from dxgraph.traces._portable import FORMAT_NAME, FORMAT_VERSION, SUFFIX, export_run, import_run
+from dxgraph.traces._pushes import PacsPushRow, pushes_of
 from dxgraph.traces._recorder import TraceRecorder, new_run_id
 from dxgraph.traces._replay_diff import (
     DEFAULT_TOLERANCES,
@@ -97,6 +98,7 @@ __all__ = [
     "EventRow",
     "LanguageModelRef",
     "ModelCalled",
+    "PacsPushRow",
     "PlanMade",
     "PlanRevised",
     "RetrievedRef",
@@ -126,6 +128,7 @@ __all__ = [
     "import_run",
     "new_run_id",
     "plan_dag",
+    "pushes_of",
     "referenced_artifacts",
     "render_report",
     "resolve_db_url",

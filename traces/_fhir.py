@@ -14,6 +14,7 @@ from dxgraph._version import __version__
 from dxgraph.core import Diagnosis, Evidence, IndicatorVerdict
 from dxgraph.errors import StoreError
 from dxgraph.traces._events import DiagnosisMade, RunFinished, RunStarted
+from dxgraph.traces._pushes import PacsPushRow, pushes_of
 from dxgraph.traces._store import TraceStore
 
 RUN_SYSTEM = "urn:dxgraph:run"
@@ -91,9 +92,23 @@ def fhir_diagnostic_report(store: TraceStore, run_id: str) -> dict[str, Any]:
             )
             observations.append((url, obs))
     report_url = _urn(run.run_id, "report")
+    studies = _imaging_studies(run.run_id, started)
     report = _report(run.run_id, run.head_sha256, started, made.diagnosis, observations, effective, issued)
-    provenance = _provenance(run.run_id, run.head_sha256, [report_url] + [u for u, _ in observations], issued)
-    entries = [(report_url, report), *observations, (_urn(run.run_id, "provenance"), provenance)]
+    if studies:
+        report["imagingStudy"] = [{"reference": url} for url, _ in studies]
+    documents = [
+        (_urn(run.run_id, f"sr:{p.sr_sop_uid}"), _sr_document(p, report_url, started.case.case_id, issued))
+        for p in pushes_of(store, run.run_id)
+    ]
+    targets = [report_url] + [u for u, _ in observations] + [u for u, _ in documents]
+    provenance = _provenance(run.run_id, run.head_sha256, targets, issued)
+    entries = [
+        (report_url, report),
+        *observations,
+        *studies,
+        *documents,
+        (_urn(run.run_id, "provenance"), provenance),
+    ]
     bundle = {
         "resourceType": "Bundle",
         "type": "collection",
@@ -102,6 +117,85 @@ def fhir_diagnostic_report(store: TraceStore, run_id: str) -> dict[str, Any]:
         "entry": [{"fullUrl": url, "resource": resource} for url, resource in entries],
     }
     return Bundle.model_validate(bundle).model_dump(mode="json")
+
+
+def _imaging_studies(run_id: str, started: RunStarted) -> list[tuple[str, dict[str, Any]]]:
+    """An ImagingStudy per source study of images retrieved from a PACS (its series and instances by UID)."""
+    from fhir.resources.R4B.imagingstudy import ImagingStudy
+
+    by_study: dict[str, dict[str, Any]] = {}
+    for image in started.case.images:
+        src = image.source
+        if src is None:
+            continue
+        study = by_study.setdefault(
+            src.study_uid,
+            {
+                "resourceType": "ImagingStudy",
+                "identifier": [{"system": "urn:dicom:uid", "value": f"urn:oid:{src.study_uid}"}],
+                "status": "available",
+                "subject": _subject(started.case.case_id),
+                "endpoint": [],
+                "series": [],
+                "_pacs": src.pacs_url,
+            },
+        )
+        study["series"].append(
+            {
+                "uid": src.series_uid,
+                "modality": {
+                    "system": "http://dicom.nema.org/resources/ontology/DCM",
+                    "code": _dicom_modality(image.modality),
+                },
+                "numberOfInstances": len(src.sop_instance_uids),
+            }
+        )
+    out = []
+    for uid, study in by_study.items():
+        pacs = study.pop("_pacs")
+        study.pop("endpoint")
+        study["description"] = f"retrieved from {pacs}"
+        out.append((_urn(run_id, f"study:{uid}"), ImagingStudy.model_validate(study).model_dump(mode="json")))
+    return out
+
+
+def _dicom_modality(modality: str | None) -> str:
+    """The DICOM modality code of a case image's modality (``OT`` when unknown)."""
+    return {"cxr": "DX", "ct": "CT", "mr": "MR", "us": "US", "fundus": "OP"}.get(modality or "", "OT")
+
+
+def _sr_document(push: PacsPushRow, report_url: str, case_id: str, issued: str) -> dict[str, Any]:
+    """A DocumentReference to the DICOM SR the run's results were stored as in a PACS (WADO-RS URL)."""
+    from fhir.resources.R4B.documentreference import DocumentReference
+
+    url = (
+        f"{push.pacs_url.rstrip('/')}/studies/{push.study_uid}/series/{push.sr_series_uid}"
+        f"/instances/{push.sr_sop_uid}"
+    )
+    doc = {
+        "resourceType": "DocumentReference",
+        "identifier": [{"system": "urn:dicom:uid", "value": f"urn:oid:{push.sr_sop_uid}"}],
+        "status": "current",
+        "type": {
+            "coding": [
+                {"system": "http://loinc.org", "code": "18748-4", "display": "Diagnostic imaging study"}
+            ],
+            "text": "DICOM SR measurement report (TID 1500)",
+        },
+        "subject": _subject(case_id),
+        "date": _instant(push.pushed_at),
+        "content": [
+            {
+                "attachment": {
+                    "contentType": "application/dicom",
+                    "url": url,
+                    "title": "dxgraph measurement report",
+                }
+            }
+        ],
+        "context": {"related": [{"reference": report_url}]},
+    }
+    return DocumentReference.model_validate(doc).model_dump(mode="json")
 
 
 def _subject(case_id: str) -> dict[str, Any]:

@@ -208,6 +208,25 @@ def _m008_web_sessions(conn: sa.Connection) -> None:
     md.create_all(conn)
 
 
+def _m009_pacs_pushes(conn: sa.Connection) -> None:
+    """Results sent to a PACS (insert-only): which run's DICOM SR and SEG went to which PACS, and when."""
+    md = sa.MetaData()
+    sa.Table(
+        "pacs_pushes",
+        md,
+        sa.Column("push_id", sa.String, primary_key=True),
+        sa.Column("run_id", sa.String, nullable=False, index=True),
+        sa.Column("pacs_url", sa.String, nullable=False),
+        sa.Column("study_uid", sa.String, nullable=False),
+        sa.Column("sr_series_uid", sa.String, nullable=False),
+        sa.Column("sr_sop_uid", sa.String, nullable=False),
+        sa.Column("seg_series_uid", sa.String, nullable=True),
+        sa.Column("seg_sop_uid", sa.String, nullable=True),
+        sa.Column("pushed_at", sa.DateTime, nullable=False),
+    )
+    md.create_all(conn)
+
+
 MIGRATIONS: dict[int, Callable[[sa.Connection], None]] = {
     1: _m001_initial,
     2: _m002_lookup_indexes,
@@ -217,6 +236,7 @@ MIGRATIONS: dict[int, Callable[[sa.Connection], None]] = {
     6: _m006_server_cohorts,
     7: _m007_run_verifications,
     8: _m008_web_sessions,
+    9: _m009_pacs_pushes,
 }
 """Schema version -> the migration that brings the previous version to it."""
 SCHEMA_VERSION = max(MIGRATIONS)
