@@ -8,6 +8,7 @@ same way and must account for every image of the run, and nothing else, or a Use
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import io
 import tempfile
@@ -217,3 +218,33 @@ def mask_on_source_grid(mask: np.ndarray, image: SourceImage) -> np.ndarray | No
 def load_mask(store: TraceStore, ref: ArtifactRef) -> np.ndarray:
     """A stored mask artifact's array."""
     return load_array(store, ref)
+
+
+_DATES = {"PatientBirthDate": "DA", "StudyDate": "DA", "StudyTime": "TM"}
+"""The dates and times highdicom copies from the first source instance, and their VR."""
+
+
+def with_readable_identity(datasets: Sequence[Dataset]) -> list[Dataset]:
+    """The instances, the first (the one highdicom copies patient and study from) copied with any date or
+    time that is not one blanked: anonymisers write ``00000000``, which no DICOM writer accepts. Type 2
+    attributes may be empty; nothing is made up in their place."""
+    from pydicom.valuerep import DA, TM
+
+    if not datasets:
+        return []
+    first = datasets[0]
+    bad = []
+    for keyword, vr in _DATES.items():
+        value = str(first.get(keyword, "") or "")
+        try:
+            ok = not value or (DA(value) if vr == "DA" else TM(value)) is not None
+        except ValueError:
+            ok = False
+        if not ok:
+            bad.append(keyword)
+    if not bad:
+        return list(datasets)
+    fixed = copy.deepcopy(first)
+    for keyword in bad:
+        setattr(fixed, keyword, "")
+    return [fixed, *datasets[1:]]

@@ -32,6 +32,7 @@ from dxgraph.pacs._run_sources import (
     load_mask,
     load_run_sources,
     mask_on_source_grid,
+    with_readable_identity,
 )
 from dxgraph.traces import TraceStore
 
@@ -161,15 +162,17 @@ def plan_segmentation(store: TraceStore, sources: RunSources) -> SegmentationPla
                 wanted.setdefault(ref.sha256, []).append(eid)
     if not wanted:
         raise UserError(f"the evidence of run {sources.run_id} rests on no mask: there is no SEG to write")
-    target: SourceImage | None = None
+    arrays = {sha: load_mask(store, masks[sha].ref) for sha in wanted}
+    images = {sha: _image_of(sources, masks[sha], tuple(arrays[sha].shape)) for sha in wanted}
+    found = [im for im in images.values() if im is not None]
+    preferred = [im for im in found if im.image.timepoint == "current"] or found
+    target = preferred[0] if preferred else None
     planes: list[np.ndarray] = []
     segments: list[SegmentSource] = []
     skipped: list[str] = []
     for sha, eids in wanted.items():
-        m = masks[sha]
-        arr = load_mask(store, m.ref)
-        image = _image_of(sources, m, tuple(arr.shape))
-        if image is None or (target is not None and image is not target):
+        m, arr, image = masks[sha], arrays[sha], images[sha]
+        if image is None or image is not target:
             skipped.append(f"{m.field} ({m.step_id} {m.tool}): not on the image the SEG references")
             continue
         grid = mask_on_source_grid(arr, image)
@@ -183,7 +186,6 @@ def plan_segmentation(store: TraceStore, sources: RunSources) -> SegmentationPla
             if not phases:
                 skipped.append(f"{m.field} ({m.step_id} {m.tool}): empty in every frame")
                 continue
-        target = image
         labels = [int(v) for v in np.unique(grid) if v != 0] if grid.dtype.kind in "iu" else []
         values: list[int | None] = list(labels) if len(labels) > 1 else [None]
         for t, phase in phases:
@@ -192,7 +194,7 @@ def plan_segmentation(store: TraceStore, sources: RunSources) -> SegmentationPla
                 planes.append(plane == v if v is not None else plane != 0)
                 tracking = sha + ("" if v is None else f"#{v}") + ("" if t is None else f"@t{t}")
                 segments.append(SegmentSource(len(segments) + 1, m, v, t, phase, tuple(eids), tracking))
-    if target is None:
+    if target is None or not segments:
         raise UserError(
             f"no mask of run {sources.run_id} lies on a source image's grid: " + "; ".join(skipped)
         )
@@ -251,6 +253,10 @@ def _check_sources(image: SourceImage) -> None:
             raise UserError(f"the source instances have no {tag}: a SEG cannot reference them")
     if len(image.datasets) > 1 and not first.get("FrameOfReferenceUID"):
         raise UserError("the source series has no FrameOfReferenceUID: a SEG over a volume needs one")
+    if len({str(ds.get("FrameOfReferenceUID", "")) for ds in image.datasets}) > 1:
+        raise UserError(
+            "the source series' instances name different frames of reference: one SEG cannot span them"
+        )
 
 
 def _same_structure(a: SegmentSource, b: SegmentSource) -> bool:
@@ -303,7 +309,7 @@ def build_segmentation(
     others = [ds for ds in plan.image.datasets if all(ds is not r for r in plan.reference)]
     used = {id(ds) for s in plan.segments for ds in _instances_of(plan, s)}
     seg = hd.seg.Segmentation(
-        source_images=list(plan.reference),
+        source_images=with_readable_identity(plan.reference),
         further_source_images=[ds for ds in others if id(ds) in used] or None,
         pixel_array=plan.pixels.astype(np.uint8),
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,

@@ -51,7 +51,7 @@ from dxgraph.pacs._codes import (
     label_code,
     unit_code,
 )
-from dxgraph.pacs._run_sources import RunSources, load_run_sources
+from dxgraph.pacs._run_sources import RunSources, load_run_sources, with_readable_identity
 from dxgraph.pacs._seg import SegmentSource, deciding_evidence_ids
 from dxgraph.traces import TraceStore
 
@@ -277,7 +277,7 @@ def build_report(
         procedure_reported=IMAGING_PROCEDURE,
         imaging_measurements=[*_indicator_groups(sources, seg, segments), _diagnosis_group(sources)],
     )
-    evidence = sources.all_datasets() + ([seg] if seg is not None else [])
+    evidence = with_readable_identity(sources.all_datasets()) + ([seg] if seg is not None else [])
     sr = hd.sr.Comprehensive3DSR(
         evidence=evidence,
         content=report[0],

@@ -60,9 +60,9 @@ class Diagnosed:
     run_id: str
     """The run."""
     path: Path
-    """The file or series folder diagnosed."""
+    """The file or series folder diagnosed (the current one, for a pair)."""
     files: list[Path]
-    """Its DICOM files."""
+    """Its DICOM files (of both studies, for a pair; the current study's first)."""
 
     def datasets(self) -> list[pydicom.Dataset]:
         """The source instances as Datasets (read from the files, as a caller holds them)."""
@@ -70,10 +70,22 @@ class Diagnosed:
 
 
 def diagnose_study(store, kind: str, folder: Path) -> Diagnosed:
-    """Write (or copy) the study of ``kind`` (``cxr``, ``rg1``, ``ct``, ``cine``) and diagnose it."""
+    """Write (or copy) the study of ``kind`` (``cxr``, ``rg1``, ``ct``, ``cine``, ``recist``: a prior and
+    a current CT series) and diagnose it."""
     from dxgraph import diagnose
     from dxgraph.phantoms import write_cardiomegaly_case, write_lvef_case, write_nodule_case
 
+    if kind == "recist":
+        from dxgraph.core import ImageSpec
+
+        baseline, followup = write_recist_dicom(folder)
+        specs = [
+            ImageSpec(path=baseline, modality="ct", timepoint="prior"),
+            ImageSpec(path=followup, modality="ct"),
+        ]
+        result = diagnose("tumour response by RECIST 1.1 compared with the prior CT", specs, store=store)
+        files = [f for p in (followup, baseline) for f in sorted(p.iterdir()) if f.is_file()]
+        return Diagnosed(result.run_id, followup, files)
     if kind == "rg1":
         assert RG1 is not None
         path = folder / "RG1_UNCR.dcm"
@@ -162,3 +174,18 @@ def measurement_groups(sr) -> list[dict]:
             g["refs"].update(r.ReferencedSOPInstanceUID for r in sub.ReferencedSOPSequence)
         groups.append(g)
     return groups
+
+
+def write_recist_dicom(folder: Path, seed: int = 102) -> tuple[Path, Path]:
+    """A RECIST phantom pair (baseline, follow-up) written as two CT DICOM series of one patient, each
+    its own study: (baseline folder, follow-up folder)."""
+    from dxgraph.phantoms import write_dicom_series
+    from dxgraph.phantoms._recist import recist_pair
+
+    pair = recist_pair(seed, response="PR")
+    baseline, followup = folder / "baseline", folder / "followup"
+    write_dicom_series(baseline, pair.baseline_hu, pair.baseline_spacing_mm, seed)
+    write_dicom_series(followup, pair.followup_hu, pair.followup_spacing_mm, seed + 1)
+    identify(baseline)
+    identify(followup)
+    return baseline, followup

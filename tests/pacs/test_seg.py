@@ -37,6 +37,7 @@ H = _helpers()
 KINDS = [
     pytest.param("ct", id="ct-nodule"),
     pytest.param("cine", id="cine-lvef"),
+    pytest.param("recist", id="ct-recist-pair"),
     pytest.param("cxr", id="cxr-phantom", marks=pytest.mark.slow),
     pytest.param(
         "rg1",
@@ -61,7 +62,8 @@ def test_seg_masks_equal_the_evidence_masks_on_the_source_grid(built) -> None:
     store, study, path, plan, _sources = built
     seg = hd.seg.segread(path)
     masks = H.evidence_masks(store, study.run_id)
-    assert plan.segments and not plan.skipped
+    assert plan.segments
+    assert all("baseline_" in reason for reason in plan.skipped)  # a RECIST baseline lies in the prior study
     for s in plan.segments:
         assert s.mask.ref.sha256 in masks
         grid = mask_on_source_grid(masks[s.mask.ref.sha256], plan.image)
@@ -139,3 +141,27 @@ def test_the_store_stays_free_of_the_sources_identity(tmp_path_factory) -> None:
     data = b"".join(p.read_bytes() for p in db.parent.glob(db.name + "*"))
     for value in ("Testpatient", H.IDENTITY["PatientID"], H.IDENTITY["AccessionNumber"]):
         assert value.encode() not in data
+
+
+def test_a_whole_image_mask_on_another_grid_is_brought_back_by_nearest_neighbour() -> None:
+    from types import SimpleNamespace
+
+    image = SimpleNamespace(image=SimpleNamespace(shape=(4, 6), dims="2d"), datasets=(None,), frames=())
+    half = np.array([[1, 0, 1], [0, 1, 0]], dtype=np.uint8)  # (2, 3): every source pixel doubled
+    grid = mask_on_source_grid(half, image)
+    assert grid.shape == (1, 4, 6)
+    assert np.array_equal(grid[0], np.kron(half, np.ones((2, 2), dtype=np.uint8)))
+    assert mask_on_source_grid(np.zeros((2, 3, 4)), image) is None  # not of the image's axes
+
+
+def test_an_impossible_date_is_copied_empty_and_the_source_left_alone() -> None:
+    from dxgraph.pacs._run_sources import with_readable_identity
+
+    ds = pydicom.Dataset()
+    ds.PatientBirthDate, ds.StudyDate, ds.PatientID = "00000000", "20260101", "X1"
+    fixed = with_readable_identity([ds])[0]
+    assert fixed is not ds and fixed.PatientBirthDate == "" and fixed.StudyDate == "20260101"
+    assert ds.PatientBirthDate == "00000000"
+    good = pydicom.Dataset()
+    good.PatientBirthDate = "19600101"
+    assert with_readable_identity([good])[0] is good

@@ -38,6 +38,7 @@ H = _helpers()
 KINDS = [
     pytest.param("ct", id="ct-nodule"),
     pytest.param("cine", id="cine-lvef"),
+    pytest.param("recist", id="ct-recist-pair"),
     pytest.param("cxr", id="cxr-phantom", marks=pytest.mark.slow),
     pytest.param(
         "rg1",
@@ -113,11 +114,15 @@ def test_sr_references_the_sources_and_the_seg(written) -> None:
     sources = {pydicom.dcmread(f).SOPInstanceUID for f in study.files}
     evidence = {
         i.ReferencedSOPInstanceUID
-        for s in sr.CurrentRequestedProcedureEvidenceSequence
+        for s in [
+            *sr.CurrentRequestedProcedureEvidenceSequence,
+            *sr.get("PertinentOtherEvidenceSequence", []),
+        ]
         for series in s.ReferencedSeriesSequence
         for i in series.ReferencedSOPSequence
     }
-    assert sources | {seg.SOPInstanceUID} == evidence
+    assert sources | {seg.SOPInstanceUID} == evidence  # a prior study's instances: pertinent other evidence
+    assert {s.StudyInstanceUID for s in sr.CurrentRequestedProcedureEvidenceSequence} == {sr.StudyInstanceUID}
     groups = H.measurement_groups(sr)
     measured = [g for g in groups if "diagnosis" not in g["codes"] and g["nums"]]
     assert measured and all(seg.SOPInstanceUID in g["refs"] for g in measured)
@@ -176,3 +181,35 @@ def test_sr_refuses_a_seg_of_another_run(tmp_path_factory) -> None:
     other = segmentation(store, cine.run_id, cine.files)
     with pytest.raises(UserError, match="not a mask of run"):
         measurement_report(store, ct.run_id, ct.files, segmentation=other)
+
+
+SUNNYBROOK = (
+    Path(__file__).resolve().parents[3] / "shared" / "data" / "cine_sunnybrook" / "dicoms" / "SCD0000101"
+)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not SUNNYBROOK.is_dir(), reason="the Sunnybrook cine (shared/data) is absent")
+@pytest.mark.filterwarnings("ignore::UserWarning")  # pydicom warns on each of the source's invalid UIDs
+def test_real_sunnybrook_cine_gets_an_sr_and_a_clear_refusal_of_a_seg(tmp_path) -> None:
+    """A real cine read straight from the shared data: the SR holds the trace's LVEF exactly; a SEG is
+    refused in one line, since every instance names its own frame of reference; dciodvfy's only errors
+    are the source's own invalid UIDs (components with leading zeros), copied and referenced as they are."""
+    from dxgraph import diagnose
+    from dxgraph.traces import TraceStore
+
+    store = TraceStore(f"sqlite:///{tmp_path / 'traces.db'}")
+    run = diagnose("left-ventricular ejection fraction", [str(SUNNYBROOK)], store=store, modality="mr")
+    with pytest.raises(UserError, match="different frames of reference"):
+        segmentation(store, run.run_id, [SUNNYBROOK])
+    sr = measurement_report(store, run.run_id, [SUNNYBROOK])
+    sr.save_as(tmp_path / "sr.dcm")
+    assert isinstance(hd.sr.srread(tmp_path / "sr.dcm"), hd.sr.Comprehensive3DSR)
+    sources = load_run_sources(store, run.run_id, [SUNNYBROOK])
+    lvef = next(e for e in sources.made.evidence if e.evidence_id in deciding_evidence_ids(sources))
+    group = next(g for g in H.measurement_groups(sr) if f"evidence_id={lvef.evidence_id}" in g["params"])
+    assert group["nums"]["8811-2"][0] == lvef.value
+    errors, warnings = dciodvfy(tmp_path / "sr.dcm")
+    assert errors and all("Leading zeroes in embedded numeric component" in e for e in errors)
+    assert unexpected_warnings([w for w in warnings if "Leading zeroes" not in w]) == []
+    assert sr.PatientID == pydicom.dcmread(next(SUNNYBROOK.iterdir())).PatientID
