@@ -8,6 +8,16 @@ run. The masks are on the grid of the image the reader decoded (a whole-image ma
 is brought back by nearest neighbour); their planes go to the source instances in the order the reader
 stacked them (``_run_sources``), so every SEG frame lies on its source instance's own plane.
 
+What one SEG can and cannot hold, and what is done about it:
+- it references one series: that of the current study's image the masks lie on (for co-registered MR
+  sequences, the first the tool read: they share the frame of reference, so the segments lie right on
+  every one); a mask on another image (a RECIST baseline in the prior study) is left out and listed in
+  ``SegmentationPlan.skipped``;
+- a cine mask (t, z, y, x) becomes two segments, end-diastole and end-systole (what an ejection fraction
+  rests on), each frame derived from the instance of its own time point;
+- a series whose instances each name their own frame of reference (real Sunnybrook data) cannot carry
+  one SEG: UserError, the SR is still written.
+
 Patient, study and frame of reference are copied from the sources by highdicom, never invented; the
 SEG gets a new series and SOP instance UID.
 """

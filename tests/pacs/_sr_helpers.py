@@ -33,11 +33,12 @@ IDENTITY = {
 """What the phantoms lack and a PACS instance has: patient and study identity (made up, for the tests)."""
 
 
-def identify(path: Path) -> None:
-    """Give a phantom DICOM file, or every file of a series folder, a patient, a study, a series (UID and number)
-    and (for a series) a frame of reference, as an archived instance has them; in place."""
+def identify(path: Path, study: str | None = None, frame: str | None = None, number: int = 1) -> None:
+    """Give a phantom DICOM file, or every file of a series folder, a patient, a study, a series (UID and
+    number) and (for a series) a frame of reference, as an archived instance has them; in place. Series
+    of one study share ``study`` (and, co-registered, ``frame``)."""
     files = sorted(f for f in path.iterdir() if f.is_file()) if path.is_dir() else [path]
-    study, series, frame = generate_uid(), generate_uid(), generate_uid()
+    study, series, frame = study or generate_uid(), generate_uid(), frame or generate_uid()
     for f in files:
         ds = pydicom.dcmread(f)
         for key, value in IDENTITY.items():
@@ -45,7 +46,7 @@ def identify(path: Path) -> None:
         ds.StudyInstanceUID = study
         if "SeriesInstanceUID" not in ds:
             ds.SeriesInstanceUID = series
-        ds.SeriesNumber = 1
+        ds.SeriesNumber = number
         ds.Manufacturer = "phantom"
         if len(files) > 1:
             ds.FrameOfReferenceUID = frame
@@ -75,6 +76,14 @@ def diagnose_study(store, kind: str, folder: Path) -> Diagnosed:
     from dxgraph import diagnose
     from dxgraph.phantoms import write_cardiomegaly_case, write_lvef_case, write_nodule_case
 
+    if kind == "brain":
+        from dxgraph.core import ImageSpec
+
+        folders = write_brain_dicom(folder)
+        specs = [ImageSpec(path=p, modality="mr", sequence=name) for name, p in folders.items()]
+        result = diagnose("brain tumour", specs, store=store)
+        files = [f for p in folders.values() for f in sorted(p.iterdir()) if f.is_file()]
+        return Diagnosed(result.run_id, next(iter(folders.values())), files)
     if kind == "recist":
         from dxgraph.core import ImageSpec
 
@@ -189,3 +198,33 @@ def write_recist_dicom(folder: Path, seed: int = 102) -> tuple[Path, Path]:
     identify(baseline)
     identify(followup)
     return baseline, followup
+
+
+def write_brain_dicom(folder: Path, seed: int = 7) -> dict[str, Path]:
+    """The brain tumour phantom's four co-registered sequences as MR DICOM series of one study (sequence ->
+    series folder)."""
+    from dxgraph.phantoms import brain_phantom, write_dicom_slice
+
+    ph = brain_phantom(seed)
+    study, frame = generate_uid(), generate_uid()
+    out = {}
+    for number, (name, volume) in enumerate(ph.volumes.items(), start=1):
+        series = folder / name
+        uid = generate_uid()
+        data = np.clip(np.round(volume), 0, 32767).astype(np.uint16)
+        for z in range(data.shape[0]):
+            write_dicom_slice(
+                series / f"{name}_{z:04d}.dcm",
+                data[z],
+                modality="MR",
+                series_uid=uid,
+                instance_number=z + 1,
+                orientation=(1, 0, 0, 0, 1, 0),
+                position_mm=(0.0, 0.0, z * ph.spacing_mm[0]),
+                pixel_spacing_mm=(ph.spacing_mm[1], ph.spacing_mm[2]),
+                slice_thickness_mm=ph.spacing_mm[0],
+                SeriesDescription=name,
+            )
+        identify(series, study, frame, number)
+        out[name] = series
+    return out

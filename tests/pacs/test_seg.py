@@ -1,7 +1,8 @@
 """The SEG of a stored run: the evidence masks, pixel for pixel on the source instances, valid DICOM.
 
 Diagnosed studies (``_sr_helpers``): the CXR phantom and the real RG1_UNCR radiograph (cardiomegaly), the
-CT nodule phantom series (pulmonary nodule) and the cine MR phantom series (LVEF), each as DICOM files
+CT nodule phantom series (pulmonary nodule), the cine MR phantom series (LVEF), the RECIST phantom pair as
+two CT series of two studies, and the brain tumour phantom as four co-registered MR series, each as DICOM files
 with a patient and study identity.
 """
 
@@ -38,6 +39,7 @@ KINDS = [
     pytest.param("ct", id="ct-nodule"),
     pytest.param("cine", id="cine-lvef"),
     pytest.param("recist", id="ct-recist-pair"),
+    pytest.param("brain", id="mr-brain-4-series", marks=pytest.mark.slow),
     pytest.param("cxr", id="cxr-phantom", marks=pytest.mark.slow),
     pytest.param(
         "rg1",
@@ -154,6 +156,7 @@ def test_a_whole_image_mask_on_another_grid_is_brought_back_by_nearest_neighbour
     assert mask_on_source_grid(np.zeros((2, 3, 4)), image) is None  # not of the image's axes
 
 
+@pytest.mark.filterwarnings("ignore:Invalid value for VR DA")
 def test_an_impossible_date_is_copied_empty_and_the_source_left_alone() -> None:
     from dxgraph.pacs._run_sources import with_readable_identity
 

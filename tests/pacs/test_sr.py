@@ -2,7 +2,8 @@
 the diagnosis, references to the sources and the SEG, and the run id and head hash for an auditor.
 
 Diagnosed studies (``_sr_helpers``): the CXR phantom and the real RG1_UNCR radiograph (cardiomegaly), the
-CT nodule phantom series (pulmonary nodule) and the cine MR phantom series (LVEF).
+CT nodule phantom series (pulmonary nodule), the cine MR phantom series (LVEF), the RECIST phantom pair as
+two CT series of two studies, and the brain tumour phantom as four co-registered MR series.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ KINDS = [
     pytest.param("ct", id="ct-nodule"),
     pytest.param("cine", id="cine-lvef"),
     pytest.param("recist", id="ct-recist-pair"),
+    pytest.param("brain", id="mr-brain-4-series", marks=pytest.mark.slow),
     pytest.param("cxr", id="cxr-phantom", marks=pytest.mark.slow),
     pytest.param(
         "rg1",
