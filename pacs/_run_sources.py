@@ -4,6 +4,11 @@ The trace keeps no pixel file and no header, only each image's ``file_sha256``: 
 bytes, or for a series folder the sha256 of its files' sorted hex hashes (``dxgraph.imaging.read_image``).
 The caller passes the instances again (paths, or pydicom Datasets read from files); they are hashed the
 same way and must account for every image of the run, and nothing else, or a UserError says which.
+
+A Dataset read from a file is hashed as that file (while it still equals it); one held only in memory
+(as DICOMweb retrieves it) is written out to be hashed, which reproduces the bytes of a well-formed file
+(the phantoms, RG1_UNCR) but not of every file (Sunnybrook's do not round-trip): pass the files, or
+Datasets read from them, to be sure.
 """
 
 from __future__ import annotations
@@ -104,12 +109,15 @@ def _read(data: bytes) -> Dataset:
 
 
 def _dataset_bytes(ds: Dataset) -> bytes:
-    """The bytes a Dataset was read from (its file, when it has one), else it written out as it was read."""
+    """The bytes a Dataset was read from (its file, when it has one and the Dataset still equals it), else
+    the Dataset written out: a Dataset changed after reading no longer hashes as the file the run read."""
     import pydicom
 
     name = getattr(ds, "filename", None)
     if isinstance(name, str) and Path(name).is_file():
-        return Path(name).read_bytes()
+        data = Path(name).read_bytes()
+        if _read(data) == ds:
+            return data
     buf = io.BytesIO()
     pydicom.dcmwrite(buf, ds, enforce_file_format=False)
     return buf.getvalue()

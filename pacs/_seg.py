@@ -100,16 +100,22 @@ def deciding_evidence_ids(sources: RunSources) -> list[str]:
     for crit in d.criteria:
         for ind in crit.indicators:
             ids += ind.evidence_ids
-    by_id = {e.evidence_id: e for e in sources.made.evidence}
     out: list[str] = []
     for i in ids:
-        seen: set[str] = set()
-        while i in by_id and i not in seen and (nxt := by_id[i].superseded_by):
-            seen.add(i)
-            i = nxt
-        if i in by_id and i not in out:
+        i = replacing_evidence_id(sources, i)
+        if i in {e.evidence_id for e in sources.made.evidence} and i not in out:
             out.append(i)
     return out
+
+
+def replacing_evidence_id(sources: RunSources, evidence_id: str) -> str:
+    """The evidence the decision reads for an evidence id: itself, or what supersedes it (transitively)."""
+    by_id = {e.evidence_id: e for e in sources.made.evidence}
+    seen: set[str] = set()
+    while evidence_id in by_id and evidence_id not in seen and (nxt := by_id[evidence_id].superseded_by):
+        seen.add(evidence_id)
+        evidence_id = nxt
+    return evidence_id
 
 
 def _image_ids_in(obj: Any) -> list[str]:

@@ -52,7 +52,7 @@ from dxgraph.pacs._codes import (
     unit_code,
 )
 from dxgraph.pacs._run_sources import RunSources, load_run_sources, with_readable_identity
-from dxgraph.pacs._seg import SegmentSource, deciding_evidence_ids
+from dxgraph.pacs._seg import SegmentSource, deciding_evidence_ids, replacing_evidence_id
 from dxgraph.traces import TraceStore
 
 if TYPE_CHECKING:
@@ -145,7 +145,8 @@ def _indicator_groups(
     ] = []
     for crit in sources.made.diagnosis.criteria:
         for ind in crit.indicators:
-            evs: list[Evidence | None] = [by_id[i] for i in ind.evidence_ids if i in deciding and i in by_id]
+            ids = dict.fromkeys(replacing_evidence_id(sources, i) for i in ind.evidence_ids)
+            evs: list[Evidence | None] = [by_id[i] for i in ids if i in deciding and i in by_id]
             for ev in evs or [None]:
                 coding = indicator_coding(ind.indicator, ind.name)
                 measurements, evaluations = _content(ev, ind.indicator, ind.name, ind.finding)

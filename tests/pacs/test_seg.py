@@ -126,10 +126,10 @@ def test_sources_that_are_not_the_run_s_images_are_refused(tmp_path_factory) -> 
     with pytest.raises(UserError, match="not among the images"):
         segmentation(store, ct.run_id, ct.datasets() + cine.datasets()[:1])
     changed = ct.datasets()
-    changed[0].PatientID = "SOMEONE_ELSE"
-    changed[0].filename = None  # held in memory, no longer the file it was read from
+    changed[0].PatientID = "SOMEONE_ELSE"  # changed after reading: no longer the file the run read
     with pytest.raises(UserError, match="not the images run"):
         segmentation(store, ct.run_id, changed)
+    assert segmentation(store, ct.run_id, ct.datasets()).PatientID == H.IDENTITY["PatientID"]
 
 
 def test_the_store_stays_free_of_the_sources_identity(tmp_path_factory) -> None:
@@ -168,3 +168,12 @@ def test_an_impossible_date_is_copied_empty_and_the_source_left_alone() -> None:
     good = pydicom.Dataset()
     good.PatientBirthDate = "19600101"
     assert with_readable_identity([good])[0] is good
+
+
+def test_sources_held_in_memory_are_hashed_as_written(tmp_path_factory) -> None:
+    """Datasets that never had a file (as a DICOMweb client returns them) are written out and match."""
+    import io
+
+    store, study = H.shared_study("ct", tmp_path_factory)
+    in_memory = [pydicom.dcmread(io.BytesIO(f.read_bytes())) for f in study.files]
+    assert segmentation(store, study.run_id, in_memory).NumberOfFrames >= 1
