@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from dxgraph.pacs import PacsClient
 
 pacs_app = typer.Typer(
-    help="A PACS over DICOMweb: find studies, pull one and diagnose it."
+    help="A PACS over DICOMweb: find studies, pull one and diagnose it, push a run's results back (SR, SEG)."
     " Credentials: $DXGRAPH_PACS_USERNAME/$DXGRAPH_PACS_PASSWORD, $DXGRAPH_PACS_TOKEN or ~/.config/dxgraph/pacs.yaml.",
     no_args_is_help=True,
 )
@@ -167,3 +167,41 @@ def pull(
         )
         return
     print_run(result.run, options.planner)
+
+
+@pacs_app.command("push")
+def push(
+    run_id: Annotated[str, typer.Argument(help="The run whose results to send (id or unique prefix).")],
+    url: UrlOpt,
+    source: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--source",
+            help="For a run of local files: the DICOM files or series folders it read; repeatable."
+            " A run pulled from the PACS fetches them again.",
+        ),
+    ] = None,
+    again: Annotated[
+        bool, typer.Option("--again", help="Send a run already pushed to this PACS once more.")
+    ] = False,
+    db: DbOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Send a run's results to the PACS (STOW-RS): a DICOM SR measurement report and a SEG of its masks."""
+    from dxgraph.pacs import push as run_push
+    from dxgraph.traces import TraceStore
+
+    store = TraceStore(db, create=False)
+    with _client(url) as client:
+        result = run_push(client, store, run_id, sources=source or (), again=again)
+    if as_json:
+        print_json(result.model_dump(mode="json"))
+        return
+    if result.already:
+        out.print(
+            f"run {result.run_id} was pushed to {result.pacs_url} at {result.pushed_at:%Y-%m-%d %H:%M:%S} UTC;"
+            " nothing sent (--again to resend)"
+        )
+    else:
+        seg = f" and SEG {result.seg_sop_uid} ({result.n_segments} segments)" if result.seg_sop_uid else ""
+        out.print(f"stored SR {result.sr_sop_uid}{seg} in study {result.study_uid} at {result.pacs_url}")

@@ -6,17 +6,22 @@
   (``retrieve_series``) and STOW-RS store (``store``); every failure is one clear ``UserError``.
 * ``pull``: retrieve a study's series (``choose_series`` picks the one a task measures on) and diagnose it
   through the same readers as local files; the trace records the Study/Series/SOP Instance UIDs.
+* ``push``: a run's results back into the PACS (STOW-RS) as a TID 1500 Measurement Report (SR) and a
+  Segmentation (SEG) of the masks its evidence rests on, checked with ``dciodvfy`` first, recorded once.
 """
 
 from dxgraph.pacs._config import PacsAuth, PacsConfig
 from dxgraph.pacs._dicomweb import PacsClient, RefusedInstance, SeriesSummary, StoreResult, StudySummary
 from dxgraph.pacs._pull import PullResult, SeriesChoice, choose_series, pull
+from dxgraph.pacs._push import InvalidDicom, PushResult, push
 
 __all__ = [
+    "InvalidDicom",
     "PacsAuth",
     "PacsClient",
     "PacsConfig",
     "PullResult",
+    "PushResult",
     "RefusedInstance",
     "SeriesChoice",
     "SeriesSummary",
@@ -24,4 +29,5 @@ __all__ = [
     "StudySummary",
     "choose_series",
     "pull",
+    "push",
 ]

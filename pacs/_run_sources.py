@@ -230,12 +230,25 @@ def load_mask(store: TraceStore, ref: ArtifactRef) -> np.ndarray:
 
 _DATES = {"PatientBirthDate": "DA", "StudyDate": "DA", "StudyTime": "TM"}
 """The dates and times highdicom copies from the first source instance, and their VR."""
+_TYPE2 = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+    "StudyID",
+    "AccessionNumber",
+)
+"""Type 2 attributes of the Patient and General Study modules highdicom copies: present, maybe empty."""
 
 
 def with_readable_identity(datasets: Sequence[Dataset]) -> list[Dataset]:
     """The instances, the first (the one highdicom copies patient and study from) copied with any date or
-    time that is not one blanked: anonymisers write ``00000000``, which no DICOM writer accepts. Type 2
-    attributes may be empty; nothing is made up in their place."""
+    time that is not one blanked (anonymisers write ``00000000``, which no DICOM writer accepts) and any
+    Type 2 patient or study attribute it lacks added empty (a PACS may hold instances without them).
+    Type 2 attributes may be empty; nothing is made up in their place."""
     from pydicom.valuerep import DA, TM
 
     if not datasets:
@@ -250,9 +263,10 @@ def with_readable_identity(datasets: Sequence[Dataset]) -> list[Dataset]:
             ok = False
         if not ok:
             bad.append(keyword)
-    if not bad:
+    absent = [k for k in _TYPE2 if k not in first and k not in bad]
+    if not bad and not absent:
         return list(datasets)
     fixed = copy.deepcopy(first)
-    for keyword in bad:
+    for keyword in bad + absent:
         setattr(fixed, keyword, "")
     return [fixed, *datasets[1:]]

@@ -31,7 +31,7 @@ DCIODVFY = "/usr/bin/dciodvfy"
 
 ACCEPTED_WARNINGS: dict[str, str] = {
     r"Unrecognized defined term = <99DXGRAPH>": "dxgraph's private coding scheme, declared in the object",
-    r"^Warning - </(StudyDate|StudyID)\(.*needed to build DICOMDIR": (
+    r"^Warning - </(StudyDate|StudyTime|StudyID)\(.*needed to build DICOMDIR": (
         "a study attribute the source left empty (or held an impossible date in), copied empty"
     ),
     r"^Warning - </(ReferringPhysicianName|PatientName)\(.*Retired Person Name form": (

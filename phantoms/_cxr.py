@@ -202,6 +202,8 @@ def write_cxr_dicom(
     ds.file_meta = meta
     ds.SOPClassUID = meta.MediaStorageSOPClassUID
     ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID = generate_uid()  # a valid instance: its own study and series
+    ds.SeriesInstanceUID = generate_uid()
     ds.Modality = "DX"
     ds.BodyPartExamined = "CHEST"
     ds.ViewPosition = view

@@ -59,6 +59,9 @@ def write_dicom_slice(
     ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
     ds.Modality = modality
     ds.SeriesInstanceUID = series_uid
+    # a valid instance: its study and frame of reference, the same for every slice of the series
+    ds.StudyInstanceUID = generate_uid(entropy_srcs=[series_uid, "study"])
+    ds.FrameOfReferenceUID = generate_uid(entropy_srcs=[series_uid, "frame of reference"])
     ds.InstanceNumber = instance_number
     ds.ImageOrientationPatient = [f"{v:.6f}" for v in orientation]
     ds.ImagePositionPatient = [f"{v:.4f}" for v in position_mm]

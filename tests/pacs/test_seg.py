@@ -1,6 +1,6 @@
 """The SEG of a stored run: the evidence masks, pixel for pixel on the source instances, valid DICOM.
 
-Diagnosed studies (``_sr_helpers``): the CXR phantom and the real RG1_UNCR radiograph (cardiomegaly), the
+Diagnosed studies (``tests/_pacs_helpers.py``): the CXR phantom and the real RG1_UNCR radiograph (cardiomegaly), the
 CT nodule phantom series (pulmonary nodule), the cine MR phantom series (LVEF), the RECIST phantom pair as
 two CT series of two studies, and the brain tumour phantom as four co-registered MR series, each as DICOM files
 with a patient and study identity.
@@ -8,10 +8,9 @@ with a patient and study identity.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
+import _pacs_helpers as H
 import highdicom as hd
 import numpy as np
 import pydicom
@@ -22,19 +21,6 @@ from dxgraph.pacs._run_sources import load_run_sources, mask_on_source_grid
 from dxgraph.pacs._seg import build_segmentation, segmentation
 from dxgraph.pacs._validate import dciodvfy, unexpected_warnings
 
-
-def _helpers():
-    name = "dxgraph_pacs_sr_test_helpers"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("_sr_helpers.py"))
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-H = _helpers()
 KINDS = [
     pytest.param("ct", id="ct-nodule"),
     pytest.param("cine", id="cine-lvef"),
@@ -157,8 +143,8 @@ def test_a_whole_image_mask_on_another_grid_is_brought_back_by_nearest_neighbour
 
 
 @pytest.mark.filterwarnings("ignore:Invalid value for VR DA")
-def test_an_impossible_date_is_copied_empty_and_the_source_left_alone() -> None:
-    from dxgraph.pacs._run_sources import with_readable_identity
+def test_an_impossible_date_or_absent_type2_is_copied_empty_and_the_source_left_alone() -> None:
+    from dxgraph.pacs._run_sources import _TYPE2, with_readable_identity
 
     ds = pydicom.Dataset()
     ds.PatientBirthDate, ds.StudyDate, ds.PatientID = "00000000", "20260101", "X1"
@@ -166,8 +152,15 @@ def test_an_impossible_date_is_copied_empty_and_the_source_left_alone() -> None:
     assert fixed is not ds and fixed.PatientBirthDate == "" and fixed.StudyDate == "20260101"
     assert ds.PatientBirthDate == "00000000"
     good = pydicom.Dataset()
+    for keyword in _TYPE2:
+        setattr(good, keyword, "")
     good.PatientBirthDate = "19600101"
     assert with_readable_identity([good])[0] is good
+    bare = pydicom.Dataset()  # a PACS may hold instances without their Type 2 attributes: added empty
+    bare.PatientID = "X2"
+    fixed = with_readable_identity([bare])[0]
+    assert fixed is not bare and all(fixed.get(k) == "" for k in _TYPE2 if k != "PatientID")
+    assert fixed.PatientID == "X2" and "PatientSex" not in bare
 
 
 def test_sources_held_in_memory_are_hashed_as_written(tmp_path_factory) -> None:

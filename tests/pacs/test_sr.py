@@ -1,17 +1,16 @@
 """The TID 1500 Measurement Report of a stored run: the trace's values exactly, coded, with the finding,
 the diagnosis, references to the sources and the SEG, and the run id and head hash for an auditor.
 
-Diagnosed studies (``_sr_helpers``): the CXR phantom and the real RG1_UNCR radiograph (cardiomegaly), the
+Diagnosed studies (``tests/_pacs_helpers.py``): the CXR phantom and the real RG1_UNCR radiograph (cardiomegaly), the
 CT nodule phantom series (pulmonary nodule), the cine MR phantom series (LVEF), the RECIST phantom pair as
 two CT series of two studies, and the brain tumour phantom as four co-registered MR series.
 """
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
+import _pacs_helpers as H
 import highdicom as hd
 import pydicom
 import pytest
@@ -23,19 +22,6 @@ from dxgraph.pacs._seg import deciding_evidence_ids, segmentation
 from dxgraph.pacs._sr import hash_uid, measurement_report
 from dxgraph.pacs._validate import dciodvfy, unexpected_warnings
 
-
-def _helpers():
-    name = "dxgraph_pacs_sr_test_helpers"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("_sr_helpers.py"))
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-H = _helpers()
 KINDS = [
     pytest.param("ct", id="ct-nodule"),
     pytest.param("cine", id="cine-lvef"),

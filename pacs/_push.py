@@ -1,0 +1,172 @@
+"""``push``: a stored run's results into the PACS as DICOM: a TID 1500 Measurement Report (SR) and, when
+its evidence rests on masks, a Segmentation (SEG) the report's measurements reference.
+
+The source instances come from the PACS again (a run pulled from it records their Study/Series/SOP
+Instance UIDs) or, for a run of local files, from the files given; they must be the images the run read
+(their hashes are checked against the trace). The run's chain must verify. Both objects are checked
+with ``dciodvfy`` before anything is sent: an object with an error is a bug and is never sent. The
+push is recorded in the trace store (``pacs_pushes``): pushing a run again to the same PACS sends
+nothing unless asked, so results are never duplicated by a retry.
+"""
+
+from __future__ import annotations
+
+import secrets
+import tempfile
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict
+
+from dxgraph.errors import StoreError, UserError
+from dxgraph.pacs._dicomweb import PacsClient, StoreResult
+from dxgraph.pacs._run_sources import load_run_sources
+from dxgraph.pacs._seg import build_segmentation
+from dxgraph.pacs._sr import measurement_report
+from dxgraph.pacs._validate import dciodvfy, unexpected_warnings
+from dxgraph.traces import PacsPushRow, RunStarted, TraceStore, pushes_of
+
+
+class PushResult(BaseModel):
+    """What a push sent, or found sent before."""
+
+    model_config = ConfigDict(frozen=True, use_attribute_docstrings=True)
+    run_id: str
+    """The run."""
+    pacs_url: str
+    """The PACS (never with credentials)."""
+    study_uid: str
+    """The study the results were added to."""
+    sr_sop_uid: str
+    """SOPInstanceUID of the SR."""
+    sr_series_uid: str
+    """SeriesInstanceUID of the SR."""
+    seg_sop_uid: str | None
+    """SOPInstanceUID of the SEG; None when the evidence rests on no mask."""
+    seg_series_uid: str | None
+    """SeriesInstanceUID of the SEG."""
+    n_segments: int
+    """Segments in the SEG."""
+    already: bool
+    """True when nothing was sent: an earlier push of this run to this PACS stands."""
+    pushed_at: datetime
+    """When the PACS accepted them (UTC)."""
+
+
+class InvalidDicom(RuntimeError):
+    """An object dxgraph built fails ``dciodvfy``: a bug, never sent."""
+
+
+def push(
+    client: PacsClient,
+    store: TraceStore,
+    run_id: str,
+    *,
+    sources: Sequence[Path] = (),
+    again: bool = False,
+) -> PushResult:
+    """Send a run's results to the PACS as SR (+ SEG) and record it; UserError when it cannot be done.
+
+    ``sources``: the DICOM files (or series folders) the run read, for a run of local files; a run pulled
+    from the PACS fetches them again. ``again`` sends a run already pushed to this PACS once more.
+    """
+    try:
+        run_id = store.resolve_run_id(run_id)
+    except StoreError as e:
+        raise UserError(str(e)) from None
+    check = store.verify(run_id)
+    if not check.ok:
+        raise UserError(f"run {run_id} does not verify ({check.problems[0]}): not pushed")
+    pacs_url = client.config.base_url
+    done = pushes_of(store, run_id, pacs_url)
+    if done and not again:
+        return _result(done[-1], n_segments=-1, already=True)
+    with tempfile.TemporaryDirectory(prefix="dxgraph-push-") as tmp:
+        files = list(sources) or _fetch_sources(client, store, run_id, Path(tmp))
+        loaded = load_run_sources(store, run_id, files)
+        seg = None
+        n_segments = 0
+        if loaded.masks():
+            seg, plan = build_segmentation(store, loaded)
+            n_segments = len(plan.segments)
+        sr = measurement_report(store, run_id, files, segmentation=seg)
+        objects = [o for o in (seg, sr) if o is not None]
+        for obj in objects:
+            errors, warnings = dciodvfy(obj)
+            odd = unexpected_warnings(warnings)
+            if errors or odd:
+                raise InvalidDicom(f"the {obj.Modality} of run {run_id} fails dciodvfy: {(errors + odd)[0]}")
+        stored = client.store(objects)
+    _check_stored(stored, objects)
+    row = PacsPushRow(
+        push_id=secrets.token_hex(12),
+        run_id=run_id,
+        pacs_url=pacs_url,
+        study_uid=str(sr.StudyInstanceUID),
+        sr_series_uid=str(sr.SeriesInstanceUID),
+        sr_sop_uid=str(sr.SOPInstanceUID),
+        seg_series_uid=None if seg is None else str(seg.SeriesInstanceUID),
+        seg_sop_uid=None if seg is None else str(seg.SOPInstanceUID),
+        pushed_at=datetime.now(UTC),
+    )
+    store.insert([row])
+    return _result(row, n_segments=n_segments, already=False)
+
+
+def _fetch_sources(client: PacsClient, store: TraceStore, run_id: str, folder: Path) -> list[Path]:
+    """The run's source series retrieved again from the PACS, a folder each (single files as files)."""
+    started = next(e for e in store.events(run_id) if isinstance(e, RunStarted))
+    out: list[Path] = []
+    for i, image in enumerate(started.case.images):
+        src = image.source
+        if src is None:
+            raise UserError(
+                f"run {run_id} read local files, not images from a PACS: give the DICOM files it read"
+                " (--source) to push its results"
+            )
+        sub = folder / str(i)
+        sub.mkdir()
+        client.retrieve_series(src.study_uid, src.series_uid, sub)
+        wanted = set(src.sop_instance_uids)
+        kept = [p for p in sorted(sub.iterdir()) if _sop_uid(p) in wanted]
+        if len(kept) != len(wanted):
+            raise UserError(
+                f"the PACS holds {len(kept)} of the {len(wanted)} instances run {run_id} read from series"
+                f" {src.series_uid}: cannot push its results over other images"
+            )
+        out.extend(kept if len(kept) == 1 else [sub])
+    return out
+
+
+def _sop_uid(path: Path) -> str:
+    import pydicom
+
+    return str(pydicom.dcmread(path, stop_before_pixels=True).get("SOPInstanceUID", ""))
+
+
+def _check_stored(stored: StoreResult, objects: Sequence[object]) -> None:
+    """UserError naming what the PACS refused (what it accepted stays there: say so)."""
+    if not stored.refused:
+        return
+    accepted = ", ".join(stored.accepted) or "none"
+    reasons = "; ".join(f"{r.sop_instance_uid}: {r.reason}" for r in stored.refused)
+    raise UserError(
+        f"the PACS refused {len(stored.refused)} of {len(objects)} objects ({reasons}); accepted: {accepted}."
+        " Nothing was recorded: push again to resend"
+    )
+
+
+def _result(row: PacsPushRow, *, n_segments: int, already: bool) -> PushResult:
+    return PushResult(
+        run_id=row.run_id,
+        pacs_url=row.pacs_url,
+        study_uid=row.study_uid,
+        sr_sop_uid=row.sr_sop_uid,
+        sr_series_uid=row.sr_series_uid,
+        seg_sop_uid=row.seg_sop_uid,
+        seg_series_uid=row.seg_series_uid,
+        n_segments=max(n_segments, 0),
+        already=already,
+        pushed_at=row.pushed_at,
+    )

@@ -1,0 +1,183 @@
+"""The round trip against a real Orthanc: upload a study, pull and diagnose it, push the results, then find
+the SR and SEG in the PACS, retrieve them and check them against the run: the SR's values equal the
+trace's exactly, each SEG mask equals the evidence mask on the source grid, both pass dciodvfy, the
+patient module is the source's, and a second push sends nothing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import _pacs_helpers as H
+import highdicom as hd
+import numpy as np
+import pydicom
+import pytest
+
+from dxgraph.errors import UserError
+from dxgraph.pacs import PacsClient, pull, push
+from dxgraph.pacs._codes import indicator_coding
+from dxgraph.pacs._run_sources import load_run_sources, mask_on_source_grid
+from dxgraph.pacs._seg import build_segmentation, deciding_evidence_ids
+from dxgraph.pacs._validate import dciodvfy, unexpected_warnings
+from dxgraph.traces import TraceStore, pushes_of
+
+
+def _study(kind: str, tmp_path: Path) -> tuple[str, list[list[Path]]]:
+    """(task, the series of files to upload) of a DICOM phantom study with known truth."""
+    from dxgraph.phantoms import write_lvef_case, write_nodule_case
+    from dxgraph.phantoms._cxr import write_cardiomegaly_case
+
+    if kind == "cardiomegaly":
+        case = write_cardiomegaly_case(tmp_path, 31, ctr=0.58)
+        return "cardiomegaly", [[case.images[0].path]]
+    if kind == "pulmonary_nodule":
+        case = write_nodule_case(tmp_path, 8, diameter_mm=10.0, nodule_type="solid", dicom=True)
+        return "pulmonary_nodule", [sorted(case.images[0].path.iterdir())]
+    case = write_lvef_case(tmp_path, 12, ef_percent=35.0, n_frames=12, pixel_mm=1.8, as_dicom=True)
+    return "heart_failure_ef", [sorted(case.images[0].path.iterdir())]
+
+
+def _series(client: PacsClient, study_uid: str, modality: str) -> list:
+    return [s for s in client.find_series(study_uid) if s.modality == modality]
+
+
+@pytest.mark.parametrize("kind", ["cardiomegaly", "pulmonary_nodule", "heart_failure_ef"])
+def test_pull_diagnose_push_and_read_the_results_back(orthanc, tmp_path: Path, kind: str) -> None:
+    task, series = _study(kind, tmp_path)
+    up = orthanc.upload(series)
+    db = str(tmp_path / "traces.db")
+    store = TraceStore(db)
+    with PacsClient(orthanc.config()) as client:
+        run_id = pull(client, up.study_uid, None, task, db=db).run.run_id
+        pushed = push(client, store, run_id)
+        assert not pushed.already and pushed.study_uid == up.study_uid
+        (sr_series,) = _series(client, up.study_uid, "SR")
+        (seg_series,) = _series(client, up.study_uid, "SEG")
+        assert (sr_series.series_uid, seg_series.series_uid) == (pushed.sr_series_uid, pushed.seg_series_uid)
+        sr_dir, seg_dir, src_dir = (tmp_path / d for d in ("sr", "seg", "src"))
+        for d in (sr_dir, seg_dir, src_dir):
+            d.mkdir()
+        client.retrieve_series(up.study_uid, pushed.sr_series_uid, sr_dir)
+        client.retrieve_series(up.study_uid, pushed.seg_series_uid or "", seg_dir)
+        again = push(client, store, run_id)
+        assert again.already and again.sr_sop_uid == pushed.sr_sop_uid
+        assert len(_series(client, up.study_uid, "SR")) == 1  # nothing sent twice
+        src_series = up.series_uids[0]
+        client.retrieve_series(up.study_uid, src_series, src_dir)
+    (sr_file,) = sr_dir.iterdir()
+    (seg_file,) = seg_dir.iterdir()
+    sr, seg = pydicom.dcmread(sr_file), hd.seg.segread(seg_file)
+    assert sr.SOPInstanceUID == pushed.sr_sop_uid and seg.SOPInstanceUID == pushed.seg_sop_uid
+
+    # the SR's values are the trace's, exactly
+    sources = load_run_sources(store, run_id, [src_dir] if len(series[0]) > 1 else sorted(src_dir.iterdir()))
+    groups = H.measurement_groups(sr)
+    by_id = {e.evidence_id: e for e in sources.made.evidence}
+    numeric = 0
+    for eid in deciding_evidence_ids(sources):
+        ev = by_id[eid]
+        if isinstance(ev.value, (bool, str)):
+            continue
+        group = next(g for g in groups if f"evidence_id={eid}" in g["params"])
+        value, _ = group["nums"][indicator_coding(ev.indicator, ev.name).concept.value]
+        assert value == ev.value
+        numeric += 1
+    assert numeric >= 1
+    # each SEG mask is the evidence mask on the source grid
+    _, plan = build_segmentation(store, sources)
+    masks = H.evidence_masks(store, run_id)
+    for s in plan.segments:
+        grid = mask_on_source_grid(masks[s.mask.ref.sha256], plan.image)
+        assert grid is not None
+        instances = plan.image.datasets
+        if s.time_index is not None:
+            n_z = plan.image.frames[1]
+            grid = grid[s.time_index * n_z : (s.time_index + 1) * n_z]
+            instances = instances[s.time_index * n_z : (s.time_index + 1) * n_z]
+        want = grid == s.label_value if s.label_value is not None else grid != 0
+        got = seg.get_pixels_by_source_instance(
+            [ds.SOPInstanceUID for ds in instances], segment_numbers=[s.segment_number]
+        )[..., 0]
+        assert np.array_equal(got.astype(bool), want) and want.any(), s.tracking_id
+    # valid, and the patient is the source's (copied, never invented)
+    for path in (sr_file, seg_file):
+        errors, warnings = dciodvfy(path)
+        assert errors == [] and unexpected_warnings(warnings) == [], (path.name, errors, warnings)
+    source = pydicom.dcmread(next(p for p in src_dir.iterdir()), stop_before_pixels=True)
+    for obj in (sr, pydicom.dcmread(seg_file, stop_before_pixels=True)):
+        for tag in ("PatientID", "PatientName", "PatientBirthDate", "PatientSex", "StudyInstanceUID"):
+            assert (obj.get(tag) or "") == (source.get(tag) or ""), tag  # an absent Type 2 one written empty
+    assert [p.sr_sop_uid for p in pushes_of(store, run_id)] == [pushed.sr_sop_uid]
+
+
+def test_a_run_of_local_files_is_pushed_with_its_sources(orthanc, tmp_path: Path) -> None:
+    from dxgraph import diagnose
+    from dxgraph.phantoms._cxr import write_cardiomegaly_case
+
+    case = write_cardiomegaly_case(tmp_path, 41, ctr=0.45)
+    study_uid = str(pydicom.dcmread(case.images[0].path, stop_before_pixels=True).StudyInstanceUID)
+    db = str(tmp_path / "traces.db")
+    run = diagnose("cardiomegaly", case.images[0].path, db=db)
+    store = TraceStore(db)
+    with PacsClient(orthanc.config()) as client:
+        with pytest.raises(UserError, match="read local files"):
+            push(client, store, run.run_id)
+        other = write_cardiomegaly_case(tmp_path / "other", 42, ctr=0.5)
+        with pytest.raises(UserError):
+            push(client, store, run.run_id, sources=[other.images[0].path])  # not the images it read
+        assert pushes_of(store, run.run_id) == []
+        pushed = push(client, store, run.run_id, sources=[case.images[0].path])
+        assert pushed.study_uid == study_uid  # the results join the source's own study
+        assert [s.series_uid for s in _series(client, study_uid, "SR")] == [pushed.sr_series_uid]
+
+
+def test_a_run_that_does_not_verify_is_not_pushed(orthanc, tmp_path: Path) -> None:
+    import sqlalchemy as sa
+
+    from dxgraph.phantoms._cxr import write_cardiomegaly_case
+
+    case = write_cardiomegaly_case(tmp_path, 43, ctr=0.6)
+    up = orthanc.upload([[case.images[0].path]])
+    db = str(tmp_path / "traces.db")
+    store = TraceStore(db)
+    with PacsClient(orthanc.config()) as client:
+        run_id = pull(client, up.study_uid, None, "cardiomegaly", db=db).run.run_id
+        with store.engine.begin() as conn:
+            conn.execute(
+                sa.text(
+                    "UPDATE events SET body = replace(body, 'cardiomegaly', 'cardiomegalx') WHERE run_id = :r"
+                ),
+                {"r": run_id},
+            )
+        with pytest.raises(UserError, match="does not verify"):
+            push(client, store, run_id)
+        assert _series(client, up.study_uid, "SR") == [] and pushes_of(store, run_id) == []
+
+
+def test_push_from_the_command_line(
+    orthanc, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch
+) -> None:
+    import json
+
+    from dxgraph.cli import main
+    from dxgraph.phantoms._cxr import write_cardiomegaly_case
+
+    case = write_cardiomegaly_case(tmp_path, 44, ctr=0.62)
+    up = orthanc.upload([[case.images[0].path]])
+    db = str(tmp_path / "traces.db")
+    for key, value in orthanc.env.items():
+        monkeypatch.setenv(key, value)
+    with PacsClient(orthanc.config()) as client:
+        run_id = pull(client, up.study_uid, None, "cardiomegaly", db=db).run.run_id
+    with pytest.raises(SystemExit) as e:
+        main(["pacs", "push", run_id, "--url", orthanc.url, "--db", db, "--json"])
+    assert e.value.code == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["already"] is False and result["sr_sop_uid"] and result["seg_sop_uid"]
+    with pytest.raises(SystemExit) as e:
+        main(["pacs", "push", run_id, "--url", orthanc.url, "--db", db])
+    assert e.value.code == 0 and "nothing sent" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as e:
+        main(["pacs", "push", "nosuchrun", "--url", orthanc.url, "--db", db])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and len(err.strip().splitlines()) == 1
