@@ -181,3 +181,31 @@ def test_push_from_the_command_line(
         main(["pacs", "push", "nosuchrun", "--url", orthanc.url, "--db", db])
     err = capsys.readouterr().err
     assert e.value.code == 2 and len(err.strip().splitlines()) == 1
+
+
+def test_a_pacs_that_refuses_or_breaks_leaves_nothing_half_written(
+    orthanc, broken_url, silent_url, tmp_path
+) -> None:
+    from dxgraph import diagnose
+    from dxgraph.pacs import PacsConfig
+    from dxgraph.phantoms._cxr import write_cardiomegaly_case
+
+    case = write_cardiomegaly_case(tmp_path, 45, ctr=0.5)
+    study_uid = str(pydicom.dcmread(case.images[0].path, stop_before_pixels=True).StudyInstanceUID)
+    db = str(tmp_path / "traces.db")
+    run = diagnose("cardiomegaly", case.images[0].path, db=db)
+    store = TraceStore(db)
+    wrong = PacsConfig.load(
+        orthanc.url, environ={"DXGRAPH_PACS_USERNAME": "dxgraph", "DXGRAPH_PACS_PASSWORD": "no"}
+    )
+    fast = {"retries": 0, "read_timeout_s": 0.5, "connect_timeout_s": 0.5}
+    for config, message in (
+        (wrong, "refused"),
+        (PacsConfig.load(broken_url, **fast), "STOW-RS"),
+        (PacsConfig.load(silent_url, **fast), "STOW-RS"),
+    ):
+        with PacsClient(config) as client, pytest.raises(UserError, match=message):
+            push(client, store, run.run_id, sources=[case.images[0].path])
+    assert pushes_of(store, run.run_id) == []
+    with PacsClient(orthanc.config()) as client:
+        assert _series(client, study_uid, "SR") == [] and _series(client, study_uid, "SEG") == []
