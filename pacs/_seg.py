@@ -44,7 +44,7 @@ from dxgraph.pacs._run_sources import (
     mask_on_source_grid,
     with_readable_identity,
 )
-from dxgraph.traces import TraceStore
+from dxgraph.traces import TraceStore, image_ids_in
 
 if TYPE_CHECKING:
     import highdicom as hd
@@ -118,16 +118,6 @@ def replacing_evidence_id(sources: RunSources, evidence_id: str) -> str:
     return evidence_id
 
 
-def _image_ids_in(obj: Any) -> list[str]:
-    if isinstance(obj, dict):
-        if isinstance(obj.get("image_id"), str) and isinstance(obj.get("pixels"), dict):
-            return [obj["image_id"]]
-        return [i for v in obj.values() for i in _image_ids_in(v)]
-    if isinstance(obj, list):
-        return [i for v in obj for i in _image_ids_in(v)]
-    return []
-
-
 def _image_of(sources: RunSources, mask: MaskArtifact, shape: tuple[int, ...]) -> SourceImage | None:
     """The source image a mask is drawn on: of its shape (or its number of axes), of the study its field
     names (``baseline_``/``followup_``), among those the tool read first."""
@@ -144,7 +134,7 @@ def _image_of(sources: RunSources, mask: MaskArtifact, shape: tuple[int, ...]) -
     elif field.startswith(("followup_", "current_")):
         cands = [s for s in cands if s.image.timepoint == "current"]
     call = next((c for c in sources.calls if c.step_id == mask.step_id), None)
-    taken = _image_ids_in(call.inputs) if call is not None else []
+    taken = image_ids_in(call.inputs) if call is not None else []
     read = [s for s in cands if s.image.image_id in taken]
     chosen = read or cands
     return chosen[0] if chosen else None

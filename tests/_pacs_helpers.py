@@ -228,3 +228,21 @@ def write_brain_dicom(folder: Path, seed: int = 7) -> dict[str, Path]:
         identify(series, study, frame, number)
         out[name] = series
     return out
+
+
+def study_kinds():  # type: ignore[no-untyped-def]
+    """The diagnosed DICOM studies the SR and SEG tests run over, as pytest params (slow ones marked)."""
+    import pytest
+
+    return [
+        pytest.param("ct", id="ct-nodule"),
+        pytest.param("cine", id="cine-lvef"),
+        pytest.param("recist", id="ct-recist-pair"),
+        pytest.param("brain", id="mr-brain-4-series", marks=pytest.mark.slow),
+        pytest.param("cxr", id="cxr-phantom", marks=pytest.mark.slow),
+        pytest.param(
+            "rg1",
+            id="rg1-real",
+            marks=[pytest.mark.slow, pytest.mark.skipif(RG1 is None, reason="pydicom-data is not installed")],
+        ),
+    ]

@@ -55,7 +55,7 @@ from dxgraph.traces._replay_diff import (
     tolerance_for,
 )
 from dxgraph.traces._report import plan_dag, render_report
-from dxgraph.traces._report_figures import ed_es_frames
+from dxgraph.traces._report_figures import ed_es_frames, image_ids_in
 from dxgraph.traces._show import summarize
 from dxgraph.traces._store import (
     DB_ENV,
@@ -125,6 +125,7 @@ __all__ = [
     "evidence_key",
     "export_run",
     "fhir_diagnostic_report",
+    "image_ids_in",
     "import_run",
     "new_run_id",
     "plan_dag",

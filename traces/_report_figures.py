@@ -148,14 +148,14 @@ def _field_timepoint(name: str) -> str | None:
     return None
 
 
-def _image_ids_in(obj: Any) -> list[str]:
+def image_ids_in(obj: Any) -> list[str]:
     """Image ids of the image references inside a tool's inputs, in order."""
     if isinstance(obj, dict):
         if isinstance(obj.get("image_id"), str) and isinstance(obj.get("pixels"), dict):
             return [obj["image_id"]]
-        return [i for v in obj.values() for i in _image_ids_in(v)]
+        return [i for v in obj.values() for i in image_ids_in(v)]
     if isinstance(obj, list):
-        return [i for v in obj for i in _image_ids_in(v)]
+        return [i for v in obj for i in image_ids_in(v)]
     return []
 
 
@@ -176,7 +176,7 @@ def collect_masks(
     for c in calls:
         if c.status != "ok":
             continue
-        taken = _image_ids_in(c.inputs)
+        taken = image_ids_in(c.inputs)
         for ref in artifact_refs_in(c.inputs):
             taken += by_sha.get(ref.sha256, [])
         for name, value in (c.outputs or {}).items():

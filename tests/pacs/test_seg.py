@@ -21,18 +21,7 @@ from dxgraph.pacs._run_sources import load_run_sources, mask_on_source_grid
 from dxgraph.pacs._seg import build_segmentation, segmentation
 from dxgraph.pacs._validate import dciodvfy, unexpected_warnings
 
-KINDS = [
-    pytest.param("ct", id="ct-nodule"),
-    pytest.param("cine", id="cine-lvef"),
-    pytest.param("recist", id="ct-recist-pair"),
-    pytest.param("brain", id="mr-brain-4-series", marks=pytest.mark.slow),
-    pytest.param("cxr", id="cxr-phantom", marks=pytest.mark.slow),
-    pytest.param(
-        "rg1",
-        id="rg1-real",
-        marks=[pytest.mark.slow, pytest.mark.skipif(H.RG1 is None, reason="pydicom-data is not installed")],
-    ),
-]
+KINDS = H.study_kinds()
 
 
 @pytest.fixture(scope="module", params=KINDS)

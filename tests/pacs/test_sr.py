@@ -22,18 +22,7 @@ from dxgraph.pacs._seg import deciding_evidence_ids, segmentation
 from dxgraph.pacs._sr import hash_uid, measurement_report
 from dxgraph.pacs._validate import dciodvfy, unexpected_warnings
 
-KINDS = [
-    pytest.param("ct", id="ct-nodule"),
-    pytest.param("cine", id="cine-lvef"),
-    pytest.param("recist", id="ct-recist-pair"),
-    pytest.param("brain", id="mr-brain-4-series", marks=pytest.mark.slow),
-    pytest.param("cxr", id="cxr-phantom", marks=pytest.mark.slow),
-    pytest.param(
-        "rg1",
-        id="rg1-real",
-        marks=[pytest.mark.slow, pytest.mark.skipif(H.RG1 is None, reason="pydicom-data is not installed")],
-    ),
-]
+KINDS = H.study_kinds()
 
 
 @pytest.fixture(scope="module", params=KINDS)
