@@ -205,3 +205,79 @@ def push(
     else:
         seg = f" and SEG {result.seg_sop_uid} ({result.n_segments} segments)" if result.seg_sop_uid else ""
         out.print(f"stored SR {result.sr_sop_uid}{seg} in study {result.study_uid} at {result.pacs_url}")
+
+
+@pacs_app.command("watch")
+@with_run_options()
+def watch(
+    url: UrlOpt,
+    routes: Annotated[
+        Path,
+        typer.Option(
+            "--routes", help="routes.yaml: rules (modality, body_part, series_description) -> task."
+        ),
+    ],
+    concurrency: Annotated[int, typer.Option(help="Studies processed at the same time.", min=1)] = 2,
+    poll_s: Annotated[
+        float, typer.Option("--poll-s", help="Seconds between polls of the PACS.", min=0.1)
+    ] = 5.0,
+    once: Annotated[
+        bool, typer.Option("--once", help="Process the new studies there now, then stop.")
+    ] = False,
+    from_start: Annotated[
+        bool,
+        typer.Option(
+            "--from-start",
+            help="On the first watch of this PACS, also take the studies already there (default: only new ones).",
+        ),
+    ] = False,
+    options: RunOptions = FROM_FLAGS,
+    db: DbOpt = None,
+) -> None:
+    """Watch the PACS: each new study is routed to a task, pulled, diagnosed and its results pushed (SR, SEG).
+
+    A line per study: processed (label, run id, SR), skipped (why) or failed (why). The cursor and each
+    study's outcome live in the trace store: a restart resumes, and never pushes a study twice. Ctrl-C stops
+    after the studies in hand.
+    """
+    import sys
+
+    from dxgraph.pacs import Routes, WatchOutcome
+    from dxgraph.pacs import watch as run_watch
+    from dxgraph.traces import TraceStore
+
+    rules = Routes.load(routes)
+    store = TraceStore(db)
+
+    def progress(o: WatchOutcome) -> None:
+        again = " (resumed)" if o.resumed else ""
+        if o.status == "processed":
+            sr = f" SR {o.sr_sop_uid}" if o.sr_sop_uid else " (pushed before)"
+            out.print(
+                f"processed {o.study_uid}: {o.label or '-'}  run {o.run_id}{sr}{again}", highlight=False
+            )
+        else:
+            out.print(f"{o.status} {o.study_uid}: {o.reason}{again}", highlight=False)
+
+    def on_error(line: str) -> None:
+        print(f"dxgraph pacs watch: {line}", file=sys.stderr, flush=True)
+
+    with _client(url) as client:
+        try:
+            done = run_watch(
+                client,
+                store,
+                rules,
+                concurrency=concurrency,
+                poll_s=poll_s,
+                once=once,
+                options=options,
+                progress=progress,
+                on_error=on_error,
+                from_start=from_start,
+            )
+        except KeyboardInterrupt:
+            progress_out.print("stopped")
+            return
+    counts = {s: sum(o.status == s for o in done) for s in ("processed", "skipped", "failed")}
+    progress_out.print(", ".join(f"{n} {s}" for s, n in counts.items()))

@@ -14,6 +14,8 @@ from dxgraph.pacs._config import PacsAuth, PacsConfig
 from dxgraph.pacs._dicomweb import PacsClient, RefusedInstance, SeriesSummary, StoreResult, StudySummary
 from dxgraph.pacs._pull import PullResult, SeriesChoice, choose_series, pull
 from dxgraph.pacs._push import InvalidDicom, PushResult, push
+from dxgraph.pacs._routes import Route, RouteRule, Routes
+from dxgraph.pacs._watch import WatchOutcome, watch
 
 __all__ = [
     "InvalidDicom",
@@ -23,11 +25,16 @@ __all__ = [
     "PullResult",
     "PushResult",
     "RefusedInstance",
+    "Route",
+    "RouteRule",
+    "Routes",
     "SeriesChoice",
     "SeriesSummary",
     "StoreResult",
     "StudySummary",
+    "WatchOutcome",
     "choose_series",
     "pull",
     "push",
+    "watch",
 ]

@@ -227,6 +227,39 @@ def _m009_pacs_pushes(conn: sa.Connection) -> None:
     md.create_all(conn)
 
 
+def _m010_pacs_watch(conn: sa.Connection) -> None:
+    """Watch mode's state (insert-only): the change-feed cursor per PACS (the newest row wins), the studies
+    claimed before their pull and push, and each study's outcome (processed, skipped or failed), once."""
+    md = sa.MetaData()
+    sa.Table(
+        "pacs_watch_cursors",
+        md,
+        sa.Column("cursor_id", sa.String, primary_key=True),
+        sa.Column("pacs_url", sa.String, nullable=False, index=True),
+        sa.Column("cursor", sa.String, nullable=False),
+        sa.Column("at", sa.DateTime, nullable=False),
+    )
+    sa.Table(
+        "pacs_watch_claims",
+        md,
+        sa.Column("pacs_url", sa.String, primary_key=True),
+        sa.Column("study_uid", sa.String, primary_key=True),
+        sa.Column("task", sa.String, nullable=False),
+        sa.Column("claimed_at", sa.DateTime, nullable=False),
+    )
+    sa.Table(
+        "pacs_watch_studies",
+        md,
+        sa.Column("pacs_url", sa.String, primary_key=True),
+        sa.Column("study_uid", sa.String, primary_key=True),
+        sa.Column("status", sa.String, nullable=False),
+        sa.Column("reason", sa.String, nullable=False),
+        sa.Column("run_id", sa.String, nullable=True),
+        sa.Column("at", sa.DateTime, nullable=False),
+    )
+    md.create_all(conn)
+
+
 MIGRATIONS: dict[int, Callable[[sa.Connection], None]] = {
     1: _m001_initial,
     2: _m002_lookup_indexes,
@@ -237,6 +270,7 @@ MIGRATIONS: dict[int, Callable[[sa.Connection], None]] = {
     7: _m007_run_verifications,
     8: _m008_web_sessions,
     9: _m009_pacs_pushes,
+    10: _m010_pacs_watch,
 }
 """Schema version -> the migration that brings the previous version to it."""
 SCHEMA_VERSION = max(MIGRATIONS)

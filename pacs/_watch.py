@@ -1,0 +1,355 @@
+"""Watch mode: new studies in the PACS are routed to a task, pulled, diagnosed and their results pushed back.
+
+New studies come from Orthanc's change feed (``GET {rest}/changes``, ``StableStudy`` events: a study whose
+instances stopped arriving) when the server is an Orthanc (its REST root, the DICOMweb URL without
+``/dicom-web/``, answers ``/system``), and otherwise from QIDO-RS by StudyDate on or after the cursor's
+date (the day before the last poll: a study dated earlier that arrives later is not seen by a date search).
+
+Each study is routed (``Routes``): no rule matching -> recorded skipped with the reason. Otherwise it is
+claimed in the trace store, pulled and diagnosed with the rule's task on the series the rule matched,
+pushed (SR + SEG), and recorded processed; an error recorded failed with its one line. A study is processed
+once per PACS and store: its outcome row is keyed by (PACS, study). A watcher killed between the push and
+the outcome finds the claim on restart and records the push it already made, never sending twice. One
+watcher per PACS and store is assumed. The cursor advances once the studies of a batch are recorded, so a
+restart re-reads at most that batch, and the studies already recorded are passed over.
+
+A PACS that cannot be reached stops a ``once`` run with its ``UserError``; a running watcher reports it
+(``on_error``) and tries again after ``poll_s``, resuming the studies it had claimed.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from typing import TYPE_CHECKING, Any, Literal
+
+from dxgraph.errors import UserError
+from dxgraph.pacs import _watch_state as state
+from dxgraph.pacs._dicomweb import PacsClient
+from dxgraph.pacs._pull import pull
+from dxgraph.pacs._push import push
+from dxgraph.pacs._routes import Route, Routes
+
+if TYPE_CHECKING:
+    from dxgraph.agent import RunOptions
+    from dxgraph.traces import TraceStore
+
+log = logging.getLogger(__name__)
+Status = Literal["processed", "skipped", "failed"]
+"""What became of a study."""
+_BATCH = 100
+"""Changes read from Orthanc's feed per request."""
+
+
+@dataclass(frozen=True)
+class WatchOutcome:
+    """What watch did with one study."""
+
+    study_uid: str
+    """StudyInstanceUID."""
+    status: Status
+    """``processed``, ``skipped`` or ``failed``."""
+    reason: str
+    """The rule and task, why it was skipped, or the error."""
+    run_id: str | None = None
+    """The run, when one was made."""
+    label: str | None = None
+    """The diagnosis label of a processed study (None when it was found pushed before, on a resume)."""
+    sr_sop_uid: str | None = None
+    """SOPInstanceUID of the SR pushed (None when it was found pushed before, on a resume)."""
+    resumed: bool = False
+    """True when the study had been claimed by a watcher that stopped before recording it."""
+
+
+class _PacsDown(Exception):
+    """The PACS could not be reached while processing a study: the claim stays, the study is resumed later."""
+
+    def __init__(self, error: UserError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def rest_root(base_url: str) -> str:
+    """Orthanc's REST root for its DICOMweb URL: the URL without its ``/dicom-web`` suffix."""
+    url = base_url.rstrip("/")
+    return url[: -len("/dicom-web")] if url.endswith("/dicom-web") else url
+
+
+def _get_json(client: PacsClient, url: str, what: str) -> Any:
+    """GET ``url`` with the client's session (credentials, TLS, retries); the JSON answer or a UserError."""
+    config = client.config
+    with client._errors(what):
+        r = client._session.get(url, timeout=(config.connect_timeout_s, config.read_timeout_s))
+        r.raise_for_status()
+        return r.json()
+
+
+def is_orthanc(client: PacsClient) -> bool:
+    """Whether the PACS is an Orthanc (its REST root answers ``/system`` with Orthanc's fields)."""
+    try:
+        system = _get_json(client, f"{rest_root(client.config.base_url)}/system", "ask for /system")
+    except UserError:
+        return False
+    return isinstance(system, dict) and "ApiVersion" in system and "DicomAet" in system
+
+
+class _OrthancFeed:
+    """New stable studies from Orthanc's change feed; the cursor is the last change's sequence number."""
+
+    kind = "orthanc"
+
+    def __init__(self, client: PacsClient) -> None:
+        self.client, self.rest = client, rest_root(client.config.base_url)
+
+    def start(self, from_start: bool) -> str:
+        if from_start:
+            return "0"
+        last = _get_json(self.client, f"{self.rest}/changes?last", "read the change feed")
+        return str(int(last.get("Last", 0))) if isinstance(last, dict) else "0"
+
+    def batch(self, cursor: str) -> tuple[list[str], str, bool]:
+        """(study UIDs that became stable, the new cursor, whether the feed is read to its end)."""
+        url = f"{self.rest}/changes?since={int(cursor)}&limit={_BATCH}"
+        answer = _get_json(self.client, url, "read the change feed")
+        if not isinstance(answer, dict) or not isinstance(answer.get("Changes"), list):
+            raise UserError(f"the change feed of {self.client.config.host} is not Orthanc's")
+        uids: list[str] = []
+        for change in answer["Changes"]:
+            if change.get("ChangeType") != "StableStudy":
+                continue
+            try:
+                study = _get_json(self.client, f"{self.rest}/studies/{change['ID']}", "read a study")
+            except UserError as e:
+                if "HTTP 404" in str(e):  # deleted since
+                    continue
+                raise
+            uid = study.get("MainDicomTags", {}).get("StudyInstanceUID")
+            if uid and uid not in uids:
+                uids.append(str(uid))
+        return uids, str(int(answer.get("Last", cursor))), bool(answer.get("Done", True))
+
+
+class _QidoFeed:
+    """Studies by QIDO-RS dated on or after the cursor's date; the cursor is an ISO date."""
+
+    kind = "qido"
+
+    def __init__(self, client: PacsClient) -> None:
+        self.client = client
+
+    def start(self, from_start: bool) -> str:
+        return date.min.isoformat() if from_start else _today().isoformat()
+
+    def batch(self, cursor: str) -> tuple[list[str], str, bool]:
+        since = date.fromisoformat(cursor)
+        found = self.client.find_studies(since=None if since == date.min else since)
+        uids = [s.study_uid for s in sorted(found, key=lambda s: (s.study_date or date.min, s.study_uid))]
+        new_cursor = max(since, _today() - timedelta(days=1))  # a day back: midnight and time zones
+        return uids, new_cursor.isoformat(), True
+
+
+def _today() -> date:
+    return datetime.now(UTC).date()
+
+
+class Watcher:
+    """One watch over one PACS into one store (see ``watch``)."""
+
+    def __init__(
+        self,
+        client: PacsClient,
+        store: TraceStore,
+        routes: Routes,
+        *,
+        options: RunOptions | None,
+        progress: Callable[[WatchOutcome], None] | None,
+        stop: threading.Event,
+    ) -> None:
+        self.client, self.store, self.routes, self.options = client, store, routes, options
+        self.progress, self.stop = progress, stop
+        self.pacs_url = client.config.base_url
+        self.in_hand: set[str] = set()
+        self.lock = threading.Lock()
+        self.outcomes: list[WatchOutcome] = []
+
+    def process(self, study_uid: str, resumed_task: str | None = None) -> WatchOutcome | None:
+        """Route, claim, pull, push and record one study; None when it was not taken (stopped, or another's)."""
+        try:
+            if self.stop.is_set():
+                return None
+            outcome = self._process(study_uid, resumed_task)
+        except UserError as e:
+            if not self._reachable():
+                raise _PacsDown(e) from None
+            outcome = self._record(study_uid, "failed", str(e), resumed=resumed_task is not None)
+        except (
+            Exception
+        ) as e:  # a bug: logged with its traceback, the study recorded failed, the watch goes on
+            log.exception("watch: study %s", study_uid)
+            outcome = self._record(study_uid, "failed", f"internal error: {type(e).__name__}: {e}")
+        finally:
+            with self.lock:
+                self.in_hand.discard(study_uid)
+        if outcome is not None:
+            with self.lock:
+                self.outcomes.append(outcome)
+            if self.progress is not None:
+                self.progress(outcome)
+        return outcome
+
+    def _process(self, study_uid: str, resumed_task: str | None) -> WatchOutcome | None:
+        route = self.routes.route(self.client.find_series(study_uid))
+        if isinstance(route, str):
+            if resumed_task is not None:  # the rules changed since it was claimed: its claim says the task
+                route = Route(task=resumed_task, series_uid="", rule_index=0)
+            else:
+                return self._record(study_uid, "skipped", route)
+        if resumed_task is None:
+            if not state.claim(self.store, self.pacs_url, study_uid, route.task):
+                return None  # claimed by another watcher of this store
+        else:
+            claimed_at = next(
+                (c for u, _, c in state.unfinished_claims(self.store, self.pacs_url) if u == study_uid), None
+            )
+            if claimed_at is not None:
+                run_id = state.pushed_since(self.store, self.pacs_url, study_uid, claimed_at)
+                if run_id is not None:
+                    reason = f"rule {route.rule_index}: {route.task}; pushed before the restart"
+                    return self._record(study_uid, "processed", reason, run_id, resumed=True)
+        pulled = pull(
+            self.client, study_uid, route.series_uid or None, route.task, self.options, store=self.store
+        )
+        run_id = pulled.run.run_id
+        pushed = push(self.client, self.store, run_id)
+        reason = f"rule {route.rule_index}: {route.task}" if route.rule_index else f"claimed for {route.task}"
+        return self._record(
+            study_uid,
+            "processed",
+            reason,
+            run_id,
+            label=pulled.run.diagnosis.label,
+            sr_sop_uid=pushed.sr_sop_uid,
+            resumed=resumed_task is not None,
+        )
+
+    def _record(
+        self,
+        study_uid: str,
+        status: Status,
+        reason: str,
+        run_id: str | None = None,
+        *,
+        label: str | None = None,
+        sr_sop_uid: str | None = None,
+        resumed: bool = False,
+    ) -> WatchOutcome | None:
+        if not state.record(self.store, self.pacs_url, study_uid, status, reason, run_id):
+            return None  # recorded by another watcher meanwhile
+        return WatchOutcome(study_uid, status, reason, run_id, label, sr_sop_uid, resumed)
+
+    def _reachable(self) -> bool:
+        try:
+            self.client.find_studies(limit=1)
+        except UserError:
+            return False
+        return True
+
+    def run_batch(self, pool: ThreadPoolExecutor, jobs: Sequence[tuple[str, str | None]]) -> None:
+        """Process ``(study uid, resumed task)`` jobs in the pool; _PacsDown when the PACS went away."""
+        futures: list[Future[WatchOutcome | None]] = []
+        for uid, task in jobs:
+            with self.lock:
+                if uid in self.in_hand:
+                    continue
+                self.in_hand.add(uid)
+            futures.append(pool.submit(self.process, uid, task))
+        down: _PacsDown | None = None
+        try:
+            for f in futures:
+                try:
+                    f.result()
+                except _PacsDown as e:
+                    down = down or e
+        except BaseException:  # Ctrl-C: the studies not started are dropped, those in hand finish
+            self.stop.set()
+            for f in futures:
+                f.cancel()
+            raise
+        if down is not None:
+            raise down
+
+
+def watch(
+    client: PacsClient,
+    store: TraceStore,
+    routes: Routes,
+    *,
+    concurrency: int = 2,
+    poll_s: float = 5.0,
+    once: bool = False,
+    stop: threading.Event | None = None,
+    options: RunOptions | None = None,
+    progress: Callable[[WatchOutcome], None] | None = None,
+    on_error: Callable[[str], None] | None = None,
+    feed: Literal["auto", "orthanc", "qido"] = "auto",
+    from_start: bool = False,
+) -> list[WatchOutcome]:
+    """Process the PACS's new studies (route, pull, diagnose, push, record) until ``stop`` is set; the outcomes.
+
+    ``once``: process what is there (resumed claims, then the feed read to its end) and return.
+    ``concurrency``: studies processed at the same time. ``feed``: Orthanc's change feed or QIDO by date
+    (``auto``: Orthanc's when the server is one). ``from_start``: on the first watch of this PACS (no
+    cursor stored), also take the studies already there (otherwise only those arriving from now on).
+    ``progress(outcome)`` after each study; ``on_error(line)`` when a running watcher lost the PACS.
+    """
+    if concurrency < 1:
+        raise UserError("the concurrency must be at least 1")
+    stop = stop or threading.Event()
+    if feed == "auto":
+        feed = "orthanc" if is_orthanc(client) else "qido"
+    source = _OrthancFeed(client) if feed == "orthanc" else _QidoFeed(client)
+    watcher = Watcher(client, store, routes, options=options, progress=progress, stop=stop)
+    pacs_url = client.config.base_url
+    cursor: str | None = None
+    with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="dxgraph-watch") as pool:
+        while not stop.is_set():
+            try:
+                if cursor is None:
+                    cursor = _stored_cursor(store, pacs_url, source.kind)
+                    if cursor is None:
+                        cursor = source.start(from_start)
+                        state.save_cursor(store, pacs_url, f"{source.kind}:{cursor}")
+                resume = [(u, t) for u, t, _ in state.unfinished_claims(store, pacs_url)]
+                watcher.run_batch(pool, resume)
+                done = False
+                while not done and not stop.is_set():
+                    uids, new_cursor, done = source.batch(cursor)
+                    seen = state.known(store, pacs_url, uids)
+                    watcher.run_batch(pool, [(u, None) for u in uids if u not in seen])
+                    if stop.is_set():
+                        break
+                    if new_cursor != cursor:
+                        state.save_cursor(store, pacs_url, f"{source.kind}:{new_cursor}")
+                        cursor = new_cursor
+            except (UserError, _PacsDown) as e:
+                error = e.error if isinstance(e, _PacsDown) else e
+                if once:
+                    raise error from None
+                if on_error is not None:
+                    on_error(f"{error}; trying again in {poll_s:g} s")
+            if once:
+                break
+            stop.wait(poll_s)
+    return list(watcher.outcomes)
+
+
+def _stored_cursor(store: TraceStore, pacs_url: str, kind: str) -> str | None:
+    """The stored cursor of this feed kind (a cursor of the other kind counts as none)."""
+    stored = state.load_cursor(store, pacs_url)
+    if stored is None or not stored.startswith(f"{kind}:"):
+        return None
+    return stored.split(":", 1)[1]
