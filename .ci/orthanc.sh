@@ -5,7 +5,8 @@
 #
 # Installs Debian's orthanc, orthanc-dicomweb and dicom3tools when missing (needs root), and starts
 # Orthanc on 127.0.0.1 only: HTTP (REST and DICOMweb) on $DXGRAPH_ORTHANC_PORT (default 58042), DICOM on
-# the next port, storage and log in $DXGRAPH_ORTHANC_DIR (default /tmp/dxgraph-orthanc). Authentication is
+# the next port, storage and log in $DXGRAPH_ORTHANC_DIR (default /tmp/dxgraph-orthanc); a study counts as
+# stable (its StableStudy change, which dxgraph pacs watch waits for) 2 s after its last instance. Authentication is
 # on, with one registered user whose fixed test credentials are
 #
 #   user dxgraph, password dxgraph-test-only        (DXGRAPH_PACS_USERNAME / DXGRAPH_PACS_PASSWORD)
@@ -50,6 +51,7 @@ if ! answers; then
   "DicomAlwaysAllowMove": false,
   "DicomModalities": {},
   "RemoteAccessAllowed": false,
+  "StableAge": 2,
   "AuthenticationEnabled": true,
   "RegisteredUsers": {"$USER_NAME": "$PASSWORD"},
   "StorageDirectory": "$DATA/storage",

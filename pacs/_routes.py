@@ -11,7 +11,8 @@
 
 A rule without a condition matches every image series. Each task is checked against the criteria library
 when the file is loaded; a bad file is one ``UserError`` naming the rule. A study that no rule matches is
-skipped, with the reason (its modalities and series descriptions).
+skipped, with the reason (its modalities, body parts and series numbers; never the descriptions, which are
+free text and may name the patient).
 """
 
 from __future__ import annotations
@@ -149,10 +150,13 @@ class Routes(BaseModel):
         if not images:
             have = ", ".join(sorted({s.modality or "?" for s in series})) or "none"
             return f"no image series (the study holds {have})"
+        # the series by number, never by description: a description is free text that may name the
+        # patient, and this reason is kept in the trace store
         seen = "; ".join(
             f"modality {s.modality or '?'}"
             + (f" body part {s.body_part}" if s.body_part else "")
-            + f" / series {s.description!r}"
+            + f" / series #{s.series_number if s.series_number is not None else '?'}"
+            + (" (its description matches no rule)" if s.description else " (no description)")
             for s in images[:5]
         )
         return f"no rule matches {seen}"
