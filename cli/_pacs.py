@@ -123,6 +123,15 @@ def pull(
             "--series", help="SeriesInstanceUID to read (default: the series the task needs, chosen)."
         ),
     ] = None,
+    prior_study: Annotated[
+        str | None,
+        typer.Option(
+            "--prior-study", help="StudyInstanceUID of an earlier study of the patient, for RECIST response."
+        ),
+    ] = None,
+    prior_series: Annotated[
+        str | None, typer.Option("--prior-series", help="SeriesInstanceUID to read in the prior study.")
+    ] = None,
     clinical_text: Annotated[
         str | None, typer.Option("--clinical-text", help="Free-text clinical information.")
     ] = None,
@@ -143,7 +152,16 @@ def pull(
 
     with _client(url) as client:
         result = run_pull(
-            client, study, series, task, options, db=db, clinical_text=clinical_text, progress=progress
+            client,
+            study,
+            series,
+            task,
+            options,
+            db=db,
+            clinical_text=clinical_text,
+            progress=progress,
+            prior_study_uid=prior_study,
+            prior_series_uid=prior_series,
         )
     chosen = result.choice.series
     progress_out.print(

@@ -129,32 +129,62 @@ def pull(
     store: TraceStore | None = None,
     clinical_text: str | None = None,
     progress: Callable[[int, int | None], None] | None = None,
+    prior_study_uid: str | None = None,
+    prior_series_uid: str | None = None,
 ) -> PullResult:
     """Retrieve a study's series from the PACS and diagnose ``task`` on it; the run records the UIDs.
 
-    ``series_uid`` names the series, or None to choose it (``choose_series``). ``progress(done, total)``
-    follows the retrieve. A failed retrieve raises UserError and stores nothing.
+    ``series_uid`` names the series, or None to choose it (``choose_series``). ``prior_study_uid`` adds an
+    earlier study of the same patient (its series chosen the same way, or ``prior_series_uid``) as the
+    prior, for longitudinal criteria such as RECIST; each image carries its study's date. ``progress(done,
+    total)`` follows the retrieves. A failed retrieve raises UserError and stores nothing.
     """
     from dxgraph.agent import diagnose
 
+    choice = choose_series(_series_of(client, study_uid), task, series_uid)
+    prior = (
+        None
+        if prior_study_uid is None
+        else choose_series(_series_of(client, prior_study_uid), task, prior_series_uid)
+    )
+    with tempfile.TemporaryDirectory(prefix="dxgraph-pull-") as tmp:
+        t0 = time.perf_counter()
+        spec, n = _retrieve(client, study_uid, choice.series, Path(tmp) / "series", progress)
+        specs = [spec]
+        if prior is not None and prior_study_uid is not None:
+            prior_spec, n_prior = _retrieve(
+                client, prior_study_uid, prior.series, Path(tmp) / "prior", progress
+            )
+            specs.append(prior_spec.model_copy(update={"timepoint": "prior"}))
+            n += n_prior
+        retrieve_s = time.perf_counter() - t0
+        run = diagnose(task, specs, options, db=db, store=store, clinical_text=clinical_text)
+    return PullResult(run=run, choice=choice, n_instances=n, retrieve_s=retrieve_s)
+
+
+def _series_of(client: PacsClient, study_uid: str) -> list[SeriesSummary]:
+    """A study's series; UserError when the PACS holds none."""
     series = client.find_series(study_uid)
     if not series:
         raise UserError(f"the PACS at {client.config.host} holds no study {study_uid} (or it has no series)")
-    choice = choose_series(series, task, series_uid)
-    chosen = choice.series
-    with tempfile.TemporaryDirectory(prefix="dxgraph-pull-") as tmp:
-        folder = Path(tmp) / "series"
-        t0 = time.perf_counter()
-        files = client.retrieve_series(
-            study_uid,
-            chosen.series_uid,
-            folder,
-            progress=None if progress is None else (lambda n: progress(n, chosen.n_instances)),
-        )
-        retrieve_s = time.perf_counter() - t0
-        spec = _image_spec(files, folder, client, study_uid, chosen)
-        run = diagnose(task, [spec], options, db=db, store=store, clinical_text=clinical_text)
-    return PullResult(run=run, choice=choice, n_instances=len(files), retrieve_s=retrieve_s)
+    return series
+
+
+def _retrieve(
+    client: PacsClient,
+    study_uid: str,
+    chosen: SeriesSummary,
+    folder: Path,
+    progress: Callable[[int, int | None], None] | None,
+) -> tuple[ImageSpec, int]:
+    """One series retrieved into ``folder``: the image to read, and the number of instances."""
+    files = client.retrieve_series(
+        study_uid,
+        chosen.series_uid,
+        folder,
+        progress=None if progress is None else (lambda n: progress(n, chosen.n_instances)),
+    )
+    return _image_spec(files, folder, client, study_uid, chosen), len(files)
 
 
 def _image_spec(
@@ -182,7 +212,17 @@ def _image_spec(
         series_uid=chosen.series_uid,
         sop_instance_uids=tuple(str(headers[i].SOPInstanceUID) for i in picked),
     )
-    return ImageSpec(path=path, source=source)
+    return ImageSpec(path=path, source=source, study_date=_iso_date(headers[picked[0]].get("StudyDate")))
+
+
+def _iso_date(value: object) -> str | None:
+    """A DICOM DA (``YYYYMMDD``) as ISO ``YYYY-MM-DD``; None when absent or not a date."""
+    from datetime import datetime
+
+    try:
+        return datetime.strptime(str(value or ""), "%Y%m%d").date().isoformat()
+    except ValueError:  # absent, or blanked (00000000) by an anonymiser
+        return None
 
 
 def _public_url(url: str) -> str:

@@ -41,36 +41,9 @@ def _series(client: PacsClient, study_uid: str, modality: str) -> list:
     return [s for s in client.find_series(study_uid) if s.modality == modality]
 
 
-@pytest.mark.parametrize("kind", ["cardiomegaly", "pulmonary_nodule", "heart_failure_ef"])
-def test_pull_diagnose_push_and_read_the_results_back(orthanc, tmp_path: Path, kind: str) -> None:
-    task, series = _study(kind, tmp_path)
-    up = orthanc.upload(series)
-    db = str(tmp_path / "traces.db")
-    store = TraceStore(db)
-    with PacsClient(orthanc.config()) as client:
-        run_id = pull(client, up.study_uid, None, task, db=db).run.run_id
-        pushed = push(client, store, run_id)
-        assert not pushed.already and pushed.study_uid == up.study_uid
-        (sr_series,) = _series(client, up.study_uid, "SR")
-        (seg_series,) = _series(client, up.study_uid, "SEG")
-        assert (sr_series.series_uid, seg_series.series_uid) == (pushed.sr_series_uid, pushed.seg_series_uid)
-        sr_dir, seg_dir, src_dir = (tmp_path / d for d in ("sr", "seg", "src"))
-        for d in (sr_dir, seg_dir, src_dir):
-            d.mkdir()
-        client.retrieve_series(up.study_uid, pushed.sr_series_uid, sr_dir)
-        client.retrieve_series(up.study_uid, pushed.seg_series_uid or "", seg_dir)
-        again = push(client, store, run_id)
-        assert again.already and again.sr_sop_uid == pushed.sr_sop_uid
-        assert len(_series(client, up.study_uid, "SR")) == 1  # nothing sent twice
-        src_series = up.series_uids[0]
-        client.retrieve_series(up.study_uid, src_series, src_dir)
-    (sr_file,) = sr_dir.iterdir()
-    (seg_file,) = seg_dir.iterdir()
-    sr, seg = pydicom.dcmread(sr_file), hd.seg.segread(seg_file)
-    assert sr.SOPInstanceUID == pushed.sr_sop_uid and seg.SOPInstanceUID == pushed.seg_sop_uid
-
+def _assert_the_results_are_the_runs(store, run_id: str, sources, sr, seg) -> None:
+    """The SR's values are the trace's exactly, and each SEG mask is the evidence mask on the source grid."""
     # the SR's values are the trace's, exactly
-    sources = load_run_sources(store, run_id, [src_dir] if len(series[0]) > 1 else sorted(src_dir.iterdir()))
     groups = H.measurement_groups(sr)
     by_id = {e.evidence_id: e for e in sources.made.evidence}
     numeric = 0
@@ -99,6 +72,38 @@ def test_pull_diagnose_push_and_read_the_results_back(orthanc, tmp_path: Path, k
             [ds.SOPInstanceUID for ds in instances], segment_numbers=[s.segment_number]
         )[..., 0]
         assert np.array_equal(got.astype(bool), want) and want.any(), s.tracking_id
+
+
+@pytest.mark.parametrize("kind", ["cardiomegaly", "pulmonary_nodule", "heart_failure_ef"])
+def test_pull_diagnose_push_and_read_the_results_back(orthanc, tmp_path: Path, kind: str) -> None:
+    task, series = _study(kind, tmp_path)
+    up = orthanc.upload(series)
+    db = str(tmp_path / "traces.db")
+    store = TraceStore(db)
+    with PacsClient(orthanc.config()) as client:
+        run_id = pull(client, up.study_uid, None, task, db=db).run.run_id
+        pushed = push(client, store, run_id)
+        assert not pushed.already and pushed.study_uid == up.study_uid
+        (sr_series,) = _series(client, up.study_uid, "SR")
+        (seg_series,) = _series(client, up.study_uid, "SEG")
+        assert (sr_series.series_uid, seg_series.series_uid) == (pushed.sr_series_uid, pushed.seg_series_uid)
+        sr_dir, seg_dir, src_dir = (tmp_path / d for d in ("sr", "seg", "src"))
+        for d in (sr_dir, seg_dir, src_dir):
+            d.mkdir()
+        client.retrieve_series(up.study_uid, pushed.sr_series_uid, sr_dir)
+        client.retrieve_series(up.study_uid, pushed.seg_series_uid or "", seg_dir)
+        again = push(client, store, run_id)
+        assert again.already and again.sr_sop_uid == pushed.sr_sop_uid
+        assert len(_series(client, up.study_uid, "SR")) == 1  # nothing sent twice
+        src_series = up.series_uids[0]
+        client.retrieve_series(up.study_uid, src_series, src_dir)
+    (sr_file,) = sr_dir.iterdir()
+    (seg_file,) = seg_dir.iterdir()
+    sr, seg = pydicom.dcmread(sr_file), hd.seg.segread(seg_file)
+    assert sr.SOPInstanceUID == pushed.sr_sop_uid and seg.SOPInstanceUID == pushed.seg_sop_uid
+
+    sources = load_run_sources(store, run_id, [src_dir] if len(series[0]) > 1 else sorted(src_dir.iterdir()))
+    _assert_the_results_are_the_runs(store, run_id, sources, sr, seg)
     # valid, and the patient is the source's (copied, never invented)
     for path in (sr_file, seg_file):
         errors, warnings = dciodvfy(path)
@@ -209,3 +214,39 @@ def test_a_pacs_that_refuses_or_breaks_leaves_nothing_half_written(
     assert pushes_of(store, run.run_id) == []
     with PacsClient(orthanc.config()) as client:
         assert _series(client, study_uid, "SR") == [] and _series(client, study_uid, "SEG") == []
+
+
+def test_recist_pulls_the_prior_study_and_round_trips(orthanc, tmp_path: Path) -> None:
+    baseline, followup = H.write_recist_dicom(tmp_path / "recist")
+    patient = f"RECIST{tmp_path.name[-6:]}"
+    prior = orthanc.upload([sorted(baseline.iterdir())], patient_id=patient, study_date="20260105")
+    current = orthanc.upload([sorted(followup.iterdir())], patient_id=patient, study_date="20260310")
+    db = str(tmp_path / "traces.db")
+    store = TraceStore(db)
+    task = "tumour response by RECIST 1.1 compared with the prior CT"
+    with PacsClient(orthanc.config()) as client:
+        pulled = pull(client, current.study_uid, None, task, db=db, prior_study_uid=prior.study_uid)
+        run_id = pulled.run.run_id
+        started = store.events(run_id)[0]
+        images = {im.timepoint: im for im in started.case.images}
+        assert images["prior"].source.study_uid == prior.study_uid
+        assert images["current"].source.study_uid == current.study_uid
+        assert (images["prior"].study_date, images["current"].study_date) == ("2026-01-05", "2026-03-10")
+        pushed = push(client, store, run_id)
+        assert pushed.study_uid == current.study_uid  # the results join the follow-up study
+        dirs = {name: tmp_path / name for name in ("sr", "seg", "cur", "pri")}
+        for d in dirs.values():
+            d.mkdir()
+        client.retrieve_series(current.study_uid, pushed.sr_series_uid, dirs["sr"])
+        client.retrieve_series(current.study_uid, pushed.seg_series_uid or "", dirs["seg"])
+        client.retrieve_series(current.study_uid, current.series_uids[0], dirs["cur"])
+        client.retrieve_series(prior.study_uid, prior.series_uids[0], dirs["pri"])
+    (sr_file,) = dirs["sr"].iterdir()
+    (seg_file,) = dirs["seg"].iterdir()
+    sources = load_run_sources(store, run_id, [dirs["cur"], dirs["pri"]])
+    _assert_the_results_are_the_runs(
+        store, run_id, sources, pydicom.dcmread(sr_file), hd.seg.segread(seg_file)
+    )
+    for path in (sr_file, seg_file):
+        errors, warnings = dciodvfy(path)
+        assert errors == [] and unexpected_warnings(warnings) == [], (path.name, errors, warnings)
