@@ -25,6 +25,12 @@ DbOpt = Annotated[
     ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+ClinicalTextOpt = Annotated[
+    str | None, typer.Option("--clinical-text", help="Free-text clinical information.")
+]
+"""The case's clinical note, for the commands that diagnose one case."""
+ReportOpt = Annotated[Path | None, typer.Option("--report", "-o", help="Also write the HTML report here.")]
+"""Where to write the run's HTML report as well."""
 
 F = TypeVar("F", bound=Callable[..., Any])
 

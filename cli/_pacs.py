@@ -15,7 +15,7 @@ import typer
 
 from dxgraph.agent import RunOptions
 from dxgraph.cli._app import app, out, print_json, progress_out
-from dxgraph.cli._options import FROM_FLAGS, DbOpt, JsonOpt, with_run_options
+from dxgraph.cli._options import FROM_FLAGS, ClinicalTextOpt, DbOpt, JsonOpt, ReportOpt, with_run_options
 from dxgraph.cli._run import print_run
 from dxgraph.errors import UserError
 
@@ -132,12 +132,8 @@ def pull(
     prior_series: Annotated[
         str | None, typer.Option("--prior-series", help="SeriesInstanceUID to read in the prior study.")
     ] = None,
-    clinical_text: Annotated[
-        str | None, typer.Option("--clinical-text", help="Free-text clinical information.")
-    ] = None,
-    report: Annotated[
-        Path | None, typer.Option("--report", "-o", help="Also write the HTML report here.")
-    ] = None,
+    clinical_text: ClinicalTextOpt = None,
+    report: ReportOpt = None,
     options: RunOptions = FROM_FLAGS,
     db: DbOpt = None,
     as_json: JsonOpt = False,

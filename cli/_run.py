@@ -16,7 +16,7 @@ from rich.text import Text
 from dxgraph.agent import RunOptions, RunResult
 from dxgraph.cli._app import app, out, print_json
 from dxgraph.cli._audit import write_report
-from dxgraph.cli._options import FROM_FLAGS, DbOpt, JsonOpt, with_run_options
+from dxgraph.cli._options import FROM_FLAGS, ClinicalTextOpt, DbOpt, JsonOpt, ReportOpt, with_run_options
 from dxgraph.errors import UserError
 
 
@@ -49,16 +49,12 @@ def diagnose(
     modality: Annotated[
         str | None, typer.Option(help="Modality of the images: fundus, cxr, ct, mr, us.")
     ] = None,
-    clinical_text: Annotated[
-        str | None, typer.Option("--clinical-text", help="Free-text clinical information.")
-    ] = None,
+    clinical_text: ClinicalTextOpt = None,
     laterality: Annotated[str | None, typer.Option(help="Eye, for ophthalmic images: OD or OS.")] = None,
     case_id: Annotated[
         str | None, typer.Option("--case-id", help="Pseudonymous case id (default: from image hashes).")
     ] = None,
-    report: Annotated[
-        Path | None, typer.Option("--report", "-o", help="Also write the HTML report here.")
-    ] = None,
+    report: ReportOpt = None,
     options: RunOptions = FROM_FLAGS,
     db: DbOpt = None,
     as_json: JsonOpt = False,
