@@ -3,8 +3,12 @@ its evidence rests on masks, a Segmentation (SEG) the report's measurements refe
 
 The source instances come from the PACS again (a run pulled from it records their Study/Series/SOP
 Instance UIDs) or, for a run of local files, from the files given; they must be the images the run read
-(their hashes are checked against the trace). The run's chain must verify. Both objects are checked
-with ``dciodvfy`` before anything is sent: an object with an error is a bug and is never sent. The
+(their hashes are checked against the trace). The run's chain must verify. The SEG is one per frame of
+reference of the instances it lies on (one for standard data; ``_seg``), all in one SEG series. Every
+object is checked with ``dciodvfy`` before anything is sent: an error of dxgraph's own is a bug and is never
+sent. An error inherited from the sources (their own UIDs are not valid DICOM, e.g. leading zeros, and the
+objects must reference them verbatim: ``_validate``) refuses the push too, unless the caller accepts them
+(``accept_source_uid_errors``); the result counts the errors accepted. The
 push is recorded in the trace store (``pacs_pushes``): pushing a run again to the same PACS sends
 nothing unless asked, so results are never duplicated by a retry.
 """
@@ -16,16 +20,20 @@ import tempfile
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict
 
 from dxgraph.errors import StoreError, UserError
 from dxgraph.pacs._dicomweb import PacsClient, StoreResult
 from dxgraph.pacs._run_sources import load_run_sources
-from dxgraph.pacs._seg import build_segmentation
-from dxgraph.pacs._sr import measurement_report
-from dxgraph.pacs._validate import dciodvfy, unexpected_warnings
+from dxgraph.pacs._seg import build_segmentations
+from dxgraph.pacs._sr import build_report
+from dxgraph.pacs._validate import dciodvfy, inherited_errors, inherited_uid, source_uids, unexpected_warnings
 from dxgraph.traces import PacsPushRow, RunStarted, TraceStore, pushes_of
+
+if TYPE_CHECKING:
+    from pydicom import Dataset
 
 
 class PushResult(BaseModel):
@@ -43,11 +51,16 @@ class PushResult(BaseModel):
     sr_series_uid: str
     """SeriesInstanceUID of the SR."""
     seg_sop_uid: str | None
-    """SOPInstanceUID of the SEG; None when the evidence rests on no mask."""
+    """SOPInstanceUID of the (first) SEG; None when the evidence rests on no mask."""
     seg_series_uid: str | None
-    """SeriesInstanceUID of the SEG."""
+    """SeriesInstanceUID of the SEG series (every SEG of the push is in it)."""
+    seg_sop_uids: tuple[str, ...] = ()
+    """SOPInstanceUID of each SEG sent, one per frame of reference (empty when nothing was sent now)."""
     n_segments: int
-    """Segments in the SEG."""
+    """Segments in the SEG (each SEG describes them all)."""
+    accepted_source_uid_errors: int = 0
+    """dciodvfy errors inherited from the sources' own invalid UIDs that were accepted and sent
+    (``accept_source_uid_errors``); 0 when nothing was sent now."""
     already: bool
     """True when nothing was sent: an earlier push of this run to this PACS stands."""
     pushed_at: datetime
@@ -65,11 +78,14 @@ def push(
     *,
     sources: Sequence[Path] = (),
     again: bool = False,
+    accept_source_uid_errors: bool = False,
 ) -> PushResult:
-    """Send a run's results to the PACS as SR (+ SEG) and record it; UserError when it cannot be done.
+    """Send a run's results to the PACS as SR (+ SEGs) and record it; UserError when it cannot be done.
 
     ``sources``: the DICOM files (or series folders) the run read, for a run of local files; a run pulled
     from the PACS fetches them again. ``again`` sends a run already pushed to this PACS once more.
+    ``accept_source_uid_errors`` sends objects whose only dciodvfy errors are inherited from the sources'
+    own invalid UIDs (refused by default, in one line naming one of them).
     """
     try:
         run_id = store.resolve_run_id(run_id)
@@ -85,18 +101,18 @@ def push(
     with tempfile.TemporaryDirectory(prefix="dxgraph-push-") as tmp:
         files = list(sources) or _fetch_sources(client, store, run_id, Path(tmp))
         loaded = load_run_sources(store, run_id, files)
-        seg = None
-        n_segments = 0
-        if loaded.masks():
-            seg, plan = build_segmentation(store, loaded)
-            n_segments = len(plan.segments)
-        sr = measurement_report(store, run_id, files, segmentation=seg)
-        objects = [o for o in (seg, sr) if o is not None]
-        for obj in objects:
-            errors, warnings = dciodvfy(obj)
-            odd = unexpected_warnings(warnings)
-            if errors or odd:
-                raise InvalidDicom(f"the {obj.Modality} of run {run_id} fails dciodvfy: {(errors + odd)[0]}")
+        built = build_segmentations(store, loaded) if loaded.masks() else []
+        segs = [seg for seg, _ in built]
+        n_segments = len(built[0][1].segments) if built else 0
+        sr = build_report(loaded, [(seg, plan.segments) for seg, plan in built])
+        objects = [*segs, sr]
+        inherited = _check_valid(objects, run_id, source_uids(loaded.all_datasets()))
+        if inherited and not accept_source_uid_errors:
+            raise UserError(
+                f"the source's UIDs are not valid DICOM (e.g. {inherited[0]}); objects that reference them"
+                " inherit the errors; pass accept_source_uid_errors=True / --accept-source-uid-errors to push"
+                " anyway"
+            )
         stored = client.store(objects)
     _check_stored(stored, objects)
     row = PacsPushRow(
@@ -106,12 +122,34 @@ def push(
         study_uid=str(sr.StudyInstanceUID),
         sr_series_uid=str(sr.SeriesInstanceUID),
         sr_sop_uid=str(sr.SOPInstanceUID),
-        seg_series_uid=None if seg is None else str(seg.SeriesInstanceUID),
-        seg_sop_uid=None if seg is None else str(seg.SOPInstanceUID),
+        seg_series_uid=str(segs[0].SeriesInstanceUID) if segs else None,
+        seg_sop_uid=str(segs[0].SOPInstanceUID) if segs else None,
         pushed_at=datetime.now(UTC),
     )
     store.insert([row])
-    return _result(row, n_segments=n_segments, already=False)
+    return _result(
+        row,
+        n_segments=n_segments,
+        already=False,
+        seg_sop_uids=tuple(str(seg.SOPInstanceUID) for seg in segs),
+        accepted=len(inherited),
+    )
+
+
+def _check_valid(objects: Sequence[Dataset], run_id: str, uids: set[str]) -> list[str]:
+    """Run dciodvfy on each object: InvalidDicom on an error of dxgraph's own or an unexpected warning;
+    the errors inherited from the source UIDs ``uids``, each as ``<uid>: <what dciodvfy says>``."""
+    inherited: list[str] = []
+    for obj in objects:
+        errors, warnings = dciodvfy(obj)
+        own, theirs = inherited_errors(errors, obj, uids)
+        odd = unexpected_warnings(warnings)
+        if own or odd:
+            raise InvalidDicom(f"the {obj.Modality} of run {run_id} fails dciodvfy: {(own + odd)[0]}")
+        for e in theirs:
+            what = e.rsplit(" - ", 1)[-1].strip().lower()
+            inherited.append(f"{inherited_uid(e, obj, uids)}: {what}")
+    return inherited
 
 
 def _fetch_sources(client: PacsClient, store: TraceStore, run_id: str, folder: Path) -> list[Path]:
@@ -157,7 +195,14 @@ def _check_stored(stored: StoreResult, objects: Sequence[object]) -> None:
     )
 
 
-def _result(row: PacsPushRow, *, n_segments: int, already: bool) -> PushResult:
+def _result(
+    row: PacsPushRow,
+    *,
+    n_segments: int,
+    already: bool,
+    seg_sop_uids: tuple[str, ...] = (),
+    accepted: int = 0,
+) -> PushResult:
     return PushResult(
         run_id=row.run_id,
         pacs_url=row.pacs_url,
@@ -166,7 +211,9 @@ def _result(row: PacsPushRow, *, n_segments: int, already: bool) -> PushResult:
         sr_series_uid=row.sr_series_uid,
         seg_sop_uid=row.seg_sop_uid,
         seg_series_uid=row.seg_series_uid,
+        seg_sop_uids=seg_sop_uids,
         n_segments=max(n_segments, 0),
+        accepted_source_uid_errors=accepted,
         already=already,
         pushed_at=row.pushed_at,
     )

@@ -8,7 +8,9 @@ same way and must account for every image of the run, and nothing else, or a Use
 A Dataset read from a file is hashed as that file (while it still equals it); one held only in memory
 (as DICOMweb retrieves it) is written out to be hashed, which reproduces the bytes of a well-formed file
 (the phantoms, RG1_UNCR) but not of every file (Sunnybrook's do not round-trip): pass the files, or
-Datasets read from them, to be sure.
+Datasets read from them, to be sure. A run pulled from a PACS hashed the files the DICOMweb client wrote
+(``PacsClient.retrieve_series``), and a push retrieves and writes them again the same way, so they match
+(the real Sunnybrook cine included: ``tests/pacs/test_sunnybrook_round_trip.py``).
 """
 
 from __future__ import annotations

@@ -15,8 +15,13 @@ What one SEG can and cannot hold, and what is done about it:
   ``SegmentationPlan.skipped``;
 - a cine mask (t, z, y, x) becomes two segments, end-diastole and end-systole (what an ejection fraction
   rests on), each frame derived from the instance of its own time point;
-- a series whose instances each name their own frame of reference (real Sunnybrook data) cannot carry
-  one SEG: UserError, the SR is still written.
+- a SEG has one frame of reference, so when the instances its frames derive from name several (real
+  Sunnybrook data: each of its 240 instances names its own, an artefact of its de-identification), the
+  segments are written as one SEG per frame of reference (``build_segmentations``), each over the instances
+  of that frame of reference only and copying it; a plane whose mask is empty needs no SEG. Every one of
+  them holds the same segment descriptions (numbers, labels, TrackingIDs), so a reader unions a segment's
+  frames across them; they share one SEG series (instance numbers 1, 2, ...). Standard data (one frame of
+  reference) gives exactly one SEG, as ``build_segmentation`` returns.
 
 Patient, study and frame of reference are copied from the sources by highdicom, never invented; the
 SEG gets a new series and SOP instance UID.
@@ -26,7 +31,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -259,10 +264,6 @@ def _check_sources(image: SourceImage) -> None:
             raise UserError(f"the source instances have no {tag}: a SEG cannot reference them")
     if len(image.datasets) > 1 and not first.get("FrameOfReferenceUID"):
         raise UserError("the source series has no FrameOfReferenceUID: a SEG over a volume needs one")
-    if len({str(ds.get("FrameOfReferenceUID", "")) for ds in image.datasets}) > 1:
-        raise UserError(
-            "the source series' instances name different frames of reference: one SEG cannot span them"
-        )
 
 
 def _same_structure(a: SegmentSource, b: SegmentSource) -> bool:
@@ -304,34 +305,70 @@ def _description(seg: SegmentSource, run_id: str, duplicate: bool) -> hd.seg.Seg
     return desc
 
 
-def build_segmentation(
-    store: TraceStore, sources: RunSources
-) -> tuple[hd.seg.Segmentation, SegmentationPlan]:
-    """The SEG of a loaded run, with the plan that says what each segment holds."""
+def _frame_of_reference(ds: Dataset) -> str:
+    return str(ds.get("FrameOfReferenceUID", "") or "")
+
+
+def split_by_frame_of_reference(plan: SegmentationPlan) -> list[SegmentationPlan]:
+    """The plan as one plan per frame of reference of the instances its non-empty planes derive from.
+
+    One frame of reference (standard data): the plan itself, unchanged. Otherwise each plan keeps every
+    segment (same numbers, so a reader unions them) and only the planes that lie on an instance of its
+    frame of reference; a plane empty in every segment is left out. Plans come segment by segment, plane
+    by plane (the first segment's planes first)."""
+    if len({_frame_of_reference(ds) for ds in plan.image.datasets}) <= 1:
+        return [plan]
+    groups: dict[str, list[tuple[int, int]]] = {}  # frame of reference -> (plane, segment index)
+    for j, seg in enumerate(plan.segments):
+        instances = _instances_of(plan, seg)
+        for k in range(plan.pixels.shape[0]):
+            if plan.pixels[k, :, :, j].any():
+                groups.setdefault(_frame_of_reference(instances[k]), []).append((k, j))
+    out: list[SegmentationPlan] = []
+    for pairs in groups.values():
+        planes = sorted({k for k, _ in pairs})
+        pixels = np.zeros((len(planes), *plan.pixels.shape[1:]), dtype=bool)
+        reference: list[Dataset] = []
+        for i, k in enumerate(planes):
+            here = [j for kk, j in pairs if kk == k]
+            for j in here:
+                pixels[i, :, :, j] = plan.pixels[k, :, :, j]
+            reference.append(_instances_of(plan, plan.segments[here[0]])[k])
+        out.append(replace(plan, reference=tuple(reference), pixels=pixels))
+    return out
+
+
+def _build(
+    plan: SegmentationPlan,
+    run_id: str,
+    descriptions: Sequence[hd.seg.SegmentDescription],
+    series_uid: str,
+    instance_number: int,
+) -> hd.seg.Segmentation:
+    """The SEG of one plan (one frame of reference), its segments described by (copies of)
+    ``descriptions``."""
     import highdicom as hd
 
-    plan = plan_segmentation(store, sources)
-    _check_sources(plan.image)
+    frame = _frame_of_reference(plan.reference[0])
     others = [ds for ds in plan.image.datasets if all(ds is not r for r in plan.reference)]
-    used = {id(ds) for s in plan.segments for ds in _instances_of(plan, s)}
+    used = {
+        id(ds) for s in plan.segments for ds in _instances_of(plan, s) if _frame_of_reference(ds) == frame
+    }
     seg = hd.seg.Segmentation(
         source_images=with_readable_identity(plan.reference),
         further_source_images=[ds for ds in others if id(ds) in used] or None,
         pixel_array=plan.pixels.astype(np.uint8),
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-        segment_descriptions=[
-            _description(s, sources.run_id, sum(_same_structure(s, t) for t in plan.segments) > 1)
-            for s in plan.segments
-        ],
-        series_instance_uid=hd.UID(),
+        segment_descriptions=copy.deepcopy(list(descriptions)),
+        series_instance_uid=series_uid,
         series_number=SEG_SERIES_NUMBER,
         sop_instance_uid=hd.UID(),
-        instance_number=1,
+        instance_number=instance_number,
         manufacturer="dxgraph",
         manufacturer_model_name="dxgraph",
         software_versions=__version__,
         device_serial_number="none",
-        content_description=f"dxgraph run {sources.run_id}"[:64],
+        content_description=f"dxgraph run {run_id}"[:64],
         content_label="DXGRAPH",
         series_description="dxgraph segmentation",
     )
@@ -346,16 +383,63 @@ def build_segmentation(
         # General Image type 2C without a frame of reference: the source's, empty when it has none
         seg.PatientOrientation = plan.image.datasets[0].get("PatientOrientation", "")
     declare_private_scheme(seg)
-    return seg, plan
+    return seg
+
+
+def build_segmentations(
+    store: TraceStore, sources: RunSources
+) -> list[tuple[hd.seg.Segmentation, SegmentationPlan]]:
+    """The SEGs of a loaded run, one per frame of reference of the instances their frames derive from
+    (exactly one for standard data), each with the plan that says what it holds."""
+    import highdicom as hd
+
+    whole = plan_segmentation(store, sources)
+    _check_sources(whole.image)
+    series_uid = hd.UID()
+    descriptions = [  # one each, shared by every SEG: the same segment has the same TrackingUID in each
+        _description(s, sources.run_id, sum(_same_structure(s, t) for t in whole.segments) > 1)
+        for s in whole.segments
+    ]
+    return [
+        (_build(plan, sources.run_id, descriptions, series_uid, n), plan)
+        for n, plan in enumerate(split_by_frame_of_reference(whole), start=1)
+    ]
+
+
+def build_segmentation(
+    store: TraceStore, sources: RunSources
+) -> tuple[hd.seg.Segmentation, SegmentationPlan]:
+    """The SEG of a loaded run, with the plan that says what each segment holds; UserError when its
+    sources name several frames of reference, which need one SEG each (``build_segmentations``)."""
+    built = build_segmentations(store, sources)
+    if len(built) > 1:
+        raise UserError(
+            f"the masks of run {sources.run_id} lie on instances of {len(built)} frames of reference:"
+            " they need one SEG each"
+        )
+    return built[0]
+
+
+def segmentations(
+    store: TraceStore, run_id: str, sources: Sequence[Dataset | str | Path]
+) -> list[hd.seg.Segmentation]:
+    """The masks the evidence of a stored run rests on, as BINARY SEGs referencing the source series: one
+    per frame of reference of the instances they lie on (one for standard data).
+
+    ``sources`` are the run's DICOM instances (Datasets read from files, files or series folders); a
+    UserError says when they are not the images the run read, or when its evidence rests on no mask.
+    """
+    return [seg for seg, _ in build_segmentations(store, load_run_sources(store, run_id, sources))]
 
 
 def segmentation(
     store: TraceStore, run_id: str, sources: Sequence[Dataset | str | Path]
 ) -> hd.seg.Segmentation:
-    """The masks the evidence of a stored run rests on, as a BINARY SEG referencing the source series.
+    """The masks the evidence of a stored run rests on, as one BINARY SEG referencing the source series.
 
     ``sources`` are the run's DICOM instances (Datasets read from files, files or series folders); a
-    UserError says when they are not the images the run read, or when its evidence rests on no mask.
+    UserError says when they are not the images the run read, when its evidence rests on no mask, or when
+    the instances name several frames of reference (``segmentations`` writes one SEG each).
     """
     seg, _ = build_segmentation(store, load_run_sources(store, run_id, sources))
     return seg

@@ -6,7 +6,10 @@ The report has one measurement group per indicator of the criteria the diagnosis
 - categories and yes/no values as qualitative evaluations, and the indicator's finding (normal,
   borderline, abnormal, not assessable) as a qualitative evaluation of concept DCM 121071 "Finding";
 - the source images it was measured on, or, when a SEG is given, the SEG segment of the first mask it
-  rests on (TID 1410 planar for a 2D image, TID 1411 volumetric otherwise).
+  rests on (TID 1410 planar for a 2D image, TID 1411 volumetric otherwise). When the masks lie in several
+  SEGs (one per frame of reference, ``_seg``), the group references the first SEG's segment that way (TID
+  1410/1411 hold one) and its measurement names, as its sources (TID 300 "Source of measurement"), every
+  frame of every SEG that holds one of the evidence's segments, each by the SEG's SOP Instance UID.
 
 A last group holds the diagnosis: its label, the confidence as DCM "Probability" (unit 1), and whether the
 run abstained.
@@ -102,7 +105,11 @@ def _measured_image_id(sources: RunSources, ev: Evidence) -> str | None:
 
 
 def _content(
-    ev: Evidence | None, indicator: str, name: str, finding: str
+    ev: Evidence | None,
+    indicator: str,
+    name: str,
+    finding: str,
+    measured_on: list[hd.sr.SourceImageForMeasurement] | None = None,
 ) -> tuple[list[hd.sr.Measurement], list[hd.sr.QualitativeEvaluation]]:
     import highdicom as hd
 
@@ -120,15 +127,19 @@ def _content(
                 value=float(ev.value),
                 unit=unit_code(ev.unit),
                 derivation=coding.derivation,
+                referenced_images=measured_on,
             )
         )
     return measurements, evaluations
 
 
+SegSegments = tuple["Dataset", Sequence[SegmentSource]]
+"""A SEG and the run's segments it holds."""
+
+
 def _indicator_groups(
     sources: RunSources,
-    seg: Dataset | None,
-    segments: Sequence[SegmentSource],
+    segs: Sequence[SegSegments],
 ) -> list[
     hd.sr.MeasurementsAndQualitativeEvaluations
     | hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations
@@ -149,7 +160,14 @@ def _indicator_groups(
             evs: list[Evidence | None] = [by_id[i] for i in ids if i in deciding and i in by_id]
             for ev in evs or [None]:
                 coding = indicator_coding(ind.indicator, ind.name)
-                measurements, evaluations = _content(ev, ind.indicator, ind.name, ind.finding)
+                held = _segments_holding(segs, ev)
+                measurements, evaluations = _content(
+                    ev,
+                    ind.indicator,
+                    ind.name,
+                    ind.finding,
+                    _seg_frames(held) if len({id(seg) for seg, _ in held}) > 1 else None,
+                )
                 label = f"{ind.indicator} ({ev.evidence_id})" if ev is not None else ind.indicator
                 common = {
                     "tracking_identifier": hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=label),
@@ -163,10 +181,8 @@ def _indicator_groups(
                     "measurements": measurements or None,
                     "qualitative_evaluations": evaluations,
                 }
-                segment = next(
-                    (s for s in segments if ev is not None and ev.evidence_id in s.evidence_ids), None
-                )
-                if seg is not None and segment is not None and _frames_of(seg, segment.segment_number):
+                if held:
+                    seg, segment = held[0]
                     if _single_image(seg):
                         groups.append(
                             hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
@@ -190,6 +206,33 @@ def _indicator_groups(
                         )
                     )
     return groups
+
+
+def _segments_holding(
+    segs: Sequence[SegSegments], ev: Evidence | None
+) -> list[tuple[Dataset, SegmentSource]]:
+    """(SEG, segment) of each segment an evidence rests on that has frames, SEG by SEG, in segment order."""
+    if ev is None:
+        return []
+    return [
+        (seg, s)
+        for seg, segments in segs
+        for s in segments
+        if ev.evidence_id in s.evidence_ids and _frames_of(seg, s.segment_number)
+    ]
+
+
+def _seg_frames(held: Sequence[tuple[Dataset, SegmentSource]]) -> list[hd.sr.SourceImageForMeasurement]:
+    """Each SEG's frames that hold the segments, one reference per SEG (its SOP Instance UID)."""
+    import highdicom as hd
+
+    frames: dict[str, tuple[Dataset, list[int]]] = {}
+    for seg, s in held:
+        frames.setdefault(str(seg.SOPInstanceUID), (seg, []))[1].extend(_frames_of(seg, s.segment_number))
+    return [
+        hd.sr.SourceImageForMeasurement(seg.SOPClassUID, seg.SOPInstanceUID, sorted(set(numbers)))
+        for seg, numbers in frames.values()
+    ]
 
 
 def _single_image(seg: Dataset) -> bool:
@@ -257,10 +300,9 @@ def _diagnosis_group(sources: RunSources) -> hd.sr.MeasurementsAndQualitativeEva
     )
 
 
-def build_report(
-    sources: RunSources, seg: Dataset | None = None, segments: Sequence[SegmentSource] = ()
-) -> hd.sr.Comprehensive3DSR:
-    """The TID 1500 report of a loaded run; ``seg`` and its ``segments`` when its SEG is referenced."""
+def build_report(sources: RunSources, segs: Sequence[SegSegments] = ()) -> hd.sr.Comprehensive3DSR:
+    """The TID 1500 report of a loaded run; ``segs``: its SEGs (one per frame of reference, usually one),
+    each with the segments it holds, when they are referenced."""
     import highdicom as hd
 
     first = sources.images[0].datasets[0]
@@ -276,9 +318,9 @@ def build_report(
     report = hd.sr.MeasurementReport(
         observation_context=hd.sr.ObservationContext(observer_device_context=observer),
         procedure_reported=IMAGING_PROCEDURE,
-        imaging_measurements=[*_indicator_groups(sources, seg, segments), _diagnosis_group(sources)],
+        imaging_measurements=[*_indicator_groups(sources, segs), _diagnosis_group(sources)],
     )
-    evidence = with_readable_identity(sources.all_datasets()) + ([seg] if seg is not None else [])
+    evidence = with_readable_identity(sources.all_datasets()) + [seg for seg, _ in segs]
     sr = hd.sr.Comprehensive3DSR(
         evidence=evidence,
         content=report[0],
@@ -315,18 +357,18 @@ def measurement_report(
     sources: Sequence[Dataset | str | Path],
     *,
     segmentation: Dataset | None = None,
+    segmentations: Sequence[Dataset] = (),
 ) -> hd.sr.Comprehensive3DSR:
     """A stored run as a TID 1500 Measurement Report (Comprehensive 3D SR) over its source instances.
 
     ``sources`` are the run's DICOM instances (Datasets read from files, files or series folders); a
     UserError says when they are not the images the run read. ``segmentation`` is the run's SEG
-    (``segmentation(store, run_id, sources)``), whose segments the measurements then reference.
+    (``segmentation(store, run_id, sources)``), or ``segmentations`` its SEGs, one per frame of reference
+    (``segmentations(store, run_id, sources)``), whose segments the measurements then reference.
     """
     loaded = load_run_sources(store, run_id, sources)
-    segments: tuple[SegmentSource, ...] = ()
-    if segmentation is not None:
-        segments = _segments_of(loaded, segmentation)
-    return build_report(loaded, segmentation, segments)
+    segs = [*([segmentation] if segmentation is not None else []), *segmentations]
+    return build_report(loaded, [(seg, _segments_of(loaded, seg)) for seg in segs])
 
 
 def _segments_of(sources: RunSources, seg: Dataset) -> tuple[SegmentSource, ...]:

@@ -10,6 +10,14 @@ accepted (``ACCEPTED_WARNINGS``), and why:
   source instances (the real RG1_UNCR has ``ward`` as its ReferringPhysicianName); dxgraph does not
   rewrite the identity it copies.
 ``unexpected_warnings`` returns the warnings not on that list: the tests require it to be empty.
+
+Errors inherited from the sources (``inherited_errors``): an SR or SEG must reference its source instances
+by their own UIDs and copy their study (and a SEG their frame of reference), verbatim. When those UIDs are
+not valid DICOM (real Sunnybrook data: components with leading zeros, ``Leading zeroes in embedded numeric
+component``), every object that references them inherits the error; it is none of dxgraph's making, and
+rewriting the UIDs would break the references. An error is inherited when the value it names, or else the
+attribute it points at, equals a UID found anywhere in the source instances (``source_uids``); any other
+error is dxgraph's own, and a bug.
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -71,3 +80,70 @@ def dciodvfy(
 def unexpected_warnings(warnings: list[str]) -> list[str]:
     """The warnings not matched by ``ACCEPTED_WARNINGS``."""
     return [w for w in warnings if not any(re.search(p, w) for p in ACCEPTED_WARNINGS)]
+
+
+def source_uids(datasets: Iterable[Dataset]) -> set[str]:
+    """Every UID (VR UI) value anywhere in the source instances, nested sequences included."""
+    out: set[str] = set()
+
+    def walk(ds: Dataset) -> None:
+        for elem in ds:
+            if elem.VR == "SQ":
+                for item in elem.value or []:
+                    walk(item)
+            elif elem.VR == "UI" and elem.value:
+                values = elem.value if elem.VM > 1 else [elem.value]
+                out.update(str(v) for v in values)
+
+    for ds in datasets:
+        walk(ds)
+    return out
+
+
+_VALUE = re.compile(r"= <([^>]*)>")
+_PATH = re.compile(r"^Error - <(/[^>]*)>")
+_STEP = re.compile(r"/(\w+)\(([0-9a-fA-F]{4}),([0-9a-fA-F]{4})\)(?:\[(\d+)\])?")
+
+
+def _value_at(ds: Dataset, path: str) -> str | None:
+    """The value at a dciodvfy attribute path (``/Seq(gggg,eeee)[1]/Attr(gggg,eeee)[1]``), or None."""
+    from pydicom.tag import Tag
+
+    node: object = ds
+    steps = _STEP.findall(path)
+    for n, (_, group, element, index) in enumerate(steps):
+        tag = Tag(int(group, 16), int(element, 16))
+        if not hasattr(node, "get") or tag not in node:  # type: ignore[operator]
+            return None
+        elem = node[tag]  # type: ignore[index]
+        i = int(index or 1) - 1
+        if elem.VR == "SQ":
+            if i >= len(elem.value):
+                return None
+            node = elem.value[i]
+            continue
+        if n != len(steps) - 1:
+            return None
+        values = elem.value if elem.VM > 1 else [elem.value]
+        return str(values[i]) if i < len(values) else None
+    return None
+
+
+def inherited_uid(error: str, obj: Dataset, uids: set[str]) -> str | None:
+    """The source UID a dciodvfy error is about (the value it names, or the value of the attribute it
+    points at in ``obj``, is one of ``uids``); None when the error is not inherited from the sources."""
+    named = _VALUE.search(error)
+    if named is not None and named.group(1) in uids:
+        return named.group(1)
+    where = _PATH.match(error.strip())
+    value = _value_at(obj, where.group(1)) if where is not None else None
+    return value if value is not None and value in uids else None
+
+
+def inherited_errors(errors: Sequence[str], obj: Dataset, uids: set[str]) -> tuple[list[str], list[str]]:
+    """(dxgraph's own errors, errors inherited from the source UIDs ``uids``) of dciodvfy on ``obj``."""
+    own: list[str] = []
+    inherited: list[str] = []
+    for e in errors:
+        (inherited if inherited_uid(e, obj, uids) is not None else own).append(e)
+    return own, inherited

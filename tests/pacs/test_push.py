@@ -9,15 +9,14 @@ from pathlib import Path
 
 import _pacs_helpers as H
 import highdicom as hd
-import numpy as np
 import pydicom
 import pytest
 
 from dxgraph.errors import UserError
 from dxgraph.pacs import PacsClient, pull, push
 from dxgraph.pacs._codes import indicator_coding
-from dxgraph.pacs._run_sources import load_run_sources, mask_on_source_grid
-from dxgraph.pacs._seg import build_segmentation, deciding_evidence_ids
+from dxgraph.pacs._run_sources import load_run_sources
+from dxgraph.pacs._seg import deciding_evidence_ids
 from dxgraph.pacs._validate import dciodvfy, unexpected_warnings
 from dxgraph.traces import TraceStore, pushes_of
 
@@ -41,7 +40,7 @@ def _series(client: PacsClient, study_uid: str, modality: str) -> list:
     return [s for s in client.find_series(study_uid) if s.modality == modality]
 
 
-def _assert_the_results_are_the_runs(store, run_id: str, sources, sr, seg) -> None:
+def _assert_the_results_are_the_runs(store, run_id: str, sources, sr, segs) -> None:
     """The SR's values are the trace's exactly, and each SEG mask is the evidence mask on the source grid."""
     # the SR's values are the trace's, exactly
     groups = H.measurement_groups(sr)
@@ -56,22 +55,8 @@ def _assert_the_results_are_the_runs(store, run_id: str, sources, sr, seg) -> No
         assert value == ev.value
         numeric += 1
     assert numeric >= 1
-    # each SEG mask is the evidence mask on the source grid
-    _, plan = build_segmentation(store, sources)
-    masks = H.evidence_masks(store, run_id)
-    for s in plan.segments:
-        grid = mask_on_source_grid(masks[s.mask.ref.sha256], plan.image)
-        assert grid is not None
-        instances = plan.image.datasets
-        if s.time_index is not None:
-            n_z = plan.image.frames[1]
-            grid = grid[s.time_index * n_z : (s.time_index + 1) * n_z]
-            instances = instances[s.time_index * n_z : (s.time_index + 1) * n_z]
-        want = grid == s.label_value if s.label_value is not None else grid != 0
-        got = seg.get_pixels_by_source_instance(
-            [ds.SOPInstanceUID for ds in instances], segment_numbers=[s.segment_number]
-        )[..., 0]
-        assert np.array_equal(got.astype(bool), want) and want.any(), s.tracking_id
+    # each SEG mask (the union over the SEGs, one per frame of reference) is the evidence mask
+    H.assert_segs_hold_the_evidence_masks(store, run_id, sources, segs)
 
 
 @pytest.mark.parametrize("kind", ["cardiomegaly", "pulmonary_nodule", "heart_failure_ef"])
@@ -103,7 +88,7 @@ def test_pull_diagnose_push_and_read_the_results_back(orthanc, tmp_path: Path, k
     assert sr.SOPInstanceUID == pushed.sr_sop_uid and seg.SOPInstanceUID == pushed.seg_sop_uid
 
     sources = load_run_sources(store, run_id, [src_dir] if len(series[0]) > 1 else sorted(src_dir.iterdir()))
-    _assert_the_results_are_the_runs(store, run_id, sources, sr, seg)
+    _assert_the_results_are_the_runs(store, run_id, sources, sr, [seg])
     # valid, and the patient is the source's (copied, never invented)
     for path in (sr_file, seg_file):
         errors, warnings = dciodvfy(path)
@@ -245,8 +230,42 @@ def test_recist_pulls_the_prior_study_and_round_trips(orthanc, tmp_path: Path) -
     (seg_file,) = dirs["seg"].iterdir()
     sources = load_run_sources(store, run_id, [dirs["cur"], dirs["pri"]])
     _assert_the_results_are_the_runs(
-        store, run_id, sources, pydicom.dcmread(sr_file), hd.seg.segread(seg_file)
+        store, run_id, sources, pydicom.dcmread(sr_file), [hd.seg.segread(seg_file)]
     )
     for path in (sr_file, seg_file):
         errors, warnings = dciodvfy(path)
         assert errors == [] and unexpected_warnings(warnings) == [], (path.name, errors, warnings)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # pydicom warns on the invalid UIDs
+def test_dciodvfy_errors_on_the_source_s_own_uids_are_told_apart_from_ours() -> None:
+    """An error naming a UID of the sources (anywhere in them), or pointing at an attribute holding one, is
+    inherited; any other error is dxgraph's own."""
+    from pydicom import Dataset
+
+    from dxgraph.pacs._validate import inherited_errors, inherited_uid, source_uids
+
+    source = Dataset()
+    source.StudyInstanceUID = "1.2.03"
+    source.ReferencedStudySequence = [Dataset()]
+    source.ReferencedStudySequence[0].ReferencedSOPInstanceUID = "1.2.004"
+    obj = Dataset()
+    obj.StudyInstanceUID = "1.2.03"
+    obj.SOPInstanceUID = "1.2.05"
+    obj.ReferencedSeriesSequence = [Dataset(), Dataset()]
+    obj.ReferencedSeriesSequence[1].SeriesInstanceUID = "1.2.004"
+    uids = source_uids([source])
+    assert uids == {"1.2.03", "1.2.004"}
+    by_value = (
+        "Error - </StudyInstanceUID(0020,000d)[1]> - Value invalid for this VR [UI] = <1.2.03> - Leading"
+    )
+    by_path = (
+        "Error - </ReferencedSeriesSequence(0008,1115)[2]/SeriesInstanceUID(0020,000e)[1]> - Leading zeroes"
+    )
+    ours = (
+        "Error - </SOPInstanceUID(0008,0018)[1]> - Value invalid for this VR [UI] = <1.2.05> - Leading zeroes"
+    )
+    missing = "Error - Missing attribute Type 1 Required Element=<ContentDate> Module=<General Image>"
+    own, inherited = inherited_errors([by_value, by_path, ours, missing], obj, uids)
+    assert own == [ours, missing] and inherited == [by_value, by_path]
+    assert inherited_uid(by_path, obj, uids) == "1.2.004"

@@ -159,3 +159,48 @@ def test_sources_held_in_memory_are_hashed_as_written(tmp_path_factory) -> None:
     store, study = H.shared_study("ct", tmp_path_factory)
     in_memory = [pydicom.dcmread(io.BytesIO(f.read_bytes())) for f in study.files]
     assert segmentation(store, study.run_id, in_memory).NumberOfFrames >= 1
+
+
+@pytest.mark.parametrize("kind", ["ct", "cine"])
+def test_instances_of_several_frames_of_reference_get_one_seg_each(kind, tmp_path_factory, tmp_path) -> None:
+    """Each instance naming its own frame of reference (as the real Sunnybrook cine does): one SEG per
+    frame of reference holding a non-empty plane, each copying it; their union is the evidence masks; the
+    single-SEG function refuses in one line; the SR references every SEG."""
+    from pydicom.uid import generate_uid
+
+    from dxgraph.pacs._seg import build_segmentations, plan_segmentation
+    from dxgraph.pacs._sr import build_report
+
+    store, study = H.shared_study(kind, tmp_path_factory)
+    sources = load_run_sources(store, study.run_id, study.datasets())
+    assert len(build_segmentations(store, sources)) == 1  # standard data: exactly one SEG
+    for ds in sources.images[0].datasets:
+        ds.FrameOfReferenceUID = generate_uid()
+    whole = plan_segmentation(store, sources)
+    non_empty = int(whole.pixels.any(axis=(1, 2)).sum())
+    built = build_segmentations(store, sources)
+    assert len(built) == non_empty > 1
+    with pytest.raises(UserError, match=f"{non_empty} frames of reference"):
+        build_segmentation(store, sources)
+    assert len({str(seg.SeriesInstanceUID) for seg, _ in built}) == 1
+    assert [int(seg.InstanceNumber) for seg, _ in built] == list(range(1, non_empty + 1))
+    segs = []
+    by_sop = {str(ds.SOPInstanceUID): ds for ds in sources.all_datasets()}
+    for n, (seg, _) in enumerate(built):
+        seg.save_as(tmp_path / f"seg{n}.dcm")
+        errors, warnings = dciodvfy(tmp_path / f"seg{n}.dcm")
+        assert errors == [] and unexpected_warnings(warnings) == []
+        segs.append(hd.seg.segread(tmp_path / f"seg{n}.dcm"))
+        referenced = {
+            str(by_sop[str(r.ReferencedSOPInstanceUID)].FrameOfReferenceUID)
+            for s in seg.ReferencedSeriesSequence
+            for r in s.ReferencedInstanceSequence
+        }
+        assert referenced == {str(seg.FrameOfReferenceUID)}
+    H.assert_segs_hold_the_evidence_masks(store, study.run_id, sources, segs)
+    sr = build_report(sources, [(seg, plan.segments) for seg, plan in built])
+    sr.save_as(tmp_path / "sr.dcm")
+    errors, warnings = dciodvfy(tmp_path / "sr.dcm")
+    assert errors == [] and unexpected_warnings(warnings) == []
+    measured = [g for g in H.measurement_groups(sr) if "diagnosis" not in g["codes"] and g["nums"]]
+    assert measured and all({str(seg.SOPInstanceUID) for seg, _ in built} <= g["refs"] for g in measured)

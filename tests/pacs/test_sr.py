@@ -168,25 +168,39 @@ SUNNYBROOK = (
 @pytest.mark.slow
 @pytest.mark.skipif(not SUNNYBROOK.is_dir(), reason="the Sunnybrook cine (shared/data) is absent")
 @pytest.mark.filterwarnings("ignore::UserWarning")  # pydicom warns on each of the source's invalid UIDs
-def test_real_sunnybrook_cine_gets_an_sr_and_a_clear_refusal_of_a_seg(tmp_path) -> None:
-    """A real cine read straight from the shared data: the SR holds the trace's LVEF exactly; a SEG is
-    refused in one line, since every instance names its own frame of reference; dciodvfy's only errors
-    are the source's own invalid UIDs (components with leading zeros), copied and referenced as they are."""
+def test_real_sunnybrook_cine_gets_an_sr_and_one_seg_per_frame_of_reference(tmp_path) -> None:
+    """A real cine read straight from the shared data: every instance names its own frame of reference, so
+    the masks become one SEG per frame of reference (the single-SEG function refuses in one line); the SR
+    holds the trace's LVEF exactly and references every SEG; dciodvfy's only errors are the source's own
+    invalid UIDs (components with leading zeros), copied and referenced as they are."""
     from dxgraph import diagnose
+    from dxgraph.pacs._seg import segmentations
+    from dxgraph.pacs._validate import inherited_errors, source_uids
     from dxgraph.traces import TraceStore
 
     store = TraceStore(f"sqlite:///{tmp_path / 'traces.db'}")
     run = diagnose("left-ventricular ejection fraction", [str(SUNNYBROOK)], store=store, modality="mr")
-    with pytest.raises(UserError, match="different frames of reference"):
+    with pytest.raises(UserError, match="frames of reference: they need one SEG each"):
         segmentation(store, run.run_id, [SUNNYBROOK])
-    sr = measurement_report(store, run.run_id, [SUNNYBROOK])
+    segs = segmentations(store, run.run_id, [SUNNYBROOK])
+    assert len(segs) > 1 and len({str(s.FrameOfReferenceUID) for s in segs}) == len(segs)
+    sr = measurement_report(store, run.run_id, [SUNNYBROOK], segmentations=segs)
     sr.save_as(tmp_path / "sr.dcm")
     assert isinstance(hd.sr.srread(tmp_path / "sr.dcm"), hd.sr.Comprehensive3DSR)
     sources = load_run_sources(store, run.run_id, [SUNNYBROOK])
     lvef = next(e for e in sources.made.evidence if e.evidence_id in deciding_evidence_ids(sources))
     group = next(g for g in H.measurement_groups(sr) if f"evidence_id={lvef.evidence_id}" in g["params"])
     assert group["nums"]["8811-2"][0] == lvef.value
-    errors, warnings = dciodvfy(tmp_path / "sr.dcm")
-    assert errors and all("Leading zeroes in embedded numeric component" in e for e in errors)
-    assert unexpected_warnings([w for w in warnings if "Leading zeroes" not in w]) == []
+    assert {str(s.SOPInstanceUID) for s in segs} <= group["refs"]
+    uids = source_uids(sources.all_datasets())
+    for n, obj in enumerate([sr, *segs]):
+        obj.save_as(tmp_path / f"{n}.dcm")
+        errors, warnings = dciodvfy(tmp_path / f"{n}.dcm")
+        own, inherited = inherited_errors(errors, obj, uids)
+        assert (
+            own == []
+            and inherited
+            and all("Leading zeroes in embedded numeric component" in e for e in inherited)
+        )
+        assert unexpected_warnings(warnings) == []
     assert sr.PatientID == pydicom.dcmread(next(SUNNYBROOK.iterdir())).PatientID
