@@ -118,10 +118,23 @@ def pull(
     study: Annotated[str, typer.Option("--study", help="StudyInstanceUID of the study to diagnose.")],
     task: Annotated[str, typer.Option("--task", "-t", help="Question or task, such as 'pulmonary_nodule'.")],
     series: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--series",
+            help="SeriesInstanceUID to read (default: the series the task needs, chosen). For a task reading"
+            " MR sequences, repeatable and each optionally SEQUENCE=UID (t1=, t1ce=, t2=, flair=): a bare UID"
+            " limits the choice to the series given.",
+        ),
+    ] = None,
+    modality: Annotated[
         str | None,
         typer.Option(
-            "--series", help="SeriesInstanceUID to read (default: the series the task needs, chosen)."
+            "--modality", help="Only consider series of this modality (CT, MR, DX, CR... or ct, mr, cxr)."
         ),
+    ] = None,
+    case_id: Annotated[
+        str | None,
+        typer.Option("--case-id", help="Pseudonymous case id (default: from image hashes)."),
     ] = None,
     prior_study: Annotated[
         str | None,
@@ -138,7 +151,11 @@ def pull(
     db: DbOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Retrieve a study's series from the PACS (WADO-RS) and diagnose it; print the diagnosis and run id."""
+    """Retrieve a study's series from the PACS (WADO-RS) and diagnose it; print the diagnosis and run id.
+
+    A task reading MR sequences (brain tumour: T1, T1ce, T2, FLAIR) gets a series per sequence, recognised
+    by its description; when they cannot be told apart, the candidate series are listed.
+    """
     from dxgraph.cli._audit import write_report
     from dxgraph.pacs import pull as run_pull
 
@@ -147,23 +164,37 @@ def pull(
             progress_out.print(f"retrieved {done}{'' if total is None else f'/{total}'} instances")
 
     with _client(url) as client:
-        result = run_pull(
-            client,
-            study,
-            series,
-            task,
-            options,
-            db=db,
-            clinical_text=clinical_text,
-            progress=progress,
-            prior_study_uid=prior_study,
-            prior_series_uid=prior_series,
+        try:
+            result = run_pull(
+                client,
+                study,
+                series,
+                task,
+                options,
+                db=db,
+                clinical_text=clinical_text,
+                progress=progress,
+                prior_study_uid=prior_study,
+                prior_series_uid=prior_series,
+                modality=modality,
+                case_id=case_id,
+            )
+        except (
+            UserError
+        ) as e:  # a SeriesChoiceError: the candidates with their descriptions, on the terminal only
+            for s in getattr(e, "candidates", ()):
+                n = "?" if s.series_number is None else str(s.series_number)
+                out.print(f"#{n}  {s.modality or '?'}  {s.n_instances or '?'} instances  {s.description}")
+                out.print(f"    series {s.series_uid}")
+            raise
+    for c in result.choices:
+        chosen = c.series
+        which = f"{c.sequence}: " if c.sequence else ""
+        progress_out.print(
+            f"{which}series {chosen.series_uid} ({chosen.modality}"
+            f"{f', {chosen.description}' if chosen.description else ''}): {c.reason}"
         )
-    chosen = result.choice.series
-    progress_out.print(
-        f"series {chosen.series_uid} ({chosen.modality}{f', {chosen.description}' if chosen.description else ''}):"
-        f" {result.choice.reason}; {result.n_instances} instances in {result.retrieve_s:.1f} s"
-    )
+    progress_out.print(f"{result.n_instances} instances in {result.retrieve_s:.1f} s")
     if report is not None:
         write_report(result.run.store_url, result.run.run_id, report)
     if as_json:
@@ -173,8 +204,12 @@ def pull(
                 "pacs": {
                     "url": client.config.host,
                     "study_uid": study,
-                    "series_uid": chosen.series_uid,
+                    "series_uid": result.choice.series.series_uid,
                     "series_reason": result.choice.reason,
+                    "series": [
+                        {"series_uid": c.series.series_uid, "sequence": c.sequence, "reason": c.reason}
+                        for c in result.choices
+                    ],
                     "n_instances": result.n_instances,
                 }
             }

@@ -1,6 +1,9 @@
 """Pull a study from a PACS and diagnose it: choose the series the task needs, retrieve it, run ``diagnose``.
 
-The series is retrieved (WADO-RS) into a temporary folder and read by the same readers as local files: a
+A task measured on one image gets one series (``choose_series``). A task whose tools ask for MR sequences
+by name (the brain tumour task: T1, T1ce, T2, FLAIR) gets a series per sequence (``choose_sequences``),
+each recognised by the words of its SeriesDescription, ProtocolName and SequenceName and by its contrast
+agent (``series_sequence``: the rules are written out there). The series is retrieved (WADO-RS) into a temporary folder and read by the same readers as local files: a
 series folder becomes a volume (spacing, cine ordering, rescale), a radiograph is read as one file
 (MONOCHROME1 inverted). The image carries an ``ImageSource`` (the PACS's DICOMweb URL without credentials,
 the Study, Series and SOP Instance UIDs), which the trace records with the case, so that results can be
@@ -10,10 +13,11 @@ retrieve fails, nothing is stored; the temporary files are removed in every case
 
 from __future__ import annotations
 
+import re
 import tempfile
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -56,6 +60,8 @@ class SeriesChoice:
     """The series."""
     reason: str
     """Why this one: asked for, or the rule that chose it."""
+    sequence: str | None = None
+    """The MR sequence (``t1``, ``t1ce``, ``t2``, ``flair``) it is read as, for a task that asks for sequences."""
 
 
 @dataclass(frozen=True)
@@ -65,11 +71,13 @@ class PullResult:
     run: RunResult
     """The stored run (its case's image records the PACS and the UIDs)."""
     choice: SeriesChoice
-    """The series diagnosed."""
+    """The series diagnosed (the first of ``choices``)."""
     n_instances: int
     """Instances retrieved."""
     retrieve_s: float
     """Seconds the retrieve took."""
+    choices: tuple[SeriesChoice, ...] = field(default=())
+    """Every series of the current study diagnosed: one, or one per MR sequence the task asks for."""
 
 
 def task_modalities(task: str) -> set[str]:
@@ -78,6 +86,232 @@ def task_modalities(task: str) -> set[str]:
 
     found = retrieve(task)
     return {i.modality for i in found[0].criteria.document.indicators if i.modality}
+
+
+class SeriesChoiceError(UserError):
+    """The series a task needs cannot be told apart (or are missing): the candidates, for the user to pick.
+
+    The message names series by number and modality only (it may be kept in the trace store, as a watched
+    study's outcome); ``candidates`` hold the summaries, descriptions included, for a terminal to list.
+    """
+
+    def __init__(self, message: str, candidates: Sequence[SeriesSummary]) -> None:
+        """The one-line message and the series the user may choose among."""
+        super().__init__(message)
+        self.candidates = tuple(candidates)
+        """The series of the study the task could read."""
+
+
+SEQUENCE_HINT_TAGS = {
+    "ProtocolName": "00181030",
+    "SequenceName": "00180024",
+    "ContrastBolusAgent": "00180010",
+}
+"""Series attributes read (besides SeriesDescription) to tell MR sequences apart: keyword -> DICOM tag."""
+SEQUENCE_NAMES = {"t1": "T1", "t1ce": "T1ce", "t2": "T2", "flair": "FLAIR"}
+"""How each sequence is written in messages."""
+_NOT_ONE_OF_THE_FOUR = frozenset(
+    {
+        *("loc", "localizer", "localiser", "scout", "survey", "3plane", "aahead", "calibration"),
+        *("t2star", "swi", "swan", "susceptibility", "hemo"),
+        *("dwi", "diffusion", "adc", "trace", "dti", "tensor", "fa"),
+        *("perfusion", "dsc", "dce", "pwi", "asl", "cbv", "cbf"),
+        *("mra", "tof", "angio", "venogram", "mrv"),
+        *("sub", "subtraction", "map", "mip", "mpr", "reformat", "spectroscopy", "svs", "csi"),
+    }
+)
+"""Words of series that are none of T1, T1ce, T2 or FLAIR: localisers, T2*/SWI, diffusion, perfusion,
+angiography, derived images (subtractions, maps, reformats)."""
+_FLAIR_WORDS = frozenset({"flair", "tirm", "darkfluid", "t2flair"})
+"""Words of a (T2-)FLAIR: FLAIR, Siemens' TIRM and dark-fluid."""
+_T1_WORDS = frozenset(
+    {"t1", "t1w", "t1ce", "t1c", "t1gd", "t1post", "t1pre", "mprage", "spgr", "fspgr", "bravo", "vibe", "tfl"}
+)
+"""Words of a T1-weighted series (MPRAGE, SPGR, BRAVO, VIBE are T1-weighted 3D gradient echoes)."""
+_POST_WORDS = frozenset(
+    {"post", "postcontrast", "ce", "gd", "gad", "gado", "gadolinium", "contrast", "enhanced", "t1ce", "t1c"}
+    | {"t1gd", "t1post"}
+)
+"""Words of a post-contrast series."""
+_PRE_WORDS = frozenset({"pre", "precontrast", "native", "noncontrast", "t1pre"})
+"""Words of a pre-contrast series; they win over a mention of contrast (``T1 pre contrast`` is T1)."""
+_T2_WORDS = frozenset({"t2", "t2w", "t2tse", "t2fse"})
+"""Words of a T2-weighted series."""
+
+
+def _words(text: str) -> set[str]:
+    """The lower-case words of a series' descriptions, with the usual contrast shorthands spelled out."""
+    t = text.lower()
+    t = re.sub(r"t2\s*\*", " t2star ", t)
+    t = re.sub(r"\+\s*(c|gd|gad|contrast)\b|\bc\s*\+", " post ", t)
+    t = re.sub(r"\bw/o\b|\bnon[\s_-]*contrast\b|\bwithout contrast\b", " pre ", t)
+    t = re.sub(r"dark[\s_-]*fluid", " darkfluid ", t)
+    t = re.sub(r"t2[\s_-]*flair", " t2flair ", t)
+    return set(re.sub(r"[^a-z0-9]+", " ", t).split())
+
+
+def series_sequence(series: SeriesSummary, hints: Mapping[str, str] | None = None) -> str | None:
+    """The MR sequence (``t1``, ``t1ce``, ``t2``, ``flair``) a series holds, or None when its words do not say.
+
+    The words of its SeriesDescription, ProtocolName and SequenceName (``hints``, when the PACS gives them)
+    are read in this order:
+
+    1. a localiser, T2*/SWI, diffusion, perfusion, angiography or derived series (subtraction, map, MIP,
+       reformat) is none of the four;
+    2. FLAIR (``flair``, ``t2-flair``, ``tirm``, ``dark-fluid``) is FLAIR, never T2; but ``T1 FLAIR`` (a
+       T1-weighted inversion recovery) is T1;
+    3. T1 (``t1``, ``t1w``, ``mprage``, ``spgr``, ``bravo``, ``vibe``...) is T1ce when it is post-contrast
+       (``t1ce``, ``t1c``, ``t1gd``, ``post``, ``+c``, ``c+``, ``gd``, ``gad``, ``contrast``, or a
+       ContrastBolusAgent), unless it says pre-contrast (``pre``, ``w/o``, ``non-contrast``, ``native``);
+    4. T2 (``t2``, ``t2w``) is T2.
+    """
+    hints = hints or {}
+    text = " ".join([series.description, hints.get("ProtocolName", ""), hints.get("SequenceName", "")])
+    words = _words(text)
+    if words & _NOT_ONE_OF_THE_FOUR:
+        return None
+    is_t1 = bool(words & _T1_WORDS)
+    if words & _FLAIR_WORDS and not is_t1:
+        return "flair"
+    if is_t1:
+        pre = bool(words & _PRE_WORDS)
+        post = bool(words & _POST_WORDS) or bool(hints.get("ContrastBolusAgent", "").strip())
+        return "t1ce" if post and not pre else "t1"
+    if words & _T2_WORDS:
+        return "t2"
+    return None
+
+
+def task_sequences(task: str) -> dict[str, bool]:
+    """The MR sequences the tools measuring ``task`` ask for by name -> whether one of them is needed.
+
+    For each indicator of the criteria answering ``task``, the registered tools that measure its quantity
+    on its modality declare their image inputs (``select_image(sequence=...)``): a sequence is needed when
+    every such tool requires it (the brain tumour task needs T1ce and FLAIR and reads T1 and T2 when
+    there). Empty for a task measured on one image.
+    """
+    from dxgraph.core import KNOWN_SEQUENCES, image_selection
+    from dxgraph.criteria_kb import retrieve
+    from dxgraph.tools import default_tools
+
+    registry = default_tools()
+    wanted: dict[str, bool] = {}
+    for ind in retrieve(task)[0].criteria.document.indicators:
+        required: set[str] | None = None
+        for spec in registry:
+            if ind.quantity not in spec.output_model.model_fields or ind.modality not in spec.modalities:
+                continue
+            needs = set()
+            for info in spec.input_model.model_fields.values():
+                sequence, _ = image_selection(info)
+                if sequence is not None:
+                    wanted.setdefault(sequence, False)
+                    if info.is_required():
+                        needs.add(sequence)
+            required = needs if required is None else required & needs
+        for sequence in required or ():
+            wanted[sequence] = True
+    order = {s: i for i, s in enumerate(KNOWN_SEQUENCES)}
+    return dict(sorted(wanted.items(), key=lambda kv: order.get(kv[0], len(order))))
+
+
+def parse_series_args(asked: Sequence[str]) -> list[tuple[str | None, str]]:
+    """``--series`` values as (sequence or None, SeriesInstanceUID): ``UID`` or ``SEQUENCE=UID``."""
+    from dxgraph.core import KNOWN_SEQUENCES
+
+    out: list[tuple[str | None, str]] = []
+    for item in asked:
+        key, sep, uid = item.partition("=")
+        if not sep:
+            out.append((None, item.strip()))
+            continue
+        key = key.strip().lower()
+        if key not in KNOWN_SEQUENCES:
+            raise UserError(
+                f"--series {item!r}: before '=' give a sequence ({', '.join(KNOWN_SEQUENCES)}), then the"
+                " SeriesInstanceUID"
+            )
+        out.append((key, uid.strip()))
+    return out
+
+
+def _label(s: SeriesSummary) -> str:
+    """A series named without its description (which may be kept): ``#3 MR (176 instances)``."""
+    number = "?" if s.series_number is None else str(s.series_number)
+    n = "" if s.n_instances is None else f" ({s.n_instances} instances)"
+    return f"#{number} {s.modality or '?'}{n}"
+
+
+def choose_sequences(
+    series: list[SeriesSummary],
+    task: str,
+    wanted: Mapping[str, bool],
+    asked: Sequence[str] = (),
+    hints: Mapping[str, Mapping[str, str]] | None = None,
+) -> list[SeriesChoice]:
+    """A series per MR sequence ``wanted`` (sequence -> needed): by ``series_sequence``, or as ``asked``.
+
+    ``asked`` are ``--series`` values: ``SEQUENCE=UID`` takes that series as that sequence; a bare ``UID``
+    limits the candidates to the series so given (each then recognised by its words). ``hints`` hold each
+    series' ProtocolName, SequenceName and ContrastBolusAgent by SeriesInstanceUID. A needed sequence
+    without a series, two series for one sequence, or a bare UID the rules cannot place raise
+    ``SeriesChoiceError`` listing the candidates; an optional sequence without a series is left out.
+    """
+    from dxgraph.imaging import DICOM_MODALITIES
+
+    hints = hints or {}
+    by_uid = {s.series_uid: s for s in series}
+    pinned: dict[str, SeriesSummary] = {}
+    given: list[SeriesSummary] = []
+    for sequence, uid in parse_series_args(asked):
+        if uid not in by_uid:
+            raise UserError(f"the study has no series {uid}")
+        if sequence is None:
+            given.append(by_uid[uid])
+        elif sequence in pinned:
+            raise UserError(f"--series gives two {SEQUENCE_NAMES[sequence]} series; give one")
+        else:
+            pinned[sequence] = by_uid[uid]
+    mr = [s for s in series if DICOM_MODALITIES.get(s.modality.upper()) == "mr"]
+    pool = given or mr
+    taken = {s.series_uid for s in pinned.values()}
+    found: dict[str | None, list[SeriesSummary]] = {}
+    for s in pool:
+        if s.series_uid not in taken:
+            found.setdefault(series_sequence(s, hints.get(s.series_uid)), []).append(s)
+    candidates = pool if given else mr
+    fix = " (choose with --series SEQUENCE=UID; dxgraph pacs find --study UID lists the series)"
+    if given and found.get(None):
+        raise SeriesChoiceError(
+            f"cannot tell which sequence series {', '.join(_label(s) for s in found[None])} holds;"
+            f" give it as --series SEQUENCE=UID{fix}",
+            candidates,
+        )
+    choices: list[SeriesChoice] = []
+    problems: list[str] = []
+    for sequence, needed in wanted.items():
+        name = SEQUENCE_NAMES.get(sequence, sequence)
+        if sequence in pinned:
+            choices.append(
+                SeriesChoice(pinned[sequence], f"asked for with --series {sequence}=UID", sequence)
+            )
+            continue
+        hits = found.get(sequence, [])
+        if len(hits) == 1:
+            reason = f"{name} by its description, for {task!r}"
+            choices.append(SeriesChoice(hits[0], reason, sequence))
+        elif len(hits) > 1:
+            problems.append(f"{len(hits)} {name} series ({', '.join(_label(s) for s in hits)})")
+        elif needed:
+            problems.append(f"no {name} series")
+    if problems:
+        have = ", ".join(_label(s) for s in candidates) or "none"
+        raise SeriesChoiceError(
+            f"the study's MR series do not give the sequences {task!r} needs: {'; '.join(problems)};"
+            f" the candidates are {have}{fix}",
+            candidates,
+        )
+    return choices
 
 
 def choose_series(series: list[SeriesSummary], task: str, series_uid: str | None = None) -> SeriesChoice:
@@ -121,7 +355,7 @@ def choose_series(series: list[SeriesSummary], task: str, series_uid: str | None
 def pull(
     client: PacsClient,
     study_uid: str,
-    series_uid: str | None,
+    series_uid: str | Sequence[str] | None,
     task: str,
     options: RunOptions | None = None,
     *,
@@ -130,36 +364,103 @@ def pull(
     clinical_text: str | None = None,
     progress: Callable[[int, int | None], None] | None = None,
     prior_study_uid: str | None = None,
-    prior_series_uid: str | None = None,
+    prior_series_uid: str | Sequence[str] | None = None,
+    modality: str | None = None,
+    case_id: str | None = None,
 ) -> PullResult:
     """Retrieve a study's series from the PACS and diagnose ``task`` on it; the run records the UIDs.
 
-    ``series_uid`` names the series, or None to choose it (``choose_series``). ``prior_study_uid`` adds an
-    earlier study of the same patient (its series chosen the same way, or ``prior_series_uid``) as the
-    prior, for longitudinal criteria such as RECIST; each image carries its study's date. ``progress(done,
-    total)`` follows the retrieves. A failed retrieve raises UserError and stores nothing.
+    ``series_uid`` names the series (one UID, or for a task that reads MR sequences several, each ``UID``
+    or ``SEQUENCE=UID``), or None to choose them (``choose_series``, ``choose_sequences``); ``modality``
+    (``CT``, ``MR``, ``DX``... or ``ct``, ``mr``, ``cxr``) leaves only the series of that modality to
+    choose from. ``prior_study_uid`` adds an earlier study of the same patient (its series chosen the same
+    way, or ``prior_series_uid``) as the prior, for longitudinal criteria such as RECIST; each image
+    carries its study's date. ``case_id`` is the pseudonymous case id recorded (default: from the image
+    hashes, as ``diagnose``). ``progress(done, total)`` follows the retrieves. A failed retrieve raises
+    UserError and stores nothing.
     """
     from dxgraph.agent import diagnose
 
-    choice = choose_series(_series_of(client, study_uid), task, series_uid)
+    wanted = task_sequences(task)
+    choices = _choose(client, study_uid, series_uid, task, wanted, modality)
     prior = (
-        None
+        []
         if prior_study_uid is None
-        else choose_series(_series_of(client, prior_study_uid), task, prior_series_uid)
+        else _choose(client, prior_study_uid, prior_series_uid, task, wanted, modality)
     )
     with tempfile.TemporaryDirectory(prefix="dxgraph-pull-") as tmp:
         t0 = time.perf_counter()
-        spec, n = _retrieve(client, study_uid, choice.series, Path(tmp) / "series", progress)
-        specs = [spec]
-        if prior is not None and prior_study_uid is not None:
-            prior_spec, n_prior = _retrieve(
-                client, prior_study_uid, prior.series, Path(tmp) / "prior", progress
-            )
-            specs.append(prior_spec.model_copy(update={"timepoint": "prior"}))
-            n += n_prior
+        specs = []
+        n = 0
+        for timepoint, uid, chosen in [("current", study_uid, c) for c in choices] + [
+            ("prior", prior_study_uid or "", c) for c in prior
+        ]:
+            folder = Path(tmp) / f"{timepoint}-{chosen.sequence or 'series'}"
+            spec, n_series = _retrieve(client, uid, chosen.series, folder, progress)
+            specs.append(spec.model_copy(update={"timepoint": timepoint, "sequence": chosen.sequence}))
+            n += n_series
         retrieve_s = time.perf_counter() - t0
-        run = diagnose(task, specs, options, db=db, store=store, clinical_text=clinical_text)
-    return PullResult(run=run, choice=choice, n_instances=n, retrieve_s=retrieve_s)
+        run = diagnose(task, specs, options, db=db, store=store, clinical_text=clinical_text, case_id=case_id)
+    return PullResult(
+        run=run, choice=choices[0], n_instances=n, retrieve_s=retrieve_s, choices=tuple(choices)
+    )
+
+
+def only_modality(series: list[SeriesSummary], modality: str | None) -> list[SeriesSummary]:
+    """The series of ``modality`` (a DICOM code such as ``MR``, or dxgraph's ``mr``, ``cxr``...); all when None.
+
+    UserError when the study has none of it.
+    """
+    from dxgraph.imaging import DICOM_MODALITIES
+
+    if modality is None:
+        return series
+    wanted = modality.strip()
+    kept = [
+        s
+        for s in series
+        if s.modality.upper() == wanted.upper() or DICOM_MODALITIES.get(s.modality.upper()) == wanted.lower()
+    ]
+    if not kept:
+        have = ", ".join(sorted({s.modality or "?" for s in series})) or "none"
+        raise UserError(f"the study has no {wanted} series (--modality); its series are {have}")
+    return kept
+
+
+def _choose(
+    client: PacsClient,
+    study_uid: str,
+    asked: str | Sequence[str] | None,
+    task: str,
+    wanted: Mapping[str, bool],
+    modality: str | None,
+) -> list[SeriesChoice]:
+    """The series of one study to read for ``task``: one, or one per sequence ``wanted``."""
+    items = [asked] if isinstance(asked, str) else list(asked or ())
+    series = only_modality(_series_of(client, study_uid), modality)
+    if wanted:
+        return choose_sequences(series, task, wanted, items, _sequence_hints(client, study_uid))
+    if len(items) > 1 or any("=" in i for i in items):
+        raise UserError(
+            f"{task!r} reads one series: give one --series UID (SEQUENCE=UID is for MR sequences)"
+        )
+    return [choose_series(series, task, items[0] if items else None)]
+
+
+def _sequence_hints(client: PacsClient, study_uid: str) -> dict[str, dict[str, str]]:
+    """Each series' ProtocolName, SequenceName and ContrastBolusAgent (QIDO-RS), by SeriesInstanceUID.
+
+    A PACS may leave them out of a series query; they then stay empty and the description decides.
+    """
+    from dxgraph.pacs._dicomweb import _check_json, _text
+
+    fields = list(SEQUENCE_HINT_TAGS)
+    with client._errors(f"search the series of study {study_uid} (QIDO-RS)"):
+        found = client._dicomweb.search_for_series(study_uid, fields=fields)
+        records = [_check_json(r) for r in found]
+    return {
+        _text(r, "0020000E"): {k: _text(r, tag) for k, tag in SEQUENCE_HINT_TAGS.items()} for r in records
+    }
 
 
 def _series_of(client: PacsClient, study_uid: str) -> list[SeriesSummary]:

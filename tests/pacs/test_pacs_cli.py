@@ -120,3 +120,84 @@ def test_bad_arguments_are_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert code == 2 and "--since must be a date" in err
     code, _, err = _cli(capsys, "pacs", "find", "--url", "https://user:pw@pacs.example.org/")
     assert code == 2 and "holds credentials" in err and "pw" not in err.replace("pacs", "")
+
+
+def test_pull_with_modality_and_case_id(
+    creds, cxr_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from dxgraph.traces import TraceStore
+
+    up = creds.upload([[cxr_file]])
+    db = tmp_path / "traces.db"
+    base = (
+        "pacs",
+        "pull",
+        "--url",
+        creds.url,
+        "--study",
+        up.study_uid,
+        "-t",
+        "cardiomegaly",
+        "--db",
+        str(db),
+    )
+    code, _, err = _cli(capsys, *base, "--modality", "CT")
+    assert code == 2 and "no CT series (--modality); its series are DX" in err and not db.exists()
+    code, out, err = _cli(capsys, *base, "--modality", "cxr", "--case-id", "ward7-bed3", "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    started = TraceStore(str(db)).events(result["run_id"])[0]
+    assert started.case.case_id == "ward7-bed3"  # type: ignore[attr-defined]
+    assert result["pacs"]["series"] == [
+        {"series_uid": up.series_uids[0], "sequence": None, "reason": result["pacs"]["series_reason"]}
+    ]
+
+
+def test_pull_lists_the_candidate_series_when_the_sequences_are_ambiguous(
+    creds, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import numpy as np
+
+    from dxgraph.phantoms import write_dicom_slice
+
+    descriptions = ["AX T1", "AX T1 +C", "AX T2 FLAIR", "SAG FLAIR 3D"]
+    files = []
+    for k in range(len(descriptions)):
+        path = tmp_path / f"mr{k}.dcm"
+        write_dicom_slice(
+            path,
+            np.zeros((8, 8), np.uint16),
+            modality="MR",
+            series_uid=f"1.2.3.{k}",
+            instance_number=1,
+            orientation=(1, 0, 0, 0, 1, 0),
+            position_mm=(0.0, 0.0, 0.0),
+            pixel_spacing_mm=(1.0, 1.0),
+            slice_thickness_mm=1.0,
+        )
+        files.append([path])
+    up = creds.upload(files, series_descriptions=descriptions)
+    db = tmp_path / "traces.db"
+    base = (
+        "pacs",
+        "pull",
+        "--url",
+        creds.url,
+        "--study",
+        up.study_uid,
+        "-t",
+        "brain tumour",
+        "--db",
+        str(db),
+    )
+    code, out, err = _cli(capsys, *base)
+    assert code == 2 and not db.exists()
+    assert err.count("\n") == 1 and "2 FLAIR series (#3 MR (1 instances), #4 MR (1 instances))" in err
+    assert "SAG" not in err  # descriptions on the terminal's list only, never in the message a watch keeps
+    for description, uid in zip(descriptions, up.series_uids, strict=True):
+        assert description in out and uid in out
+    # SEQUENCE=UID pins a series (a UID the study lacks is named); a sequence dxgraph does not know is refused
+    code, out, err = _cli(capsys, *base, "--series", f"flair={up.series_uids[3]}", "--series", "t1ce=9.9")
+    assert code == 2 and "the study has no series 9.9" in err
+    code, _, err = _cli(capsys, *base, "--series", f"FLAIR={up.series_uids[2]}", "--series", "dwi=1")
+    assert code == 2 and "before '=' give a sequence" in err

@@ -170,3 +170,135 @@ def test_series_choice() -> None:
         choose_series(study, "heart_failure_ef")
     with pytest.raises(UserError, match=r"no series 9\.9"):
         choose_series(study, "cardiomegaly", "9.9")
+
+
+# -- MR sequences: a series per sequence the task asks for, by the words of its descriptions ---------------
+
+
+def _mr(uid: str, description: str, number: int, n: int = 40, modality: str = "MR") -> SeriesSummary:
+    return SeriesSummary(
+        study_uid="1",
+        series_uid=uid,
+        modality=modality,
+        n_instances=n,
+        description=description,
+        series_number=number,
+    )
+
+
+@pytest.mark.parametrize(
+    ("description", "hints", "sequence"),
+    [
+        ("AX T2 FLAIR", {}, "flair"),
+        ("t2_tirm_tra_dark-fluid", {}, "flair"),
+        ("T2-FLAIR", {}, "flair"),
+        ("AX T2 TSE", {}, "t2"),
+        ("T2W", {}, "t2"),
+        ("AX T1 SE", {}, "t1"),
+        ("t1_mprage_sag", {}, "t1"),
+        ("T1 pre contrast", {}, "t1"),
+        ("Ax T1 w/o", {}, "t1"),
+        ("SAG T1 FLAIR", {}, "t1"),  # a T1-weighted inversion recovery, not a FLAIR
+        ("AX T1 +C", {}, "t1ce"),
+        ("T1ce", {}, "t1ce"),
+        ("T1c", {}, "t1ce"),
+        ("t1gd", {}, "t1ce"),
+        ("MPRAGE POST", {}, "t1ce"),
+        ("Ax T1 FS Gad", {}, "t1ce"),
+        ("AX T1", {"ContrastBolusAgent": "Gadovist"}, "t1ce"),  # the same words, told apart by the agent
+        ("", {"ProtocolName": "t2_flair_tra"}, "flair"),
+        ("AX T2*", {}, None),
+        ("SWI", {}, None),
+        ("DWI b1000", {}, None),
+        ("ADC", {}, None),
+        ("3-plane localizer", {}, None),
+        ("T1 POST SUB", {}, None),
+        ("", {}, None),
+    ],
+)
+def test_series_sequence_rules(description: str, hints: dict[str, str], sequence: str | None) -> None:
+    from dxgraph.pacs._pull import series_sequence
+
+    assert series_sequence(_mr("1.2", description, 1), hints) == sequence
+
+
+BRAIN_STUDY = [
+    _mr("loc", "3-plane localizer", 1, 3),
+    _mr("t1", "AX T1 MPRAGE", 2),
+    _mr("flair", "AX T2 FLAIR", 3),
+    _mr("t2", "AX T2 TSE", 4),
+    _mr("dwi", "DWI", 5),
+    _mr("t1ce", "AX T1 MPRAGE POST GD", 6),
+    _mr("sr", "report", 7, 1, modality="SR"),
+]
+
+
+def test_the_brain_task_wants_its_four_sequences_and_needs_t1ce_and_flair() -> None:
+    from dxgraph.pacs._pull import task_sequences
+
+    assert task_sequences("brain tumour") == {"t1": False, "t1ce": True, "t2": False, "flair": True}
+    assert task_sequences("pulmonary_nodule") == {}
+
+
+def test_choose_sequences_takes_flair_not_as_t2_and_t1ce_not_as_t1() -> None:
+    from dxgraph.pacs._pull import choose_sequences, task_sequences
+
+    wanted = task_sequences("brain tumour")
+    chosen = {c.sequence: c.series.series_uid for c in choose_sequences(BRAIN_STUDY, "brain tumour", wanted)}
+    assert chosen == {"t1": "t1", "t1ce": "t1ce", "t2": "t2", "flair": "flair"}
+    # T2 and T1 are optional: a study without them is read without them
+    study = [s for s in BRAIN_STUDY if s.series_uid not in ("t1", "t2")]
+    chosen = {c.sequence: c.series.series_uid for c in choose_sequences(study, "brain tumour", wanted)}
+    assert chosen == {"t1ce": "t1ce", "flair": "flair"}
+
+
+def test_a_missing_or_ambiguous_sequence_names_it_and_lists_the_candidates_without_descriptions() -> None:
+    from dxgraph.pacs._pull import SeriesChoiceError, choose_sequences, task_sequences
+
+    wanted = task_sequences("brain tumour")
+    no_t1ce = [s for s in BRAIN_STUDY if s.series_uid != "t1ce"]
+    with pytest.raises(SeriesChoiceError, match=r"no T1ce series") as e:
+        choose_sequences(no_t1ce, "brain tumour", wanted)
+    assert "#2 MR (40 instances)" in str(e.value) and "MPRAGE" not in str(e.value)  # descriptions: never kept
+    assert {s.series_uid for s in e.value.candidates} == {"loc", "t1", "flair", "t2", "dwi"}
+    two_flairs = [*BRAIN_STUDY, _mr("flair2", "SAG FLAIR 3D", 8)]
+    with pytest.raises(SeriesChoiceError, match=r"2 FLAIR series \(#3 MR \(40 instances\), #8 MR") as e:
+        choose_sequences(two_flairs, "brain tumour", wanted)
+    assert "SAG" not in str(e.value)
+    with pytest.raises(UserError, match=r"no series 9\.9"):
+        choose_sequences(BRAIN_STUDY, "brain tumour", wanted, ["flair=9.9"])
+    with pytest.raises(UserError, match="before '=' give a sequence"):
+        choose_sequences(BRAIN_STUDY, "brain tumour", wanted, ["dwi=dwi"])
+
+
+def test_series_given_by_the_user_override_the_rules() -> None:
+    from dxgraph.pacs._pull import SeriesChoiceError, choose_sequences, task_sequences
+
+    wanted = task_sequences("brain tumour")
+    two_flairs = [*BRAIN_STUDY, _mr("flair2", "SAG FLAIR 3D", 8)]
+    chosen = choose_sequences(two_flairs, "brain tumour", wanted, ["flair=flair2"])
+    by_sequence = {c.sequence: c for c in chosen}
+    assert by_sequence["flair"].series.series_uid == "flair2"
+    assert by_sequence["flair"].reason == "asked for with --series flair=UID"
+    assert by_sequence["t1ce"].series.series_uid == "t1ce"
+    # a series the words do not name, taken as T1ce; the real one is then ambiguous no more
+    unnamed = [*BRAIN_STUDY[:5], _mr("x", "Series 6", 6)]
+    chosen = choose_sequences(unnamed, "brain tumour", wanted, ["T1CE=x"])
+    assert {c.sequence: c.series.series_uid for c in chosen}["t1ce"] == "x"
+    # bare UIDs: only these series, each recognised by its words
+    chosen = choose_sequences(two_flairs, "brain tumour", wanted, ["t1ce", "flair2"])
+    assert {c.sequence: c.series.series_uid for c in chosen} == {"t1ce": "t1ce", "flair": "flair2"}
+    with pytest.raises(SeriesChoiceError, match=r"cannot tell which sequence series #5 MR"):
+        choose_sequences(BRAIN_STUDY, "brain tumour", wanted, ["t1ce", "flair", "dwi"])
+
+
+def test_only_modality_keeps_the_series_of_that_modality() -> None:
+    from dxgraph.pacs._pull import only_modality
+
+    study = [_mr("ct", "chest", 1, 120, "CT"), _mr("dx", "pa", 2, 1, "DX"), _mr("mr", "t1", 3)]
+    assert [s.series_uid for s in only_modality(study, "CT")] == ["ct"]
+    assert [s.series_uid for s in only_modality(study, "cxr")] == ["dx"]
+    assert [s.series_uid for s in only_modality(study, "mr")] == ["mr"]
+    assert only_modality(study, None) == study
+    with pytest.raises(UserError, match=r"no US series \(--modality\); its series are CT, DX, MR"):
+        only_modality(study, "US")
