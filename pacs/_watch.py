@@ -7,11 +7,21 @@ date (the day before the last poll: a study dated earlier that arrives later is 
 
 Each study is routed (``Routes``): no rule matching -> recorded skipped with the reason. Otherwise it is
 claimed in the trace store, pulled and diagnosed with the rule's task on the series the rule matched,
-pushed (SR + SEG), and recorded processed; an error recorded failed with its one line. A study is processed
-once per PACS and store: its outcome row is keyed by (PACS, study). A watcher killed between the push and
-the outcome finds the claim on restart and records the push it already made, never sending twice. One
-watcher per PACS and store is assumed. The cursor advances once the studies of a batch are recorded, so a
-restart re-reads at most that batch, and the studies already recorded are passed over.
+pushed (SR + SEG), and recorded processed. A study is processed once per PACS and store: its outcome row
+is keyed by (PACS, study).
+
+An attempt that fails (an error other than the PACS going away, or a bug) is recorded with its reason and
+tried again on a later poll after a backoff that doubles each time, up to ``max_attempts``; then the study
+is recorded failed for good with the last failure's reason. Every attempt is kept (``_watch_state``).
+
+Several watchers may share one store and one PACS: a claim is an attempt row inserted in one transaction
+under the key (PACS, study, attempt), so one watcher wins each study; it holds a lease, renewed by
+heartbeats while the study is in hand. A claim whose lease ran out (its watcher hung, or died on another
+machine) or whose watcher process on this machine is gone is taken over by the next watcher that polls.
+A watcher killed between the push and the outcome leaves its claim; the one that takes it over finds the
+push in ``pacs_pushes`` and records it, never sending twice. The cursor advances once the studies of a
+batch are recorded or claimed, so a restart re-reads at most that batch, and the studies already known
+are passed over.
 
 A PACS that cannot be reached stops a ``once`` run with its ``UserError``; a running watcher reports it
 (``on_error``) and tries again after ``poll_s``, resuming the studies it had claimed.
@@ -39,8 +49,15 @@ if TYPE_CHECKING:
     from dxgraph.traces import TraceStore
 
 log = logging.getLogger(__name__)
-Status = Literal["processed", "skipped", "failed"]
-"""What became of a study."""
+Status = Literal["processed", "skipped", "failed", "retrying"]
+"""What became of a study (``retrying``: an attempt failed, another is due later)."""
+MAX_ATTEMPTS = 3
+"""Default attempts at a study (failed, or lapsed with their watcher) before it is recorded failed for good."""
+RETRY_BACKOFF_S = 60.0
+"""Default wait before the second attempt at a failed study; it doubles for each attempt after."""
+LEASE_S = 120.0
+"""Default lease of a claim: renewed every third of it while the study is in hand; a claim whose lease ran
+out is taken over by another watcher."""
 _BATCH = 100
 """Changes read from Orthanc's feed per request."""
 
@@ -52,7 +69,7 @@ class WatchOutcome:
     study_uid: str
     """StudyInstanceUID."""
     status: Status
-    """``processed``, ``skipped`` or ``failed``."""
+    """``processed``, ``skipped``, ``failed`` (for good) or ``retrying`` (an attempt failed)."""
     reason: str
     """The rule and task, why it was skipped, or the error."""
     run_id: str | None = None
@@ -63,6 +80,8 @@ class WatchOutcome:
     """SOPInstanceUID of the SR pushed (None when it was found pushed before, on a resume)."""
     resumed: bool = False
     """True when the study had been claimed by a watcher that stopped before recording it."""
+    attempt: int = 1
+    """The attempt this outcome ended (2, 3... for a retried or taken-over study)."""
 
 
 class _PacsDown(Exception):
@@ -168,32 +187,42 @@ class Watcher:
         options: RunOptions | None,
         progress: Callable[[WatchOutcome], None] | None,
         stop: threading.Event,
+        max_attempts: int = MAX_ATTEMPTS,
+        retry_backoff_s: float = RETRY_BACKOFF_S,
+        lease_s: float = LEASE_S,
+        watcher_id: str | None = None,
     ) -> None:
         self.client, self.store, self.routes, self.options = client, store, routes, options
         self.progress, self.stop = progress, stop
+        self.max_attempts, self.retry_backoff_s, self.lease_s = max_attempts, retry_backoff_s, lease_s
+        self.owner = watcher_id or state.watcher_id()
         self.pacs_url = client.config.base_url
         self.in_hand: set[str] = set()
+        self.held: dict[str, tuple[state.Claim, int]] = {}
         self.lock = threading.Lock()
         self.outcomes: list[WatchOutcome] = []
 
     def process(self, study_uid: str, resumed_task: str | None = None) -> WatchOutcome | None:
-        """Route, claim, pull, push and record one study; None when it was not taken (stopped, or another's)."""
+        """Route, claim, pull, push and record one study; None when it was not taken (stopped, another
+        watcher holds it, or its retry is not due)."""
         try:
             if self.stop.is_set():
                 return None
             outcome = self._process(study_uid, resumed_task)
         except UserError as e:
             if not self._reachable():
+                held = self._held(study_uid)
+                if held is not None:  # due again at once, once the PACS is back; not a failure
+                    self._finish(held, "interrupted", str(e))
                 raise _PacsDown(e) from None
-            outcome = self._record(study_uid, "failed", str(e), resumed=resumed_task is not None)
-        except (
-            Exception
-        ) as e:  # a bug: logged with its traceback, the study recorded failed, the watch goes on
+            outcome = self._fail(study_uid, str(e))
+        except Exception as e:  # a bug: logged with its traceback, the attempt failed, the watch goes on
             log.exception("watch: study %s", study_uid)
-            outcome = self._record(study_uid, "failed", f"internal error: {type(e).__name__}: {e}")
+            outcome = self._fail(study_uid, f"internal error: {type(e).__name__}: {e}")
         finally:
             with self.lock:
                 self.in_hand.discard(study_uid)
+                self.held.pop(study_uid, None)
         if outcome is not None:
             with self.lock:
                 self.outcomes.append(outcome)
@@ -201,55 +230,114 @@ class Watcher:
                 self.progress(outcome)
         return outcome
 
+    def _held(self, study_uid: str) -> state.Claim | None:
+        with self.lock:
+            held = self.held.get(study_uid)
+        return held[0] if held is not None else None
+
+    def _claim(self, study_uid: str, task: str | None) -> state.Claim | WatchOutcome | None:
+        got = state.claim(
+            self.store,
+            self.pacs_url,
+            study_uid,
+            task,
+            self.owner,
+            lease_s=self.lease_s,
+            max_attempts=self.max_attempts,
+        )
+        if isinstance(got, state.Recorded):
+            status: Status = "processed" if got.status == "processed" else "failed"
+            return WatchOutcome(study_uid, status, got.reason, got.run_id, resumed=True)
+        if got is not None:
+            with self.lock:
+                self.held[study_uid] = (got, 0)
+        return got
+
     def _process(self, study_uid: str, resumed_task: str | None) -> WatchOutcome | None:
         route = self.routes.route(self.client.find_series(study_uid))
         if isinstance(route, str):
-            if resumed_task is not None:  # the rules changed since it was claimed: its claim says the task
-                route = Route(task=resumed_task, series_uid="", rule_index=0)
-            else:
+            if resumed_task is None:
                 return self._record(study_uid, "skipped", route)
-        if resumed_task is None:
-            if not state.claim(self.store, self.pacs_url, study_uid, route.task):
-                return None  # claimed by another watcher of this store
-        else:
-            claimed_at = next(
-                (c for u, _, c in state.unfinished_claims(self.store, self.pacs_url) if u == study_uid), None
-            )
-            if claimed_at is not None:
-                run_id = state.pushed_since(self.store, self.pacs_url, study_uid, claimed_at)
-                if run_id is not None:
-                    reason = f"rule {route.rule_index}: {route.task}; pushed before the restart"
-                    return self._record(study_uid, "processed", reason, run_id, resumed=True)
+            # the rules changed since it was first routed: its attempts say the task
+            route = Route(task=resumed_task, series_uid="", rule_index=0)
+        got = self._claim(study_uid, route.task)
+        if not isinstance(got, state.Claim):
+            return got
+        reason = f"rule {route.rule_index}: {route.task}" if route.rule_index else f"claimed for {route.task}"
+        run_id = state.pushed_since(self.store, self.pacs_url, study_uid, got.first_claimed_at)
+        if run_id is not None:  # its watcher pushed it, then stopped before recording it
+            return self._finish(got, "processed", f"{reason}; pushed before the restart", run_id)
         pulled = pull(
             self.client, study_uid, route.series_uid or None, route.task, self.options, store=self.store
         )
         run_id = pulled.run.run_id
+        if not state.holds(self.store, got):  # taken over meanwhile (this watcher stalled past its lease)
+            log.warning("watch: study %s was taken over by another watcher; not pushing it", study_uid)
+            return None
         pushed = push(self.client, self.store, run_id)
-        reason = f"rule {route.rule_index}: {route.task}" if route.rule_index else f"claimed for {route.task}"
-        return self._record(
-            study_uid,
-            "processed",
-            reason,
-            run_id,
-            label=pulled.run.diagnosis.label,
-            sr_sop_uid=pushed.sr_sop_uid,
-            resumed=resumed_task is not None,
+        return self._finish(
+            got, "processed", reason, run_id, label=pulled.run.diagnosis.label, sr_sop_uid=pushed.sr_sop_uid
         )
 
-    def _record(
+    def _fail(self, study_uid: str, reason: str) -> WatchOutcome | None:
+        """End the study's attempt failed (claiming one first when it failed before its claim)."""
+        held = self._held(study_uid)
+        if held is None:
+            got = self._claim(study_uid, None)
+            if not isinstance(got, state.Claim):
+                return got
+            held = got
+        return self._finish(held, "failed", reason)
+
+    def _finish(
         self,
-        study_uid: str,
-        status: Status,
+        c: state.Claim,
+        status: Literal["processed", "skipped", "failed", "interrupted"],
         reason: str,
         run_id: str | None = None,
         *,
         label: str | None = None,
         sr_sop_uid: str | None = None,
-        resumed: bool = False,
     ) -> WatchOutcome | None:
-        if not state.record(self.store, self.pacs_url, study_uid, status, reason, run_id):
+        ended = state.finish(
+            self.store,
+            c,
+            status,
+            reason,
+            run_id,
+            max_attempts=self.max_attempts,
+            backoff_s=self.retry_backoff_s,
+        )
+        if ended is None or status == "interrupted":
+            return None
+        final, why, retry_after = ended
+        if final == "failed" and retry_after is not None:
+            wait_s = max(0.0, (retry_after - state._now()).total_seconds())
+            why = f"attempt {c.failures_before + 1} of {self.max_attempts} failed: {why}; again in {wait_s:.0f} s"
+            return WatchOutcome(c.study_uid, "retrying", why, run_id, resumed=c.took_over, attempt=c.attempt)
+        status_out: Status = (
+            "processed" if final == "processed" else "skipped" if final == "skipped" else "failed"
+        )
+        return WatchOutcome(
+            c.study_uid, status_out, why, run_id, label, sr_sop_uid, resumed=c.took_over, attempt=c.attempt
+        )
+
+    def _record(self, study_uid: str, status: Status, reason: str) -> WatchOutcome | None:
+        if not state.record(self.store, self.pacs_url, study_uid, status, reason):
             return None  # recorded by another watcher meanwhile
-        return WatchOutcome(study_uid, status, reason, run_id, label, sr_sop_uid, resumed)
+        return WatchOutcome(study_uid, status, reason)
+
+    def renew_leases(self) -> None:
+        """Renew the lease of every study in hand (a heartbeat row each)."""
+        with self.lock:
+            held = list(self.held.items())
+            for uid, (c, beat) in held:
+                self.held[uid] = (c, beat + 1)
+        for _, (c, beat) in held:
+            try:
+                state.renew(self.store, c, beat + 1, self.lease_s)
+            except Exception:  # a store hiccup: the next beat tries again, the lease covers a few
+                log.warning("watch: could not renew the lease of %s", c.study_uid, exc_info=True)
 
     def _reachable(self) -> bool:
         try:
@@ -297,6 +385,10 @@ def watch(
     on_error: Callable[[str], None] | None = None,
     feed: Literal["auto", "orthanc", "qido"] = "auto",
     from_start: bool = False,
+    max_attempts: int = MAX_ATTEMPTS,
+    retry_backoff_s: float = RETRY_BACKOFF_S,
+    lease_s: float = LEASE_S,
+    watcher_id: str | None = None,
 ) -> list[WatchOutcome]:
     """Process the PACS's new studies (route, pull, diagnose, push, record) until ``stop`` is set; the outcomes.
 
@@ -305,17 +397,77 @@ def watch(
     (``auto``: Orthanc's when the server is one). ``from_start``: on the first watch of this PACS (no
     cursor stored), also take the studies already there (otherwise only those arriving from now on).
     ``progress(outcome)`` after each study; ``on_error(line)`` when a running watcher lost the PACS.
+
+    A study whose attempt fails (an error other than the PACS going away) is tried again on a later poll,
+    ``retry_backoff_s`` after the first failure and twice as long after each next one, up to
+    ``max_attempts`` attempts; then it is recorded failed with the last failure's reason. (In a ``once``
+    run, retries already due are made before it returns.) Several watchers may share one store and PACS:
+    each study is claimed by one of them (``watcher_id``: default, a new id naming host and process) for
+    ``lease_s``, renewed while in hand; a claim whose lease ran out, or whose watcher process on this
+    machine is gone, is taken over.
     """
     if concurrency < 1:
         raise UserError("the concurrency must be at least 1")
+    if max_attempts < 1 or retry_backoff_s < 0 or lease_s <= 0:
+        raise UserError("a watch needs at least one attempt, a backoff of 0 s or more and a positive lease")
     stop = stop or threading.Event()
     if feed == "auto":
         feed = "orthanc" if is_orthanc(client) else "qido"
     source = _OrthancFeed(client) if feed == "orthanc" else _QidoFeed(client)
-    watcher = Watcher(client, store, routes, options=options, progress=progress, stop=stop)
-    pacs_url = client.config.base_url
+    watcher = Watcher(
+        client,
+        store,
+        routes,
+        options=options,
+        progress=progress,
+        stop=stop,
+        max_attempts=max_attempts,
+        retry_backoff_s=retry_backoff_s,
+        lease_s=lease_s,
+        watcher_id=watcher_id,
+    )
+    finished = threading.Event()
+    renewer = threading.Thread(
+        target=_renew_until, args=(watcher, finished), name="dxgraph-watch-leases", daemon=True
+    )
+    renewer.start()
+    try:
+        _loop(
+            watcher,
+            source,
+            poll_s=poll_s,
+            once=once,
+            from_start=from_start,
+            on_error=on_error,
+            pool_size=concurrency,
+        )
+    finally:
+        finished.set()
+        renewer.join(5)
+    return list(watcher.outcomes)
+
+
+def _renew_until(watcher: Watcher, finished: threading.Event) -> None:
+    """Renew the leases of the studies in hand every third of the lease until ``finished``."""
+    while not finished.wait(watcher.lease_s / 3):
+        watcher.renew_leases()
+
+
+def _loop(
+    watcher: Watcher,
+    source: _OrthancFeed | _QidoFeed,
+    *,
+    poll_s: float,
+    once: bool,
+    from_start: bool,
+    on_error: Callable[[str], None] | None,
+    pool_size: int,
+) -> None:
+    """Poll: the studies due again (retries, taken-over claims), then the feed; until stopped."""
+    store, stop = watcher.store, watcher.stop
+    pacs_url = watcher.pacs_url
     cursor: str | None = None
-    with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="dxgraph-watch") as pool:
+    with ThreadPoolExecutor(max_workers=pool_size, thread_name_prefix="dxgraph-watch") as pool:
         while not stop.is_set():
             try:
                 if cursor is None:
@@ -323,8 +475,7 @@ def watch(
                     if cursor is None:
                         cursor = source.start(from_start)
                         state.save_cursor(store, pacs_url, f"{source.kind}:{cursor}")
-                resume = [(u, t) for u, t, _ in state.unfinished_claims(store, pacs_url)]
-                watcher.run_batch(pool, resume)
+                watcher.run_batch(pool, state.due(store, pacs_url))
                 done = False
                 while not done and not stop.is_set():
                     uids, new_cursor, done = source.batch(cursor)
@@ -335,6 +486,11 @@ def watch(
                     if new_cursor != cursor:
                         state.save_cursor(store, pacs_url, f"{source.kind}:{new_cursor}")
                         cursor = new_cursor
+                for _ in range(watcher.max_attempts if once else 0):  # retries already due
+                    again = state.due(store, pacs_url)
+                    if not again or stop.is_set():
+                        break
+                    watcher.run_batch(pool, again)
             except (UserError, _PacsDown) as e:
                 error = e.error if isinstance(e, _PacsDown) else e
                 if once:
@@ -344,7 +500,6 @@ def watch(
             if once:
                 break
             stop.wait(poll_s)
-    return list(watcher.outcomes)
 
 
 def _stored_cursor(store: TraceStore, pacs_url: str, kind: str) -> str | None:

@@ -260,6 +260,73 @@ def _m010_pacs_watch(conn: sa.Connection) -> None:
     md.create_all(conn)
 
 
+def _m011_pacs_watch_attempts(conn: sa.Connection) -> None:
+    """Watch mode's attempts (insert-only): each claim of a study by a watcher (its owner id and lease),
+    the heartbeats that renew a lease, and how each attempt ended (failed with its retry time, interrupted,
+    lapsed, processed or skipped). Schema 10's claims without an outcome become lapsed first attempts."""
+    md = sa.MetaData()
+    attempts = sa.Table(
+        "pacs_watch_attempts",
+        md,
+        sa.Column("pacs_url", sa.String, primary_key=True),
+        sa.Column("study_uid", sa.String, primary_key=True),
+        sa.Column("attempt", sa.Integer, primary_key=True),
+        sa.Column("owner", sa.String, nullable=False),
+        sa.Column("task", sa.String, nullable=True),
+        sa.Column("claimed_at", sa.DateTime, nullable=False),
+        sa.Column("lease_until", sa.DateTime, nullable=False),
+    )
+    sa.Table(
+        "pacs_watch_heartbeats",
+        md,
+        sa.Column("pacs_url", sa.String, primary_key=True),
+        sa.Column("study_uid", sa.String, primary_key=True),
+        sa.Column("attempt", sa.Integer, primary_key=True),
+        sa.Column("beat", sa.Integer, primary_key=True),
+        sa.Column("at", sa.DateTime, nullable=False),
+        sa.Column("lease_until", sa.DateTime, nullable=False),
+    )
+    sa.Table(
+        "pacs_watch_attempt_ends",
+        md,
+        sa.Column("pacs_url", sa.String, primary_key=True),
+        sa.Column("study_uid", sa.String, primary_key=True),
+        sa.Column("attempt", sa.Integer, primary_key=True),
+        sa.Column("status", sa.String, nullable=False),
+        sa.Column("reason", sa.String, nullable=False),
+        sa.Column("run_id", sa.String, nullable=True),
+        sa.Column("retry_after", sa.DateTime, nullable=True),
+        sa.Column("at", sa.DateTime, nullable=False),
+    )
+    md.create_all(conn)
+    claims = sa.table(
+        "pacs_watch_claims",
+        sa.column("pacs_url", sa.String),
+        sa.column("study_uid", sa.String),
+        sa.column("task", sa.String),
+        sa.column("claimed_at", sa.DateTime),
+    )
+    studies = sa.table(
+        "pacs_watch_studies", sa.column("pacs_url", sa.String), sa.column("study_uid", sa.String)
+    )
+    done = (
+        sa.select(studies.c.study_uid)
+        .where(studies.c.pacs_url == claims.c.pacs_url, studies.c.study_uid == claims.c.study_uid)
+        .exists()
+    )
+    unfinished = sa.select(
+        claims.c.pacs_url,
+        claims.c.study_uid,
+        sa.literal(1),
+        sa.literal("schema-10 watcher"),
+        claims.c.task,
+        claims.c.claimed_at,
+        claims.c.claimed_at,
+    ).where(~done)
+    cols = ["pacs_url", "study_uid", "attempt", "owner", "task", "claimed_at", "lease_until"]
+    conn.execute(sa.insert(attempts).from_select(cols, unfinished))
+
+
 MIGRATIONS: dict[int, Callable[[sa.Connection], None]] = {
     1: _m001_initial,
     2: _m002_lookup_indexes,
@@ -271,6 +338,7 @@ MIGRATIONS: dict[int, Callable[[sa.Connection], None]] = {
     8: _m008_web_sessions,
     9: _m009_pacs_pushes,
     10: _m010_pacs_watch,
+    11: _m011_pacs_watch_attempts,
 }
 """Schema version -> the migration that brings the previous version to it."""
 SCHEMA_VERSION = max(MIGRATIONS)

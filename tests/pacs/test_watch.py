@@ -18,7 +18,7 @@ from dxgraph.errors import UserError
 from dxgraph.pacs._dicomweb import PacsClient
 from dxgraph.pacs._routes import Routes
 from dxgraph.pacs._watch import watch
-from dxgraph.pacs._watch_state import claim, study_records
+from dxgraph.pacs._watch_state import Claim, attempt_records, claim, study_records, watcher_id
 from dxgraph.traces import TraceStore
 
 CHEST_DX = [{"modality": ["DX", "CR"], "series_description": "chest", "task": "cardiomegaly"}]
@@ -97,6 +97,17 @@ def _my_routes(tag: str) -> Routes:
     return Routes.from_data(
         [{"modality": "DX", "series_description": f"^watch-{tag}-chest$", "task": "cardiomegaly"}]
     )
+
+
+def _dead_watcher() -> str:
+    """The owner id of a watcher process of this machine that has exited (killed, say)."""
+    out = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True)
+    return "/".join([*watcher_id().split("/")[:2], out.stdout.decode().strip(), "0dead"])
+
+
+def _claim_as(store: TraceStore, url: str, study_uid: str, owner: str, lease_s: float = 3600) -> None:
+    got = claim(store, url, study_uid, "cardiomegaly", owner, lease_s=lease_s, max_attempts=3)
+    assert isinstance(got, Claim)
 
 
 def _sr_count(client: PacsClient, study_uid: str) -> int:
@@ -204,7 +215,7 @@ def test_a_study_claimed_and_pushed_before_a_kill_is_recorded_without_a_second_p
     store = TraceStore(str(tmp_path / "traces.db"))
     with PacsClient(orthanc.config()) as client:
         url = client.config.base_url
-        assert claim(store, url, up.study_uid, "cardiomegaly")
+        _claim_as(store, url, up.study_uid, _dead_watcher())
         run_id = pull(client, up.study_uid, None, "cardiomegaly", store=store).run.run_id
         push(client, store, run_id)  # ... and killed here, before the outcome row
         (outcome,) = [
@@ -240,16 +251,152 @@ def test_the_concurrency_limit_is_respected(orthanc, tmp_path: Path, monkeypatch
 
     monkeypatch.setattr(watch_module, "pull", counting_pull)
     with PacsClient(orthanc.config()) as client:
-        for up in ups:  # claimed by a watcher that stopped before pulling: resumed, whatever the feed says
-            claim(store, client.config.base_url, up.study_uid, "cardiomegaly")
+        dead, elsewhere = _dead_watcher(), "another-host/1/77/cafe"
+        for i, up in enumerate(ups):  # claimed by watchers that stopped before pulling: taken over
+            _claim_as(store, client.config.base_url, up.study_uid, dead if i % 2 else elsewhere, lease_s=0.5)
+        time.sleep(0.6)  # the other machine's lease runs out (a dead local watcher's is taken at once)
         mine = {u.study_uid for u in ups}  # (others' studies turning stable meanwhile are skipped)
         outcomes = [
             o for o in watch(client, store, _my_routes(tag), once=True, concurrency=2) if o.study_uid in mine
         ]
         assert sorted(o.study_uid for o in outcomes) == sorted(u.study_uid for u in ups)
-        assert all(o.status == "processed" and o.sr_sop_uid for o in outcomes)
+        assert all(
+            o.status == "processed" and o.sr_sop_uid and o.resumed and o.attempt == 2 for o in outcomes
+        )
         assert all(_sr_count(client, u.study_uid) == 1 for u in ups)
+        lapsed = [r for r in attempt_records(store, client.config.base_url) if r.status == "lapsed"]
+        assert sorted(r.study_uid for r in lapsed) == sorted(mine)
     assert peak[0] == 2
+
+
+def _upload_stable(orthanc, tmp_path: Path, tag: str, n: int) -> list[str]:
+    """``n`` chest studies of this test, uploaded after a watch stored its cursor, once Orthanc calls them stable."""
+    files = _cxr_files(tmp_path)
+    uids = [
+        orthanc.upload([[files[i % 2]]], series_descriptions=[f"watch-{tag}-chest"]).study_uid
+        for i in range(n)
+    ]
+    _wait_stable(orthanc, uids)
+    return uids
+
+
+def test_a_failing_study_is_retried_with_backoff_and_one_that_always_fails_is_given_up(
+    orthanc, tmp_path: Path, monkeypatch
+) -> None:
+    import sqlalchemy as sa
+
+    import dxgraph.pacs._watch as watch_module
+
+    tag = f"{os.getpid()}f{time.time_ns() % 10**9}"
+    store = TraceStore(str(tmp_path / "traces.db"))
+    real_pull, calls = watch_module.pull, []
+    with PacsClient(orthanc.config()) as client:
+        url = client.config.base_url
+        watch(client, store, _my_routes(tag), once=True)  # the cursor: now
+        flaky, broken = _upload_stable(orthanc, tmp_path, tag, 2)
+
+        def failing_pull(client_, study_uid, *args, **kwargs):
+            calls.append((study_uid, time.monotonic()))
+            if study_uid == broken or sum(u == flaky for u, _ in calls) <= 2:
+                raise UserError(f"the PACS answered HTTP 500 for study {study_uid[-6:]}")
+            return real_pull(client_, study_uid, *args, **kwargs)
+
+        monkeypatch.setattr(watch_module, "pull", failing_pull)
+        stop, outcomes = threading.Event(), []
+
+        def progress(o) -> None:
+            outcomes.append(o)
+            if sum(x.status in ("processed", "failed") for x in outcomes) == 2:
+                stop.set()
+
+        backoff_s = 0.4
+        runner = threading.Thread(
+            target=watch,
+            args=(client, store, _my_routes(tag)),
+            kwargs={"poll_s": 0.1, "stop": stop, "progress": progress, "retry_backoff_s": backoff_s},
+        )
+        runner.start()
+        runner.join(120)
+        assert not runner.is_alive()
+        mine = [(o.study_uid, o.status, o.attempt) for o in outcomes if o.study_uid == flaky]
+        assert mine == [(flaky, "retrying", 1), (flaky, "retrying", 2), (flaky, "processed", 3)]
+        at = [t for u, t in calls if u == flaky]
+        assert at[1] - at[0] >= backoff_s and at[2] - at[1] >= 2 * backoff_s  # the backoff doubles
+        assert [(r.attempt, r.status) for r in attempt_records(store, url, flaky)] == [
+            (1, "failed"),
+            (2, "failed"),
+            (3, "processed"),
+        ]
+        failures = [r.reason for r in attempt_records(store, url, broken)]
+        last = f"the PACS answered HTTP 500 for study {broken[-6:]}"
+        assert failures == [last] * 3 and sum(u == broken for u, _ in calls) == 3
+        records = {r.study_uid: r for r in study_records(store, url)}
+        assert records[flaky].status == "processed" and records[flaky].run_id
+        assert (records[broken].status, records[broken].reason) == (
+            "failed",
+            f"gave up after 3 failed attempts; the last: {last}",
+        )
+        assert _sr_count(client, flaky) == 1 and _sr_count(client, broken) == 0
+        assert [o.status for o in outcomes if o.study_uid == broken] == ["retrying", "retrying", "failed"]
+        calls.clear()
+        watch(client, store, _my_routes(tag), once=True, retry_backoff_s=0)
+        assert calls == []  # given up for good, and done: never tried again
+    with store.engine.connect() as conn:
+        pushes = conn.execute(sa.text("SELECT study_uid FROM pacs_pushes")).scalars().all()
+    assert pushes == [flaky]
+
+
+@pytest.mark.slow
+def test_two_watchers_sharing_one_store_process_each_study_once(
+    orthanc, url: str, tmp_path: Path, monkeypatch
+) -> None:
+    import sqlalchemy as sa
+
+    import dxgraph.pacs._watch as watch_module
+
+    tag = f"{os.getpid()}w{time.time_ns() % 10**9}"
+    real_pull, pulled, lock = watch_module.pull, [], threading.Lock()
+
+    def counting_pull(client_, study_uid, *args, **kwargs):
+        with lock:
+            pulled.append(study_uid)
+        return real_pull(client_, study_uid, *args, **kwargs)
+
+    with PacsClient(orthanc.config()) as client:
+        pacs_url = client.config.base_url
+        watch(client, TraceStore(url), _my_routes(tag), once=True)  # the cursor: now
+        studies = _upload_stable(orthanc, tmp_path, tag, 10)
+        monkeypatch.setattr(watch_module, "pull", counting_pull)
+        results: dict[str, list] = {}
+        start = threading.Barrier(2)
+
+        def one_watcher(name: str) -> None:
+            store = TraceStore(url)  # a store object (and engine) of its own, over the same database
+            with PacsClient(orthanc.config()) as own_client:
+                start.wait()
+                results[name] = watch(own_client, store, _my_routes(tag), once=True, concurrency=2)
+
+        threads = [threading.Thread(target=one_watcher, args=(n,)) for n in ("a", "b")]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(300)
+        done = {n: [o.study_uid for o in r if o.study_uid in studies] for n, r in results.items()}
+        assert sorted(done["a"] + done["b"]) == sorted(studies)  # each once, by one watcher or the other
+        assert done["a"] and done["b"]  # both took part
+        assert sorted(u for u in pulled if u in studies) == sorted(studies)  # never pulled twice
+        assert all(o.status == "processed" for r in results.values() for o in r if o.study_uid in studies)
+        assert all(_sr_count(client, u) == 1 for u in studies)
+        store = TraceStore(url)
+        records = [r for r in study_records(store, pacs_url) if r.study_uid in studies]
+        assert sorted(r.study_uid for r in records) == sorted(studies)
+        owners = {r.study_uid: r.owner for r in attempt_records(store, pacs_url)}
+        assert len(set(owners.values())) == 2 and all(
+            r.attempt == 1 and r.status == "processed" for r in attempt_records(store, pacs_url)
+        )
+    with store.engine.connect() as conn:
+        pushes = conn.execute(sa.text("SELECT study_uid, COUNT(*) FROM pacs_pushes GROUP BY study_uid")).all()
+    assert dict(pushes) == dict.fromkeys(studies, 1)
 
 
 def test_the_qido_feed_takes_studies_dated_from_today(orthanc, tmp_path: Path) -> None:

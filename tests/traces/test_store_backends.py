@@ -321,9 +321,9 @@ def test_a_version_1_store_is_migrated_and_its_runs_still_verify(url, tmp_path):
         assert "ix_runs_case_id" not in {i["name"] for i in sa.inspect(conn).get_indexes("runs")}
     engine.dispose()
 
-    store = TraceStore(url)  # migrates 1 -> 10
+    store = TraceStore(url)  # migrates 1 -> 11
     with store.engine.connect() as conn:
-        assert current_version(conn) == SCHEMA_VERSION == 10
+        assert current_version(conn) == SCHEMA_VERSION == 11
         insp = sa.inspect(conn)
         assert {
             "cohorts",
@@ -343,6 +343,9 @@ def test_a_version_1_store_is_migrated_and_its_runs_still_verify(url, tmp_path):
             "pacs_watch_cursors",
             "pacs_watch_claims",
             "pacs_watch_studies",
+            "pacs_watch_attempts",
+            "pacs_watch_heartbeats",
+            "pacs_watch_attempt_ends",
         } <= set(insp.get_table_names())
         assert "ix_runs_case_id" in {i["name"] for i in insp.get_indexes("runs")}
         assert "ix_events_event" in {i["name"] for i in insp.get_indexes("events")}
