@@ -75,6 +75,12 @@ class SeriesSummary(BaseModel):
     """BodyPartExamined."""
     n_instances: int | None = None
     """NumberOfSeriesRelatedInstances."""
+    protocol_name: str = ""
+    """ProtocolName (empty when the PACS does not return it at series level)."""
+    sequence_name: str = ""
+    """SequenceName (empty when the PACS does not return it at series level)."""
+    contrast_agent: str = ""
+    """ContrastBolusAgent (empty when none, or not returned at series level)."""
 
 
 class RefusedInstance(BaseModel):
@@ -155,7 +161,14 @@ class PacsClient:
     def find_series(self, study_uid: str, *, modality: str | None = None) -> list[SeriesSummary]:
         """The series of a study (QIDO-RS), by series number."""
         filters = {"Modality": modality.upper()} if modality else None
-        fields = ["SeriesDescription", "BodyPartExamined", "NumberOfSeriesRelatedInstances"]
+        fields = [
+            "SeriesDescription",
+            "BodyPartExamined",
+            "NumberOfSeriesRelatedInstances",
+            "ProtocolName",
+            "SequenceName",
+            "ContrastBolusAgent",
+        ]
         with self._errors(f"search the series of study {study_uid} (QIDO-RS)"):
             found = self._dicomweb.search_for_series(study_uid, search_filters=filters, fields=fields)
             series = [_series(_check_json(r), study_uid) for r in found]
@@ -405,6 +418,9 @@ def _series(r: dict[str, Any], study_uid: str) -> SeriesSummary:
         series_number=_int(r, "00200011"),
         body_part=_text(r, "00180015"),
         n_instances=_int(r, "00201209"),
+        protocol_name=_text(r, "00181030"),
+        sequence_name=_text(r, "00180024"),
+        contrast_agent=_text(r, "00180010"),
     )
 
 

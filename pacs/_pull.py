@@ -102,12 +102,6 @@ class SeriesChoiceError(UserError):
         """The series of the study the task could read."""
 
 
-SEQUENCE_HINT_TAGS = {
-    "ProtocolName": "00181030",
-    "SequenceName": "00180024",
-    "ContrastBolusAgent": "00180010",
-}
-"""Series attributes read (besides SeriesDescription) to tell MR sequences apart: keyword -> DICOM tag."""
 SEQUENCE_NAMES = {"t1": "T1", "t1ce": "T1ce", "t2": "T2", "flair": "FLAIR"}
 """How each sequence is written in messages."""
 _NOT_ONE_OF_THE_FOUR = frozenset(
@@ -150,10 +144,10 @@ def _words(text: str) -> set[str]:
     return set(re.sub(r"[^a-z0-9]+", " ", t).split())
 
 
-def series_sequence(series: SeriesSummary, hints: Mapping[str, str] | None = None) -> str | None:
+def series_sequence(series: SeriesSummary) -> str | None:
     """The MR sequence (``t1``, ``t1ce``, ``t2``, ``flair``) a series holds, or None when its words do not say.
 
-    The words of its SeriesDescription, ProtocolName and SequenceName (``hints``, when the PACS gives them)
+    The words of its SeriesDescription, ProtocolName and SequenceName (the latter two when the PACS gives them)
     are read in this order:
 
     1. a localiser, T2*/SWI, diffusion, perfusion, angiography or derived series (subtraction, map, MIP,
@@ -165,8 +159,7 @@ def series_sequence(series: SeriesSummary, hints: Mapping[str, str] | None = Non
        ContrastBolusAgent), unless it says pre-contrast (``pre``, ``w/o``, ``non-contrast``, ``native``);
     4. T2 (``t2``, ``t2w``) is T2.
     """
-    hints = hints or {}
-    text = " ".join([series.description, hints.get("ProtocolName", ""), hints.get("SequenceName", "")])
+    text = " ".join([series.description, series.protocol_name, series.sequence_name])
     words = _words(text)
     if words & _NOT_ONE_OF_THE_FOUR:
         return None
@@ -175,7 +168,7 @@ def series_sequence(series: SeriesSummary, hints: Mapping[str, str] | None = Non
         return "flair"
     if is_t1:
         pre = bool(words & _PRE_WORDS)
-        post = bool(words & _POST_WORDS) or bool(hints.get("ContrastBolusAgent", "").strip())
+        post = bool(words & _POST_WORDS) or bool(series.contrast_agent.strip())
         return "t1ce" if post and not pre else "t1"
     if words & _T2_WORDS:
         return "t2"
@@ -247,19 +240,16 @@ def choose_sequences(
     task: str,
     wanted: Mapping[str, bool],
     asked: Sequence[str] = (),
-    hints: Mapping[str, Mapping[str, str]] | None = None,
 ) -> list[SeriesChoice]:
     """A series per MR sequence ``wanted`` (sequence -> needed): by ``series_sequence``, or as ``asked``.
 
     ``asked`` are ``--series`` values: ``SEQUENCE=UID`` takes that series as that sequence; a bare ``UID``
-    limits the candidates to the series so given (each then recognised by its words). ``hints`` hold each
-    series' ProtocolName, SequenceName and ContrastBolusAgent by SeriesInstanceUID. A needed sequence
+    limits the candidates to the series so given (each then recognised by its words). A needed sequence
     without a series, two series for one sequence, or a bare UID the rules cannot place raise
     ``SeriesChoiceError`` listing the candidates; an optional sequence without a series is left out.
     """
     from dxgraph.imaging import DICOM_MODALITIES
 
-    hints = hints or {}
     by_uid = {s.series_uid: s for s in series}
     pinned: dict[str, SeriesSummary] = {}
     given: list[SeriesSummary] = []
@@ -278,7 +268,7 @@ def choose_sequences(
     found: dict[str | None, list[SeriesSummary]] = {}
     for s in pool:
         if s.series_uid not in taken:
-            found.setdefault(series_sequence(s, hints.get(s.series_uid)), []).append(s)
+            found.setdefault(series_sequence(s), []).append(s)
     candidates = pool if given else mr
     fix = " (choose with --series SEQUENCE=UID; dxgraph pacs find --study UID lists the series)"
     if given and found.get(None):
@@ -439,28 +429,12 @@ def _choose(
     items = [asked] if isinstance(asked, str) else list(asked or ())
     series = only_modality(_series_of(client, study_uid), modality)
     if wanted:
-        return choose_sequences(series, task, wanted, items, _sequence_hints(client, study_uid))
+        return choose_sequences(series, task, wanted, items)
     if len(items) > 1 or any("=" in i for i in items):
         raise UserError(
             f"{task!r} reads one series: give one --series UID (SEQUENCE=UID is for MR sequences)"
         )
     return [choose_series(series, task, items[0] if items else None)]
-
-
-def _sequence_hints(client: PacsClient, study_uid: str) -> dict[str, dict[str, str]]:
-    """Each series' ProtocolName, SequenceName and ContrastBolusAgent (QIDO-RS), by SeriesInstanceUID.
-
-    A PACS may leave them out of a series query; they then stay empty and the description decides.
-    """
-    from dxgraph.pacs._dicomweb import _check_json, _text
-
-    fields = list(SEQUENCE_HINT_TAGS)
-    with client._errors(f"search the series of study {study_uid} (QIDO-RS)"):
-        found = client._dicomweb.search_for_series(study_uid, fields=fields)
-        records = [_check_json(r) for r in found]
-    return {
-        _text(r, "0020000E"): {k: _text(r, tag) for k, tag in SEQUENCE_HINT_TAGS.items()} for r in records
-    }
 
 
 def _series_of(client: PacsClient, study_uid: str) -> list[SeriesSummary]:

@@ -205,8 +205,8 @@ def _mr(uid: str, description: str, number: int, n: int = 40, modality: str = "M
         ("t1gd", {}, "t1ce"),
         ("MPRAGE POST", {}, "t1ce"),
         ("Ax T1 FS Gad", {}, "t1ce"),
-        ("AX T1", {"ContrastBolusAgent": "Gadovist"}, "t1ce"),  # the same words, told apart by the agent
-        ("", {"ProtocolName": "t2_flair_tra"}, "flair"),
+        ("AX T1", {"contrast_agent": "Gadovist"}, "t1ce"),  # the same words, told apart by the agent
+        ("", {"protocol_name": "t2_flair_tra"}, "flair"),
         ("AX T2*", {}, None),
         ("SWI", {}, None),
         ("DWI b1000", {}, None),
@@ -219,7 +219,8 @@ def _mr(uid: str, description: str, number: int, n: int = 40, modality: str = "M
 def test_series_sequence_rules(description: str, hints: dict[str, str], sequence: str | None) -> None:
     from dxgraph.pacs._pull import series_sequence
 
-    assert series_sequence(_mr("1.2", description, 1), hints) == sequence
+    series = _mr("1.2", description, 1).model_copy(update=hints)
+    assert series_sequence(series) == sequence
 
 
 BRAIN_STUDY = [
