@@ -29,6 +29,10 @@ ClinicalTextOpt = Annotated[
     str | None, typer.Option("--clinical-text", help="Free-text clinical information.")
 ]
 """The case's clinical note, for the commands that diagnose one case."""
+CaseIdOpt = Annotated[
+    str | None, typer.Option("--case-id", help="Pseudonymous case id (default: from image hashes).")
+]
+"""The pseudonymous case id a run records, for the commands that diagnose one case."""
 ReportOpt = Annotated[Path | None, typer.Option("--report", "-o", help="Also write the HTML report here.")]
 """Where to write the run's HTML report as well."""
 

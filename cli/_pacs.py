@@ -15,7 +15,15 @@ import typer
 
 from dxgraph.agent import RunOptions
 from dxgraph.cli._app import app, out, print_json, progress_out
-from dxgraph.cli._options import FROM_FLAGS, ClinicalTextOpt, DbOpt, JsonOpt, ReportOpt, with_run_options
+from dxgraph.cli._options import (
+    FROM_FLAGS,
+    CaseIdOpt,
+    ClinicalTextOpt,
+    DbOpt,
+    JsonOpt,
+    ReportOpt,
+    with_run_options,
+)
 from dxgraph.cli._run import print_run
 from dxgraph.errors import UserError
 
@@ -132,10 +140,7 @@ def pull(
             "--modality", help="Only consider series of this modality (CT, MR, DX, CR... or ct, mr, cxr)."
         ),
     ] = None,
-    case_id: Annotated[
-        str | None,
-        typer.Option("--case-id", help="Pseudonymous case id (default: from image hashes)."),
-    ] = None,
+    case_id: CaseIdOpt = None,
     prior_study: Annotated[
         str | None,
         typer.Option(
@@ -157,6 +162,7 @@ def pull(
     by its description; when they cannot be told apart, the candidate series are listed.
     """
     from dxgraph.cli._audit import write_report
+    from dxgraph.pacs import SeriesChoiceError
     from dxgraph.pacs import pull as run_pull
 
     def progress(done: int, total: int | None) -> None:
@@ -179,10 +185,8 @@ def pull(
                 modality=modality,
                 case_id=case_id,
             )
-        except (
-            UserError
-        ) as e:  # a SeriesChoiceError: the candidates with their descriptions, on the terminal only
-            for s in getattr(e, "candidates", ()):
+        except SeriesChoiceError as e:  # the candidates with their descriptions, on the terminal only
+            for s in e.candidates:
                 n = "?" if s.series_number is None else str(s.series_number)
                 out.print(f"#{n}  {s.modality or '?'}  {s.n_instances or '?'} instances  {s.description}")
                 out.print(f"    series {s.series_uid}")
@@ -233,6 +237,14 @@ def push(
     again: Annotated[
         bool, typer.Option("--again", help="Send a run already pushed to this PACS once more.")
     ] = False,
+    accept_source_uid_errors: Annotated[
+        bool,
+        typer.Option(
+            "--accept-source-uid-errors",
+            help="Send even when the source's own UIDs are invalid DICOM (e.g. leading zeros): the SR and SEG"
+            " must reference them as they are, so they inherit those errors (and only those).",
+        ),
+    ] = False,
     db: DbOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -242,7 +254,14 @@ def push(
 
     store = TraceStore(db, create=False)
     with _client(url) as client:
-        result = run_push(client, store, run_id, sources=source or (), again=again)
+        result = run_push(
+            client,
+            store,
+            run_id,
+            sources=source or (),
+            again=again,
+            accept_source_uid_errors=accept_source_uid_errors,
+        )
     if as_json:
         print_json(result.model_dump(mode="json"))
         return
@@ -252,8 +271,18 @@ def push(
             " nothing sent (--again to resend)"
         )
     else:
-        seg = f" and SEG {result.seg_sop_uid} ({result.n_segments} segments)" if result.seg_sop_uid else ""
+        n_segs = len(result.seg_sop_uids)
+        seg = ""
+        if n_segs == 1:
+            seg = f" and SEG {result.seg_sop_uid} ({result.n_segments} segments)"
+        elif n_segs > 1:
+            seg = f" and {n_segs} SEGs, one per frame of reference ({result.n_segments} segments)"
         out.print(f"stored SR {result.sr_sop_uid}{seg} in study {result.study_uid} at {result.pacs_url}")
+        if result.accepted_source_uid_errors:
+            out.print(
+                f"accepted {result.accepted_source_uid_errors} validation errors inherited from the source's"
+                " invalid UIDs (--accept-source-uid-errors)"
+            )
 
 
 @pacs_app.command("watch")
@@ -280,18 +309,53 @@ def watch(
             help="On the first watch of this PACS, also take the studies already there (default: only new ones).",
         ),
     ] = False,
+    max_attempts: Annotated[
+        int | None,
+        typer.Option(
+            "--max-attempts", help="Attempts per study before it is recorded failed [default: 3].", min=1
+        ),
+    ] = None,
+    retry_backoff_s: Annotated[
+        float | None,
+        typer.Option(
+            "--retry-backoff-s",
+            help="Seconds before a failed study is tried again, doubled after each further failure [default: 60].",
+            min=0,
+        ),
+    ] = None,
+    lease_s: Annotated[
+        float | None,
+        typer.Option(
+            "--lease-s",
+            help="Seconds a study stays claimed by this watcher without renewal; then another may take it over"
+            " [default: 120].",
+            min=1,
+        ),
+    ] = None,
+    watcher_id: Annotated[
+        str | None,
+        typer.Option("--watcher-id", help="This watcher's name in the store (default: host and process)."),
+    ] = None,
+    accept_source_uid_errors: Annotated[
+        bool,
+        typer.Option(
+            "--accept-source-uid-errors",
+            help="Push results even for studies whose own UIDs are invalid DICOM (see dxgraph pacs push).",
+        ),
+    ] = False,
     options: RunOptions = FROM_FLAGS,
     db: DbOpt = None,
 ) -> None:
     """Watch the PACS: each new study is routed to a task, pulled, diagnosed and its results pushed (SR, SEG).
 
-    A line per study: processed (label, run id, SR), skipped (why) or failed (why). The cursor and each
-    study's outcome live in the trace store: a restart resumes, and never pushes a study twice. Ctrl-C stops
+    A line per study: processed (label, run id, SR), skipped (why), retrying (why, and when) or failed (why,
+    after --max-attempts). The cursor, claims and each attempt live in the trace store: a restart resumes,
+    several watchers may share one store, and a study is never pushed twice. Ctrl-C stops
     after the studies in hand.
     """
     import sys
 
-    from dxgraph.pacs import Routes, WatchOutcome
+    from dxgraph.pacs import LEASE_S, MAX_ATTEMPTS, RETRY_BACKOFF_S, Routes, WatchOutcome
     from dxgraph.pacs import watch as run_watch
     from dxgraph.traces import TraceStore
 
@@ -324,9 +388,15 @@ def watch(
                 progress=progress,
                 on_error=on_error,
                 from_start=from_start,
+                watcher_id=watcher_id,
+                accept_source_uid_errors=accept_source_uid_errors,
+                max_attempts=MAX_ATTEMPTS if max_attempts is None else max_attempts,
+                retry_backoff_s=RETRY_BACKOFF_S if retry_backoff_s is None else retry_backoff_s,
+                lease_s=LEASE_S if lease_s is None else lease_s,
             )
         except KeyboardInterrupt:
             progress_out.print("stopped")
             return
-    counts = {s: sum(o.status == s for o in done) for s in ("processed", "skipped", "failed")}
+    statuses = ("processed", "skipped", "retrying", "failed")
+    counts = {s: sum(o.status == s for o in done) for s in statuses}
     progress_out.print(", ".join(f"{n} {s}" for s, n in counts.items()))

@@ -16,7 +16,15 @@ from rich.text import Text
 from dxgraph.agent import RunOptions, RunResult
 from dxgraph.cli._app import app, out, print_json
 from dxgraph.cli._audit import write_report
-from dxgraph.cli._options import FROM_FLAGS, ClinicalTextOpt, DbOpt, JsonOpt, ReportOpt, with_run_options
+from dxgraph.cli._options import (
+    FROM_FLAGS,
+    CaseIdOpt,
+    ClinicalTextOpt,
+    DbOpt,
+    JsonOpt,
+    ReportOpt,
+    with_run_options,
+)
 from dxgraph.errors import UserError
 
 
@@ -51,9 +59,7 @@ def diagnose(
     ] = None,
     clinical_text: ClinicalTextOpt = None,
     laterality: Annotated[str | None, typer.Option(help="Eye, for ophthalmic images: OD or OS.")] = None,
-    case_id: Annotated[
-        str | None, typer.Option("--case-id", help="Pseudonymous case id (default: from image hashes).")
-    ] = None,
+    case_id: CaseIdOpt = None,
     report: ReportOpt = None,
     options: RunOptions = FROM_FLAGS,
     db: DbOpt = None,

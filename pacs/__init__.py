@@ -4,20 +4,34 @@
   or a private config file, never the command line or the trace; TLS verified; timeouts and retries).
 * ``PacsClient``: QIDO-RS search (``find_studies``, ``find_series``), WADO-RS retrieve
   (``retrieve_series``) and STOW-RS store (``store``); every failure is one clear ``UserError``.
-* ``pull``: retrieve a study's series (``choose_series`` picks the one a task measures on) and diagnose it
-  through the same readers as local files; the trace records the Study/Series/SOP Instance UIDs.
+* ``pull``: retrieve a study's series (``choose_series`` picks the one a task measures on; for a task
+  that reads several MR sequences, ``choose_sequences`` picks one series per sequence by
+  ``series_sequence``'s word rules) and diagnose it through the same readers as local files; the trace
+  records the Study/Series/SOP Instance UIDs.
 * ``push``: a run's results back into the PACS (STOW-RS) as a TID 1500 Measurement Report (SR) and a
-  Segmentation (SEG) of the masks its evidence rests on, checked with ``dciodvfy`` first, recorded once.
+  Segmentation (SEG) of the masks its evidence rests on (one SEG per frame of reference when the sources
+  name several), checked with ``dciodvfy`` first, recorded once.
 """
 
 from dxgraph.pacs._config import PacsAuth, PacsConfig
 from dxgraph.pacs._dicomweb import PacsClient, RefusedInstance, SeriesSummary, StoreResult, StudySummary
-from dxgraph.pacs._pull import PullResult, SeriesChoice, choose_series, pull
+from dxgraph.pacs._pull import (
+    PullResult,
+    SeriesChoice,
+    SeriesChoiceError,
+    choose_sequences,
+    choose_series,
+    pull,
+    series_sequence,
+)
 from dxgraph.pacs._push import InvalidDicom, PushResult, push
 from dxgraph.pacs._routes import Route, RouteRule, Routes
-from dxgraph.pacs._watch import WatchOutcome, watch
+from dxgraph.pacs._watch import LEASE_S, MAX_ATTEMPTS, RETRY_BACKOFF_S, WatchOutcome, watch
 
 __all__ = [
+    "LEASE_S",
+    "MAX_ATTEMPTS",
+    "RETRY_BACKOFF_S",
     "InvalidDicom",
     "PacsAuth",
     "PacsClient",
@@ -29,12 +43,15 @@ __all__ = [
     "RouteRule",
     "Routes",
     "SeriesChoice",
+    "SeriesChoiceError",
     "SeriesSummary",
     "StoreResult",
     "StudySummary",
     "WatchOutcome",
+    "choose_sequences",
     "choose_series",
     "pull",
     "push",
+    "series_sequence",
     "watch",
 ]

@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from dxgraph.errors import UserError
 from dxgraph.pacs import _watch_state as state
 from dxgraph.pacs._dicomweb import PacsClient
-from dxgraph.pacs._pull import pull
+from dxgraph.pacs._pull import pull, task_sequences
 from dxgraph.pacs._push import push
 from dxgraph.pacs._routes import Route, Routes
 
@@ -191,8 +191,10 @@ class Watcher:
         retry_backoff_s: float = RETRY_BACKOFF_S,
         lease_s: float = LEASE_S,
         watcher_id: str | None = None,
+        accept_source_uid_errors: bool = False,
     ) -> None:
         self.client, self.store, self.routes, self.options = client, store, routes, options
+        self.accept_source_uid_errors = accept_source_uid_errors
         self.progress, self.stop = progress, stop
         self.max_attempts, self.retry_backoff_s, self.lease_s = max_attempts, retry_backoff_s, lease_s
         self.owner = watcher_id or state.watcher_id()
@@ -267,14 +269,14 @@ class Watcher:
         run_id = state.pushed_since(self.store, self.pacs_url, study_uid, got.first_claimed_at)
         if run_id is not None:  # its watcher pushed it, then stopped before recording it
             return self._finish(got, "processed", f"{reason}; pushed before the restart", run_id)
-        pulled = pull(
-            self.client, study_uid, route.series_uid or None, route.task, self.options, store=self.store
-        )
+        # the series the rule matched; a task that reads several MR sequences chooses its own series
+        series_uid = None if task_sequences(route.task) else (route.series_uid or None)
+        pulled = pull(self.client, study_uid, series_uid, route.task, self.options, store=self.store)
         run_id = pulled.run.run_id
         if not state.holds(self.store, got):  # taken over meanwhile (this watcher stalled past its lease)
             log.warning("watch: study %s was taken over by another watcher; not pushing it", study_uid)
             return None
-        pushed = push(self.client, self.store, run_id)
+        pushed = push(self.client, self.store, run_id, accept_source_uid_errors=self.accept_source_uid_errors)
         return self._finish(
             got, "processed", reason, run_id, label=pulled.run.diagnosis.label, sr_sop_uid=pushed.sr_sop_uid
         )
@@ -389,6 +391,7 @@ def watch(
     retry_backoff_s: float = RETRY_BACKOFF_S,
     lease_s: float = LEASE_S,
     watcher_id: str | None = None,
+    accept_source_uid_errors: bool = False,
 ) -> list[WatchOutcome]:
     """Process the PACS's new studies (route, pull, diagnose, push, record) until ``stop`` is set; the outcomes.
 
@@ -404,7 +407,8 @@ def watch(
     run, retries already due are made before it returns.) Several watchers may share one store and PACS:
     each study is claimed by one of them (``watcher_id``: default, a new id naming host and process) for
     ``lease_s``, renewed while in hand; a claim whose lease ran out, or whose watcher process on this
-    machine is gone, is taken over.
+    machine is gone, is taken over. ``accept_source_uid_errors``: push results of studies whose own UIDs
+    are invalid DICOM (see ``push``).
     """
     if concurrency < 1:
         raise UserError("the concurrency must be at least 1")
@@ -425,6 +429,7 @@ def watch(
         retry_backoff_s=retry_backoff_s,
         lease_s=lease_s,
         watcher_id=watcher_id,
+        accept_source_uid_errors=accept_source_uid_errors,
     )
     finished = threading.Event()
     renewer = threading.Thread(
