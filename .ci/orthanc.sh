@@ -11,8 +11,10 @@
 #
 #   user dxgraph, password dxgraph-test-only        (DXGRAPH_PACS_USERNAME / DXGRAPH_PACS_PASSWORD)
 #
-# Orthanc cannot bind its DICOM port to loopback only: it accepts no association from an unregistered peer
-# (none is registered). Idempotent: a second run reuses the server already answering on that port. Stop it with:
+# DIMSE (dxgraph's dicom://DXGRAPHTEST@127.0.0.1:<DICOM port> URLs): Orthanc's AE title is DXGRAPHTEST and it
+# checks the called AE title; one peer is registered, dxgraph's default calling AE title DXGRAPH, allowed
+# C-ECHO, C-FIND, C-GET and C-STORE (no C-MOVE). Orthanc cannot bind its DICOM port to loopback only: it
+# accepts no association from another calling AE title. Idempotent: a second run reuses the server already answering on that port. Stop it with:
 #   kill "$(cat /tmp/dxgraph-orthanc/orthanc.pid)"
 set -euo pipefail
 
@@ -21,6 +23,7 @@ DICOM_PORT=$((PORT + 1))
 DATA="${DXGRAPH_ORTHANC_DIR:-/tmp/dxgraph-orthanc}"
 USER_NAME=dxgraph
 PASSWORD=dxgraph-test-only
+CALLING_AET=DXGRAPH
 URL="http://127.0.0.1:$PORT/dicom-web/"
 log() { echo "orthanc.sh: $*" >&2; }
 
@@ -49,7 +52,10 @@ if ! answers; then
   "DicomAlwaysAllowFind": false,
   "DicomAlwaysAllowGet": false,
   "DicomAlwaysAllowMove": false,
-  "DicomModalities": {},
+  "DicomModalities": {
+    "dxgraph": {"AET": "$CALLING_AET", "Host": "127.0.0.1", "Port": $((DICOM_PORT + 1)),
+                "AllowEcho": true, "AllowFind": true, "AllowGet": true, "AllowMove": false, "AllowStore": true}
+  },
   "RemoteAccessAllowed": false,
   "StableAge": 2,
   "AuthenticationEnabled": true,

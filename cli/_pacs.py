@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import date, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, cast
 
 import typer
 
@@ -42,15 +42,18 @@ UrlOpt = Annotated[
     typer.Option(
         "--url",
         envvar="DXGRAPH_PACS_URL",
-        help="DICOMweb base URL of the PACS, e.g. https://pacs.example.org/dicom-web/ (or $DXGRAPH_PACS_URL).",
+        help="The PACS: its DICOMweb base URL, e.g. https://pacs.example.org/dicom-web/, or for DIMSE"
+        " (C-FIND, C-GET, C-STORE; no TLS) dicom://CALLED_AET@host:port, calling as $DXGRAPH_PACS_AET"
+        " (default DXGRAPH) (or $DXGRAPH_PACS_URL).",
     ),
 ]
 
 
 def _client(url: str) -> PacsClient:
-    from dxgraph.pacs import PacsClient, PacsConfig
+    """The PACS client for ``url``: DICOMweb for http(s)://, DIMSE for dicom://."""
+    from dxgraph.pacs import PacsConfig
 
-    return PacsClient(PacsConfig.load(url))
+    return cast("PacsClient", PacsConfig.load(url).connect())  # any Pacs; push's annotation says PacsClient
 
 
 def _since(text: str | None) -> date | None:

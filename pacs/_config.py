@@ -1,4 +1,4 @@
-"""How to reach a PACS: its DICOMweb URL, credentials, TLS, timeouts and retries.
+"""How to reach a PACS: its DICOMweb URL (or DIMSE address), credentials, TLS, timeouts and retries.
 
 Credentials come from the environment (``DXGRAPH_PACS_USERNAME`` and ``DXGRAPH_PACS_PASSWORD`` for basic
 authentication, or ``DXGRAPH_PACS_TOKEN`` for a bearer token) or from a config file, never from the command
@@ -16,6 +16,13 @@ ssh, dxgraph refuses one that others may read. It lists servers by URL::
 
 The entry whose URL is the longest prefix of the URL asked for applies; the environment's credentials win
 over the file's.
+
+A PACS without DICOMweb is reached over DIMSE with a URL ``dicom://CALLED_AET@host:port`` (the PACS's AE
+title, host and DICOM port; C-FIND, C-GET and C-STORE, see ``DimseClient``). dxgraph's own (calling) AE
+title is ``DXGRAPH`` unless ``$DXGRAPH_PACS_AET`` or the file's ``calling_aet`` says otherwise; the PACS
+must know it. The connect timeout bounds the TCP connection and the association's negotiation, the read
+timeout each DIMSE answer. DIMSE has no credentials (a URL's password is refused) and dxgraph speaks it
+without TLS: use it on a trusted network only.
 """
 
 from __future__ import annotations
@@ -24,12 +31,15 @@ import os
 import stat
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
 from dxgraph.errors import UserError
+
+if TYPE_CHECKING:
+    from dxgraph.pacs._dicomweb import Pacs
 
 ENV_USERNAME, ENV_PASSWORD, ENV_TOKEN = "DXGRAPH_PACS_USERNAME", "DXGRAPH_PACS_PASSWORD", "DXGRAPH_PACS_TOKEN"
 """Environment variables holding the credentials."""
@@ -37,6 +47,12 @@ ENV_CONFIG = "DXGRAPH_PACS_CONFIG"
 """Environment variable naming the config file."""
 ENV_CA_BUNDLE = "DXGRAPH_PACS_CA_BUNDLE"
 """Environment variable naming a CA bundle to verify the PACS's TLS certificate with."""
+ENV_AET = "DXGRAPH_PACS_AET"
+"""Environment variable holding dxgraph's own (calling) AE title for DIMSE."""
+DEFAULT_AET = "DXGRAPH"
+"""dxgraph's calling AE title for DIMSE unless configured."""
+DIMSE_SCHEME = "dicom"
+"""URL scheme of a PACS reached over DIMSE: ``dicom://CALLED_AET@host:port``."""
 _LOOPBACK = {"localhost", "127.0.0.1", "::1"}
 
 
@@ -61,7 +77,8 @@ class PacsConfig(BaseModel):
     model_config = ConfigDict(frozen=True, use_attribute_docstrings=True)
 
     url: str
-    """DICOMweb base URL (the root under which ``studies`` lies), without credentials."""
+    """DICOMweb base URL (the root under which ``studies`` lies), without credentials; or for DIMSE
+    ``dicom://CALLED_AET@host:port``."""
     auth: PacsAuth = PacsAuth()
     """Credentials."""
     verify_tls: bool = True
@@ -78,12 +95,31 @@ class PacsConfig(BaseModel):
     """First pause before a retry, doubled on each further retry."""
     allow_plain_http: bool = False
     """Send credentials over plain HTTP to a host other than loopback (off: refused)."""
+    calling_aet: str = Field(default=DEFAULT_AET, pattern=r"^[ -\[\]-~]{1,16}$")
+    """dxgraph's own AE title for DIMSE (1 to 16 printable characters, no backslash); unused for DICOMweb."""
+
+    @property
+    def is_dimse(self) -> bool:
+        """Whether the PACS is reached over DIMSE (a ``dicom://`` URL) rather than DICOMweb."""
+        return urlsplit(self.url).scheme == DIMSE_SCHEME
 
     @property
     def host(self) -> str:
-        """``scheme://host[:port]`` of the PACS: what traces and messages name (never credentials)."""
+        """``scheme://host[:port]`` of the PACS (``dicom://AET@host:port`` for DIMSE): what traces and
+        messages name (never credentials)."""
         parts = urlsplit(self.url)
-        return f"{parts.scheme}://{parts.hostname or ''}{f':{parts.port}' if parts.port else ''}"
+        aet = f"{parts.username}@" if self.is_dimse and parts.username else ""
+        return f"{parts.scheme}://{aet}{parts.hostname or ''}{f':{parts.port}' if parts.port else ''}"
+
+    def connect(self) -> Pacs:
+        """A client for this PACS: ``DimseClient`` for a ``dicom://`` URL, ``PacsClient`` (DICOMweb) otherwise."""
+        if self.is_dimse:
+            from dxgraph.pacs._dimse import DimseClient
+
+            return DimseClient(self)
+        from dxgraph.pacs._dicomweb import PacsClient
+
+        return PacsClient(self)
 
     @property
     def base_url(self) -> str:
@@ -112,6 +148,8 @@ class PacsConfig(BaseModel):
             auth = env_auth
         if env.get(ENV_CA_BUNDLE):
             fields["ca_bundle"] = env[ENV_CA_BUNDLE]
+        if env.get(ENV_AET):
+            fields["calling_aet"] = env[ENV_AET]
         fields |= overrides
         try:
             config = cls(url=url, auth=auth, **fields)
@@ -140,12 +178,39 @@ class PacsConfig(BaseModel):
 
 def _check_url(url: str) -> None:
     parts = urlsplit(url)
+    if parts.scheme == DIMSE_SCHEME:
+        _check_dimse_url(url)
+        return
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise UserError(f"{url!r} is not a DICOMweb URL: give http(s)://host[:port]/path")
     if parts.username or parts.password:
         raise UserError(
             "the PACS URL holds credentials: remove them and set"
             f" {ENV_USERNAME}/{ENV_PASSWORD} or {ENV_TOKEN}, or use the PACS config file"
+        )
+
+
+def _check_dimse_url(url: str) -> None:
+    """A DIMSE URL names the PACS's AE title, host and port, and nothing else."""
+    parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    aet = parts.username or ""
+    if (
+        not parts.hostname
+        or port is None
+        or parts.password is not None
+        or parts.path.strip("/")
+        or parts.query
+        or parts.fragment
+        or not 1 <= len(aet) <= 16
+        or any(not " " <= c <= "~" or c == "\\" for c in aet)
+    ):
+        raise UserError(
+            f"{url!r} is not a DIMSE URL: give dicom://CALLED_AET@host:port (the PACS's AE title, 1 to 16"
+            " characters, its host and DICOM port; DIMSE takes no password)"
         )
 
 

@@ -15,7 +15,7 @@ import logging
 from collections.abc import Callable, Iterator, Sequence
 from datetime import date
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, Self
 
 from pydantic import BaseModel, ConfigDict
 
@@ -105,6 +105,52 @@ class StoreResult(BaseModel):
     """Instances it refused, with the reason."""
 
 
+class Pacs(Protocol):
+    """What pull, push and watch ask of a PACS: ``PacsClient`` (DICOMweb) and ``DimseClient`` (DIMSE) both
+    are one; ``PacsConfig.connect`` gives the one its URL names. Every failure is a one-line ``UserError``."""
+
+    config: PacsConfig
+    """Where the PACS is and how to talk to it; ``config.base_url`` is the PACS's identity in the store."""
+
+    def find_studies(
+        self,
+        *,
+        patient_id: str | None = None,
+        modality: str | None = None,
+        since: date | None = None,
+        limit: int | None = None,
+    ) -> list[StudySummary]:
+        """Studies matching all the filters given, newest first."""
+        ...
+
+    def find_series(self, study_uid: str, *, modality: str | None = None) -> list[SeriesSummary]:
+        """The series of a study, by series number."""
+        ...
+
+    def retrieve_series(
+        self,
+        study_uid: str,
+        series_uid: str,
+        folder: Path,
+        *,
+        progress: Callable[[int], None] | None = None,
+    ) -> list[Path]:
+        """A series written into ``folder``, one DICOM file per instance; nothing left on failure."""
+        ...
+
+    def store(self, datasets: Sequence[pydicom.Dataset]) -> StoreResult:
+        """Store instances; what the PACS accepted and refused."""
+        ...
+
+    def close(self) -> None:
+        """Let go of the connections."""
+        ...
+
+    def __enter__(self) -> Self: ...
+
+    def __exit__(self, *exc: object) -> None: ...
+
+
 class PacsClient:
     """One PACS over DICOMweb; every failure is a one-line ``UserError``."""
 
@@ -130,7 +176,7 @@ class PacsClient:
         """Close the HTTP connections."""
         self._session.close()
 
-    def __enter__(self) -> PacsClient:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

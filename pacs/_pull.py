@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from dxgraph.errors import UserError
-from dxgraph.pacs._dicomweb import PacsClient, SeriesSummary
+from dxgraph.pacs._dicomweb import Pacs, SeriesSummary
 
 if TYPE_CHECKING:
     from dxgraph.agent import RunOptions, RunResult
@@ -343,7 +343,7 @@ def choose_series(series: list[SeriesSummary], task: str, series_uid: str | None
 
 
 def pull(
-    client: PacsClient,
+    client: Pacs,
     study_uid: str,
     series_uid: str | Sequence[str] | None,
     task: str,
@@ -418,7 +418,7 @@ def only_modality(series: list[SeriesSummary], modality: str | None) -> list[Ser
 
 
 def _choose(
-    client: PacsClient,
+    client: Pacs,
     study_uid: str,
     asked: str | Sequence[str] | None,
     task: str,
@@ -437,7 +437,7 @@ def _choose(
     return [choose_series(series, task, items[0] if items else None)]
 
 
-def _series_of(client: PacsClient, study_uid: str) -> list[SeriesSummary]:
+def _series_of(client: Pacs, study_uid: str) -> list[SeriesSummary]:
     """A study's series; UserError when the PACS holds none."""
     series = client.find_series(study_uid)
     if not series:
@@ -446,7 +446,7 @@ def _series_of(client: PacsClient, study_uid: str) -> list[SeriesSummary]:
 
 
 def _retrieve(
-    client: PacsClient,
+    client: Pacs,
     study_uid: str,
     chosen: SeriesSummary,
     folder: Path,
@@ -463,7 +463,7 @@ def _retrieve(
 
 
 def _image_spec(
-    files: list[Path], folder: Path, client: PacsClient, study_uid: str, chosen: SeriesSummary
+    files: list[Path], folder: Path, client: Pacs, study_uid: str, chosen: SeriesSummary
 ) -> ImageSpec:
     """The image to read: the folder (a series volume) or, for a radiograph, its one file (PA first)."""
     import pydicom

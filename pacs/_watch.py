@@ -2,8 +2,9 @@
 
 New studies come from Orthanc's change feed (``GET {rest}/changes``, ``StableStudy`` events: a study whose
 instances stopped arriving) when the server is an Orthanc (its REST root, the DICOMweb URL without
-``/dicom-web/``, answers ``/system``), and otherwise from QIDO-RS by StudyDate on or after the cursor's
-date (the day before the last poll: a study dated earlier that arrives later is not seen by a date search).
+``/dicom-web/``, answers ``/system``), and otherwise from QIDO-RS (C-FIND for a PACS reached over DIMSE)
+by StudyDate on or after the cursor's date (the day before the last poll: a study dated earlier that
+arrives later is not seen by a date search).
 
 Each study is routed (``Routes``): no rule matching -> recorded skipped with the reason. Otherwise it is
 claimed in the trace store, pulled and diagnosed with the rule's task on the series the rule matched,
@@ -35,11 +36,11 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from dxgraph.errors import UserError
 from dxgraph.pacs import _watch_state as state
-from dxgraph.pacs._dicomweb import PacsClient
+from dxgraph.pacs._dicomweb import Pacs, PacsClient
 from dxgraph.pacs._pull import pull, task_sequences
 from dxgraph.pacs._push import push
 from dxgraph.pacs._routes import Route, Routes
@@ -107,8 +108,11 @@ def _get_json(client: PacsClient, url: str, what: str) -> Any:
         return r.json()
 
 
-def is_orthanc(client: PacsClient) -> bool:
-    """Whether the PACS is an Orthanc (its REST root answers ``/system`` with Orthanc's fields)."""
+def is_orthanc(client: Pacs) -> bool:
+    """Whether the PACS is an Orthanc reached over DICOMweb (its REST root answers ``/system`` with Orthanc's
+    fields); False for a PACS reached over DIMSE, whose changes are read by C-FIND by date."""
+    if not isinstance(client, PacsClient):
+        return False
     try:
         system = _get_json(client, f"{rest_root(client.config.base_url)}/system", "ask for /system")
     except UserError:
@@ -157,7 +161,7 @@ class _QidoFeed:
 
     kind = "qido"
 
-    def __init__(self, client: PacsClient) -> None:
+    def __init__(self, client: Pacs) -> None:
         self.client = client
 
     def start(self, from_start: bool) -> str:
@@ -180,7 +184,7 @@ class Watcher:
 
     def __init__(
         self,
-        client: PacsClient,
+        client: Pacs,
         store: TraceStore,
         routes: Routes,
         *,
@@ -276,7 +280,8 @@ class Watcher:
         if not state.holds(self.store, got):  # taken over meanwhile (this watcher stalled past its lease)
             log.warning("watch: study %s was taken over by another watcher; not pushing it", study_uid)
             return None
-        pushed = push(self.client, self.store, run_id, accept_source_uid_errors=self.accept_source_uid_errors)
+        client = cast(PacsClient, self.client)  # any Pacs; push's annotation says PacsClient for now
+        pushed = push(client, self.store, run_id, accept_source_uid_errors=self.accept_source_uid_errors)
         return self._finish(
             got, "processed", reason, run_id, label=pulled.run.diagnosis.label, sr_sop_uid=pushed.sr_sop_uid
         )
@@ -374,7 +379,7 @@ class Watcher:
 
 
 def watch(
-    client: PacsClient,
+    client: Pacs,
     store: TraceStore,
     routes: Routes,
     *,
@@ -417,7 +422,15 @@ def watch(
     stop = stop or threading.Event()
     if feed == "auto":
         feed = "orthanc" if is_orthanc(client) else "qido"
-    source = _OrthancFeed(client) if feed == "orthanc" else _QidoFeed(client)
+    source: _OrthancFeed | _QidoFeed
+    if feed == "orthanc":
+        if not isinstance(client, PacsClient):
+            raise UserError(
+                "Orthanc's change feed is read over DICOMweb: watch a DIMSE PACS by C-FIND (feed qido)"
+            )
+        source = _OrthancFeed(client)
+    else:
+        source = _QidoFeed(client)
     watcher = Watcher(
         client,
         store,

@@ -239,3 +239,19 @@ def broken_url() -> Iterator[str]:
 def unreachable_url() -> str:
     """The DICOMweb URL of a loopback port nothing listens on."""
     return f"http://127.0.0.1:{free_port()}/dicom-web/"
+
+
+# -- DIMSE ------------------------------------------------------------------------------------------
+
+DIMSE_AET = "DXGRAPHTEST"
+"""The test Orthanc's AE title (.ci/orthanc.sh); it knows dxgraph's default calling AE title DXGRAPH."""
+
+
+@pytest.fixture(scope="session")
+def orthanc_dimse(orthanc: Orthanc) -> str:
+    """The test Orthanc's DIMSE URL: ``dicom://DXGRAPHTEST@127.0.0.1:<its HTTP port + 1>``."""
+    from urllib.parse import urlsplit
+
+    port = urlsplit(orthanc.url).port
+    assert port is not None
+    return f"dicom://{DIMSE_AET}@127.0.0.1:{port + 1}"
