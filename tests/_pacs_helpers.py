@@ -285,3 +285,23 @@ def assert_segs_hold_the_evidence_masks(store, run_id: str, sources, segs) -> No
             )[..., 0]
             got[rows] |= pixels.astype(bool)
         assert np.array_equal(got, want) and want.any(), s.tracking_id
+
+
+def assert_sr_values_are_the_runs(sources, sr) -> int:
+    """Each numeric deciding evidence's value in the SR equals the trace's exactly; how many were compared."""
+    from dxgraph.pacs._codes import indicator_coding
+    from dxgraph.pacs._seg import deciding_evidence_ids
+
+    groups = measurement_groups(sr)
+    by_id = {e.evidence_id: e for e in sources.made.evidence}
+    numeric = 0
+    for eid in deciding_evidence_ids(sources):
+        ev = by_id[eid]
+        if isinstance(ev.value, (bool, str)):
+            continue
+        group = next(g for g in groups if f"evidence_id={eid}" in g["params"])
+        value, _ = group["nums"][indicator_coding(ev.indicator, ev.name).concept.value]
+        assert value == ev.value, (ev.indicator, value, ev.value)
+        numeric += 1
+    assert numeric >= 1
+    return numeric
