@@ -3,13 +3,18 @@ its evidence rests on masks, a Segmentation (SEG) the report's measurements refe
 
 The source instances come from the PACS again (a run pulled from it records their Study/Series/SOP
 Instance UIDs) or, for a run of local files, from the files given; they must be the images the run read
-(their hashes are checked against the trace). The run's chain must verify. The SEG is one per frame of
-reference of the instances it lies on (one for standard data; ``_seg``), all in one SEG series. Every
-object is checked with ``dciodvfy`` before anything is sent: an error of dxgraph's own is a bug and is never
-sent. An error inherited from the sources (their own UIDs are not valid DICOM, e.g. leading zeros, and the
-objects must reference them verbatim: ``_validate``) refuses the push too, unless the caller accepts them
-(``accept_source_uid_errors``); the result counts the errors accepted. The
-push is recorded in the trace store (``pacs_pushes``): pushing a run again to the same PACS sends
+(their hashes are checked against the trace). The run's chain must verify. The SEGs are one per source
+series the masks lie on and, within it, per frame of reference of its instances (one for standard data;
+``_seg``), a SEG series per source series. Each object goes into its own study: the SR into the current
+study, each SEG into its source series' study (a RECIST baseline's SEG into the prior study). They are sent
+in one STOW-RS request to the PACS's ``/studies`` (no study in the path), which takes instances of any
+study, each stored in the study it names. Every object is checked with ``dciodvfy`` before anything is
+sent: an error of dxgraph's own is a bug and is never sent. An error inherited from the sources (their own
+UIDs are not valid DICOM, e.g. leading zeros, and the objects must reference them verbatim: ``_validate``)
+refuses the push too, unless the caller accepts them (``accept_source_uid_errors``); the result counts the
+errors accepted. A warning about a value copied verbatim from the sources is theirs and blocks nothing
+(the result counts them); one of dxgraph's own must be an accepted one (``ACCEPTED_WARNINGS``). The push is
+recorded in the trace store (``pacs_pushes``): pushing a run again to the same PACS sends
 nothing unless asked, so results are never duplicated by a retry.
 """
 
@@ -29,7 +34,15 @@ from dxgraph.pacs._dicomweb import PacsClient, StoreResult
 from dxgraph.pacs._run_sources import load_run_sources
 from dxgraph.pacs._seg import build_segmentations
 from dxgraph.pacs._sr import build_report
-from dxgraph.pacs._validate import dciodvfy, inherited_errors, inherited_uid, source_uids, unexpected_warnings
+from dxgraph.pacs._validate import (
+    dciodvfy,
+    inherited_errors,
+    inherited_uid,
+    inherited_warnings,
+    source_uids,
+    source_values,
+    unexpected_warnings,
+)
 from dxgraph.traces import PacsPushRow, RunStarted, TraceStore, pushes_of
 
 if TYPE_CHECKING:
@@ -45,7 +58,8 @@ class PushResult(BaseModel):
     pacs_url: str
     """The PACS (never with credentials)."""
     study_uid: str
-    """The study the results were added to."""
+    """The study the SR was added to (the current study; a SEG over a prior study's series is in that
+    study: ``seg_study_uids``)."""
     sr_sop_uid: str
     """SOPInstanceUID of the SR."""
     sr_series_uid: str
@@ -53,14 +67,23 @@ class PushResult(BaseModel):
     seg_sop_uid: str | None
     """SOPInstanceUID of the (first) SEG; None when the evidence rests on no mask."""
     seg_series_uid: str | None
-    """SeriesInstanceUID of the SEG series (every SEG of the push is in it)."""
+    """SeriesInstanceUID of the (first) SEG series: that over the current study's series."""
     seg_sop_uids: tuple[str, ...] = ()
-    """SOPInstanceUID of each SEG sent, one per frame of reference (empty when nothing was sent now)."""
+    """SOPInstanceUID of each SEG sent, one per source series and frame of reference (empty when nothing
+    was sent now)."""
+    seg_series_uids: tuple[str, ...] = ()
+    """SeriesInstanceUID of each SEG sent, in the order of ``seg_sop_uids`` (one SEG series per source
+    series)."""
+    seg_study_uids: tuple[str, ...] = ()
+    """StudyInstanceUID of each SEG sent, in the order of ``seg_sop_uids``: its source series' study."""
     n_segments: int
-    """Segments in the SEG (each SEG describes them all)."""
+    """Segments over all SEG series (every SEG of one series describes all of that series' segments)."""
     accepted_source_uid_errors: int = 0
     """dciodvfy errors inherited from the sources' own invalid UIDs that were accepted and sent
     (``accept_source_uid_errors``); 0 when nothing was sent now."""
+    inherited_source_warnings: int = 0
+    """dciodvfy warnings about values copied verbatim from the sources, sent (they block nothing); 0 when
+    nothing was sent now."""
     already: bool
     """True when nothing was sent: an earlier push of this run to this PACS stands."""
     pushed_at: datetime
@@ -103,17 +126,20 @@ def push(
         loaded = load_run_sources(store, run_id, files)
         built = build_segmentations(store, loaded) if loaded.masks() else []
         segs = [seg for seg, _ in built]
-        n_segments = len(built[0][1].segments) if built else 0
+        n_segments = sum({str(seg.SeriesInstanceUID): len(plan.segments) for seg, plan in built}.values())
         sr = build_report(loaded, [(seg, plan.segments) for seg, plan in built])
         objects = [*segs, sr]
-        inherited = _check_valid(objects, run_id, source_uids(loaded.all_datasets()))
+        originals = loaded.all_datasets()
+        inherited, n_warnings = _check_valid(
+            objects, run_id, source_uids(originals), source_values(originals)
+        )
         if inherited and not accept_source_uid_errors:
             raise UserError(
                 f"the source's UIDs are not valid DICOM (e.g. {inherited[0]}); objects that reference them"
                 " inherit the errors; pass accept_source_uid_errors=True / --accept-source-uid-errors to push"
                 " anyway"
             )
-        stored = client.store(objects)
+        stored = client.store(objects)  # STOW-RS to /studies: each object into the study it names
     _check_stored(stored, objects)
     row = PacsPushRow(
         push_id=secrets.token_hex(12),
@@ -132,24 +158,33 @@ def push(
         n_segments=n_segments,
         already=False,
         seg_sop_uids=tuple(str(seg.SOPInstanceUID) for seg in segs),
+        seg_series_uids=tuple(str(seg.SeriesInstanceUID) for seg in segs),
+        seg_study_uids=tuple(str(seg.StudyInstanceUID) for seg in segs),
         accepted=len(inherited),
+        copied_warnings=n_warnings,
     )
 
 
-def _check_valid(objects: Sequence[Dataset], run_id: str, uids: set[str]) -> list[str]:
-    """Run dciodvfy on each object: InvalidDicom on an error of dxgraph's own or an unexpected warning;
-    the errors inherited from the source UIDs ``uids``, each as ``<uid>: <what dciodvfy says>``."""
+def _check_valid(
+    objects: Sequence[Dataset], run_id: str, uids: set[str], values: dict[int, set[str]]
+) -> tuple[list[str], int]:
+    """Run dciodvfy on each object: InvalidDicom on an error of dxgraph's own or an unexpected warning of
+    its own; (the errors inherited from the source UIDs ``uids``, each as ``<uid>: <what dciodvfy says>``,
+    the number of warnings about values copied from the sources, ``values``)."""
     inherited: list[str] = []
+    n_warnings = 0
     for obj in objects:
         errors, warnings = dciodvfy(obj)
         own, theirs = inherited_errors(errors, obj, uids)
-        odd = unexpected_warnings(warnings)
+        mine, copied = inherited_warnings(warnings, obj, uids, values)
+        odd = unexpected_warnings(mine)
         if own or odd:
             raise InvalidDicom(f"the {obj.Modality} of run {run_id} fails dciodvfy: {(own + odd)[0]}")
+        n_warnings += len(copied)
         for e in theirs:
             what = e.rsplit(" - ", 1)[-1].strip().lower()
             inherited.append(f"{inherited_uid(e, obj, uids)}: {what}")
-    return inherited
+    return inherited, n_warnings
 
 
 def _fetch_sources(client: PacsClient, store: TraceStore, run_id: str, folder: Path) -> list[Path]:
@@ -201,7 +236,10 @@ def _result(
     n_segments: int,
     already: bool,
     seg_sop_uids: tuple[str, ...] = (),
+    seg_series_uids: tuple[str, ...] = (),
+    seg_study_uids: tuple[str, ...] = (),
     accepted: int = 0,
+    copied_warnings: int = 0,
 ) -> PushResult:
     return PushResult(
         run_id=row.run_id,
@@ -212,8 +250,11 @@ def _result(
         seg_sop_uid=row.seg_sop_uid,
         seg_series_uid=row.seg_series_uid,
         seg_sop_uids=seg_sop_uids,
+        seg_series_uids=seg_series_uids,
+        seg_study_uids=seg_study_uids,
         n_segments=max(n_segments, 0),
         accepted_source_uid_errors=accepted,
+        inherited_source_warnings=copied_warnings,
         already=already,
         pushed_at=row.pushed_at,
     )

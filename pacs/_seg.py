@@ -9,10 +9,15 @@ is brought back by nearest neighbour); their planes go to the source instances i
 stacked them (``_run_sources``), so every SEG frame lies on its source instance's own plane.
 
 What one SEG can and cannot hold, and what is done about it:
-- it references one series: that of the current study's image the masks lie on (for co-registered MR
-  sequences, the first the tool read: they share the frame of reference, so the segments lie right on
-  every one); a mask on another image (a RECIST baseline in the prior study) is left out and listed in
-  ``SegmentationPlan.skipped``;
+- it references one series and lies in that series' study, so the masks get one SEG per source series
+  they lie on (``plan_segmentations``), each in its own SEG series: a RECIST run's baseline masks get a SEG
+  over the baseline series, in the prior study (patient and study copied from those instances), beside
+  the follow-up's SEG in the current study. The rule for series that share a grid: series co-registered
+  instance by instance (same non-empty frame of reference, positions, orientation, spacing and size:
+  ``co_registered``, as a study's MR sequences are) keep ONE SEG over the first of them the masks lie on
+  (the current study's first, then in the order the evidence cites the masks), since its segments lie right
+  on every one of them; they are never split by series. ``SegmentationPlan.skipped`` lists only masks no
+  SEG can hold (not on their image's grid, empty in every cine frame), each with the reason;
 - a cine mask (t, z, y, x) becomes two segments, end-diastole and end-systole (what an ejection fraction
   rests on), each frame derived from the instance of its own time point;
 - a SEG has one frame of reference, so when the instances its frames derive from name several (real
@@ -20,8 +25,10 @@ What one SEG can and cannot hold, and what is done about it:
   segments are written as one SEG per frame of reference (``build_segmentations``), each over the instances
   of that frame of reference only and copying it; a plane whose mask is empty needs no SEG. Every one of
   them holds the same segment descriptions (numbers, labels, TrackingIDs), so a reader unions a segment's
-  frames across them; they share one SEG series (instance numbers 1, 2, ...). Standard data (one frame of
-  reference) gives exactly one SEG, as ``build_segmentation`` returns.
+  frames across them; they share one SEG series (instance numbers 1, 2, ...). Standard data (one series,
+  one frame of reference) gives exactly one SEG, as ``build_segmentation`` returns.
+
+Segment numbers run from 1 in each SEG series; a segment's TrackingID names its mask whatever SEG holds it.
 
 Patient, study and frame of reference are copied from the sources by highdicom, never invented; the
 SEG gets a new series and SOP instance UID.
@@ -82,7 +89,7 @@ class SegmentSource:
 
 @dataclass(frozen=True)
 class SegmentationPlan:
-    """The segments of a run's SEG, the image they lie on and their pixels on its instances."""
+    """The segments of one SEG of a run, the source series they lie on and their pixels on its instances."""
 
     image: SourceImage
     """The source image (series) the SEG references."""
@@ -94,7 +101,8 @@ class SegmentationPlan:
     pixels: np.ndarray
     """(frames, rows, cols, segments) booleans, frames in the order of ``reference``."""
     skipped: tuple[str, ...]
-    """Masks left out, each with the reason (on another image, not on the image's grid)."""
+    """Masks of the run that no SEG holds, each with the reason (not on its image's grid, empty in every
+    cine frame); the same in every plan of a run."""
 
 
 def deciding_evidence_ids(sources: RunSources) -> list[str]:
@@ -159,33 +167,48 @@ def _cine_phases(sources: RunSources, sha: str, grid: np.ndarray) -> list[tuple[
     return [] if found is None else [(found[0], "end-diastole"), (found[1], "end-systole")]
 
 
-def plan_segmentation(store: TraceStore, sources: RunSources) -> SegmentationPlan:
-    """The segments of a run's SEG; UserError when its evidence rests on no mask of a DICOM image.
+def _rounded(value: object) -> tuple[float, ...] | None:
+    """A numeric attribute's values rounded to micrometres, None when absent."""
+    if value is None:
+        return None
+    values = [value] if isinstance(value, (int, float, str)) else list(value)  # type: ignore[call-overload]
+    return tuple(round(float(v), 3) for v in values)
 
-    A cine mask (t, z, y, x) becomes two segments, at end-diastole and end-systole (what an ejection
-    fraction rests on): a SEG cannot hold two frames of one segment at one plane position."""
+
+def co_registered(a: SourceImage, b: SourceImage) -> bool:
+    """Whether two source series lie on one grid of one frame of reference: the same number of instances
+    in the same (t, z) layout and, instance by instance, the same (non-empty) FrameOfReferenceUID, position,
+    orientation, pixel spacing, rows and columns. A mask on either lies on the other's planes."""
+    if a is b:
+        return True
+    if a.frames != b.frames or len(a.datasets) != len(b.datasets) or not a.frames:
+        return False
+    for x, y in zip(a.datasets, b.datasets, strict=True):
+        if not _frame_of_reference(x) or _frame_of_reference(x) != _frame_of_reference(y):
+            return False
+        if (x.get("Rows"), x.get("Columns")) != (y.get("Rows"), y.get("Columns")):
+            return False
+        for tag in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing"):
+            if _rounded(x.get(tag)) != _rounded(y.get(tag)):
+                return False
+    return True
+
+
+def _plan_on(
+    sources: RunSources,
+    image: SourceImage,
+    shas: Sequence[str],
+    wanted: dict[str, list[str]],
+    arrays: dict[str, np.ndarray],
+    skipped: list[str],
+) -> SegmentationPlan | None:
+    """The plan of the SEG over one source series: the masks ``shas`` on it, segments numbered from 1;
+    None when none of them can be written (each reason appended to ``skipped``)."""
     masks = sources.masks()
-    by_id = {e.evidence_id: e for e in sources.made.evidence}
-    wanted: dict[str, list[str]] = {}
-    for eid in deciding_evidence_ids(sources):
-        for ref in by_id[eid].artifacts:
-            if ref.kind == "mask" and ref.sha256 in masks:
-                wanted.setdefault(ref.sha256, []).append(eid)
-    if not wanted:
-        raise UserError(f"the evidence of run {sources.run_id} rests on no mask: there is no SEG to write")
-    arrays = {sha: load_mask(store, masks[sha].ref) for sha in wanted}
-    images = {sha: _image_of(sources, masks[sha], tuple(arrays[sha].shape)) for sha in wanted}
-    found = [im for im in images.values() if im is not None]
-    preferred = [im for im in found if im.image.timepoint == "current"] or found
-    target = preferred[0] if preferred else None
     planes: list[np.ndarray] = []
     segments: list[SegmentSource] = []
-    skipped: list[str] = []
-    for sha, eids in wanted.items():
-        m, arr, image = masks[sha], arrays[sha], images[sha]
-        if image is None or image is not target:
-            skipped.append(f"{m.field} ({m.step_id} {m.tool}): not on the image the SEG references")
-            continue
+    for sha in shas:
+        m, arr, eids = masks[sha], arrays[sha], wanted[sha]
         grid = mask_on_source_grid(arr, image)
         if grid is None or grid.shape[0] != len(image.datasets):
             skipped.append(f"{m.field} ({m.step_id} {m.tool}): not on the source image's grid")
@@ -205,15 +228,60 @@ def plan_segmentation(store: TraceStore, sources: RunSources) -> SegmentationPla
                 planes.append(plane == v if v is not None else plane != 0)
                 tracking = sha + ("" if v is None else f"#{v}") + ("" if t is None else f"@t{t}")
                 segments.append(SegmentSource(len(segments) + 1, m, v, t, phase, tuple(eids), tracking))
-    if target is None or not segments:
+    if not segments:
+        return None
+    reference = image.datasets
+    if len(image.frames) == 2:  # the frames are built on the first segment's time point
+        n_z, t = image.frames[1], segments[0].time_index or 0
+        reference = image.datasets[t * n_z : (t + 1) * n_z]
+    return SegmentationPlan(image, tuple(segments), reference, np.stack(planes, axis=-1), ())
+
+
+def plan_segmentations(store: TraceStore, sources: RunSources) -> list[SegmentationPlan]:
+    """The SEGs' plans of a run, one per source series its evidence masks lie on, the current study's
+    first; UserError when its evidence rests on no mask of a DICOM image.
+
+    A mask goes to the series of the image it was drawn on (``_image_of``), in that image's study (a
+    RECIST baseline mask: the prior study's series), except that series co-registered on one grid
+    (``co_registered``: MR sequences of one frame of reference) share the SEG of the first of them. A cine
+    mask (t, z, y, x) becomes two segments, at end-diastole and end-systole (what an ejection fraction
+    rests on): a SEG cannot hold two frames of one segment at one plane position. Every plan lists, in
+    ``skipped``, the masks of the run no SEG can hold."""
+    masks = sources.masks()
+    by_id = {e.evidence_id: e for e in sources.made.evidence}
+    wanted: dict[str, list[str]] = {}
+    for eid in deciding_evidence_ids(sources):
+        for ref in by_id[eid].artifacts:
+            if ref.kind == "mask" and ref.sha256 in masks:
+                wanted.setdefault(ref.sha256, []).append(eid)
+    if not wanted:
+        raise UserError(f"the evidence of run {sources.run_id} rests on no mask: there is no SEG to write")
+    arrays = {sha: load_mask(store, masks[sha].ref) for sha in wanted}
+    images = {sha: _image_of(sources, masks[sha], tuple(arrays[sha].shape)) for sha in wanted}
+    skipped: list[str] = []
+    found: list[SourceImage] = []
+    for sha, image in images.items():
+        if image is None:
+            m = masks[sha]
+            skipped.append(f"{m.field} ({m.step_id} {m.tool}): on no image of the run")
+        elif all(image is not f for f in found):
+            found.append(image)
+    found.sort(key=lambda im: im.image.timepoint != "current")  # stable: current study first
+    home: dict[int, SourceImage] = {}  # id(image) -> the series whose SEG holds its masks
+    for image in found:
+        home[id(image)] = next(h for h in found if co_registered(h, image))
+    plans: list[SegmentationPlan] = []
+    for target in dict.fromkeys(id(home[id(im)]) for im in found):
+        image = next(im for im in found if id(im) == target)
+        shas = [sha for sha, im in images.items() if im is not None and home[id(im)] is image]
+        plan = _plan_on(sources, image, shas, wanted, arrays, skipped)
+        if plan is not None:
+            plans.append(plan)
+    if not plans:
         raise UserError(
             f"no mask of run {sources.run_id} lies on a source image's grid: " + "; ".join(skipped)
         )
-    reference = target.datasets
-    if len(target.frames) == 2:  # the frames are built on the first segment's time point
-        n_z, t = target.frames[1], segments[0].time_index or 0
-        reference = target.datasets[t * n_z : (t + 1) * n_z]
-    return SegmentationPlan(target, tuple(segments), reference, np.stack(planes, axis=-1), tuple(skipped))
+    return [replace(plan, skipped=tuple(skipped)) for plan in plans]
 
 
 def _instances_of(plan: SegmentationPlan, seg: SegmentSource) -> tuple[Dataset, ...]:
@@ -389,33 +457,39 @@ def _build(
 def build_segmentations(
     store: TraceStore, sources: RunSources
 ) -> list[tuple[hd.seg.Segmentation, SegmentationPlan]]:
-    """The SEGs of a loaded run, one per frame of reference of the instances their frames derive from
-    (exactly one for standard data), each with the plan that says what it holds."""
+    """The SEGs of a loaded run, each with the plan that says what it holds: one per source series the
+    masks lie on (``plan_segmentations``), each in its series' study, and per series one per frame of
+    reference of the instances its frames derive from; exactly one for standard data of one series."""
     import highdicom as hd
 
-    whole = plan_segmentation(store, sources)
-    _check_sources(whole.image)
-    series_uid = hd.UID()
-    descriptions = [  # one each, shared by every SEG: the same segment has the same TrackingUID in each
-        _description(s, sources.run_id, sum(_same_structure(s, t) for t in whole.segments) > 1)
-        for s in whole.segments
-    ]
-    return [
-        (_build(plan, sources.run_id, descriptions, series_uid, n), plan)
-        for n, plan in enumerate(split_by_frame_of_reference(whole), start=1)
-    ]
+    plans = plan_segmentations(store, sources)
+    for plan in plans:
+        _check_sources(plan.image)
+    out: list[tuple[hd.seg.Segmentation, SegmentationPlan]] = []
+    for whole in plans:
+        series_uid = hd.UID()  # a SEG series per source series: a series lies in one study
+        descriptions = [  # shared by the series' SEGs: a segment has the same TrackingUID in each
+            _description(s, sources.run_id, sum(_same_structure(s, t) for t in whole.segments) > 1)
+            for s in whole.segments
+        ]
+        out += [
+            (_build(plan, sources.run_id, descriptions, series_uid, n), plan)
+            for n, plan in enumerate(split_by_frame_of_reference(whole), start=1)
+        ]
+    return out
 
 
 def build_segmentation(
     store: TraceStore, sources: RunSources
 ) -> tuple[hd.seg.Segmentation, SegmentationPlan]:
-    """The SEG of a loaded run, with the plan that says what each segment holds; UserError when its
-    sources name several frames of reference, which need one SEG each (``build_segmentations``)."""
+    """The SEG of a loaded run, with the plan that says what each segment holds; UserError when its masks
+    need several SEGs (several source series or frames of reference: ``build_segmentations``)."""
     built = build_segmentations(store, sources)
     if len(built) > 1:
+        n_series = len({str(seg.SeriesInstanceUID) for seg, _ in built})
         raise UserError(
-            f"the masks of run {sources.run_id} lie on instances of {len(built)} frames of reference:"
-            " they need one SEG each"
+            f"the masks of run {sources.run_id} need {len(built)} SEGs, one per source series ({n_series})"
+            " and frame of reference they lie on"
         )
     return built[0]
 
@@ -424,7 +498,8 @@ def segmentations(
     store: TraceStore, run_id: str, sources: Sequence[Dataset | str | Path]
 ) -> list[hd.seg.Segmentation]:
     """The masks the evidence of a stored run rests on, as BINARY SEGs referencing the source series: one
-    per frame of reference of the instances they lie on (one for standard data).
+    per source series (each in its study) and frame of reference of the instances they lie on (one for
+    standard data).
 
     ``sources`` are the run's DICOM instances (Datasets read from files, files or series folders); a
     UserError says when they are not the images the run read, or when its evidence rests on no mask.
@@ -439,7 +514,7 @@ def segmentation(
 
     ``sources`` are the run's DICOM instances (Datasets read from files, files or series folders); a
     UserError says when they are not the images the run read, when its evidence rests on no mask, or when
-    the instances name several frames of reference (``segmentations`` writes one SEG each).
+    the masks lie on several series or frames of reference (``segmentations`` writes one SEG each).
     """
     seg, _ = build_segmentation(store, load_run_sources(store, run_id, sources))
     return seg

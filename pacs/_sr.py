@@ -7,9 +7,12 @@ The report has one measurement group per indicator of the criteria the diagnosis
   borderline, abnormal, not assessable) as a qualitative evaluation of concept DCM 121071 "Finding";
 - the source images it was measured on, or, when a SEG is given, the SEG segment of the first mask it
   rests on (TID 1410 planar for a 2D image, TID 1411 volumetric otherwise). When the masks lie in several
-  SEGs (one per frame of reference, ``_seg``), the group references the first SEG's segment that way (TID
-  1410/1411 hold one) and its measurement names, as its sources (TID 300 "Source of measurement"), every
-  frame of every SEG that holds one of the evidence's segments, each by the SEG's SOP Instance UID.
+  SEGs (one per source series and frame of reference, ``_seg``: a RECIST change rests on the baseline's
+  SEG in the prior study and the follow-up's in the current one), the group references the first SEG's
+  segment that way (TID 1410/1411 hold one: the current study's SEG comes first) and its measurement
+  names, as its sources (TID 300 "Source of measurement"), every frame of every SEG that holds one of the
+  evidence's segments, each by the SEG's SOP Instance UID. A SEG of another study is listed among the
+  pertinent other evidence.
 
 A last group holds the diagnosis: its label, the confidence as DCM "Probability" (unit 1), and whether the
 run abstained.
@@ -301,8 +304,8 @@ def _diagnosis_group(sources: RunSources) -> hd.sr.MeasurementsAndQualitativeEva
 
 
 def build_report(sources: RunSources, segs: Sequence[SegSegments] = ()) -> hd.sr.Comprehensive3DSR:
-    """The TID 1500 report of a loaded run; ``segs``: its SEGs (one per frame of reference, usually one),
-    each with the segments it holds, when they are referenced."""
+    """The TID 1500 report of a loaded run; ``segs``: its SEGs (one per source series and frame of
+    reference, usually one), each with the segments it holds, when they are referenced."""
     import highdicom as hd
 
     first = sources.images[0].datasets[0]
@@ -363,8 +366,9 @@ def measurement_report(
 
     ``sources`` are the run's DICOM instances (Datasets read from files, files or series folders); a
     UserError says when they are not the images the run read. ``segmentation`` is the run's SEG
-    (``segmentation(store, run_id, sources)``), or ``segmentations`` its SEGs, one per frame of reference
-    (``segmentations(store, run_id, sources)``), whose segments the measurements then reference.
+    (``segmentation(store, run_id, sources)``), or ``segmentations`` its SEGs, one per source series and
+    frame of reference (``segmentations(store, run_id, sources)``), whose segments the measurements then
+    reference.
     """
     loaded = load_run_sources(store, run_id, sources)
     segs = [*([segmentation] if segmentation is not None else []), *segmentations]

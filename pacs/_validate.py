@@ -11,6 +11,14 @@ accepted (``ACCEPTED_WARNINGS``), and why:
   rewrite the identity it copies.
 ``unexpected_warnings`` returns the warnings not on that list: the tests require it to be empty.
 
+Warnings inherited from the sources (``inherited_warnings``): a warning about a value the object copies
+verbatim from its source instances (a patient or study attribute a source holds in an odd but legal-ish
+form, a source UID) is the source's, not dxgraph's, and blocks nothing; it is inherited when the attribute
+it points at holds, in the object, a non-empty value that the same attribute holds somewhere in the source
+instances (``source_values``), or when it is about a source UID as an inherited error is. Only the
+warnings left (dxgraph's own) are checked against ``ACCEPTED_WARNINGS``: a person name copied from the
+sources is thus inherited; its entry stays for callers that check an object without its sources.
+
 Errors inherited from the sources (``inherited_errors``): an SR or SEG must reference its source instances
 by their own UIDs and copy their study (and a SEG their frame of reference), verbatim. When those UIDs are
 not valid DICOM (real Sunnybrook data: components with leading zeros, ``Leading zeroes in embedded numeric
@@ -100,13 +108,43 @@ def source_uids(datasets: Iterable[Dataset]) -> set[str]:
     return out
 
 
+_BINARY = {"OB", "OD", "OF", "OL", "OV", "OW", "UN"}
+"""Value representations of binary data, never compared."""
+
+
+def _text(value: object) -> str | None:
+    """A non-binary attribute value as text, None when it is empty."""
+    text = "" if value is None else str(value)
+    return None if text in ("", "[]") else text
+
+
+def source_values(datasets: Iterable[Dataset]) -> dict[int, set[str]]:
+    """Every non-empty value (as text) of every attribute (by tag) anywhere in the source instances,
+    nested sequences included; pixel data and other binary values left out."""
+    out: dict[int, set[str]] = {}
+
+    def walk(ds: Dataset) -> None:
+        for elem in ds:
+            if elem.VR == "SQ":
+                for item in elem.value or []:
+                    walk(item)
+            elif elem.VR not in _BINARY and (text := _text(elem.value)) is not None:
+                out.setdefault(int(elem.tag), set()).add(text)
+
+    for ds in datasets:
+        walk(ds)
+    return out
+
+
 _VALUE = re.compile(r"= <([^>]*)>")
-_PATH = re.compile(r"^Error - <(/[^>]*)>")
+_PATH = re.compile(r"^(?:Error|Warning) - <(/[^>]*)>")
 _STEP = re.compile(r"/(\w+)\(([0-9a-fA-F]{4}),([0-9a-fA-F]{4})\)(?:\[(\d+)\])?")
 
 
-def _value_at(ds: Dataset, path: str) -> str | None:
-    """The value at a dciodvfy attribute path (``/Seq(gggg,eeee)[1]/Attr(gggg,eeee)[1]``), or None."""
+def _value_at(ds: Dataset, path: str, *, whole: bool = False) -> str | None:
+    """The value at a dciodvfy attribute path (``/Seq(gggg,eeee)[1]/Attr(gggg,eeee)[1]``), or None;
+    ``whole``: the attribute's whole value as text (every value of a multi-valued one), not the one
+    indexed."""
     from pydicom.tag import Tag
 
     node: object = ds
@@ -124,6 +162,8 @@ def _value_at(ds: Dataset, path: str) -> str | None:
             continue
         if n != len(steps) - 1:
             return None
+        if whole:
+            return None if elem.VR in _BINARY else _text(elem.value)
         values = elem.value if elem.VM > 1 else [elem.value]
         return str(values[i]) if i < len(values) else None
     return None
@@ -146,4 +186,36 @@ def inherited_errors(errors: Sequence[str], obj: Dataset, uids: set[str]) -> tup
     inherited: list[str] = []
     for e in errors:
         (inherited if inherited_uid(e, obj, uids) is not None else own).append(e)
+    return own, inherited
+
+
+def _leaf_tag(path: str) -> int | None:
+    """The tag of the attribute a dciodvfy path ends at, or None."""
+    steps = _STEP.findall(path)
+    return int(steps[-1][1] + steps[-1][2], 16) if steps else None
+
+
+def inherited_warning(warning: str, obj: Dataset, uids: set[str], values: dict[int, set[str]]) -> bool:
+    """Whether a dciodvfy warning on ``obj`` is about a value copied verbatim from the sources: the
+    attribute it points at holds a non-empty value the same attribute holds in a source instance
+    (``values``: ``source_values``), or it is about a source UID (``uids``) as an inherited error is."""
+    if inherited_uid(warning, obj, uids) is not None:
+        return True
+    where = _PATH.match(warning.strip())
+    if where is None:
+        return False
+    tag = _leaf_tag(where.group(1))
+    value = _value_at(obj, where.group(1), whole=True)
+    return tag is not None and value is not None and value in values.get(tag, set())
+
+
+def inherited_warnings(
+    warnings: Sequence[str], obj: Dataset, uids: set[str], values: dict[int, set[str]]
+) -> tuple[list[str], list[str]]:
+    """(dxgraph's own warnings, warnings about values copied verbatim from the sources) of dciodvfy on
+    ``obj``; ``uids`` and ``values`` are the sources' (``source_uids``, ``source_values``)."""
+    own: list[str] = []
+    inherited: list[str] = []
+    for w in warnings:
+        (inherited if inherited_warning(w, obj, uids, values) else own).append(w)
     return own, inherited

@@ -287,6 +287,70 @@ def assert_segs_hold_the_evidence_masks(store, run_id: str, sources, segs) -> No
         assert np.array_equal(got, want) and want.any(), s.tracking_id
 
 
+def assert_segs_per_series_hold_the_evidence_masks(store, run_id: str, sources, segs) -> dict[str, list]:
+    """Like ``assert_segs_hold_the_evidence_masks`` for SEGs over several source series (a RECIST run: the
+    baseline's in the prior study, the follow-up's in the current one): the SEGs are grouped by the
+    series they reference, each group's union equals the evidence masks on that series' grid pixel for
+    pixel, each SEG lies in its series' study, and every evidence mask is in one. Returns the SEGs by
+    source series UID."""
+    from dxgraph.pacs._seg import build_segmentations
+
+    built = build_segmentations(store, sources)
+    plans = {str(plan.image.datasets[0].SeriesInstanceUID): plan for _, plan in built}
+    by_series: dict[str, list] = {}
+    for seg in segs:
+        (series,) = {str(s.SeriesInstanceUID) for s in seg.ReferencedSeriesSequence}
+        by_series.setdefault(series, []).append(seg)
+    assert set(by_series) == set(plans)
+    assert len(segs) == len(built)
+    for series, group in by_series.items():
+        plan = plans[series]
+        assert plan.skipped == ()
+        for seg in group:
+            assert str(seg.StudyInstanceUID) == str(plan.image.datasets[0].StudyInstanceUID)
+            assert str(seg.PatientID) == str(plan.image.datasets[0].PatientID)
+        assert len(group) == sum(p.image is plan.image for _, p in built)
+        _assert_plan_held(store, run_id, plan, group)
+    held = {s.mask.ref.sha256 for _, plan in built for s in plan.segments}
+    assert held == set(evidence_masks(store, run_id))
+    return by_series
+
+
+def _assert_plan_held(store, run_id: str, plan, segs) -> None:
+    """The union of the SEGs' frames of each segment of one plan equals the evidence mask on its series'
+    grid, pixel for pixel; every SEG describes the plan's segments."""
+    from dxgraph.pacs._run_sources import mask_on_source_grid
+
+    masks = evidence_masks(store, run_id)
+    tracking = [(s.segment_number, s.tracking_id) for s in plan.segments]
+    for seg in segs:
+        assert [(int(d.SegmentNumber), str(d.TrackingID)) for d in seg.SegmentSequence] == tracking
+    for s in plan.segments:
+        grid = mask_on_source_grid(masks[s.mask.ref.sha256], plan.image)
+        assert grid is not None
+        instances = plan.image.datasets
+        if s.time_index is not None:
+            n_z = plan.image.frames[1]
+            grid = grid[s.time_index * n_z : (s.time_index + 1) * n_z]
+            instances = instances[s.time_index * n_z : (s.time_index + 1) * n_z]
+        want = grid == s.label_value if s.label_value is not None else grid != 0
+        got = np.zeros_like(want, dtype=bool)
+        for seg in segs:
+            held = {
+                str(r.ReferencedSOPInstanceUID)
+                for series in seg.ReferencedSeriesSequence
+                for r in series.ReferencedInstanceSequence
+            }
+            rows = [k for k, ds in enumerate(instances) if str(ds.SOPInstanceUID) in held]
+            if not rows:
+                continue
+            pixels = seg.get_pixels_by_source_instance(
+                [str(instances[k].SOPInstanceUID) for k in rows], segment_numbers=[s.segment_number]
+            )[..., 0]
+            got[rows] |= pixels.astype(bool)
+        assert np.array_equal(got, want) and want.any(), s.tracking_id
+
+
 def assert_sr_values_are_the_runs(sources, sr) -> int:
     """Each numeric deciding evidence's value in the SR equals the trace's exactly; how many were compared."""
     from dxgraph.pacs._codes import indicator_coding

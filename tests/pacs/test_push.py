@@ -202,6 +202,14 @@ def test_a_pacs_that_refuses_or_breaks_leaves_nothing_half_written(
 
 
 def test_recist_pulls_the_prior_study_and_round_trips(orthanc, tmp_path: Path) -> None:
+    """Pull both studies, push: the baseline study holds one SEG, of the baseline evidence mask pixel for
+    pixel; the follow-up study holds the SR and the follow-up's SEG; the SR references both SEGs; all three
+    pass dciodvfy."""
+    import numpy as np
+
+    from dxgraph.core import load_array
+    from dxgraph.pacs._run_sources import mask_on_source_grid
+
     baseline, followup = H.write_recist_dicom(tmp_path / "recist")
     patient = f"RECIST{tmp_path.name[-6:]}"
     prior = orthanc.upload([sorted(baseline.iterdir())], patient_id=patient, study_date="20260105")
@@ -218,21 +226,57 @@ def test_recist_pulls_the_prior_study_and_round_trips(orthanc, tmp_path: Path) -
         assert images["current"].source.study_uid == current.study_uid
         assert (images["prior"].study_date, images["current"].study_date) == ("2026-01-05", "2026-03-10")
         pushed = push(client, store, run_id)
-        assert pushed.study_uid == current.study_uid  # the results join the follow-up study
-        dirs = {name: tmp_path / name for name in ("sr", "seg", "cur", "pri")}
+        assert pushed.study_uid == current.study_uid  # the SR joins the follow-up study
+        assert pushed.seg_study_uids == (current.study_uid, prior.study_uid)  # a SEG per study, in it
+        assert pushed.n_segments == 2 and len(set(pushed.seg_series_uids)) == 2
+        assert pushed.seg_series_uid == pushed.seg_series_uids[0]
+        (sr_series,) = _series(client, current.study_uid, "SR")
+        (cur_seg_series,) = _series(client, current.study_uid, "SEG")
+        (pri_seg_series,) = _series(client, prior.study_uid, "SEG")
+        assert _series(client, prior.study_uid, "SR") == []
+        assert (sr_series.series_uid, cur_seg_series.series_uid, pri_seg_series.series_uid) == (
+            pushed.sr_series_uid,
+            *pushed.seg_series_uids,
+        )
+        assert cur_seg_series.n_instances == pri_seg_series.n_instances == 1
+        dirs = {name: tmp_path / name for name in ("sr", "seg", "pseg", "cur", "pri")}
         for d in dirs.values():
             d.mkdir()
         client.retrieve_series(current.study_uid, pushed.sr_series_uid, dirs["sr"])
-        client.retrieve_series(current.study_uid, pushed.seg_series_uid or "", dirs["seg"])
+        client.retrieve_series(current.study_uid, cur_seg_series.series_uid, dirs["seg"])
+        client.retrieve_series(prior.study_uid, pri_seg_series.series_uid, dirs["pseg"])
         client.retrieve_series(current.study_uid, current.series_uids[0], dirs["cur"])
         client.retrieve_series(prior.study_uid, prior.series_uids[0], dirs["pri"])
     (sr_file,) = dirs["sr"].iterdir()
     (seg_file,) = dirs["seg"].iterdir()
+    (prior_seg_file,) = dirs["pseg"].iterdir()
+    sr = pydicom.dcmread(sr_file)
+    segs = [hd.seg.segread(seg_file), hd.seg.segread(prior_seg_file)]
+    assert [str(s.SOPInstanceUID) for s in segs] == list(pushed.seg_sop_uids)
     sources = load_run_sources(store, run_id, [dirs["cur"], dirs["pri"]])
-    _assert_the_results_are_the_runs(
-        store, run_id, sources, pydicom.dcmread(sr_file), [hd.seg.segread(seg_file)]
-    )
-    for path in (sr_file, seg_file):
+    # the baseline study's SEG holds the run's baseline evidence mask, pixel for pixel, on the baseline
+    prior_image = next(im for im in sources.images if im.image.timepoint == "prior")
+    (mask,) = [m for m in sources.masks().values() if m.field == "baseline_lesion_mask"]
+    want = mask_on_source_grid(load_array(store, mask.ref), prior_image) != 0
+    (segment,) = segs[1].SegmentSequence
+    assert str(segment.TrackingID) == mask.ref.sha256
+    assert str(segs[1].StudyInstanceUID) == prior.study_uid and segs[1].PatientID == patient
+    got = segs[1].get_pixels_by_source_instance(
+        [str(ds.SOPInstanceUID) for ds in prior_image.datasets], segment_numbers=[1]
+    )[..., 0]
+    assert np.array_equal(got.astype(bool), want) and want.any()
+    # the SR's values are the trace's; every SEG (by series) holds its evidence masks; the SR names both
+    by_id = {e.evidence_id: e for e in sources.made.evidence}
+    groups = H.measurement_groups(sr)
+    numeric = [eid for eid in deciding_evidence_ids(sources) if not isinstance(by_id[eid].value, (bool, str))]
+    assert numeric
+    for eid in numeric:
+        ev = by_id[eid]
+        group = next(g for g in groups if f"evidence_id={eid}" in g["params"])
+        assert group["nums"][indicator_coding(ev.indicator, ev.name).concept.value][0] == ev.value
+        assert set(pushed.seg_sop_uids) <= group["refs"]  # the measurement rests on both SEGs
+    H.assert_segs_per_series_hold_the_evidence_masks(store, run_id, sources, segs)
+    for path in (sr_file, seg_file, prior_seg_file):
         errors, warnings = dciodvfy(path)
         assert errors == [] and unexpected_warnings(warnings) == [], (path.name, errors, warnings)
 
@@ -269,3 +313,71 @@ def test_dciodvfy_errors_on_the_source_s_own_uids_are_told_apart_from_ours() -> 
     own, inherited = inherited_errors([by_value, by_path, ours, missing], obj, uids)
     assert own == [ours, missing] and inherited == [by_value, by_path]
     assert inherited_uid(by_path, obj, uids) == "1.2.004"
+
+
+def test_dciodvfy_warnings_on_values_copied_from_the_sources_are_theirs() -> None:
+    """A warning pointing at an attribute that holds, in the object, a value the same attribute holds in a
+    source (or a source UID) is inherited; a warning about a value of dxgraph's own is not, even when the
+    sources hold that attribute with another value."""
+    from pydicom import Dataset
+
+    from dxgraph.pacs._validate import inherited_warnings, source_uids, source_values
+
+    source = Dataset()
+    source.PatientName = "ward"
+    source.BodyPartExamined = "THORAX"
+    source.StudyInstanceUID = "1.2.3"
+    source.ReferencedStudySequence = [Dataset()]
+    source.ReferencedStudySequence[0].StudyDescription = "odd  spacing"
+    obj = Dataset()
+    obj.PatientName = "ward"
+    obj.BodyPartExamined = "CHEST"  # not the source's: a warning on it is dxgraph's own
+    obj.ReferencedSeriesSequence = [Dataset()]
+    obj.ReferencedSeriesSequence[0].StudyDescription = "odd  spacing"
+    obj.ReferencedSeriesSequence[0].ReferencedSOPInstanceUID = "1.2.3"
+    values = source_values([source])
+    assert values[0x00100010] == {"ward"} and values[0x00081030] == {"odd  spacing"}
+    name = (
+        "Warning - </PatientName(0010,0010)[1]> - Value dubious for this VR [PN] = <ward> - Retired Person"
+        " Name form"
+    )
+    nested = "Warning - </ReferencedSeriesSequence(0008,1115)[1]/StudyDescription(0008,1030)[1]> - Odd"
+    uid = (
+        "Warning - </ReferencedSeriesSequence(0008,1115)[1]/ReferencedSOPInstanceUID(0008,1155)[1]> - Odd UID"
+    )
+    ours = "Warning - </BodyPartExamined(0018,0015)[1]> - Unrecognized defined term = <CHEST>"
+    absent = "Warning - </AccessionNumber(0008,0050)> - Missing attribute"
+    private = (
+        "Warning - </CodingSchemeIdentificationSequence(0008,0110)[1]/CodingSchemeDesignator(0008,0102)[1]>"
+        " - Unrecognized defined term = <99DXGRAPH>"
+    )
+    own, inherited = inherited_warnings(
+        [name, nested, uid, ours, absent, private], obj, source_uids([source]), values
+    )
+    assert inherited == [name, nested, uid] and own == [ours, absent, private]
+    assert unexpected_warnings(own) == [ours, absent]  # dxgraph's own, and not on the accepted list
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # highdicom warns on the one-component name
+def test_a_source_s_odd_value_warned_about_blocks_no_push(tmp_path_factory) -> None:
+    """A real dciodvfy run: a source whose patient name is in an odd (retired) form gives the SEG and the SR
+    a warning about the copied name, which is the source's; the push's check passes and counts it."""
+    from dxgraph.pacs._push import _check_valid
+    from dxgraph.pacs._seg import build_segmentations
+    from dxgraph.pacs._sr import build_report
+    from dxgraph.pacs._validate import inherited_warnings, source_uids, source_values
+
+    store, study = H.shared_study("ct", tmp_path_factory)
+    sources = load_run_sources(store, study.run_id, study.datasets())
+    for ds in sources.all_datasets():  # after the hash check: as a source in the PACS holds it
+        ds.PatientName = "ward"
+    built = build_segmentations(store, sources)
+    objects = [*(seg for seg, _ in built), build_report(sources, [(s, p.segments) for s, p in built])]
+    originals = sources.all_datasets()
+    uids, values = source_uids(originals), source_values(originals)
+    for obj in objects:
+        _, warnings = dciodvfy(obj)
+        own, inherited = inherited_warnings(warnings, obj, uids, values)
+        assert [w for w in inherited if "PatientName" in w] == inherited and len(inherited) == 1
+        assert unexpected_warnings(own) == []
+    assert _check_valid(objects, study.run_id, uids, values) == ([], len(objects))

@@ -18,7 +18,7 @@ import pytest
 from dxgraph.errors import UserError
 from dxgraph.pacs._codes import indicator_coding, label_code
 from dxgraph.pacs._run_sources import load_run_sources
-from dxgraph.pacs._seg import deciding_evidence_ids, segmentation
+from dxgraph.pacs._seg import deciding_evidence_ids, segmentation, segmentations
 from dxgraph.pacs._sr import hash_uid, measurement_report
 from dxgraph.pacs._validate import dciodvfy, unexpected_warnings
 
@@ -27,14 +27,16 @@ KINDS = H.study_kinds()
 
 @pytest.fixture(scope="module", params=KINDS)
 def written(request, tmp_path_factory):
-    """(store, study, SR file, SEG file) for each diagnosed study: the SEG, then the SR referencing it."""
+    """(store, study, SR file, SEG files) for each diagnosed study: the SEGs (one; the RECIST pair's two,
+    one per study), then the SR referencing them."""
     store, study = H.shared_study(request.param, tmp_path_factory)
     folder = tmp_path_factory.mktemp(f"sr_{request.param}")
-    seg = segmentation(store, study.run_id, study.datasets())
-    seg.save_as(folder / "seg.dcm")
-    sr = measurement_report(store, study.run_id, study.datasets(), segmentation=seg)
+    segs = segmentations(store, study.run_id, study.datasets())
+    for n, seg in enumerate(segs):
+        seg.save_as(folder / f"seg{n}.dcm")
+    sr = measurement_report(store, study.run_id, study.datasets(), segmentations=segs)
     sr.save_as(folder / "sr.dcm")
-    return store, study, folder / "sr.dcm", folder / "seg.dcm"
+    return store, study, folder / "sr.dcm", [folder / f"seg{n}.dcm" for n in range(len(segs))]
 
 
 def test_sr_values_are_the_trace_s_exactly(written) -> None:
@@ -85,9 +87,9 @@ def test_sr_names_the_run_and_the_trace_head(written) -> None:
 
 
 def test_sr_references_the_sources_and_the_seg(written) -> None:
-    _, study, path, seg_path = written
+    _, study, path, seg_paths = written
     sr = pydicom.dcmread(path)
-    seg = pydicom.dcmread(seg_path)
+    segs = {str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in seg_paths}
     sources = {pydicom.dcmread(f).SOPInstanceUID for f in study.files}
     evidence = {
         i.ReferencedSOPInstanceUID
@@ -98,11 +100,11 @@ def test_sr_references_the_sources_and_the_seg(written) -> None:
         for series in s.ReferencedSeriesSequence
         for i in series.ReferencedSOPSequence
     }
-    assert sources | {seg.SOPInstanceUID} == evidence  # a prior study's instances: pertinent other evidence
+    assert sources | segs == evidence  # a prior study's instances and SEG: pertinent other evidence
     assert {s.StudyInstanceUID for s in sr.CurrentRequestedProcedureEvidenceSequence} == {sr.StudyInstanceUID}
     groups = H.measurement_groups(sr)
     measured = [g for g in groups if "diagnosis" not in g["codes"] and g["nums"]]
-    assert measured and all(seg.SOPInstanceUID in g["refs"] for g in measured)
+    assert measured and all(segs <= g["refs"] for g in measured)  # every SEG the measurement rests on
 
 
 def test_sr_passes_dciodvfy_and_rereads(written) -> None:
@@ -174,13 +176,12 @@ def test_real_sunnybrook_cine_gets_an_sr_and_one_seg_per_frame_of_reference(tmp_
     holds the trace's LVEF exactly and references every SEG; dciodvfy's only errors are the source's own
     invalid UIDs (components with leading zeros), copied and referenced as they are."""
     from dxgraph import diagnose
-    from dxgraph.pacs._seg import segmentations
     from dxgraph.pacs._validate import inherited_errors, source_uids
     from dxgraph.traces import TraceStore
 
     store = TraceStore(f"sqlite:///{tmp_path / 'traces.db'}")
     run = diagnose("left-ventricular ejection fraction", [str(SUNNYBROOK)], store=store, modality="mr")
-    with pytest.raises(UserError, match="frames of reference: they need one SEG each"):
+    with pytest.raises(UserError, match=r"need \d+ SEGs, one per source series \(1\) and frame of reference"):
         segmentation(store, run.run_id, [SUNNYBROOK])
     segs = segmentations(store, run.run_id, [SUNNYBROOK])
     assert len(segs) > 1 and len({str(s.FrameOfReferenceUID) for s in segs}) == len(segs)
