@@ -35,6 +35,24 @@ if TYPE_CHECKING:
     from pydicom import Dataset
 
 
+def hash_uid(hex_digest: str) -> str:
+    """A DICOM UID derived from a hex digest (``2.25.`` and 128 bits of it as an integer, PS3.5 B.2)."""
+    return f"2.25.{int(hex_digest[:32], 16)}"
+
+
+def derived_uid(head_sha256: str, *parts: str) -> str:
+    """The UID of an object (series, instance, tracking UID) dxgraph derives from a run: the same run, software
+    version and ``parts`` (what the object is) always give the same UID.
+
+    So a push that is sent again (``--again``, or after the PACS refused part of it) stores the same
+    instances again rather than duplicates, and an auditor can recompute every UID from the trace.
+    """
+    from dxgraph._version import __version__
+
+    key = "\n".join(["dxgraph object", head_sha256, __version__, *parts])
+    return hash_uid(hashlib.sha256(key.encode()).hexdigest())
+
+
 @dataclass(frozen=True)
 class SourceImage:
     """One image of the run and its DICOM instances, in the order the reader stacked them."""

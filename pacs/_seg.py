@@ -31,7 +31,9 @@ What one SEG can and cannot hold, and what is done about it:
 Segment numbers run from 1 in each SEG series; a segment's TrackingID names its mask whatever SEG holds it.
 
 Patient, study and frame of reference are copied from the sources by highdicom, never invented; the
-SEG gets a new series and SOP instance UID.
+SEG's series, SOP instance and tracking UIDs are derived from the run's trace head, the software version
+and what the object is (``derived_uid``): the same run always gives the same objects, so sending them
+again stores nothing twice.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ from dxgraph.pacs._run_sources import (
     MaskArtifact,
     RunSources,
     SourceImage,
+    derived_uid,
     load_mask,
     load_run_sources,
     mask_on_source_grid,
@@ -339,7 +342,9 @@ def _same_structure(a: SegmentSource, b: SegmentSource) -> bool:
     return (a.mask.field, a.label_value, a.time_index) == (b.mask.field, b.label_value, b.time_index)
 
 
-def _description(seg: SegmentSource, run_id: str, duplicate: bool) -> hd.seg.SegmentDescription:
+def _description(
+    seg: SegmentSource, run_id: str, duplicate: bool, tracking_uid: str
+) -> hd.seg.SegmentDescription:
     import highdicom as hd
     from pydicom.sr.codedict import codes
 
@@ -363,7 +368,7 @@ def _description(seg: SegmentSource, run_id: str, duplicate: bool) -> hd.seg.Seg
             version=seg.mask.tool_version[:64],
             parameters={"run_id": run_id, "step": seg.mask.step_id},
         ),
-        tracking_uid=hd.UID(),
+        tracking_uid=tracking_uid,
         tracking_id=seg.tracking_id,
     )
     if modifiers:
@@ -412,6 +417,7 @@ def _build(
     descriptions: Sequence[hd.seg.SegmentDescription],
     series_uid: str,
     instance_number: int,
+    sop_uid: str,
 ) -> hd.seg.Segmentation:
     """The SEG of one plan (one frame of reference), its segments described by (copies of)
     ``descriptions``."""
@@ -430,7 +436,7 @@ def _build(
         segment_descriptions=copy.deepcopy(list(descriptions)),
         series_instance_uid=series_uid,
         series_number=SEG_SERIES_NUMBER,
-        sop_instance_uid=hd.UID(),
+        sop_instance_uid=sop_uid,
         instance_number=instance_number,
         manufacturer="dxgraph",
         manufacturer_model_name="dxgraph",
@@ -460,20 +466,35 @@ def build_segmentations(
     """The SEGs of a loaded run, each with the plan that says what it holds: one per source series the
     masks lie on (``plan_segmentations``), each in its series' study, and per series one per frame of
     reference of the instances its frames derive from; exactly one for standard data of one series."""
-    import highdicom as hd
-
     plans = plan_segmentations(store, sources)
     for plan in plans:
         _check_sources(plan.image)
     out: list[tuple[hd.seg.Segmentation, SegmentationPlan]] = []
     for whole in plans:
-        series_uid = hd.UID()  # a SEG series per source series: a series lies in one study
+        # UIDs derived from the run (``derived_uid``): a push sent again stores the same instances
+        source_series = str(whole.image.datasets[0].SeriesInstanceUID)
+        series_uid = derived_uid(sources.head_sha256, "seg series", source_series)  # one per source series
         descriptions = [  # shared by the series' SEGs: a segment has the same TrackingUID in each
-            _description(s, sources.run_id, sum(_same_structure(s, t) for t in whole.segments) > 1)
+            _description(
+                s,
+                sources.run_id,
+                sum(_same_structure(s, t) for t in whole.segments) > 1,
+                derived_uid(sources.head_sha256, "segment", source_series, str(s.segment_number)),
+            )
             for s in whole.segments
         ]
         out += [
-            (_build(plan, sources.run_id, descriptions, series_uid, n), plan)
+            (
+                _build(
+                    plan,
+                    sources.run_id,
+                    descriptions,
+                    series_uid,
+                    n,
+                    derived_uid(sources.head_sha256, "seg", source_series, str(n)),
+                ),
+                plan,
+            )
             for n, plan in enumerate(split_by_frame_of_reference(whole), start=1)
         ]
     return out

@@ -27,8 +27,8 @@ Where the auditor's identifiers go, and why: the run id and the trace's head has
 With the run id an auditor opens the run (``dxgraph trace show``); the head hash proves the trace read is
 the one the SR was written from (``dxgraph trace verify``).
 
-Patient and study modules are copied from the source instances by highdicom, never invented; the SR gets a
-new series and SOP instance UID, in the study of the current image.
+Patient and study modules are copied from the source instances by highdicom, never invented; the SR's series,
+SOP instance and tracking UIDs are derived from the run (``derived_uid``), in the study of the current image.
 """
 
 from __future__ import annotations
@@ -57,7 +57,13 @@ from dxgraph.pacs._codes import (
     label_code,
     unit_code,
 )
-from dxgraph.pacs._run_sources import RunSources, load_run_sources, with_readable_identity
+from dxgraph.pacs._run_sources import (
+    RunSources,
+    derived_uid,
+    hash_uid,
+    load_run_sources,
+    with_readable_identity,
+)
 from dxgraph.pacs._seg import SegmentSource, deciding_evidence_ids, replacing_evidence_id
 from dxgraph.traces import TraceStore
 
@@ -67,11 +73,6 @@ if TYPE_CHECKING:
 
 SR_SERIES_NUMBER = 9702
 """Series number of the SR series dxgraph writes."""
-
-
-def hash_uid(hex_digest: str) -> str:
-    """A DICOM UID derived from a hex digest (``2.25.`` and 128 bits of it as an integer, PS3.5 B.2)."""
-    return f"2.25.{int(hex_digest[:32], 16)}"
 
 
 DEVICE_UID = hash_uid(hashlib.sha256(b"dxgraph device observer").hexdigest())
@@ -173,7 +174,9 @@ def _indicator_groups(
                 )
                 label = f"{ind.indicator} ({ev.evidence_id})" if ev is not None else ind.indicator
                 common = {
-                    "tracking_identifier": hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=label),
+                    "tracking_identifier": hd.sr.TrackingIdentifier(
+                        uid=derived_uid(sources.head_sha256, "sr group", label), identifier=label
+                    ),
                     "finding_type": coding.finding_type,
                     "algorithm_id": _algorithm(
                         sources,
@@ -327,9 +330,9 @@ def build_report(sources: RunSources, segs: Sequence[SegSegments] = ()) -> hd.sr
     sr = hd.sr.Comprehensive3DSR(
         evidence=evidence,
         content=report[0],
-        series_instance_uid=hd.UID(),
+        series_instance_uid=derived_uid(sources.head_sha256, "sr series"),
         series_number=SR_SERIES_NUMBER,
-        sop_instance_uid=hd.UID(),
+        sop_instance_uid=derived_uid(sources.head_sha256, "sr"),
         instance_number=1,
         manufacturer="dxgraph",
         is_complete=True,

@@ -80,6 +80,13 @@ def test_pull_diagnose_push_and_read_the_results_back(orthanc, tmp_path: Path, k
         again = push(client, store, run_id)
         assert again.already and again.sr_sop_uid == pushed.sr_sop_uid
         assert len(_series(client, up.study_uid, "SR")) == 1  # nothing sent twice
+        # sent again on purpose: the same objects (UIDs derived from the run), so the PACS holds no duplicate
+        resent = push(client, store, run_id, again=True)
+        assert not resent.already
+        assert (resent.sr_sop_uid, resent.seg_sop_uids) == (pushed.sr_sop_uid, pushed.seg_sop_uids)
+        for modality in ("SR", "SEG"):
+            (one,) = _series(client, up.study_uid, modality)
+            assert one.n_instances == len(pushed.seg_sop_uids) if modality == "SEG" else one.n_instances == 1
         src_series = up.series_uids[0]
         client.retrieve_series(up.study_uid, src_series, src_dir)
     (sr_file,) = sr_dir.iterdir()
@@ -97,7 +104,7 @@ def test_pull_diagnose_push_and_read_the_results_back(orthanc, tmp_path: Path, k
     for obj in (sr, pydicom.dcmread(seg_file, stop_before_pixels=True)):
         for tag in ("PatientID", "PatientName", "PatientBirthDate", "PatientSex", "StudyInstanceUID"):
             assert (obj.get(tag) or "") == (source.get(tag) or ""), tag  # an absent Type 2 one written empty
-    assert [p.sr_sop_uid for p in pushes_of(store, run_id)] == [pushed.sr_sop_uid]
+    assert [p.sr_sop_uid for p in pushes_of(store, run_id)] == [pushed.sr_sop_uid] * 2  # pushed, resent
 
 
 def test_a_run_of_local_files_is_pushed_with_its_sources(orthanc, tmp_path: Path) -> None:
