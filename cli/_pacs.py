@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import date, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, cast
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -28,7 +28,7 @@ from dxgraph.cli._run import print_run
 from dxgraph.errors import UserError
 
 if TYPE_CHECKING:
-    from dxgraph.pacs import PacsClient
+    from dxgraph.pacs import Pacs
 
 pacs_app = typer.Typer(
     help="A PACS over DICOMweb: find studies, pull one and diagnose it, push a run's results back (SR, SEG)."
@@ -49,11 +49,11 @@ UrlOpt = Annotated[
 ]
 
 
-def _client(url: str) -> PacsClient:
+def _client(url: str) -> Pacs:
     """The PACS client for ``url``: DICOMweb for http(s)://, DIMSE for dicom://."""
     from dxgraph.pacs import PacsConfig
 
-    return cast("PacsClient", PacsConfig.load(url).connect())  # any Pacs; push's annotation says PacsClient
+    return PacsConfig.load(url).connect()
 
 
 def _since(text: str | None) -> date | None:

@@ -4,6 +4,9 @@
   or a private config file, never the command line or the trace; TLS verified; timeouts and retries).
 * ``PacsClient``: QIDO-RS search (``find_studies``, ``find_series``), WADO-RS retrieve
   (``retrieve_series``) and STOW-RS store (``store``); every failure is one clear ``UserError``.
+* ``DimseClient``: the same for a PACS without DICOMweb (``dicom://CALLED_AET@host:port``): C-FIND,
+  C-GET and C-STORE (pynetdicom). Both satisfy the ``Pacs`` protocol that pull, push and watch take;
+  ``PacsConfig.load(url).connect()`` gives the one the URL's scheme names.
 * ``pull``: retrieve a study's series (``choose_series`` picks the one a task measures on; for a task
   that reads several MR sequences, ``choose_sequences`` picks one series per sequence by
   ``series_sequence``'s word rules) and diagnose it through the same readers as local files; the trace
@@ -14,7 +17,8 @@
 """
 
 from dxgraph.pacs._config import PacsAuth, PacsConfig
-from dxgraph.pacs._dicomweb import PacsClient, RefusedInstance, SeriesSummary, StoreResult, StudySummary
+from dxgraph.pacs._dicomweb import Pacs, PacsClient, RefusedInstance, SeriesSummary, StoreResult, StudySummary
+from dxgraph.pacs._dimse import DimseClient
 from dxgraph.pacs._pull import (
     PullResult,
     SeriesChoice,
@@ -32,7 +36,9 @@ __all__ = [
     "LEASE_S",
     "MAX_ATTEMPTS",
     "RETRY_BACKOFF_S",
+    "DimseClient",
     "InvalidDicom",
+    "Pacs",
     "PacsAuth",
     "PacsClient",
     "PacsConfig",

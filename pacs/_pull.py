@@ -501,11 +501,13 @@ def _iso_date(value: object) -> str | None:
 
 
 def _public_url(url: str) -> str:
-    """The URL without credentials, query or fragment."""
+    """The URL without credentials, query or fragment (a ``dicom://`` URL keeps its called AE title)."""
     from urllib.parse import urlsplit, urlunsplit
 
     parts = urlsplit(url)
     netloc = parts.hostname or ""
+    if parts.scheme == "dicom" and parts.username:
+        netloc = f"{parts.username}@{netloc}"
     if parts.port:
         netloc += f":{parts.port}"
     return urlunsplit((parts.scheme, netloc, parts.path, "", ""))

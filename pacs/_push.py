@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 from pydantic import BaseModel, ConfigDict
 
 from dxgraph.errors import StoreError, UserError
-from dxgraph.pacs._dicomweb import PacsClient, StoreResult
+from dxgraph.pacs._dicomweb import Pacs, StoreResult
 from dxgraph.pacs._run_sources import load_run_sources
 from dxgraph.pacs._seg import build_segmentations
 from dxgraph.pacs._sr import build_report
@@ -95,7 +95,7 @@ class InvalidDicom(RuntimeError):
 
 
 def push(
-    client: PacsClient,
+    client: Pacs,
     store: TraceStore,
     run_id: str,
     *,
@@ -187,7 +187,7 @@ def _check_valid(
     return inherited, n_warnings
 
 
-def _fetch_sources(client: PacsClient, store: TraceStore, run_id: str, folder: Path) -> list[Path]:
+def _fetch_sources(client: Pacs, store: TraceStore, run_id: str, folder: Path) -> list[Path]:
     """The run's source series retrieved again from the PACS, a folder each (single files as files)."""
     started = next(e for e in store.events(run_id) if isinstance(e, RunStarted))
     out: list[Path] = []

@@ -36,7 +36,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
-from typing import TYPE_CHECKING, Any, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal
 
 from dxgraph.errors import UserError
 from dxgraph.pacs import _watch_state as state
@@ -280,8 +280,7 @@ class Watcher:
         if not state.holds(self.store, got):  # taken over meanwhile (this watcher stalled past its lease)
             log.warning("watch: study %s was taken over by another watcher; not pushing it", study_uid)
             return None
-        client = cast(PacsClient, self.client)  # any Pacs; push's annotation says PacsClient for now
-        pushed = push(client, self.store, run_id, accept_source_uid_errors=self.accept_source_uid_errors)
+        pushed = push(self.client, self.store, run_id, accept_source_uid_errors=self.accept_source_uid_errors)
         return self._finish(
             got, "processed", reason, run_id, label=pulled.run.diagnosis.label, sr_sop_uid=pushed.sr_sop_uid
         )

@@ -165,13 +165,16 @@ def _dicom_modality(modality: str | None) -> str:
 
 
 def _sr_document(push: PacsPushRow, report_url: str, case_id: str, issued: str) -> dict[str, Any]:
-    """A DocumentReference to the DICOM SR the run's results were stored as in a PACS (WADO-RS URL)."""
+    """A DocumentReference to the DICOM SR the run's results were stored as in a PACS: its WADO-RS URL, or
+    for a DIMSE PACS (``dicom://``, which has no URL per instance) its SOP Instance UID only."""
     from fhir.resources.R4B.documentreference import DocumentReference
 
-    url = (
-        f"{push.pacs_url.rstrip('/')}/studies/{push.study_uid}/series/{push.sr_series_uid}"
-        f"/instances/{push.sr_sop_uid}"
-    )
+    attachment = {"contentType": "application/dicom", "title": "dxgraph measurement report"}
+    if not push.pacs_url.startswith("dicom://"):
+        attachment["url"] = (
+            f"{push.pacs_url.rstrip('/')}/studies/{push.study_uid}/series/{push.sr_series_uid}"
+            f"/instances/{push.sr_sop_uid}"
+        )
     doc = {
         "resourceType": "DocumentReference",
         "identifier": [{"system": "urn:dicom:uid", "value": f"urn:oid:{push.sr_sop_uid}"}],
@@ -184,15 +187,7 @@ def _sr_document(push: PacsPushRow, report_url: str, case_id: str, issued: str) 
         },
         "subject": _subject(case_id),
         "date": _instant(push.pushed_at),
-        "content": [
-            {
-                "attachment": {
-                    "contentType": "application/dicom",
-                    "url": url,
-                    "title": "dxgraph measurement report",
-                }
-            }
-        ],
+        "content": [{"attachment": attachment}],
         "context": {"related": [{"reference": report_url}]},
     }
     return DocumentReference.model_validate(doc).model_dump(mode="json")

@@ -25,7 +25,7 @@ from dxgraph.pacs import PacsClient, PacsConfig, pull, push
 from dxgraph.pacs._dimse import DimseClient
 from dxgraph.pacs._run_sources import load_run_sources
 from dxgraph.pacs._watch import is_orthanc
-from dxgraph.traces import DiagnosisMade, TraceStore, pushes_of
+from dxgraph.traces import DiagnosisMade, RunStarted, TraceStore, fhir_diagnostic_report, pushes_of
 
 
 def _cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -131,6 +131,17 @@ def test_pull_diagnose_push_over_dimse_and_read_the_results_back(
             pushed.seg_series_uid
         ]
         assert push(client, store, run_id).already  # recorded once: nothing sent twice
+        started = store.events(run_id)[0]
+        assert isinstance(started, RunStarted) and started.case.images[0].source is not None
+        assert started.case.images[0].source.pacs_url == orthanc_dimse  # the called AE title kept
+        # FHIR: a DIMSE PACS has no URL per instance, so the SR is named by its SOP Instance UID only
+        (doc,) = [
+            e["resource"]
+            for e in fhir_diagnostic_report(store, run_id)["entry"]
+            if e["resource"]["resourceType"] == "DocumentReference"
+        ]
+        assert doc["identifier"][0]["value"] == f"urn:oid:{pushed.sr_sop_uid}"
+        assert "url" not in doc["content"][0]["attachment"]
         assert len(client.find_series(up.study_uid, modality="SR")) == 1
         sr_dir, seg_dir, src_dir = (tmp_path / d for d in ("sr", "seg", "src"))
         (sr_file,) = client.retrieve_series(up.study_uid, pushed.sr_series_uid, sr_dir)
