@@ -279,8 +279,11 @@ def push(
         if n_segs == 1:
             seg = f" and SEG {result.seg_sop_uid} ({result.n_segments} segments)"
         elif n_segs > 1:
-            seg = f" and {n_segs} SEGs, one per frame of reference ({result.n_segments} segments)"
+            seg = f" and {n_segs} SEGs, one per source series and frame of reference ({result.n_segments} segments)"
         out.print(f"stored SR {result.sr_sop_uid}{seg} in study {result.study_uid} at {result.pacs_url}")
+        elsewhere = sorted(set(result.seg_study_uids) - {result.study_uid})
+        if elsewhere:  # a RECIST baseline's SEG goes into the prior study, beside its images
+            out.print(f"SEGs of masks on earlier images stored in their own studies: {', '.join(elsewhere)}")
         if result.accepted_source_uid_errors:
             out.print(
                 f"accepted {result.accepted_source_uid_errors} validation errors inherited from the source's"

@@ -12,8 +12,9 @@
   ``series_sequence``'s word rules) and diagnose it through the same readers as local files; the trace
   records the Study/Series/SOP Instance UIDs.
 * ``push``: a run's results back into the PACS (STOW-RS) as a TID 1500 Measurement Report (SR) and a
-  Segmentation (SEG) of the masks its evidence rests on (one SEG per frame of reference when the sources
-  name several), checked with ``dciodvfy`` first, recorded once.
+  Segmentation (SEG) of the masks its evidence rests on (one SEG per source series the masks lie on, each
+  in its own study, e.g. a RECIST baseline's in the prior study; and per frame of reference when the
+  instances name several), checked with ``dciodvfy`` first, recorded once.
 """
 
 from dxgraph.pacs._config import PacsAuth, PacsConfig

@@ -43,7 +43,7 @@ from dxgraph.pacs._validate import (
     source_values,
     unexpected_warnings,
 )
-from dxgraph.traces import PacsPushRow, RunStarted, TraceStore, pushes_of
+from dxgraph.traces import PacsPushObjectRow, PacsPushRow, RunStarted, TraceStore, objects_of, pushes_of
 
 if TYPE_CHECKING:
     from pydicom import Dataset
@@ -120,7 +120,7 @@ def push(
     pacs_url = client.config.base_url
     done = pushes_of(store, run_id, pacs_url)
     if done and not again:
-        return _result(done[-1], n_segments=-1, already=True)
+        return _result(done[-1], objects_of(store, done[-1].push_id), n_segments=-1, already=True)
     with tempfile.TemporaryDirectory(prefix="dxgraph-push-") as tmp:
         files = list(sources) or _fetch_sources(client, store, run_id, Path(tmp))
         loaded = load_run_sources(store, run_id, files)
@@ -141,8 +141,9 @@ def push(
             )
         stored = client.store(objects)  # STOW-RS to /studies: each object into the study it names
     _check_stored(stored, objects)
+    push_id = secrets.token_hex(12)
     row = PacsPushRow(
-        push_id=secrets.token_hex(12),
+        push_id=push_id,
         run_id=run_id,
         pacs_url=pacs_url,
         study_uid=str(sr.StudyInstanceUID),
@@ -152,16 +153,19 @@ def push(
         seg_sop_uid=str(segs[0].SOPInstanceUID) if segs else None,
         pushed_at=datetime.now(UTC),
     )
-    store.insert([row])
+    sent = [
+        PacsPushObjectRow(
+            push_id=push_id,
+            sop_uid=str(obj.SOPInstanceUID),
+            modality=str(obj.Modality),
+            series_uid=str(obj.SeriesInstanceUID),
+            study_uid=str(obj.StudyInstanceUID),
+        )
+        for obj in objects
+    ]
+    store.insert([row, *sent])  # one transaction: the push and every object it sent
     return _result(
-        row,
-        n_segments=n_segments,
-        already=False,
-        seg_sop_uids=tuple(str(seg.SOPInstanceUID) for seg in segs),
-        seg_series_uids=tuple(str(seg.SeriesInstanceUID) for seg in segs),
-        seg_study_uids=tuple(str(seg.StudyInstanceUID) for seg in segs),
-        accepted=len(inherited),
-        copied_warnings=n_warnings,
+        row, sent, n_segments=n_segments, already=False, accepted=len(inherited), copied_warnings=n_warnings
     )
 
 
@@ -232,15 +236,26 @@ def _check_stored(stored: StoreResult, objects: Sequence[object]) -> None:
 
 def _result(
     row: PacsPushRow,
+    sent: Sequence[PacsPushObjectRow],
     *,
     n_segments: int,
     already: bool,
-    seg_sop_uids: tuple[str, ...] = (),
-    seg_series_uids: tuple[str, ...] = (),
-    seg_study_uids: tuple[str, ...] = (),
     accepted: int = 0,
     copied_warnings: int = 0,
 ) -> PushResult:
+    """The result of a push (``sent``: its objects; none recorded for a push stored before schema 12, whose
+    row names its first SEG only)."""
+    segs = [o for o in sent if o.modality == "SEG"]
+    if not sent and row.seg_sop_uid and row.seg_series_uid:
+        segs = [
+            PacsPushObjectRow(
+                push_id=row.push_id,
+                sop_uid=row.seg_sop_uid,
+                modality="SEG",
+                series_uid=row.seg_series_uid,
+                study_uid=row.study_uid,
+            )
+        ]
     return PushResult(
         run_id=row.run_id,
         pacs_url=row.pacs_url,
@@ -249,9 +264,9 @@ def _result(
         sr_series_uid=row.sr_series_uid,
         seg_sop_uid=row.seg_sop_uid,
         seg_series_uid=row.seg_series_uid,
-        seg_sop_uids=seg_sop_uids,
-        seg_series_uids=seg_series_uids,
-        seg_study_uids=seg_study_uids,
+        seg_sop_uids=tuple(o.sop_uid for o in segs),
+        seg_series_uids=tuple(o.series_uid for o in segs),
+        seg_study_uids=tuple(o.study_uid for o in segs),
         n_segments=max(n_segments, 0),
         accepted_source_uid_errors=accepted,
         inherited_source_warnings=copied_warnings,

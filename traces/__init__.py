@@ -39,7 +39,7 @@ from dxgraph.traces._fhir import (
 )
 from dxgraph.traces._migrations import SCHEMA_VERSION, apply_migrations, current_version
 from dxgraph.traces._portable import FORMAT_NAME, FORMAT_VERSION, SUFFIX, export_run, import_run
-from dxgraph.traces._pushes import PacsPushRow, pushes_of
+from dxgraph.traces._pushes import PacsPushObjectRow, PacsPushRow, objects_of, pushes_of
 from dxgraph.traces._recorder import TraceRecorder, new_run_id
 from dxgraph.traces._replay_diff import (
     DEFAULT_TOLERANCES,
@@ -98,6 +98,7 @@ __all__ = [
     "EventRow",
     "LanguageModelRef",
     "ModelCalled",
+    "PacsPushObjectRow",
     "PacsPushRow",
     "PlanMade",
     "PlanRevised",
@@ -128,6 +129,7 @@ __all__ = [
     "image_ids_in",
     "import_run",
     "new_run_id",
+    "objects_of",
     "plan_dag",
     "pushes_of",
     "referenced_artifacts",

@@ -327,6 +327,22 @@ def _m011_pacs_watch_attempts(conn: sa.Connection) -> None:
     conn.execute(sa.insert(attempts).from_select(cols, unfinished))
 
 
+def _m012_pacs_push_objects(conn: sa.Connection) -> None:
+    """Every DICOM object a push sent (insert-only): a push of several SEGs (one per source series and frame
+    of reference) names each of them, and the study it went into."""
+    md = sa.MetaData()
+    sa.Table(
+        "pacs_push_objects",
+        md,
+        sa.Column("push_id", sa.String, primary_key=True),
+        sa.Column("sop_uid", sa.String, primary_key=True),
+        sa.Column("modality", sa.String, nullable=False),
+        sa.Column("series_uid", sa.String, nullable=False),
+        sa.Column("study_uid", sa.String, nullable=False),
+    )
+    md.create_all(conn)
+
+
 MIGRATIONS: dict[int, Callable[[sa.Connection], None]] = {
     1: _m001_initial,
     2: _m002_lookup_indexes,
@@ -339,6 +355,7 @@ MIGRATIONS: dict[int, Callable[[sa.Connection], None]] = {
     9: _m009_pacs_pushes,
     10: _m010_pacs_watch,
     11: _m011_pacs_watch_attempts,
+    12: _m012_pacs_push_objects,
 }
 """Schema version -> the migration that brings the previous version to it."""
 SCHEMA_VERSION = max(MIGRATIONS)

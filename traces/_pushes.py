@@ -1,4 +1,5 @@
-"""Where a run's results went: the DICOM SR (and SEG) sent to a PACS, one insert-only row per push.
+"""Where a run's results went: the DICOM SR (and SEGs) sent to a PACS, one insert-only row per push and
+one per object it sent (``PacsPushObjectRow``).
 
 The FHIR export links the SR a run was pushed as, and ``dxgraph pacs push`` / watch mode read these rows
 so that a run's results are sent to a PACS once.
@@ -35,6 +36,29 @@ class PacsPushRow(SQLModel, table=True):
     """SOPInstanceUID of the SEG, when one was sent."""
     pushed_at: datetime
     """When the PACS accepted them (UTC)."""
+
+
+class PacsPushObjectRow(SQLModel, table=True):
+    """One DICOM object (the SR, or one of the SEGs) a push sent."""
+
+    __tablename__ = "pacs_push_objects"
+    push_id: str = Field(primary_key=True)
+    """The push that sent it."""
+    sop_uid: str = Field(primary_key=True)
+    """Its SOPInstanceUID."""
+    modality: str
+    """``SR`` or ``SEG``."""
+    series_uid: str
+    """Its SeriesInstanceUID."""
+    study_uid: str
+    """The StudyInstanceUID it went into (a RECIST baseline's SEG: the prior study)."""
+
+
+def objects_of(store: TraceStore, push_id: str) -> list[PacsPushObjectRow]:
+    """The objects a push sent, SEGs first in the order sent, then the SR."""
+    with Session(store.engine) as s:
+        rows = list(s.exec(select(PacsPushObjectRow).where(PacsPushObjectRow.push_id == push_id)).all())
+    return sorted(rows, key=lambda r: r.modality == "SR")
 
 
 def pushes_of(store: TraceStore, run_id: str, pacs_url: str | None = None) -> list[PacsPushRow]:

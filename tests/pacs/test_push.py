@@ -18,7 +18,7 @@ from dxgraph.pacs._codes import indicator_coding
 from dxgraph.pacs._run_sources import load_run_sources
 from dxgraph.pacs._seg import deciding_evidence_ids
 from dxgraph.pacs._validate import dciodvfy, unexpected_warnings
-from dxgraph.traces import TraceStore, pushes_of
+from dxgraph.traces import TraceStore, objects_of, pushes_of
 
 
 def _study(kind: str, tmp_path: Path) -> tuple[str, list[list[Path]]]:
@@ -237,6 +237,15 @@ def test_recist_pulls_the_prior_study_and_round_trips(orthanc, tmp_path: Path) -
         assert pushed.seg_study_uids == (current.study_uid, prior.study_uid)  # a SEG per study, in it
         assert pushed.n_segments == 2 and len(set(pushed.seg_series_uids)) == 2
         assert pushed.seg_series_uid == pushed.seg_series_uids[0]
+        # the store names every object sent and the study it went into; a second push reports the same
+        (row,) = pushes_of(store, run_id)
+        assert [(o.modality, o.sop_uid, o.study_uid) for o in objects_of(store, row.push_id)] == [
+            ("SEG", pushed.seg_sop_uids[0], current.study_uid),
+            ("SEG", pushed.seg_sop_uids[1], prior.study_uid),
+            ("SR", pushed.sr_sop_uid, current.study_uid),
+        ]
+        again = push(client, store, run_id)
+        assert again.already and again.seg_study_uids == pushed.seg_study_uids
         (sr_series,) = _series(client, current.study_uid, "SR")
         (cur_seg_series,) = _series(client, current.study_uid, "SEG")
         (pri_seg_series,) = _series(client, prior.study_uid, "SEG")

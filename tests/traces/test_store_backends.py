@@ -321,9 +321,9 @@ def test_a_version_1_store_is_migrated_and_its_runs_still_verify(url, tmp_path):
         assert "ix_runs_case_id" not in {i["name"] for i in sa.inspect(conn).get_indexes("runs")}
     engine.dispose()
 
-    store = TraceStore(url)  # migrates 1 -> 11
+    store = TraceStore(url)  # migrates 1 -> 12
     with store.engine.connect() as conn:
-        assert current_version(conn) == SCHEMA_VERSION == 11
+        assert current_version(conn) == SCHEMA_VERSION == 12
         insp = sa.inspect(conn)
         assert {
             "cohorts",
@@ -346,6 +346,7 @@ def test_a_version_1_store_is_migrated_and_its_runs_still_verify(url, tmp_path):
             "pacs_watch_attempts",
             "pacs_watch_heartbeats",
             "pacs_watch_attempt_ends",
+            "pacs_push_objects",
         } <= set(insp.get_table_names())
         assert "ix_runs_case_id" in {i["name"] for i in insp.get_indexes("runs")}
         assert "ix_events_event" in {i["name"] for i in insp.get_indexes("events")}
