@@ -1,4 +1,5 @@
-"""The round trip against a real Orthanc: upload a study, pull and diagnose it, push the results, then find
+"""The round trip against a real Orthanc (DICOM phantoms and the real RG1_UNCR radiograph): upload a study,
+pull and diagnose it, push the results, then find
 the SR and SEG in the PACS, retrieve them and check them against the run: the SR's values equal the
 trace's exactly, each SEG mask equals the evidence mask on the source grid, both pass dciodvfy, the
 patient module is the source's, and a second push sends nothing."""
@@ -18,7 +19,10 @@ from dxgraph.pacs._codes import indicator_coding
 from dxgraph.pacs._run_sources import load_run_sources
 from dxgraph.pacs._seg import deciding_evidence_ids
 from dxgraph.pacs._validate import dciodvfy, unexpected_warnings
+from dxgraph.testing.phi import pydicom_data_file
 from dxgraph.traces import TraceStore, objects_of, pushes_of
+
+RG1 = pydicom_data_file("RG1_UNCR.dcm")
 
 
 def _study(kind: str, tmp_path: Path) -> tuple[str, list[list[Path]]]:
@@ -29,6 +33,9 @@ def _study(kind: str, tmp_path: Path) -> tuple[str, list[list[Path]]]:
     if kind == "cardiomegaly":
         case = write_cardiomegaly_case(tmp_path, 31, ctr=0.58)
         return "cardiomegaly", [[case.images[0].path]]
+    if kind == "real_radiograph":  # RG1_UNCR, a real CR from pydicom-data, as it ships
+        assert RG1 is not None
+        return "cardiomegaly", [[RG1]]
     if kind == "pulmonary_nodule":
         case = write_nodule_case(tmp_path, 8, diameter_mm=10.0, nodule_type="solid", dicom=True)
         return "pulmonary_nodule", [sorted(case.images[0].path.iterdir())]
@@ -59,7 +66,21 @@ def _assert_the_results_are_the_runs(store, run_id: str, sources, sr, segs) -> N
     H.assert_segs_hold_the_evidence_masks(store, run_id, sources, segs)
 
 
-@pytest.mark.parametrize("kind", ["cardiomegaly", "pulmonary_nodule", "heart_failure_ef"])
+@pytest.mark.parametrize(
+    "kind",
+    [
+        "cardiomegaly",
+        "pulmonary_nodule",
+        "heart_failure_ef",
+        pytest.param(
+            "real_radiograph",
+            marks=[
+                pytest.mark.slow,
+                pytest.mark.skipif(RG1 is None, reason="pydicom-data's RG1_UNCR.dcm is not installed"),
+            ],
+        ),
+    ],
+)
 def test_pull_diagnose_push_and_read_the_results_back(orthanc, tmp_path: Path, kind: str) -> None:
     task, series = _study(kind, tmp_path)
     up = orthanc.upload(series)
