@@ -1,8 +1,7 @@
 """The round trip against a real Orthanc (DICOM phantoms and the real RG1_UNCR radiograph): upload a study,
-pull and diagnose it, push the results, then find
-the SR and SEG in the PACS, retrieve them and check them against the run: the SR's values equal the
-trace's exactly, each SEG mask equals the evidence mask on the source grid, both pass dciodvfy, the
-patient module is the source's, and a second push sends nothing."""
+pull and diagnose it, push the results, then find the SR and SEG in the PACS, retrieve them and check them
+against the run: the SR's values equal the trace's exactly, each SEG mask equals the evidence mask on the
+source grid, both pass dciodvfy, the patient module is the source's, and a second push sends nothing."""
 
 from __future__ import annotations
 
