@@ -251,40 +251,11 @@ def study_kinds():  # type: ignore[no-untyped-def]
 def assert_segs_hold_the_evidence_masks(store, run_id: str, sources, segs) -> None:
     """The union of the SEGs' frames (one SEG, or one per frame of reference) of each segment equals the
     evidence mask on the source grid, pixel for pixel; every SEG describes the same segments."""
-    from dxgraph.pacs._run_sources import mask_on_source_grid
     from dxgraph.pacs._seg import build_segmentations
 
     built = build_segmentations(store, sources)
     assert len(built) == len(segs)
-    plan = built[0][1]
-    masks = evidence_masks(store, run_id)
-    tracking = [(s.segment_number, s.tracking_id) for s in plan.segments]
-    for seg in segs:
-        assert [(int(d.SegmentNumber), str(d.TrackingID)) for d in seg.SegmentSequence] == tracking
-    for s in plan.segments:
-        grid = mask_on_source_grid(masks[s.mask.ref.sha256], plan.image)
-        assert grid is not None
-        instances = plan.image.datasets
-        if s.time_index is not None:
-            n_z = plan.image.frames[1]
-            grid = grid[s.time_index * n_z : (s.time_index + 1) * n_z]
-            instances = instances[s.time_index * n_z : (s.time_index + 1) * n_z]
-        want = grid == s.label_value if s.label_value is not None else grid != 0
-        got = np.zeros_like(want, dtype=bool)
-        for seg in segs:
-            held = {
-                str(r.ReferencedSOPInstanceUID)
-                for series in seg.ReferencedSeriesSequence
-                for r in series.ReferencedInstanceSequence
-            }
-            rows = [k for k, ds in enumerate(instances) if str(ds.SOPInstanceUID) in held]
-            if not rows:
-                continue
-            pixels = seg.get_pixels_by_source_instance(
-                [str(instances[k].SOPInstanceUID) for k in rows], segment_numbers=[s.segment_number]
-            )[..., 0]
-            got[rows] |= pixels.astype(bool)
-        assert np.array_equal(got, want) and want.any(), s.tracking_id
+    _assert_plan_held(store, run_id, built[0][1], segs)
 
 
 def assert_segs_per_series_hold_the_evidence_masks(store, run_id: str, sources, segs) -> dict[str, list]:
