@@ -157,11 +157,12 @@ def push(
         PacsPushObjectRow(
             push_id=push_id,
             sop_uid=str(obj.SOPInstanceUID),
+            position=n,
             modality=str(obj.Modality),
             series_uid=str(obj.SeriesInstanceUID),
             study_uid=str(obj.StudyInstanceUID),
         )
-        for obj in objects
+        for n, obj in enumerate(objects)
     ]
     store.insert([row, *sent])  # one transaction: the push and every object it sent
     return _result(
@@ -251,6 +252,7 @@ def _result(
             PacsPushObjectRow(
                 push_id=row.push_id,
                 sop_uid=row.seg_sop_uid,
+                position=0,
                 modality="SEG",
                 series_uid=row.seg_series_uid,
                 study_uid=row.study_uid,

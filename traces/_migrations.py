@@ -336,6 +336,7 @@ def _m012_pacs_push_objects(conn: sa.Connection) -> None:
         md,
         sa.Column("push_id", sa.String, primary_key=True),
         sa.Column("sop_uid", sa.String, primary_key=True),
+        sa.Column("position", sa.Integer, nullable=False),
         sa.Column("modality", sa.String, nullable=False),
         sa.Column("series_uid", sa.String, nullable=False),
         sa.Column("study_uid", sa.String, nullable=False),

@@ -46,6 +46,8 @@ class PacsPushObjectRow(SQLModel, table=True):
     """The push that sent it."""
     sop_uid: str = Field(primary_key=True)
     """Its SOPInstanceUID."""
+    position: int
+    """Its place in what the push sent, from 0 (the SEGs in the order sent, then the SR)."""
     modality: str
     """``SR`` or ``SEG``."""
     series_uid: str
@@ -55,10 +57,10 @@ class PacsPushObjectRow(SQLModel, table=True):
 
 
 def objects_of(store: TraceStore, push_id: str) -> list[PacsPushObjectRow]:
-    """The objects a push sent, SEGs first in the order sent, then the SR."""
+    """The objects a push sent, in the order sent (the SEGs, then the SR)."""
     with Session(store.engine) as s:
-        rows = list(s.exec(select(PacsPushObjectRow).where(PacsPushObjectRow.push_id == push_id)).all())
-    return sorted(rows, key=lambda r: r.modality == "SR")
+        q = select(PacsPushObjectRow).where(PacsPushObjectRow.push_id == push_id)
+        return list(s.exec(q.order_by(col(PacsPushObjectRow.position))).all())
 
 
 def pushes_of(store: TraceStore, run_id: str, pacs_url: str | None = None) -> list[PacsPushRow]:
