@@ -44,10 +44,11 @@ from dxgraph.pacs._dicomweb import Pacs, PacsClient
 from dxgraph.pacs._pull import pull, task_sequences
 from dxgraph.pacs._push import push
 from dxgraph.pacs._routes import Route, Routes
+from dxgraph.traces import RunStarted
 
 if TYPE_CHECKING:
     from dxgraph.agent import RunOptions
-    from dxgraph.traces import TraceStore
+    from dxgraph.traces import RunRow, TraceStore
 
 log = logging.getLogger(__name__)
 Status = Literal["processed", "skipped", "failed", "retrying"]
@@ -273,17 +274,23 @@ class Watcher:
         run_id = state.pushed_since(self.store, self.pacs_url, study_uid, got.first_claimed_at)
         if run_id is not None:  # its watcher pushed it, then stopped before recording it
             return self._finish(got, "processed", f"{reason}; pushed before the restart", run_id)
-        # the series the rule matched; a task that reads several MR sequences chooses its own series
-        series_uid = None if task_sequences(route.task) else (route.series_uid or None)
-        pulled = pull(self.client, study_uid, series_uid, route.task, self.options, store=self.store)
-        run_id = pulled.run.run_id
+        earlier = _diagnosed_since(self.store, study_uid, route.task, got.first_claimed_at)
+        if earlier is not None:
+            # diagnosed by an earlier attempt that stopped before recording its push (killed during the
+            # STOW, say): that run is pushed again, as the same objects (UIDs derived from the run), so the
+            # PACS keeps one copy whether or not the first push reached it
+            run_id, label = earlier.run_id, earlier.label
+            reason = f"{reason}; diagnosed before the restart"
+        else:
+            # the series the rule matched; a task that reads several MR sequences chooses its own series
+            series_uid = None if task_sequences(route.task) else (route.series_uid or None)
+            pulled = pull(self.client, study_uid, series_uid, route.task, self.options, store=self.store)
+            run_id, label = pulled.run.run_id, pulled.run.diagnosis.label
         if not state.holds(self.store, got):  # taken over meanwhile (this watcher stalled past its lease)
             log.warning("watch: study %s was taken over by another watcher; not pushing it", study_uid)
             return None
         pushed = push(self.client, self.store, run_id, accept_source_uid_errors=self.accept_source_uid_errors)
-        return self._finish(
-            got, "processed", reason, run_id, label=pulled.run.diagnosis.label, sr_sop_uid=pushed.sr_sop_uid
-        )
+        return self._finish(got, "processed", reason, run_id, label=label, sr_sop_uid=pushed.sr_sop_uid)
 
     def _fail(self, study_uid: str, reason: str) -> WatchOutcome | None:
         """End the study's attempt failed (claiming one first when it failed before its claim)."""
@@ -462,6 +469,17 @@ def watch(
         finished.set()
         renewer.join(5)
     return list(watcher.outcomes)
+
+
+def _diagnosed_since(store: TraceStore, study_uid: str, task: str, since: datetime) -> RunRow | None:
+    """The newest run of ``task`` started at or after ``since`` on images pulled from the study, or None."""
+    for row in store.list_runs(limit=None, task=task, since=since):
+        started = store.events(row.run_id)[0]
+        if isinstance(started, RunStarted) and any(
+            im.source is not None and im.source.study_uid == study_uid for im in started.case.images
+        ):
+            return row
+    return None
 
 
 def _renew_until(watcher: Watcher, finished: threading.Event) -> None:

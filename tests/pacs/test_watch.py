@@ -19,7 +19,7 @@ from dxgraph.pacs._dicomweb import PacsClient
 from dxgraph.pacs._routes import Routes
 from dxgraph.pacs._watch import watch
 from dxgraph.pacs._watch_state import Claim, attempt_records, claim, study_records, watcher_id
-from dxgraph.traces import TraceStore
+from dxgraph.traces import TraceStore, pushes_of
 
 CHEST_DX = [{"modality": ["DX", "CR"], "series_description": "chest", "task": "cardiomegaly"}]
 
@@ -226,6 +226,38 @@ def test_a_study_claimed_and_pushed_before_a_kill_is_recorded_without_a_second_p
         again = watch(client, store, _my_routes(tag), once=True)
         assert up.study_uid not in {o.study_uid for o in again}  # recorded: never again
     assert [r.status for r in study_records(store, url) if r.study_uid == up.study_uid] == ["processed"]
+
+
+def test_a_study_killed_between_its_stow_and_its_push_record_is_pushed_once(orthanc, tmp_path: Path) -> None:
+    """The window the SIGKILL test can only hit by chance: the PACS stored the SR and SEG, the watcher died
+    before the store recorded the push. The restarted watcher pushes the same run again (no second pull),
+    as the same objects, so the PACS holds one SR; the run's push is then recorded."""
+    import sqlalchemy as sa
+
+    from dxgraph.pacs import pull, push
+
+    tag = f"{os.getpid()}s{time.time_ns() % 10**9}"
+    up = orthanc.upload([[_cxr_files(tmp_path)[0]]], series_descriptions=[f"watch-{tag}-chest"])
+    store = TraceStore(str(tmp_path / "traces.db"))
+    with PacsClient(orthanc.config()) as client:
+        url = client.config.base_url
+        _claim_as(store, url, up.study_uid, _dead_watcher())
+        run_id = pull(client, up.study_uid, None, "cardiomegaly", store=store).run.run_id
+        first = push(client, store, run_id)
+        with store.engine.begin() as conn:  # as if killed after the STOW, before the push's own transaction
+            conn.execute(sa.text("DELETE FROM pacs_push_objects"))
+            conn.execute(sa.text("DELETE FROM pacs_pushes"))
+        n_runs = len(store.list_runs(limit=None))
+        (outcome,) = [
+            o for o in watch(client, store, _my_routes(tag), once=True) if o.study_uid == up.study_uid
+        ]
+        assert (outcome.status, outcome.run_id, outcome.resumed) == ("processed", run_id, True)
+        assert "diagnosed before the restart" in outcome.reason
+        assert len(store.list_runs(limit=None)) == n_runs  # not pulled and diagnosed again
+        assert outcome.sr_sop_uid == first.sr_sop_uid and _sr_count(client, up.study_uid) == 1
+        (seg_series,) = client.find_series(up.study_uid, modality="SEG")
+        assert seg_series.n_instances == 1
+    assert [p.run_id for p in pushes_of(store, run_id)] == [run_id]
 
 
 def test_the_concurrency_limit_is_respected(orthanc, tmp_path: Path, monkeypatch) -> None:
